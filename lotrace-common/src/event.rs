@@ -1,0 +1,246 @@
+//! The records that cross the kernel/user boundary.
+
+use crate::catalog::TP_FIELD_COUNT;
+
+/// Event flag: the event was emitted inside the NET_RX softirq on its CPU
+/// (between `irq:softirq_entry` and `irq:softirq_exit` for vector 3).
+pub const FLAG_NET_RX: u8 = 1 << 0;
+/// Event flag: the packet fields (`family`..`icmp_seq`) are valid.
+pub const FLAG_PACKET: u8 = 1 << 1;
+
+pub const AF_INET: u8 = 2;
+pub const AF_INET6: u8 = 10;
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_ICMPV6: u8 = 58;
+pub const ICMP_ECHOREPLY: u8 = 0;
+pub const ICMP_ECHO: u8 = 8;
+pub const ICMPV6_ECHO_REQUEST: u8 = 128;
+pub const ICMPV6_ECHO_REPLY: u8 = 129;
+/// `NET_RX_SOFTIRQ` in `include/linux/interrupt.h`.
+pub const NET_RX_SOFTIRQ: u32 = 3;
+
+/// Is this ICMP/ICMPv6 type an echo request?
+pub const fn is_echo_request(family: u8, icmp_type: u8) -> bool {
+    (family == AF_INET && icmp_type == ICMP_ECHO)
+        || (family == AF_INET6 && icmp_type == ICMPV6_ECHO_REQUEST)
+}
+
+/// Is this ICMP/ICMPv6 type an echo reply?
+pub const fn is_echo_reply(family: u8, icmp_type: u8) -> bool {
+    (family == AF_INET && icmp_type == ICMP_ECHOREPLY)
+        || (family == AF_INET6 && icmp_type == ICMPV6_ECHO_REPLY)
+}
+
+/// Which echo packet an event belongs to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PktKey {
+    pub icmp_id: u16,
+    pub icmp_seq: u16,
+    pub family: u8,
+    pub icmp_type: u8,
+    /// Non-zero when the key is set.
+    pub valid: u8,
+    /// Per-CPU receive context only: the reply was handed to one of the
+    /// traced process's sockets and a wake-up may follow.
+    pub delivered: u8,
+}
+
+/// One observation of one stage. Fixed size, little endian, written with
+/// `bpf_ringbuf_reserve`; `EVENT_SIZE` bytes on the wire and in record files.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Event {
+    /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC nanoseconds.
+    pub ts_ns: u64,
+    /// The `struct sk_buff *` the stage saw, or 0.
+    pub skb: u64,
+    /// Stage-specific value: a syscall's return, the route's output ifindex,
+    /// the drop reason, the work done by a poll, the socket address.
+    pub aux: u64,
+    pub tid: u32,
+    pub tgid: u32,
+    pub comm: [u8; 16],
+    pub cpu: u32,
+    /// Bytes the stage saw (skb->len or the syscall length).
+    pub len: u32,
+    /// Per-CPU NET_RX run number, so that events of one softirq run can be
+    /// grouped (0 outside the softirq).
+    pub softirq_run: u32,
+    pub _reserved: u32,
+    pub stage: u8,
+    pub probe: u8,
+    pub flags: u8,
+    pub family: u8,
+    pub icmp_type: u8,
+    pub _pad0: u8,
+    pub icmp_id: u16,
+    pub icmp_seq: u16,
+    pub _pad1: [u8; 6],
+}
+
+pub const EVENT_SIZE: usize = core::mem::size_of::<Event>();
+const _: () = assert!(EVENT_SIZE == 80);
+
+impl Event {
+    /// The event's bytes as written in a record file.
+    pub fn to_bytes(&self) -> [u8; EVENT_SIZE] {
+        let mut out = [0u8; EVENT_SIZE];
+        let mut w = 0;
+        let mut put = |b: &[u8]| {
+            out[w..w + b.len()].copy_from_slice(b);
+            w += b.len();
+        };
+        put(&self.ts_ns.to_le_bytes());
+        put(&self.skb.to_le_bytes());
+        put(&self.aux.to_le_bytes());
+        put(&self.tid.to_le_bytes());
+        put(&self.tgid.to_le_bytes());
+        put(&self.comm);
+        put(&self.cpu.to_le_bytes());
+        put(&self.len.to_le_bytes());
+        put(&self.softirq_run.to_le_bytes());
+        put(&self._reserved.to_le_bytes());
+        put(&[
+            self.stage,
+            self.probe,
+            self.flags,
+            self.family,
+            self.icmp_type,
+            self._pad0,
+        ]);
+        put(&self.icmp_id.to_le_bytes());
+        put(&self.icmp_seq.to_le_bytes());
+        put(&self._pad1);
+        out
+    }
+
+    /// Decodes an event from exactly `EVENT_SIZE` bytes; `None` for any
+    /// other length. Field values are not validated here: see
+    /// `Stage::from_u8` and `ProbeId::from_u8`.
+    pub fn from_bytes(b: &[u8]) -> Option<Event> {
+        if b.len() != EVENT_SIZE {
+            return None;
+        }
+        let u64_at = |o: usize| {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(&b[o..o + 8]);
+            u64::from_le_bytes(a)
+        };
+        let u32_at = |o: usize| {
+            let mut a = [0u8; 4];
+            a.copy_from_slice(&b[o..o + 4]);
+            u32::from_le_bytes(a)
+        };
+        let u16_at = |o: usize| u16::from_le_bytes([b[o], b[o + 1]]);
+        let mut comm = [0u8; 16];
+        comm.copy_from_slice(&b[32..48]);
+        let mut pad1 = [0u8; 6];
+        pad1.copy_from_slice(&b[74..80]);
+        Some(Event {
+            ts_ns: u64_at(0),
+            skb: u64_at(8),
+            aux: u64_at(16),
+            tid: u32_at(24),
+            tgid: u32_at(28),
+            comm,
+            cpu: u32_at(48),
+            len: u32_at(52),
+            softirq_run: u32_at(56),
+            _reserved: u32_at(60),
+            stage: b[64],
+            probe: b[65],
+            flags: b[66],
+            family: b[67],
+            icmp_type: b[68],
+            _pad0: b[69],
+            icmp_id: u16_at(70),
+            icmp_seq: u16_at(72),
+            _pad1: pad1,
+        })
+    }
+
+    /// The task name, up to its first NUL.
+    pub fn comm_str(&self) -> &str {
+        let end = self.comm.iter().position(|&c| c == 0).unwrap_or(16);
+        core::str::from_utf8(&self.comm[..end]).unwrap_or("?")
+    }
+
+    pub fn key(&self) -> PktKey {
+        PktKey {
+            icmp_id: self.icmp_id,
+            icmp_seq: self.icmp_seq,
+            family: self.family,
+            icmp_type: self.icmp_type,
+            valid: (self.flags & FLAG_PACKET != 0) as u8,
+            delivered: 0,
+        }
+    }
+}
+
+/// Values the loader writes into the programs before loading them: struct
+/// offsets from the running kernel's BTF and tracepoint field offsets from
+/// tracefs, so that no kernel layout is compiled in.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Byte offsets inside `struct sk_buff`.
+    pub skb_head: u32,
+    pub skb_network_header: u32,
+    pub skb_len: u32,
+    pub _pad: u32,
+    /// Byte offset of each tracepoint field, indexed by [`crate::TpField`];
+    /// `u16::MAX` when the field does not exist on this kernel.
+    pub tp: [u16; TP_FIELD_COUNT],
+}
+
+impl Config {
+    pub const fn zeroed() -> Config {
+        Config {
+            skb_head: 0,
+            skb_network_header: 0,
+            skb_len: 0,
+            _pad: 0,
+            tp: [u16::MAX; TP_FIELD_COUNT],
+        }
+    }
+}
+
+/// Per-CPU state the programs keep between tracepoints.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CpuState {
+    /// When the current NET_RX softirq run began, 0 outside it.
+    pub softirq_entry_ts: u64,
+    /// The skb of the tracked packet whose xmit is in progress here.
+    pub xmit_skb: u64,
+    pub softirq_run: u32,
+    /// Inside NET_RX on this CPU.
+    pub in_net_rx: u8,
+    /// The current run has already reported its start.
+    pub entry_emitted: u8,
+    /// Inside `netif_rx` of a tracked packet: a NET_RX raise now is ours.
+    pub in_tracked_netif_rx: u8,
+    pub _pad: u8,
+    /// The last echo packet `netif_receive_skb` saw in this run (valid only
+    /// if it is one of ours); the reply's route lookup and its socket
+    /// delivery happen under it.
+    pub rx: PktKey,
+    /// The last tracked packet of this run: the run's end is reported
+    /// under it.
+    pub last: PktKey,
+    /// The tracked packet being transmitted (see `xmit_skb`).
+    pub xmit: PktKey,
+    /// The tracked packet inside `netif_rx` (see `in_tracked_netif_rx`).
+    pub netif_rx: PktKey,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain `repr(C)` data with no padding holes the kernel could
+    // leave uninitialised that we depend on.
+    unsafe impl aya::Pod for super::Event {}
+    unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::PktKey {}
+    unsafe impl aya::Pod for super::CpuState {}
+}

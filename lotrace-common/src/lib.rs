@@ -1,0 +1,14 @@
+//! Types shared by lotrace's eBPF programs and its command-line side.
+//!
+//! Kernel and user space agree on three things here: the one fixed-size
+//! [`Event`] written into the ring buffer, the [`Config`] handed to the
+//! programs at load time, and the stage/probe ids. The user-facing half of
+//! the catalog (names, explanations, candidate probes) lives in
+//! [`catalog`] so that every fact about a stage has one home.
+#![no_std]
+
+pub mod catalog;
+pub mod event;
+
+pub use catalog::{ProbeId, Stage, TpField};
+pub use event::{Config, CpuState, Event, PktKey};
