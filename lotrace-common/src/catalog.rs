@@ -349,7 +349,7 @@ pub static PROBES: [ProbeInfo; PROBE_COUNT] = [
     tp(ProbeId::SysExitRecvmsg, "syscalls", "sys_exit_recvmsg", "tp_sys_exit_recvmsg", Some(Stage::Recvmsg), true, false),
     tp(ProbeId::ConsumeSkb, "skb", "consume_skb", "tp_consume_skb", Some(Stage::Free), false, false),
     tp(ProbeId::KfreeSkb, "skb", "kfree_skb", "tp_kfree_skb", Some(Stage::Drop), false, false),
-    tp(ProbeId::SchedProcessFork, "sched", "sched_process_fork", "tp_sched_process_fork", None, false, false),
+    tp(ProbeId::SchedProcessFork, "sched", "sched_process_fork", "tp_sched_process_fork", None, false, true),
 ];
 
 /// A tracepoint field the programs read; its byte offset comes from the

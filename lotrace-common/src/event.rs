@@ -221,7 +221,8 @@ pub struct CpuState {
     pub entry_emitted: u8,
     /// Inside `netif_rx` of a tracked packet: a NET_RX raise now is ours.
     pub in_tracked_netif_rx: u8,
-    pub _pad: u8,
+    /// A tracked packet was received since the last backlog poll report.
+    pub poll_pending: u8,
     /// The last echo packet `netif_receive_skb` saw in this run (valid only
     /// if it is one of ours); the reply's route lookup and its socket
     /// delivery happen under it.

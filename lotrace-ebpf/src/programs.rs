@@ -500,7 +500,7 @@ pub fn tp_softirq_entry(ctx: TracePointContext) -> u32 {
         st.entry_emitted = 0;
         st.rx.valid = 0;
         st.last.valid = 0;
-        st._pad = 0;
+        st.poll_pending = 0;
     }
     0
 }
@@ -538,11 +538,10 @@ pub fn tp_softirq_exit(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn tp_napi_poll(ctx: TracePointContext) -> u32 {
     let Some(st) = state() else { return 0 };
-    // _pad: a tracked packet was received since the last poll report.
-    if st.in_net_rx == 0 || st._pad == 0 || st.last.valid == 0 {
+    if st.in_net_rx == 0 || st.poll_pending == 0 || st.last.valid == 0 {
         return 0;
     }
-    st._pad = 0;
+    st.poll_pending = 0;
     let key = st.last;
     let work = field::<i32>(&ctx, TpField::NapiWork).unwrap_or(0);
     emit(
@@ -594,7 +593,7 @@ pub fn tp_netif_receive_skb(ctx: TracePointContext) -> u32 {
             );
         }
         st.last = key;
-        st._pad = 1;
+        st.poll_pending = 1;
     }
     emit(
         &ctx,

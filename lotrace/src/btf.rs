@@ -1,0 +1,153 @@
+//! Struct layouts and enum names read from the running kernel's BTF, so no
+//! kernel layout is compiled into lotrace.
+
+use std::{collections::BTreeMap, path::Path};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use btf_rs::{Btf, Type};
+
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+/// Byte offsets inside `struct sk_buff` that the programs read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SkbOffsets {
+    pub head: u32,
+    pub network_header: u32,
+    pub len: u32,
+}
+
+pub struct KernelBtf {
+    btf: Btf,
+}
+
+impl KernelBtf {
+    pub fn open(path: &Path) -> Result<KernelBtf> {
+        if !path.exists() {
+            bail!(
+                "no kernel BTF at {}: lotrace needs a kernel built with CONFIG_DEBUG_INFO_BTF=y",
+                path.display()
+            );
+        }
+        let btf = Btf::from_file(path)
+            .map_err(|e| anyhow!("cannot read kernel BTF from {}: {e}", path.display()))?;
+        Ok(KernelBtf { btf })
+    }
+
+    pub fn skb_offsets(&self) -> Result<SkbOffsets> {
+        let off = |name| {
+            self.member_offset("sk_buff", name)
+                .with_context(|| format!("struct sk_buff.{name} in kernel BTF"))
+        };
+        Ok(SkbOffsets {
+            head: off("head")?,
+            network_header: off("network_header")?,
+            len: off("len")?,
+        })
+    }
+
+    /// Byte offset of `member` in `struct name`, looking through anonymous
+    /// structs and unions, which is where the kernel keeps many skb fields.
+    pub fn member_offset(&self, name: &str, member: &str) -> Result<u32> {
+        let types = self
+            .btf
+            .resolve_types_by_name(name)
+            .map_err(|e| anyhow!("{e}"))?;
+        for t in types {
+            if let Type::Struct(s) = t
+                && let Some(bits) = self.find_member(&s, member, 0, 0)
+            {
+                if bits % 8 != 0 {
+                    bail!("{name}.{member} is a bitfield");
+                }
+                return Ok(bits / 8);
+            }
+        }
+        Err(anyhow!("no member {member} in struct {name}"))
+    }
+
+    fn find_member(
+        &self,
+        s: &btf_rs::Struct,
+        member: &str,
+        base_bits: u32,
+        depth: u32,
+    ) -> Option<u32> {
+        if depth > 8 {
+            return None;
+        }
+        for m in &s.members {
+            let name = self.btf.resolve_name(m).unwrap_or_default();
+            let at = base_bits + m.bit_offset();
+            if name == member {
+                return Some(at);
+            }
+            if name.is_empty() {
+                let inner = self.strip(self.btf.resolve_chained_type(m).ok()?)?;
+                if let Type::Struct(st) | Type::Union(st) = inner
+                    && let Some(found) = self.find_member(&st, member, at, depth + 1)
+                {
+                    return Some(found);
+                }
+            }
+        }
+        None
+    }
+
+    /// Follows typedefs and qualifiers to the underlying type.
+    fn strip(&self, mut t: Type) -> Option<Type> {
+        for _ in 0..16 {
+            let next = match &t {
+                Type::Typedef(x) => self.btf.resolve_chained_type(x).ok()?,
+                Type::Volatile(x) | Type::Const(x) | Type::Restrict(x) => {
+                    self.btf.resolve_chained_type(x).ok()?
+                }
+                Type::TypeTag(x) => self.btf.resolve_chained_type(x).ok()?,
+                _ => return Some(t),
+            };
+            t = next;
+        }
+        None
+    }
+
+    /// Value → name of a kernel enum (e.g. `skb_drop_reason`), with the
+    /// common prefix of its names removed.
+    pub fn enum_names(&self, name: &str, strip_prefix: &str) -> Result<BTreeMap<u64, String>> {
+        let types = self
+            .btf
+            .resolve_types_by_name(name)
+            .map_err(|e| anyhow!("{e}"))?;
+        let mut out = BTreeMap::new();
+        for t in types {
+            match t {
+                Type::Enum(e) => {
+                    for m in &e.members {
+                        let n = self.btf.resolve_name(m).unwrap_or_default();
+                        out.insert(m.val() as u64, strip(&n, strip_prefix));
+                    }
+                }
+                Type::Enum64(e) => {
+                    for m in &e.members {
+                        let n = self.btf.resolve_name(m).unwrap_or_default();
+                        out.insert(m.val(), strip(&n, strip_prefix));
+                    }
+                }
+                _ => continue,
+            }
+            if !out.is_empty() {
+                return Ok(out);
+            }
+        }
+        Err(anyhow!("no enum {name} in kernel BTF"))
+    }
+
+    pub fn has_name(&self, name: &str) -> bool {
+        self.btf
+            .resolve_ids_by_name(name)
+            .map(|v| !v.is_empty())
+            .unwrap_or(false)
+    }
+}
+
+fn strip(name: &str, prefix: &str) -> String {
+    name.strip_prefix(prefix).unwrap_or(name).to_string()
+}

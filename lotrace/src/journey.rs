@@ -1,0 +1,542 @@
+//! The journey builder: raw events in, one journey per echo (request leg and
+//! reply leg, paired by family, id and sequence) out. Pure: no kernel, no
+//! clock, no I/O.
+
+use std::collections::BTreeMap;
+
+use lotrace_common::{
+    Event, ProbeId, Stage,
+    event::{AF_INET, AF_INET6, FLAG_NET_RX, FLAG_PACKET, is_echo_reply, is_echo_request},
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Leg {
+    Request,
+    Reply,
+}
+
+impl Leg {
+    pub fn name(self) -> &'static str {
+        match self {
+            Leg::Request => "request",
+            Leg::Reply => "reply",
+        }
+    }
+}
+
+/// Where an event ran.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Context {
+    /// In a task, outside the NET_RX softirq (a system call, usually).
+    Task,
+    /// In the NET_RX softirq run inline, on the back of whatever task was
+    /// on the CPU (often ping itself, at the end of its own sendto).
+    SoftirqInline,
+    /// In the NET_RX softirq handed off to the CPU's ksoftirqd thread.
+    Ksoftirqd,
+}
+
+impl Context {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Context::Task => "task",
+            Context::SoftirqInline => "softirq",
+            Context::Ksoftirqd => "ksoftirqd",
+        }
+    }
+
+    fn of(ev: &Event) -> Context {
+        if ev.flags & FLAG_NET_RX == 0 {
+            Context::Task
+        } else if ev.comm_str().starts_with("ksoftirqd/") {
+            Context::Ksoftirqd
+        } else {
+            Context::SoftirqInline
+        }
+    }
+}
+
+/// One stage as one packet met it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Hop {
+    pub leg: Leg,
+    pub stage: Stage,
+    pub probe: ProbeId,
+    pub ts_ns: u64,
+    /// Since the journey's send (the request's sendto); negative only if a
+    /// stage was seen before it.
+    pub t_ns: i64,
+    /// Since the previous hop of the journey, in time order across both legs.
+    pub delta_ns: u64,
+    pub cpu: u32,
+    pub pid: u32,
+    pub tgid: u32,
+    pub comm: String,
+    pub context: Context,
+    pub softirq_run: u32,
+    pub len: u32,
+    pub aux: u64,
+}
+
+/// Where the NET_RX softirq that received a leg ran.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SoftirqWhere {
+    pub context: Context,
+    pub cpu: u32,
+    pub comm: String,
+    pub pid: u32,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Journey {
+    pub family: u8,
+    pub icmp_id: u16,
+    pub icmp_seq: u16,
+    /// All hops of both legs in time order.
+    pub hops: Vec<Hop>,
+    /// The request's sendto entry to the reply's netif_rx, when both were seen.
+    pub rtt_ns: Option<u64>,
+    /// First hop to last hop; equals the sum of the hops' deltas.
+    pub total_ns: u64,
+    /// Expected stages this journey lacks (a lost event, or a packet that
+    /// did not take the usual path).
+    pub missing: Vec<(Option<Leg>, Stage)>,
+    pub softirq: [Option<SoftirqWhere>; 2],
+}
+
+impl Journey {
+    pub fn complete(&self) -> bool {
+        self.missing.is_empty()
+    }
+
+    pub fn leg(&self, leg: Leg) -> impl Iterator<Item = &Hop> {
+        self.hops.iter().filter(move |h| h.leg == leg)
+    }
+
+    pub fn family_name(&self) -> &'static str {
+        family_name(self.family)
+    }
+}
+
+pub fn family_name(family: u8) -> &'static str {
+    match family {
+        AF_INET => "ipv4",
+        AF_INET6 => "ipv6",
+        _ => "unknown",
+    }
+}
+
+/// A stage every echo journey passes through, given the probe that sees it
+/// is attached. `None` as leg: at least one of the two legs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Expected {
+    pub leg: Option<Leg>,
+    pub stage: Stage,
+    pub probe: ProbeId,
+}
+
+const fn ex(leg: Option<Leg>, stage: Stage, probe: ProbeId) -> Expected {
+    Expected { leg, stage, probe }
+}
+
+/// Stages that are always there on a loopback echo. Stages that depend on
+/// timing (softirq raise, the wake-up of a sleeping ping) are not listed.
+pub static ALWAYS: &[Expected] = &[
+    ex(Some(Leg::Request), Stage::Sendto, ProbeId::SysEnterSendto),
+    ex(Some(Leg::Request), Stage::SockSendmsg, ProbeId::SockSendLength),
+    ex(Some(Leg::Request), Stage::Route, ProbeId::FibTableLookup),
+    ex(Some(Leg::Request), Stage::DevQueueXmit, ProbeId::NetDevQueue),
+    ex(Some(Leg::Request), Stage::LoopbackXmit, ProbeId::NetDevStartXmit),
+    ex(Some(Leg::Request), Stage::NetifRx, ProbeId::NetifRxEntry),
+    ex(None, Stage::NetRxAction, ProbeId::SoftirqEntry),
+    ex(Some(Leg::Request), Stage::NetifReceiveSkb, ProbeId::NetifReceiveSkb),
+    ex(Some(Leg::Reply), Stage::DevQueueXmit, ProbeId::NetDevQueue),
+    ex(Some(Leg::Reply), Stage::LoopbackXmit, ProbeId::NetDevStartXmit),
+    ex(Some(Leg::Reply), Stage::NetifRx, ProbeId::NetifRxEntry),
+    ex(Some(Leg::Reply), Stage::NetifReceiveSkb, ProbeId::NetifReceiveSkb),
+    ex(Some(Leg::Reply), Stage::SockDeliver, ProbeId::SkDataReady),
+    ex(Some(Leg::Reply), Stage::CopyToUser, ProbeId::SkbCopyDatagramIovec),
+    ex(Some(Leg::Reply), Stage::Recvmsg, ProbeId::SysExitRecvmsg),
+];
+
+/// The expected stages whose probe is attached.
+pub fn expected_for(attached: &[ProbeId]) -> Vec<Expected> {
+    ALWAYS
+        .iter()
+        .filter(|e| attached.contains(&e.probe))
+        .copied()
+        .collect()
+}
+
+type Key = (u8, u16, u16);
+
+struct Open {
+    events: Vec<Event>,
+    first_ts: u64,
+    last_ts: u64,
+}
+
+/// Groups a stream of events into journeys. Events may arrive out of order
+/// (per-CPU producers share one ring); a journey is closed once no event
+/// has touched it for `quiet_ns`, or at the end.
+pub struct JourneyBuilder {
+    open: BTreeMap<Key, Open>,
+    expected: Vec<Expected>,
+    quiet_ns: u64,
+    max_open: usize,
+    /// Events that carried no packet identity or an unknown stage.
+    pub discarded: u64,
+}
+
+impl JourneyBuilder {
+    pub fn new(expected: Vec<Expected>, quiet_ns: u64) -> JourneyBuilder {
+        JourneyBuilder {
+            open: BTreeMap::new(),
+            expected,
+            quiet_ns,
+            max_open: 4096,
+            discarded: 0,
+        }
+    }
+
+    /// Bounds memory under floods: past this many open journeys the oldest
+    /// is closed early.
+    pub fn with_max_open(mut self, n: usize) -> JourneyBuilder {
+        self.max_open = n.max(1);
+        self
+    }
+
+    /// Adds an event; returns journeys closed early to stay within bounds.
+    pub fn push(&mut self, ev: Event) -> Vec<Journey> {
+        if ev.flags & FLAG_PACKET == 0
+            || Stage::from_u8(ev.stage).is_none()
+            || ProbeId::from_u8(ev.probe).is_none()
+            || !(is_echo_request(ev.family, ev.icmp_type) || is_echo_reply(ev.family, ev.icmp_type))
+        {
+            self.discarded += 1;
+            return Vec::new();
+        }
+        let key = (ev.family, ev.icmp_id, ev.icmp_seq);
+        let o = self.open.entry(key).or_insert(Open {
+            events: Vec::new(),
+            first_ts: ev.ts_ns,
+            last_ts: ev.ts_ns,
+        });
+        o.first_ts = o.first_ts.min(ev.ts_ns);
+        o.last_ts = o.last_ts.max(ev.ts_ns);
+        // A single journey has a few dozen events; a runaway one (an id and
+        // sequence reused while still open) is cut rather than grown.
+        if o.events.len() < 512 {
+            o.events.push(ev);
+        }
+        let mut out = Vec::new();
+        while self.open.len() > self.max_open {
+            let oldest = self
+                .open
+                .iter()
+                .min_by_key(|(_, o)| o.first_ts)
+                .map(|(k, _)| *k);
+            match oldest.and_then(|k| self.open.remove(&k)) {
+                Some(o) => out.push(self.build(o)),
+                None => break,
+            }
+        }
+        out
+    }
+
+    /// Closes the journeys that have been quiet for `quiet_ns` as of `now_ns`
+    /// (same clock as the events), oldest first.
+    pub fn take_ready(&mut self, now_ns: u64) -> Vec<Journey> {
+        let ready: Vec<Key> = self
+            .open
+            .iter()
+            .filter(|(_, o)| o.last_ts.saturating_add(self.quiet_ns) <= now_ns)
+            .map(|(k, _)| *k)
+            .collect();
+        self.close(ready)
+    }
+
+    /// Closes every open journey, oldest first.
+    pub fn finish(&mut self) -> Vec<Journey> {
+        let all: Vec<Key> = self.open.keys().copied().collect();
+        self.close(all)
+    }
+
+    pub fn open_count(&self) -> usize {
+        self.open.len()
+    }
+
+    fn close(&mut self, keys: Vec<Key>) -> Vec<Journey> {
+        let mut opens: Vec<Open> = keys.iter().filter_map(|k| self.open.remove(k)).collect();
+        opens.sort_by_key(|o| o.first_ts);
+        opens.into_iter().map(|o| self.build(o)).collect()
+    }
+
+    fn build(&self, o: Open) -> Journey {
+        build_journey(o.events, &self.expected)
+    }
+}
+
+fn leg_of(ev: &Event) -> Leg {
+    if is_echo_request(ev.family, ev.icmp_type) {
+        Leg::Request
+    } else {
+        Leg::Reply
+    }
+}
+
+/// Builds one journey from its events, in any order.
+pub fn build_journey(mut events: Vec<Event>, expected: &[Expected]) -> Journey {
+    events.sort_by_key(|e| (e.ts_ns, leg_of(e), e.stage, e.probe));
+    let first = events.first().copied().unwrap_or_default();
+    let send_ts = events
+        .iter()
+        .find(|e| leg_of(e) == Leg::Request && e.stage == Stage::Sendto as u8)
+        .map(|e| e.ts_ns);
+    let t0 = send_ts.unwrap_or(first.ts_ns);
+    let mut hops = Vec::with_capacity(events.len());
+    let mut prev = first.ts_ns;
+    for ev in &events {
+        let (Some(stage), Some(probe)) = (Stage::from_u8(ev.stage), ProbeId::from_u8(ev.probe))
+        else {
+            continue;
+        };
+        hops.push(Hop {
+            leg: leg_of(ev),
+            stage,
+            probe,
+            ts_ns: ev.ts_ns,
+            t_ns: ev.ts_ns as i64 - t0 as i64,
+            delta_ns: ev.ts_ns - prev,
+            cpu: ev.cpu,
+            pid: ev.tid,
+            tgid: ev.tgid,
+            comm: ev.comm_str().to_string(),
+            context: Context::of(ev),
+            softirq_run: ev.softirq_run,
+            len: ev.len,
+            aux: ev.aux,
+        });
+        prev = ev.ts_ns;
+    }
+    let total_ns = hops.last().map(|h| h.ts_ns - first.ts_ns).unwrap_or(0);
+    let reply_rx = hops
+        .iter()
+        .find(|h| h.leg == Leg::Reply && h.stage == Stage::NetifRx)
+        .map(|h| h.ts_ns);
+    let rtt_ns = match (send_ts, reply_rx) {
+        (Some(s), Some(r)) if r >= s => Some(r - s),
+        _ => None,
+    };
+    let has = |leg: Option<Leg>, stage: Stage| {
+        hops.iter()
+            .any(|h| h.stage == stage && leg.is_none_or(|l| l == h.leg))
+    };
+    let missing = expected
+        .iter()
+        .filter(|e| !has(e.leg, e.stage))
+        .map(|e| (e.leg, e.stage))
+        .collect();
+    let softirq_of = |leg: Leg| {
+        hops.iter()
+            .find(|h| h.leg == leg && h.stage == Stage::NetifReceiveSkb)
+            .filter(|h| h.context != Context::Task)
+            .map(|h| SoftirqWhere {
+                context: h.context.clone(),
+                cpu: h.cpu,
+                comm: h.comm.clone(),
+                pid: h.pid,
+            })
+    };
+    let softirq = [softirq_of(Leg::Request), softirq_of(Leg::Reply)];
+    Journey {
+        family: first.family,
+        icmp_id: first.icmp_id,
+        icmp_seq: first.icmp_seq,
+        hops,
+        rtt_ns,
+        total_ns,
+        missing,
+        softirq,
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use lotrace_common::event::{ICMP_ECHO, ICMP_ECHOREPLY};
+
+    use super::*;
+
+    /// A made-up but kernel-shaped event.
+    pub(crate) fn ev(ts: u64, stage: Stage, probe: ProbeId, reply: bool, seq: u16) -> Event {
+        let mut comm = [0u8; 16];
+        comm[..4].copy_from_slice(b"ping");
+        let softirq = matches!(
+            stage,
+            Stage::NetRxAction
+                | Stage::ProcessBacklog
+                | Stage::NetifReceiveSkb
+                | Stage::SockDeliver
+                | Stage::Wakeup
+        ) || (reply && stage < Stage::SockDeliver);
+        Event {
+            ts_ns: ts,
+            tid: 100,
+            tgid: 100,
+            comm,
+            cpu: 2,
+            stage: stage as u8,
+            probe: probe as u8,
+            flags: FLAG_PACKET | if softirq { FLAG_NET_RX } else { 0 },
+            family: AF_INET,
+            icmp_type: if reply { ICMP_ECHOREPLY } else { ICMP_ECHO },
+            icmp_id: 7,
+            icmp_seq: seq,
+            softirq_run: if softirq { 1 } else { 0 },
+            ..Default::default()
+        }
+    }
+
+    /// One loopback echo as the tracepoints see it, in kernel order.
+    pub(crate) fn echo(seq: u16, base: u64) -> Vec<Event> {
+        use ProbeId as P;
+        use Stage as S;
+        vec![
+            ev(base, S::Sendto, P::SysEnterSendto, false, seq),
+            ev(base + 900, S::Route, P::FibTableLookup, false, seq),
+            ev(base + 2000, S::DevQueueXmit, P::NetDevQueue, false, seq),
+            ev(base + 2300, S::LoopbackXmit, P::NetDevStartXmit, false, seq),
+            ev(base + 2500, S::NetifRx, P::NetifRxEntry, false, seq),
+            ev(base + 2700, S::SoftirqRaise, P::SoftirqRaise, false, seq),
+            ev(base + 3000, S::LoopbackXmit, P::NetDevXmit, false, seq),
+            ev(base + 3500, S::NetRxAction, P::SoftirqEntry, false, seq),
+            ev(base + 4000, S::NetifReceiveSkb, P::NetifReceiveSkb, false, seq),
+            ev(base + 5000, S::Route, P::FibTableLookup, true, seq),
+            ev(base + 6000, S::DevQueueXmit, P::NetDevQueue, true, seq),
+            ev(base + 6200, S::LoopbackXmit, P::NetDevStartXmit, true, seq),
+            ev(base + 6400, S::NetifRx, P::NetifRxEntry, true, seq),
+            ev(base + 6600, S::LoopbackXmit, P::NetDevXmit, true, seq),
+            ev(base + 7000, S::Free, P::ConsumeSkb, false, seq),
+            ev(base + 7500, S::NetifReceiveSkb, P::NetifReceiveSkb, true, seq),
+            ev(base + 8000, S::SockDeliver, P::SkDataReady, true, seq),
+            ev(base + 8500, S::NetRxAction, P::SoftirqExit, true, seq),
+            ev(base + 9000, S::SockSendmsg, P::SockSendLength, false, seq),
+            ev(base + 12000, S::CopyToUser, P::SkbCopyDatagramIovec, true, seq),
+            ev(base + 12500, S::Recvmsg, P::SysExitRecvmsg, true, seq),
+        ]
+    }
+
+    fn all_probes() -> Vec<ProbeId> {
+        lotrace_common::catalog::PROBES.iter().map(|p| p.id).collect()
+    }
+
+    #[test]
+    fn builds_a_loopback_echo() {
+        let j = build_journey(echo(1, 1_000_000), &expected_for(&all_probes()));
+        assert_eq!(j.icmp_seq, 1);
+        assert_eq!(j.hops.len(), 21);
+        assert!(j.complete(), "missing {:?}", j.missing);
+        assert_eq!(j.rtt_ns, Some(6400));
+        assert_eq!(j.total_ns, 12500);
+        assert_eq!(j.hops.iter().map(|h| h.delta_ns).sum::<u64>(), j.total_ns);
+        assert_eq!(j.leg(Leg::Request).count(), 11);
+        assert_eq!(j.leg(Leg::Reply).count(), 10);
+        let s = j.softirq[0].as_ref().unwrap();
+        assert_eq!(s.context, Context::SoftirqInline);
+        assert_eq!(j.hops[0].t_ns, 0);
+        assert_eq!(j.hops.last().unwrap().t_ns, 12500);
+    }
+
+    #[test]
+    fn out_of_order_stream_gives_the_same_journeys() {
+        let mut stream = Vec::new();
+        for seq in 1..=3u16 {
+            stream.extend(echo(seq, seq as u64 * 1_000_000));
+        }
+        let mut shuffled = stream.clone();
+        // A deterministic shuffle: reverse chunks as if CPUs interleaved.
+        for chunk in shuffled.chunks_mut(5) {
+            chunk.reverse();
+        }
+        shuffled.swap(0, 40);
+        let run = |evs: Vec<Event>| {
+            let mut b = JourneyBuilder::new(expected_for(&all_probes()), 100_000);
+            let mut out = Vec::new();
+            for e in evs {
+                out.extend(b.push(e));
+            }
+            out.extend(b.finish());
+            out
+        };
+        let a = run(stream);
+        let b = run(shuffled);
+        assert_eq!(a.len(), 3);
+        assert_eq!(a, b);
+        assert_eq!(
+            a.iter().map(|j| j.icmp_seq).collect::<Vec<_>>(),
+            vec![1, 2, 3]
+        );
+    }
+
+    #[test]
+    fn a_lost_event_marks_the_journey_incomplete() {
+        let mut evs = echo(4, 0);
+        evs.retain(|e| !(e.stage == Stage::NetifRx as u8 && e.icmp_type == ICMP_ECHOREPLY));
+        let j = build_journey(evs, &expected_for(&all_probes()));
+        assert!(!j.complete());
+        assert_eq!(j.missing, vec![(Some(Leg::Reply), Stage::NetifRx)]);
+        assert_eq!(j.rtt_ns, None, "no RTT is invented without its end");
+    }
+
+    #[test]
+    fn quiet_journeys_close_and_busy_ones_stay_open() {
+        let mut b = JourneyBuilder::new(Vec::new(), 1000);
+        for e in echo(1, 0) {
+            b.push(e);
+        }
+        for e in echo(2, 100_000).into_iter().take(3) {
+            b.push(e);
+        }
+        let ready = b.take_ready(100_950);
+        assert_eq!(ready.len(), 1);
+        assert_eq!(ready[0].icmp_seq, 1);
+        assert_eq!(b.open_count(), 1);
+    }
+
+    #[test]
+    fn open_journeys_are_bounded() {
+        let mut b = JourneyBuilder::new(Vec::new(), u64::MAX / 2).with_max_open(2);
+        let mut closed = Vec::new();
+        for seq in 0..5u16 {
+            closed.extend(b.push(ev(seq as u64, Stage::Sendto, ProbeId::SysEnterSendto, false, seq)));
+        }
+        assert_eq!(b.open_count(), 2);
+        assert_eq!(closed.iter().map(|j| j.icmp_seq).collect::<Vec<_>>(), vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn events_without_identity_are_discarded() {
+        let mut b = JourneyBuilder::new(Vec::new(), 10);
+        let mut e = ev(1, Stage::Sendto, ProbeId::SysEnterSendto, false, 1);
+        e.flags = 0;
+        b.push(e);
+        let mut e = ev(1, Stage::Sendto, ProbeId::SysEnterSendto, false, 1);
+        e.stage = 200;
+        b.push(e);
+        assert_eq!(b.discarded, 2);
+        assert!(b.finish().is_empty());
+    }
+
+    #[test]
+    fn ksoftirqd_context_is_recognised() {
+        let mut evs = echo(1, 0);
+        for e in evs.iter_mut().filter(|e| e.icmp_type == ICMP_ECHOREPLY) {
+            if e.flags & FLAG_NET_RX != 0 {
+                e.comm = *b"ksoftirqd/2\0\0\0\0\0";
+            }
+        }
+        let j = build_journey(evs, &[]);
+        assert_eq!(j.softirq[1].as_ref().unwrap().context, Context::Ksoftirqd);
+        assert_eq!(j.softirq[0].as_ref().unwrap().context, Context::SoftirqInline);
+    }
+}

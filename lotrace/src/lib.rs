@@ -1,0 +1,28 @@
+//! lotrace: where a ping's time goes inside the Linux kernel, stage by
+//! stage, measured with eBPF.
+//!
+//! The pure parts (catalog in `lotrace-common`, [`journey`], [`stats`],
+//! [`record`], [`render`], [`session`]) take data and return data; only
+//! [`loader`] and [`trace`] touch the kernel.
+
+pub mod btf;
+pub mod journey;
+pub mod loader;
+pub mod pingout;
+pub mod record;
+pub mod render;
+pub mod replay;
+pub mod report;
+pub mod session;
+pub mod stats;
+pub mod trace;
+pub mod tracefs;
+
+/// How journeys and the summary are printed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// A timeline per ping and tables, for people.
+    Text,
+    /// JSON Lines: one object per journey, then one summary object.
+    Json,
+}

@@ -1,0 +1,460 @@
+//! Renderers: journeys and the summary as terminal text or JSON Lines.
+//! Data in, strings out.
+
+use std::fmt::Write as _;
+
+use lotrace_common::{ProbeId, Stage};
+use serde_json::{Value, json};
+
+use crate::{
+    journey::{Context, Hop, Journey, Leg, SoftirqWhere},
+    report::{Meta, probe_name},
+    session::Done,
+    stats::{Histogram, Stats},
+};
+
+/// Everything the summary shows besides the statistics.
+pub struct Totals {
+    pub events: u64,
+    pub lost: u64,
+    pub discarded: u64,
+}
+
+/// 1234 → "1.23 µs".
+pub fn fmt_ns(ns: u64) -> String {
+    let f = ns as f64;
+    if ns < 1_000 {
+        format!("{ns} ns")
+    } else if ns < 1_000_000 {
+        format!("{:.2} µs", f / 1e3)
+    } else if ns < 1_000_000_000 {
+        format!("{:.2} ms", f / 1e6)
+    } else {
+        format!("{:.2} s", f / 1e9)
+    }
+}
+
+fn fmt_signed(ns: i64) -> String {
+    if ns < 0 {
+        format!("-{}", fmt_ns(ns.unsigned_abs()))
+    } else {
+        fmt_ns(ns as u64)
+    }
+}
+
+fn short_probe(p: ProbeId) -> &'static str {
+    p.info().attach_point().1
+}
+
+/// A few words on what a hop's stage-specific value means.
+pub fn detail(h: &Hop, meta: &Meta) -> Option<String> {
+    match (h.stage, h.probe) {
+        (Stage::Route, _) => {
+            let err = h.len as i32;
+            let (table, oif) = (h.aux >> 32, h.aux as u32);
+            Some(if err != 0 {
+                format!("table {table}: no route (error {err})")
+            } else {
+                format!("table {table}, out ifindex {oif}")
+            })
+        }
+        (Stage::Drop, _) => Some(format!("dropped: {}", meta.drop_reason(h.aux))),
+        (Stage::NetRxAction, ProbeId::SoftirqExit) => Some(format!("ran {}", fmt_ns(h.aux))),
+        (Stage::ProcessBacklog, _) => Some(format!("{} packet(s) polled", h.aux)),
+        (Stage::Wakeup, _) => Some(format!("woke pid {}", h.aux)),
+        (Stage::Recvmsg, _) | (Stage::CopyToUser, _) | (Stage::SockSendmsg, _) => {
+            Some(format!("{} bytes", h.len))
+        }
+        _ => None,
+    }
+}
+
+fn softirq_words(s: &SoftirqWhere) -> String {
+    match s.context {
+        Context::Ksoftirqd => format!("in {} (handed off to the softirq thread)", s.comm),
+        _ => format!("inline in {}/{} on CPU {}", s.comm, s.pid, s.cpu),
+    }
+}
+
+fn target<'a>(meta: &'a Meta) -> &'a str {
+    meta.target.as_deref().unwrap_or("?")
+}
+
+/// One journey as a timeline.
+pub fn journey_text(d: &Done, meta: &Meta) -> String {
+    let j = &d.journey;
+    let mut s = String::new();
+    let rtt = j
+        .rtt_ns
+        .map(|r| format!("kernel RTT {}", fmt_ns(r)))
+        .unwrap_or_else(|| "kernel RTT unknown".into());
+    let ping = d
+        .ping_rtt_ns
+        .map(|r| format!(" · ping said {}", fmt_ns(r)))
+        .unwrap_or_default();
+    let _ = writeln!(
+        s,
+        "── icmp_seq={} id={} {} {} ── {rtt}{ping} ──",
+        j.icmp_seq,
+        j.icmp_id,
+        j.family_name(),
+        target(meta)
+    );
+    let _ = writeln!(
+        s,
+        "   {:<8} {:<26} {:>10} {:>11} {:>4}  {:<20} {:<9} {}",
+        "leg", "stage", "+prev", "since send", "cpu", "task", "context", "probe"
+    );
+    for h in &j.hops {
+        let stage = if h.probe.info().at_return {
+            format!("{} ↩", h.stage.name())
+        } else {
+            h.stage.name().to_string()
+        };
+        let task = format!("{}/{}", h.comm, h.pid);
+        let mut line = format!(
+            "   {:<8} {:<26} {:>10} {:>11} {:>4}  {:<20} {:<9} {}",
+            h.leg.name(),
+            stage,
+            fmt_ns(h.delta_ns),
+            fmt_signed(h.t_ns),
+            h.cpu,
+            task,
+            h.context.name(),
+            short_probe(h.probe)
+        );
+        if let Some(d) = detail(h, meta) {
+            let _ = write!(line, "  ({d})");
+        }
+        let _ = writeln!(s, "{}", line.trim_end());
+    }
+    let mut notes = Vec::new();
+    for (i, leg) in [Leg::Request, Leg::Reply].iter().enumerate() {
+        if let Some(w) = &j.softirq[i] {
+            notes.push(format!("{} received {}", leg.name(), softirq_words(w)));
+        }
+    }
+    let _ = writeln!(
+        s,
+        "   total {} over {} stages; NET_RX: {}",
+        fmt_ns(j.total_ns),
+        j.hops.len(),
+        if notes.is_empty() {
+            "not seen".to_string()
+        } else {
+            notes.join(", ")
+        }
+    );
+    if !j.complete() {
+        let _ = writeln!(s, "   incomplete: missing {}", missing_words(j));
+    }
+    s
+}
+
+fn missing_words(j: &Journey) -> String {
+    j.missing
+        .iter()
+        .map(|(leg, st)| match leg {
+            Some(l) => format!("{}/{}", l.name(), st.name()),
+            None => st.name().to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn hist_cols(h: &Histogram) -> String {
+    let q = |x| h.quantile(x).map(fmt_ns).unwrap_or_default();
+    format!(
+        "{:>7} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        h.count,
+        if h.count > 0 { fmt_ns(h.min) } else { String::new() },
+        q(0.5),
+        q(0.9),
+        q(0.99),
+        if h.count > 0 { fmt_ns(h.max) } else { String::new() },
+    )
+}
+
+pub fn summary_text(stats: &Stats, meta: &Meta, t: &Totals) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "\n═══ lotrace summary: {} journeys ({} incomplete), {} events, {} lost ═══",
+        stats.journeys, stats.incomplete, t.events, t.lost
+    );
+    if t.lost > 0 {
+        let _ = writeln!(
+            s,
+            "    {} events were lost (ring buffer full): journeys missing stages are marked incomplete; try a larger --ring-size",
+            t.lost
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\n   {:<8} {:<26} {:>7} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        "", "kernel RTT (sendto → reply netif_rx)", "count", "min", "p50", "p90", "p99", "max"
+    );
+    let _ = writeln!(s, "   {:<35}{}", "", hist_cols(&stats.rtt));
+    let _ = writeln!(
+        s,
+        "\n   {:<8} {:<26} {:>7} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        "leg", "stage (time since previous)", "count", "min", "p50", "p90", "p99", "max"
+    );
+    for row in &stats.order {
+        let h = &stats.rows[row];
+        let _ = writeln!(s, "   {:<8} {:<26} {}", row.leg.name(), row.label(), hist_cols(h));
+    }
+    let unseen: Vec<_> = meta
+        .stage_probes()
+        .into_iter()
+        .filter(|(_, used, _)| used.is_empty())
+        .collect();
+    if !unseen.is_empty() {
+        let _ = writeln!(s, "\n   not observed on this kernel:");
+        for (stage, _, why) in unseen {
+            let _ = writeln!(s, "     {:<18} {}", stage.name(), why.unwrap_or_default());
+        }
+    }
+    s.push_str(&where_time_goes(stats));
+    s
+}
+
+/// The mean share of the journey each row accounts for, as bars.
+pub fn where_time_goes(stats: &Stats) -> String {
+    let mut s = String::new();
+    if stats.journeys == 0 {
+        return s;
+    }
+    let n = stats.journeys as u128;
+    let per: Vec<_> = stats
+        .order
+        .iter()
+        .map(|r| (r, (stats.rows[r].sum / n) as u64))
+        .collect();
+    let total: u64 = per.iter().map(|(_, v)| v).sum();
+    if total == 0 {
+        return s;
+    }
+    let _ = writeln!(
+        s,
+        "\n   where the time goes (mean per journey, {} from first to last stage)",
+        fmt_ns(total)
+    );
+    const WIDTH: u64 = 40;
+    for (r, v) in per {
+        let cells = (v * WIDTH * 8 / total) as usize;
+        let mut bar = "█".repeat(cells / 8);
+        if cells % 8 > 0 {
+            bar.push(['▏', '▎', '▍', '▌', '▋', '▊', '▉'][cells % 8 - 1]);
+        }
+        let _ = writeln!(
+            s,
+            "   {:<8} {:<26} {:<40} {:>5.1}% {:>10}",
+            r.leg.name(),
+            r.label(),
+            bar,
+            v as f64 * 100.0 / total as f64,
+            fmt_ns(v)
+        );
+    }
+    s
+}
+
+fn hop_json(h: &Hop, meta: &Meta) -> Value {
+    let mut v = json!({
+        "stage": h.stage.name(),
+        "at_return": h.probe.info().at_return,
+        "t_ns": h.t_ns,
+        "delta_ns": h.delta_ns,
+        "cpu": h.cpu,
+        "pid": h.pid,
+        "tgid": h.tgid,
+        "comm": h.comm,
+        "context": h.context.name(),
+        "probe": probe_name(h.probe),
+    });
+    if let Some(d) = detail(h, meta) {
+        v["detail"] = json!(d);
+    }
+    v
+}
+
+fn softirq_json(s: &Option<SoftirqWhere>) -> Value {
+    match s {
+        None => Value::Null,
+        Some(s) => json!({"context": s.context.name(), "cpu": s.cpu, "comm": s.comm, "pid": s.pid}),
+    }
+}
+
+pub fn journey_json(d: &Done, meta: &Meta) -> Value {
+    let j = &d.journey;
+    let legs: Vec<Value> = [Leg::Request, Leg::Reply]
+        .iter()
+        .enumerate()
+        .map(|(i, &leg)| {
+            json!({
+                "leg": leg.name(),
+                "softirq": softirq_json(&j.softirq[i]),
+                "events": j.leg(leg).map(|h| hop_json(h, meta)).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    json!({
+        "type": "journey",
+        "icmp_seq": j.icmp_seq,
+        "icmp_id": j.icmp_id,
+        "family": j.family_name(),
+        "target": meta.target,
+        "rtt_ns": j.rtt_ns,
+        "ping_rtt_ns": d.ping_rtt_ns,
+        "total_ns": j.total_ns,
+        "complete": j.complete(),
+        "missing": j.missing.iter().map(|(l, s)| json!({"leg": l.map(|l| l.name()), "stage": s.name()})).collect::<Vec<_>>(),
+        "legs": legs,
+    })
+}
+
+fn hist_json(h: &Histogram) -> Value {
+    json!({
+        "count": h.count,
+        "min_ns": (h.count > 0).then_some(h.min),
+        "p50_ns": h.quantile(0.5),
+        "p90_ns": h.quantile(0.9),
+        "p99_ns": h.quantile(0.99),
+        "max_ns": (h.count > 0).then_some(h.max),
+        "mean_ns": h.mean(),
+    })
+}
+
+pub fn summary_json(stats: &Stats, meta: &Meta, t: &Totals) -> Value {
+    let stages: Vec<Value> = stats
+        .order
+        .iter()
+        .map(|r| {
+            let mut v = hist_json(&stats.rows[r]);
+            v["leg"] = json!(r.leg.name());
+            v["stage"] = json!(r.stage.name());
+            v["at_return"] = json!(r.at_return);
+            v
+        })
+        .collect();
+    let probes: Vec<Value> = meta
+        .stage_probes()
+        .into_iter()
+        .map(|(stage, used, why)| json!({"stage": stage.name(), "probes": used, "missing": why}))
+        .collect();
+    json!({
+        "type": "summary",
+        "kernel": meta.kernel,
+        "command": meta.command,
+        "target": meta.target,
+        "journeys": stats.journeys,
+        "incomplete": stats.incomplete,
+        "events": t.events,
+        "lost_events": t.lost,
+        "discarded_events": t.discarded,
+        "rtt": hist_json(&stats.rtt),
+        "stages": stages,
+        "probes": probes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        journey::{build_journey, tests::echo},
+        report::ProbeStatus,
+    };
+    use lotrace_common::catalog::PROBES;
+
+    fn meta() -> Meta {
+        let mut m = Meta {
+            kernel: "6.18.0".into(),
+            command: vec!["ping".into(), "127.0.0.1".into()],
+            target: Some("127.0.0.1".into()),
+            ..Default::default()
+        };
+        m.set_probes(
+            &PROBES
+                .iter()
+                .map(|p| ProbeStatus {
+                    probe: p.id,
+                    error: None,
+                })
+                .collect::<Vec<_>>(),
+        );
+        m
+    }
+
+    fn done() -> Done {
+        Done {
+            journey: build_journey(echo(1, 0), &[]),
+            ping_rtt_ns: Some(45_000),
+        }
+    }
+
+    #[test]
+    fn formats_durations() {
+        assert_eq!(fmt_ns(850), "850 ns");
+        assert_eq!(fmt_ns(12_345), "12.35 µs");
+        assert_eq!(fmt_ns(1_500_000), "1.50 ms");
+        assert_eq!(fmt_ns(2_000_000_000), "2.00 s");
+        assert_eq!(fmt_signed(-1500), "-1.50 µs");
+    }
+
+    #[test]
+    fn timeline_shows_every_hop() {
+        let t = journey_text(&done(), &meta());
+        assert!(t.contains("icmp_seq=1"));
+        assert!(t.contains("kernel RTT 6.40 µs · ping said 45.00 µs"));
+        assert_eq!(t.matches("\n   request ").count(), 11);
+        assert_eq!(t.matches("\n   reply ").count(), 10);
+        assert!(t.contains("loopback_xmit ↩"));
+        assert!(t.contains("inline in ping/100 on CPU 2"));
+        assert!(!t.contains("incomplete"));
+    }
+
+    #[test]
+    fn json_journey_has_the_documented_fields() {
+        let v = journey_json(&done(), &meta());
+        assert_eq!(v["type"], "journey");
+        assert_eq!(v["icmp_seq"], 1);
+        assert_eq!(v["family"], "ipv4");
+        assert_eq!(v["target"], "127.0.0.1");
+        assert_eq!(v["rtt_ns"], 6400);
+        assert_eq!(v["legs"][0]["leg"], "request");
+        let ev = &v["legs"][0]["events"][0];
+        assert_eq!(ev["stage"], "sendto");
+        assert_eq!(ev["t_ns"], 0);
+        assert_eq!(ev["probe"], "tracepoint:syscalls:sys_enter_sendto");
+        assert_eq!(ev["context"], "task");
+        assert_eq!(v["legs"][1]["events"].as_array().unwrap().len(), 10);
+        // One line of JSON per journey.
+        assert!(!v.to_string().contains('\n'));
+    }
+
+    #[test]
+    fn summary_lists_stages_and_probes() {
+        let m = meta();
+        let mut st = Stats::default();
+        st.add(&done().journey);
+        let t = Totals {
+            events: 21,
+            lost: 0,
+            discarded: 0,
+        };
+        let v = summary_json(&st, &m, &t);
+        assert_eq!(v["journeys"], 1);
+        assert_eq!(v["lost_events"], 0);
+        let probes = v["probes"].as_array().unwrap();
+        let dq = probes.iter().find(|p| p["stage"] == "dev_queue_xmit").unwrap();
+        assert_eq!(dq["probes"][0], "tracepoint:net:net_dev_queue");
+        let ip = probes.iter().find(|p| p["stage"] == "ip_rcv").unwrap();
+        assert!(ip["missing"].as_str().unwrap().contains("function probe"));
+        let text = summary_text(&st, &m, &t);
+        assert!(text.contains("where the time goes"));
+        assert!(text.contains("not observed on this kernel"));
+        assert!(text.contains("ip_rcv"));
+    }
+}

@@ -1,0 +1,43 @@
+//! `lotrace replay`: renders a record file again, without root.
+
+use std::path::Path;
+
+use anyhow::{Context as _, Result};
+
+use crate::{
+    Format,
+    record::{self, Record},
+    session::Session,
+    trace::Printer,
+};
+
+pub fn run(path: &Path, format: Format) -> Result<i32> {
+    let f = std::fs::File::open(path)
+        .with_context(|| format!("cannot open the record file {}", path.display()))?;
+    let rec = record::read(std::io::BufReader::new(f))
+        .with_context(|| format!("cannot replay {}", path.display()))?;
+    let mut printer = Printer::new(format);
+    let mut session = Session::new(&rec.meta);
+    for r in &rec.records {
+        let done = match r {
+            Record::Line { ts_ns, text } => {
+                printer.child_line(text)?;
+                session.line(text);
+                // Journeys close when the live run would have closed them.
+                session.ready(*ts_ns)
+            }
+            other => session.record(other),
+        };
+        printer.journeys(&done, &rec.meta)?;
+    }
+    let done = session.finish();
+    printer.journeys(&done, &rec.meta)?;
+    printer.summary(&session, &rec.meta)?;
+    if rec.trailer.is_none() {
+        eprintln!(
+            "lotrace: {} ends without a trailer: the trace was cut short, the last journeys may be incomplete",
+            path.display()
+        );
+    }
+    Ok(0)
+}

@@ -1,0 +1,243 @@
+//! Bounded latency statistics: a log-linear histogram per stage, so memory
+//! stays flat however many pings are traced.
+
+use std::collections::BTreeMap;
+
+use lotrace_common::Stage;
+
+use crate::journey::{Journey, Leg};
+
+/// Sub-buckets per power of two: percentiles are within 1/16 (6%).
+const SUB: u32 = 16;
+const SUB_BITS: u32 = 4;
+const BUCKETS: usize = (64 * SUB) as usize;
+
+#[derive(Clone, Debug)]
+pub struct Histogram {
+    counts: Box<[u64]>,
+    pub count: u64,
+    pub sum: u128,
+    pub min: u64,
+    pub max: u64,
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram {
+            counts: vec![0; BUCKETS].into_boxed_slice(),
+            count: 0,
+            sum: 0,
+            min: u64::MAX,
+            max: 0,
+        }
+    }
+}
+
+fn bucket(v: u64) -> usize {
+    if v < SUB as u64 {
+        return v as usize;
+    }
+    let msb = 63 - v.leading_zeros();
+    let shift = msb - SUB_BITS;
+    let sub = ((v >> shift) as u32) & (SUB - 1);
+    ((msb - SUB_BITS + 1) * SUB + sub) as usize
+}
+
+/// The largest value that falls in bucket `b`.
+fn bucket_high(b: usize) -> u64 {
+    let b = b as u32;
+    if b < SUB {
+        return b as u64;
+    }
+    let e = b / SUB - 1 + SUB_BITS;
+    let sub = (b % SUB) as u64;
+    let low = (1u64 << e) | (sub << (e - SUB_BITS));
+    low + (1u64 << (e - SUB_BITS)) - 1
+}
+
+impl Histogram {
+    pub fn record(&mut self, v: u64) {
+        self.counts[bucket(v)] += 1;
+        self.count += 1;
+        self.sum += v as u128;
+        self.min = self.min.min(v);
+        self.max = self.max.max(v);
+    }
+
+    pub fn mean(&self) -> Option<u64> {
+        (self.count > 0).then(|| (self.sum / self.count as u128) as u64)
+    }
+
+    /// The value at quantile `q` (0..=1), within the bucket resolution and
+    /// never outside the observed min and max.
+    pub fn quantile(&self, q: f64) -> Option<u64> {
+        if self.count == 0 {
+            return None;
+        }
+        let rank = ((q.clamp(0.0, 1.0) * self.count as f64).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (b, &c) in self.counts.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                return Some(bucket_high(b).clamp(self.min, self.max));
+            }
+        }
+        Some(self.max)
+    }
+
+    /// Count per bucket range, for a terminal histogram: (low, high, count).
+    pub fn nonzero_buckets(&self) -> Vec<(u64, u64, u64)> {
+        self.counts
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| **c > 0)
+            .map(|(b, c)| {
+                let low = if b == 0 { 0 } else { bucket_high(b - 1) + 1 };
+                (low, bucket_high(b), *c)
+            })
+            .collect()
+    }
+}
+
+/// A row of the per-stage table: a stage of one leg, at its start or at its
+/// return (a stage seen from both ends has two rows).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Row {
+    pub leg: Leg,
+    pub stage: Stage,
+    pub at_return: bool,
+}
+
+impl Row {
+    pub fn label(&self) -> String {
+        if self.at_return {
+            format!("{} (return)", self.stage.name())
+        } else {
+            self.stage.name().to_string()
+        }
+    }
+}
+
+/// Statistics over all journeys seen.
+#[derive(Default)]
+pub struct Stats {
+    /// Per row: the time from the previous hop to this one.
+    pub rows: BTreeMap<Row, Histogram>,
+    /// Per row: the first time each journey reached it, since the send.
+    pub rtt: Histogram,
+    pub total: Histogram,
+    pub journeys: u64,
+    pub incomplete: u64,
+    /// Summed gap per row, for the where-the-time-goes bar, in the order
+    /// rows were first met (kernel order for the usual journey).
+    pub order: Vec<Row>,
+}
+
+impl Stats {
+    pub fn add(&mut self, j: &Journey) {
+        self.journeys += 1;
+        if !j.complete() {
+            self.incomplete += 1;
+        }
+        if let Some(r) = j.rtt_ns {
+            self.rtt.record(r);
+        }
+        self.total.record(j.total_ns);
+        for h in &j.hops {
+            let row = Row {
+                leg: h.leg,
+                stage: h.stage,
+                at_return: h.probe.info().at_return,
+            };
+            if !self.rows.contains_key(&row) {
+                // Keep the table in the order a packet meets the rows.
+                let pos = self
+                    .order
+                    .iter()
+                    .position(|r| rank(r) > rank(&row))
+                    .unwrap_or(self.order.len());
+                self.order.insert(pos, row);
+            }
+            self.rows.entry(row).or_default().record(h.delta_ns);
+        }
+    }
+}
+
+/// Journey order of a row: the request before the reply, and within a leg
+/// the catalog's order, a stage's return after its start.
+fn rank(r: &Row) -> (u8, u8, bool) {
+    let stage = r.stage as u8;
+    // A few rows end up out of catalog order in practice: the send's return
+    // closes the journey, and so does the freeing of the skbs.
+    let (leg, stage) = match (r.leg, r.stage, r.at_return) {
+        (_, Stage::SockSendmsg, true) => (2, stage),
+        (_, Stage::Free | Stage::Drop, _) => (3 + r.leg as u8, stage),
+        (Leg::Request, _, _) => (0, stage),
+        (Leg::Reply, _, _) => (1, stage),
+    };
+    (leg, stage, r.at_return)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journey::{build_journey, tests::echo};
+
+    #[test]
+    fn buckets_are_monotonic_and_tight() {
+        let mut last = 0;
+        for v in [0u64, 1, 15, 16, 17, 31, 32, 100, 1000, 123_456, 9_999_999, u64::MAX / 3] {
+            let b = bucket(v);
+            assert!(b >= last, "bucket order at {v}");
+            last = b;
+            let high = bucket_high(b);
+            assert!(high >= v, "{v} above its bucket's high {high}");
+            assert!(high - v <= v / 16 + 1, "{v}: bucket too wide ({high})");
+        }
+    }
+
+    #[test]
+    fn quantiles_of_a_known_distribution() {
+        let mut h = Histogram::default();
+        for v in 1..=1000u64 {
+            h.record(v * 1000);
+        }
+        assert_eq!(h.count, 1000);
+        assert_eq!(h.min, 1000);
+        assert_eq!(h.max, 1_000_000);
+        assert_eq!(h.mean(), Some(500_500));
+        let p50 = h.quantile(0.5).unwrap();
+        assert!((500_000..=532_000).contains(&p50), "p50 {p50}");
+        let p99 = h.quantile(0.99).unwrap();
+        assert!((990_000..=1_000_000).contains(&p99), "p99 {p99}");
+        assert_eq!(h.quantile(1.0), Some(1_000_000));
+        assert_eq!(h.quantile(0.0), Some(1000));
+        assert_eq!(Histogram::default().quantile(0.5), None);
+    }
+
+    #[test]
+    fn stats_follow_the_journey_order() {
+        let mut s = Stats::default();
+        for seq in 0..3 {
+            s.add(&build_journey(echo(seq, seq as u64 * 1_000_000), &[]));
+        }
+        assert_eq!(s.journeys, 3);
+        assert_eq!(s.rtt.count, 3);
+        let first = s.order.first().unwrap();
+        assert_eq!((first.leg, first.stage), (Leg::Request, Stage::Sendto));
+        let netif = Row {
+            leg: Leg::Reply,
+            stage: Stage::NetifRx,
+            at_return: false,
+        };
+        assert_eq!(s.rows[&netif].count, 3);
+        assert_eq!(s.rows[&netif].min, 200);
+        let pos = |r: &Row| s.order.iter().position(|x| x == r).unwrap();
+        let send_ret = Row {
+            leg: Leg::Request,
+            stage: Stage::SockSendmsg,
+            at_return: true,
+        };
+        assert!(pos(&netif) < pos(&send_ret));
+    }
+}

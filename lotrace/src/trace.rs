@@ -1,0 +1,386 @@
+//! `lotrace trace`: runs a command under the probes and streams its
+//! journeys. With the loader, the only code that touches the kernel.
+
+use std::{
+    io::Write,
+    net::ToSocketAddrs,
+    os::unix::process::ExitStatusExt,
+    path::{Path, PathBuf},
+    process::{ExitStatus, Stdio},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use lotrace_common::Event;
+use tokio::{
+    io::{AsyncBufReadExt, BufReader, Interest, unix::AsyncFd},
+    process::Command,
+    signal::unix::{SignalKind, signal},
+    time::{Instant, interval, sleep_until},
+};
+
+use crate::{
+    Format,
+    loader::{LoadOptions, Tracer},
+    pingout,
+    record::{self, Record, Trailer},
+    render::{self, Totals},
+    report::Meta,
+    session::{Done, Session},
+};
+
+pub struct TraceOptions {
+    pub command: Vec<String>,
+    pub format: Format,
+    pub record: Option<PathBuf>,
+    pub ring_size: u32,
+    pub btf: PathBuf,
+    pub verbose: bool,
+}
+
+/// Finds `program` the way the shell would, so a missing command is
+/// reported before anything is loaded.
+pub fn resolve_program(program: &str) -> Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let runnable = |p: &Path| {
+        p.metadata()
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false)
+    };
+    if program.contains('/') {
+        let p = PathBuf::from(program);
+        return if runnable(&p) {
+            Ok(p)
+        } else {
+            Err(anyhow!("command not found: {program} (no such executable file)"))
+        };
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    std::env::split_paths(&path)
+        .map(|d| d.join(program))
+        .find(|p| runnable(p))
+        .ok_or_else(|| {
+            let hint = if pingout::is_ping(program) {
+                " (install iputils-ping)"
+            } else {
+                ""
+            };
+            anyhow!("command not found: {program}: it is not on PATH{hint}")
+        })
+}
+
+/// For a ping, makes sure its target resolves before anything is loaded.
+fn check_target(command: &[String]) -> Result<Option<String>> {
+    if !pingout::is_ping(&command[0]) {
+        return Ok(None);
+    }
+    let Some(target) = pingout::ping_target(&command[1..]) else {
+        return Ok(None);
+    };
+    match (target.as_str(), 0u16).to_socket_addrs() {
+        Ok(addrs) if addrs.len() > 0 => Ok(Some(target)),
+        Ok(_) => bail!("unknown host {target}: it resolves to no address"),
+        Err(e) => bail!("unknown host {target}: {e}"),
+    }
+}
+
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid timespec to write into.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// A record file being written; removed unless the trace completes, so an
+/// error never leaves a half-written file behind.
+struct RecordFile {
+    path: PathBuf,
+    writer: Option<record::Writer<std::io::BufWriter<std::fs::File>>>,
+}
+
+impl RecordFile {
+    fn create(path: &Path, meta: &Meta) -> Result<RecordFile> {
+        let f = std::fs::File::create(path)
+            .with_context(|| format!("cannot write the record file {}", path.display()))?;
+        let writer = record::Writer::new(std::io::BufWriter::new(f), meta)?;
+        Ok(RecordFile {
+            path: path.to_path_buf(),
+            writer: Some(writer),
+        })
+    }
+
+    fn record(&mut self, r: &Record) -> Result<()> {
+        if let Some(w) = self.writer.as_mut() {
+            w.record(r)
+                .with_context(|| format!("writing {}", self.path.display()))?;
+        }
+        Ok(())
+    }
+
+    fn finish(mut self, t: &Trailer) -> Result<()> {
+        if let Some(w) = self.writer.take() {
+            w.finish(t)?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for RecordFile {
+    fn drop(&mut self) {
+        if self.writer.is_some() {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Prints journeys and the summary in the chosen format.
+pub struct Printer {
+    pub format: Format,
+    pub out: std::io::BufWriter<std::io::Stdout>,
+}
+
+impl Printer {
+    pub fn new(format: Format) -> Printer {
+        Printer {
+            format,
+            out: std::io::BufWriter::new(std::io::stdout()),
+        }
+    }
+
+    /// A line the traced command printed: to stdout as it was, except in
+    /// JSON mode where stdout is reserved for JSON.
+    pub fn child_line(&mut self, line: &str) -> Result<()> {
+        match self.format {
+            Format::Text => writeln!(self.out, "{line}")?,
+            Format::Json => eprintln!("{line}"),
+        }
+        Ok(())
+    }
+
+    pub fn journeys(&mut self, done: &[Done], meta: &Meta) -> Result<()> {
+        for d in done {
+            match self.format {
+                Format::Text => write!(self.out, "{}", render::journey_text(d, meta))?,
+                Format::Json => writeln!(self.out, "{}", render::journey_json(d, meta))?,
+            }
+        }
+        Ok(())
+    }
+
+    pub fn summary(&mut self, s: &Session, meta: &Meta) -> Result<()> {
+        let t = Totals {
+            events: s.events,
+            lost: s.lost,
+            discarded: s.discarded(),
+        };
+        match self.format {
+            Format::Text => write!(self.out, "{}", render::summary_text(&s.stats, meta, &t))?,
+            Format::Json => writeln!(self.out, "{}", render::summary_json(&s.stats, meta, &t))?,
+        }
+        self.out.flush()?;
+        Ok(())
+    }
+
+    pub fn flush(&mut self) -> Result<()> {
+        self.out.flush()?;
+        Ok(())
+    }
+}
+
+/// Runs the trace; returns the exit code lotrace should end with.
+pub async fn run(opts: TraceOptions) -> Result<i32> {
+    let program = resolve_program(&opts.command[0])?;
+    let target = check_target(&opts.command)?;
+    crate::loader::preflight()?;
+
+    let mut meta = Meta {
+        kernel: kernel_release(),
+        command: opts.command.clone(),
+        target,
+        ..Default::default()
+    };
+    let mut tracer = Tracer::load(&LoadOptions {
+        btf_path: &opts.btf,
+        ring_size: opts.ring_size,
+        verbose: opts.verbose,
+    })?;
+    meta.set_probes(&tracer.probes);
+    meta.drop_reasons = tracer.drop_reasons.clone();
+    let mut recfile = match &opts.record {
+        Some(p) => Some(RecordFile::create(p, &meta)?),
+        None => None,
+    };
+    let ring = tracer.take_events()?;
+    // SAFETY: the ring buffer owns its fd and keeps it open until dropped,
+    // which happens after the AsyncFd is dropped.
+    let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+        .map_err(|e| anyhow!("cannot poll the event ring buffer: {e}"))?;
+
+    // The child becomes a target in the fork tracepoint, before it runs, so
+    // not even its first packet can be missed.
+    let me = std::process::id();
+    tracer.add_target(me)?;
+    let mut cmd = Command::new(&program);
+    cmd.arg0(&opts.command[0])
+        .args(&opts.command[1..])
+        .stdin(Stdio::inherit())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
+    // SAFETY: prctl is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            // The child must not outlive lotrace.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let spawned = cmd.spawn();
+    let removed = tracer.remove_target(me);
+    let mut child =
+        spawned.with_context(|| format!("cannot run {}", opts.command[0]))?;
+    removed?;
+    let pid = child.id().context("child exited before it could be traced")?;
+    tracer.add_target(pid)?;
+
+    let mut printer = Printer::new(opts.format);
+    let mut session = Session::new(&meta);
+    let mut lines = BufReader::new(child.stdout.take().context("child stdout")?).lines();
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut tick = interval(Duration::from_millis(50));
+    let mut stdout_open = true;
+    let mut kill_at: Option<Instant> = None;
+    let mut last_lost = 0;
+
+    let status: ExitStatus = loop {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard?;
+                let rb = guard.get_inner_mut();
+                let mut done = Vec::new();
+                while let Some(item) = rb.next() {
+                    if let Some(e) = Event::from_bytes(&item) {
+                        if let Some(r) = recfile.as_mut() { r.record(&Record::Event(e))?; }
+                        done.extend(session.event(e));
+                    }
+                }
+                guard.clear_ready();
+                printer.journeys(&done, &meta)?;
+            }
+            line = lines.next_line(), if stdout_open => {
+                match line {
+                    Ok(Some(text)) => {
+                        printer.child_line(&text)?;
+                        if let Some(r) = recfile.as_mut() {
+                            r.record(&Record::Line { ts_ns: monotonic_ns(), text: text.clone() })?;
+                        }
+                        session.line(&text);
+                    }
+                    _ => stdout_open = false,
+                }
+            }
+            st = child.wait() => break st?,
+            _ = sigint.recv() => {
+                forward(pid, libc::SIGINT);
+                kill_at.get_or_insert(Instant::now() + Duration::from_secs(3));
+            }
+            _ = sigterm.recv() => {
+                forward(pid, libc::SIGTERM);
+                kill_at.get_or_insert(Instant::now() + Duration::from_secs(3));
+            }
+            _ = sleep_until(kill_at.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600))), if kill_at.is_some() => {
+                forward(pid, libc::SIGKILL);
+                kill_at = None;
+            }
+            _ = tick.tick() => {
+                tracer.flush_logs();
+                let lost = tracer.lost_events().unwrap_or(last_lost);
+                if lost != last_lost {
+                    last_lost = lost;
+                    if let Some(r) = recfile.as_mut() { r.record(&Record::Lost(lost))?; }
+                    session.record(&Record::Lost(lost));
+                }
+                let done = session.ready(monotonic_ns());
+                printer.journeys(&done, &meta)?;
+                printer.flush()?;
+            }
+        }
+    };
+
+    // The child is gone: what it printed and what its packets did are all
+    // in the pipes and the ring already.
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while stdout_open {
+        tokio::select! {
+            line = lines.next_line() => match line {
+                Ok(Some(text)) => {
+                    printer.child_line(&text)?;
+                    if let Some(r) = recfile.as_mut() {
+                        r.record(&Record::Line { ts_ns: monotonic_ns(), text: text.clone() })?;
+                    }
+                    session.line(&text);
+                }
+                _ => stdout_open = false,
+            },
+            _ = sleep_until(deadline) => stdout_open = false,
+        }
+    }
+    let rb = ring.get_mut();
+    let mut done = Vec::new();
+    while let Some(item) = rb.next() {
+        if let Some(e) = Event::from_bytes(&item) {
+            if let Some(r) = recfile.as_mut() {
+                r.record(&Record::Event(e))?;
+            }
+            done.extend(session.event(e));
+        }
+    }
+    tracer.flush_logs();
+    let lost = tracer.lost_events().unwrap_or(last_lost);
+    if let Some(r) = recfile.as_mut() {
+        r.record(&Record::Lost(lost))?;
+    }
+    session.record(&Record::Lost(lost));
+    done.extend(session.finish());
+    printer.journeys(&done, &meta)?;
+    printer.summary(&session, &meta)?;
+    let exit = exit_words(status);
+    if let Some(r) = recfile.take() {
+        r.finish(&Trailer {
+            lost_events: lost,
+            exit: exit.clone(),
+        })?;
+    }
+    drop(ring);
+    drop(tracer);
+    Ok(match (status.code(), status.signal()) {
+        (Some(c), _) => c,
+        (None, Some(sig)) if sig == libc::SIGINT || sig == libc::SIGTERM => 0,
+        (None, Some(sig)) => 128 + sig,
+        _ => 1,
+    })
+}
+
+fn exit_words(s: ExitStatus) -> String {
+    match (s.code(), s.signal()) {
+        (Some(c), _) => c.to_string(),
+        (None, Some(sig)) => format!("signal {sig}"),
+        _ => "unknown".into(),
+    }
+}
+
+fn forward(pid: u32, sig: i32) {
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(pid as i32, sig) };
+}
