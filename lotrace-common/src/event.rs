@@ -55,8 +55,9 @@ pub struct Event {
     pub ts_ns: u64,
     /// The `struct sk_buff *` the stage saw, or 0.
     pub skb: u64,
-    /// Stage-specific value: a syscall's return, the route's output ifindex,
-    /// the drop reason, the work done by a poll, the socket address.
+    /// Stage-specific value: a syscall's return, the drop reason, the work
+    /// done by a poll, the socket address. For `route`, `skb` and `aux`
+    /// together hold the chosen device's name (16 bytes, NUL-padded).
     pub aux: u64,
     pub tid: u32,
     pub tgid: u32,
@@ -67,7 +68,8 @@ pub struct Event {
     /// Per-CPU NET_RX run number, so that events of one softirq run can be
     /// grouped (0 outside the softirq).
     pub softirq_run: u32,
-    pub _reserved: u32,
+    /// A second stage-specific value: the routing table for `route`.
+    pub aux2: u32,
     pub stage: u8,
     pub probe: u8,
     pub flags: u8,
@@ -100,7 +102,7 @@ impl Event {
         put(&self.cpu.to_le_bytes());
         put(&self.len.to_le_bytes());
         put(&self.softirq_run.to_le_bytes());
-        put(&self._reserved.to_le_bytes());
+        put(&self.aux2.to_le_bytes());
         put(&[
             self.stage,
             self.probe,
@@ -147,7 +149,7 @@ impl Event {
             cpu: u32_at(48),
             len: u32_at(52),
             softirq_run: u32_at(56),
-            _reserved: u32_at(60),
+            aux2: u32_at(60),
             stage: b[64],
             probe: b[65],
             flags: b[66],
@@ -188,7 +190,7 @@ pub struct Config {
     pub skb_head: u32,
     pub skb_network_header: u32,
     pub skb_len: u32,
-    pub _pad: u32,
+    pub skb_sk: u32,
     /// Byte offset of each tracepoint field, indexed by [`crate::TpField`];
     /// `u16::MAX` when the field does not exist on this kernel.
     pub tp: [u16; TP_FIELD_COUNT],
@@ -200,7 +202,7 @@ impl Config {
             skb_head: 0,
             skb_network_header: 0,
             skb_len: 0,
-            _pad: 0,
+            skb_sk: 0,
             tp: [u16::MAX; TP_FIELD_COUNT],
         }
     }

@@ -1,8 +1,8 @@
 use aya_ebpf::{
     EbpfContext,
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id,
-        bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
+        bpf_probe_read_kernel, bpf_probe_read_user,
     },
     macros::{map, tracepoint},
     maps::{HashMap, PerCpuArray, RingBuf},
@@ -57,7 +57,11 @@ static RECV_CTX: HashMap<u32, PktKey> = HashMap::with_max_entries(1024, 0);
 fn tp_offset(field: TpField) -> Option<usize> {
     // Volatile: the loader rewrites CONFIG, so the compiler must not fold it.
     let off = unsafe { core::ptr::read_volatile(&CONFIG.tp[field as usize]) };
-    if off == u16::MAX { None } else { Some(off as usize) }
+    if off == u16::MAX {
+        None
+    } else {
+        Some(off as usize)
+    }
 }
 
 #[inline(always)]
@@ -184,6 +188,7 @@ struct Emit {
     skb: u64,
     len: u32,
     aux: u64,
+    aux2: u32,
 }
 
 #[inline(always)]
@@ -220,7 +225,7 @@ fn emit<C: EbpfContext>(ctx: &C, key: &PktKey, e: Emit) {
         cpu: unsafe { bpf_get_smp_processor_id() },
         len: e.len,
         softirq_run: run,
-        _reserved: 0,
+        aux2: e.aux2,
         stage: e.stage as u8,
         probe: e.probe as u8,
         flags,
@@ -248,6 +253,7 @@ fn at(stage: Stage, probe: ProbeId, skb: u64, len: u32, aux: u64) -> Emit {
         skb,
         len,
         aux,
+        aux2: 0,
     }
 }
 
@@ -357,22 +363,19 @@ pub fn tp_fib_table_lookup(ctx: TracePointContext) -> u32 {
             None => return 0,
         }
     };
-    let oif = field::<i32>(&ctx, TpField::FibOif).unwrap_or(0) as u32;
     let tb = field::<u32>(&ctx, TpField::FibTbId).unwrap_or(0);
     let err = field::<i32>(&ctx, TpField::FibErr).unwrap_or(0);
-    // aux: table id in the high half, output ifindex in the low half;
-    // len carries the lookup's error (0 on success).
-    emit(
-        &ctx,
-        &key,
-        at(
-            Stage::Route,
-            ProbeId::FibTableLookup,
-            0,
-            err as u32,
-            ((tb as u64) << 32) | oif as u64,
-        ),
+    let dev = field::<[u8; 16]>(&ctx, TpField::FibDev).unwrap_or([0; 16]);
+    let (lo, hi) = dev.split_at(8);
+    let mut e = at(
+        Stage::Route,
+        ProbeId::FibTableLookup,
+        u64::from_le_bytes(lo.try_into().unwrap_or([0; 8])),
+        err as u32,
+        u64::from_le_bytes(hi.try_into().unwrap_or([0; 8])),
     );
+    e.aux2 = tb;
+    emit(&ctx, &key, e);
     0
 }
 
@@ -388,9 +391,20 @@ pub fn tp_net_dev_queue(ctx: TracePointContext) -> u32 {
         let (tgid, _) = tgid_tid();
         let in_softirq = state().map(|s| s.in_net_rx != 0).unwrap_or(false);
         let k = track_key(&key);
-        if !in_softirq && is_target(tgid) && unsafe { TRACKED.get(&k) }.is_none() {
-            let _ = TRACKED.insert(&k, &1, 0);
-            info!(&ctx, "tracking echo id {} of tgid {}", key.icmp_id, tgid);
+        if !in_softirq && is_target(tgid) {
+            if unsafe { TRACKED.get(&k) }.is_none() {
+                let _ = TRACKED.insert(&k, &1, 0);
+                info!(&ctx, "tracking echo id {} of tgid {}", key.icmp_id, tgid);
+            }
+            // The reply is delivered to this socket, possibly before the
+            // send returns: learn it now.
+            let off = unsafe { core::ptr::read_volatile(&CONFIG.skb_sk) } as u64;
+            if off != 0
+                && let Some(sk) = read_kernel::<u64>(skb + off)
+                && sk != 0
+            {
+                let _ = SOCKS.insert(&sk, &1, 0);
+            }
         }
     }
     if !is_tracked(&key) {
@@ -525,6 +539,7 @@ pub fn tp_softirq_exit(ctx: TracePointContext) -> u32 {
                 skb: 0,
                 len: 0,
                 aux: ran,
+                aux2: 0,
             },
         );
     }
@@ -589,6 +604,7 @@ pub fn tp_netif_receive_skb(ctx: TracePointContext) -> u32 {
                     skb: 0,
                     len: 0,
                     aux: 0,
+                    aux2: 0,
                 },
             );
         }
@@ -713,7 +729,12 @@ pub fn tp_sys_exit_recvmsg(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn tp_consume_skb(ctx: TracePointContext) -> u32 {
-    let _ = skb_stage(&ctx, TpField::ConsumeSkbSkb, Stage::Free, ProbeId::ConsumeSkb);
+    let _ = skb_stage(
+        &ctx,
+        TpField::ConsumeSkbSkb,
+        Stage::Free,
+        ProbeId::ConsumeSkb,
+    );
     0
 }
 

@@ -14,6 +14,7 @@ pub struct SkbOffsets {
     pub head: u32,
     pub network_header: u32,
     pub len: u32,
+    pub sk: u32,
 }
 
 pub struct KernelBtf {
@@ -42,6 +43,7 @@ impl KernelBtf {
             head: off("head")?,
             network_header: off("network_header")?,
             len: off("len")?,
+            sk: off("sk")?,
         })
     }
 

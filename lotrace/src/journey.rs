@@ -75,7 +75,9 @@ pub struct Hop {
     pub context: Context,
     pub softirq_run: u32,
     pub len: u32,
+    pub skb: u64,
     pub aux: u64,
+    pub aux2: u32,
 }
 
 /// Where the NET_RX softirq that received a leg ran.
@@ -143,19 +145,47 @@ const fn ex(leg: Option<Leg>, stage: Stage, probe: ProbeId) -> Expected {
 /// timing (softirq raise, the wake-up of a sleeping ping) are not listed.
 pub static ALWAYS: &[Expected] = &[
     ex(Some(Leg::Request), Stage::Sendto, ProbeId::SysEnterSendto),
-    ex(Some(Leg::Request), Stage::SockSendmsg, ProbeId::SockSendLength),
+    ex(
+        Some(Leg::Request),
+        Stage::SockSendmsg,
+        ProbeId::SockSendLength,
+    ),
     ex(Some(Leg::Request), Stage::Route, ProbeId::FibTableLookup),
-    ex(Some(Leg::Request), Stage::DevQueueXmit, ProbeId::NetDevQueue),
-    ex(Some(Leg::Request), Stage::LoopbackXmit, ProbeId::NetDevStartXmit),
+    ex(
+        Some(Leg::Request),
+        Stage::DevQueueXmit,
+        ProbeId::NetDevQueue,
+    ),
+    ex(
+        Some(Leg::Request),
+        Stage::LoopbackXmit,
+        ProbeId::NetDevStartXmit,
+    ),
     ex(Some(Leg::Request), Stage::NetifRx, ProbeId::NetifRxEntry),
     ex(None, Stage::NetRxAction, ProbeId::SoftirqEntry),
-    ex(Some(Leg::Request), Stage::NetifReceiveSkb, ProbeId::NetifReceiveSkb),
+    ex(
+        Some(Leg::Request),
+        Stage::NetifReceiveSkb,
+        ProbeId::NetifReceiveSkb,
+    ),
     ex(Some(Leg::Reply), Stage::DevQueueXmit, ProbeId::NetDevQueue),
-    ex(Some(Leg::Reply), Stage::LoopbackXmit, ProbeId::NetDevStartXmit),
+    ex(
+        Some(Leg::Reply),
+        Stage::LoopbackXmit,
+        ProbeId::NetDevStartXmit,
+    ),
     ex(Some(Leg::Reply), Stage::NetifRx, ProbeId::NetifRxEntry),
-    ex(Some(Leg::Reply), Stage::NetifReceiveSkb, ProbeId::NetifReceiveSkb),
+    ex(
+        Some(Leg::Reply),
+        Stage::NetifReceiveSkb,
+        ProbeId::NetifReceiveSkb,
+    ),
     ex(Some(Leg::Reply), Stage::SockDeliver, ProbeId::SkDataReady),
-    ex(Some(Leg::Reply), Stage::CopyToUser, ProbeId::SkbCopyDatagramIovec),
+    ex(
+        Some(Leg::Reply),
+        Stage::CopyToUser,
+        ProbeId::SkbCopyDatagramIovec,
+    ),
     ex(Some(Leg::Reply), Stage::Recvmsg, ProbeId::SysExitRecvmsg),
 ];
 
@@ -315,7 +345,9 @@ pub fn build_journey(mut events: Vec<Event>, expected: &[Expected]) -> Journey {
             context: Context::of(ev),
             softirq_run: ev.softirq_run,
             len: ev.len,
+            skb: ev.skb,
             aux: ev.aux,
+            aux2: ev.aux2,
         });
         prev = ev.ts_ns;
     }
@@ -410,24 +442,45 @@ pub(crate) mod tests {
             ev(base + 2700, S::SoftirqRaise, P::SoftirqRaise, false, seq),
             ev(base + 3000, S::LoopbackXmit, P::NetDevXmit, false, seq),
             ev(base + 3500, S::NetRxAction, P::SoftirqEntry, false, seq),
-            ev(base + 4000, S::NetifReceiveSkb, P::NetifReceiveSkb, false, seq),
+            ev(
+                base + 4000,
+                S::NetifReceiveSkb,
+                P::NetifReceiveSkb,
+                false,
+                seq,
+            ),
             ev(base + 5000, S::Route, P::FibTableLookup, true, seq),
             ev(base + 6000, S::DevQueueXmit, P::NetDevQueue, true, seq),
             ev(base + 6200, S::LoopbackXmit, P::NetDevStartXmit, true, seq),
             ev(base + 6400, S::NetifRx, P::NetifRxEntry, true, seq),
             ev(base + 6600, S::LoopbackXmit, P::NetDevXmit, true, seq),
             ev(base + 7000, S::Free, P::ConsumeSkb, false, seq),
-            ev(base + 7500, S::NetifReceiveSkb, P::NetifReceiveSkb, true, seq),
+            ev(
+                base + 7500,
+                S::NetifReceiveSkb,
+                P::NetifReceiveSkb,
+                true,
+                seq,
+            ),
             ev(base + 8000, S::SockDeliver, P::SkDataReady, true, seq),
             ev(base + 8500, S::NetRxAction, P::SoftirqExit, true, seq),
             ev(base + 9000, S::SockSendmsg, P::SockSendLength, false, seq),
-            ev(base + 12000, S::CopyToUser, P::SkbCopyDatagramIovec, true, seq),
+            ev(
+                base + 12000,
+                S::CopyToUser,
+                P::SkbCopyDatagramIovec,
+                true,
+                seq,
+            ),
             ev(base + 12500, S::Recvmsg, P::SysExitRecvmsg, true, seq),
         ]
     }
 
     fn all_probes() -> Vec<ProbeId> {
-        lotrace_common::catalog::PROBES.iter().map(|p| p.id).collect()
+        lotrace_common::catalog::PROBES
+            .iter()
+            .map(|p| p.id)
+            .collect()
     }
 
     #[test]
@@ -508,10 +561,19 @@ pub(crate) mod tests {
         let mut b = JourneyBuilder::new(Vec::new(), u64::MAX / 2).with_max_open(2);
         let mut closed = Vec::new();
         for seq in 0..5u16 {
-            closed.extend(b.push(ev(seq as u64, Stage::Sendto, ProbeId::SysEnterSendto, false, seq)));
+            closed.extend(b.push(ev(
+                seq as u64,
+                Stage::Sendto,
+                ProbeId::SysEnterSendto,
+                false,
+                seq,
+            )));
         }
         assert_eq!(b.open_count(), 2);
-        assert_eq!(closed.iter().map(|j| j.icmp_seq).collect::<Vec<_>>(), vec![0, 1, 2]);
+        assert_eq!(
+            closed.iter().map(|j| j.icmp_seq).collect::<Vec<_>>(),
+            vec![0, 1, 2]
+        );
     }
 
     #[test]
@@ -537,6 +599,9 @@ pub(crate) mod tests {
         }
         let j = build_journey(evs, &[]);
         assert_eq!(j.softirq[1].as_ref().unwrap().context, Context::Ksoftirqd);
-        assert_eq!(j.softirq[0].as_ref().unwrap().context, Context::SoftirqInline);
+        assert_eq!(
+            j.softirq[0].as_ref().unwrap().context,
+            Context::SoftirqInline
+        );
     }
 }

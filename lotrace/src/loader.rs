@@ -61,6 +61,7 @@ impl Tracer {
         config.skb_head = skb.head;
         config.skb_network_header = skb.network_header;
         config.skb_len = skb.len;
+        config.skb_sk = skb.sk;
         let mut formats = BTreeMap::new();
         for (field, probe, name) in TP_FIELDS.iter() {
             let (cat, tp) = probe.info().attach_point();

@@ -39,7 +39,12 @@ enum Cmd {
         #[arg(short, long)]
         verbose: bool,
         /// The command to trace and its arguments, e.g. `ping -c 5 127.0.0.1`.
-        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "COMMAND")]
+        #[arg(
+            required = true,
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "COMMAND"
+        )]
         command: Vec<String>,
     },
     /// Show a trace saved with `trace --record` again; needs no root.
@@ -56,9 +61,7 @@ fn parse_ring_size(s: &str) -> Result<u32, String> {
         .parse()
         .map_err(|_| format!("{s:?} is not a number of bytes"))?;
     if n < 4096 || !n.is_power_of_two() {
-        return Err(format!(
-            "{n} is not a power of two of at least 4096 bytes"
-        ));
+        return Err(format!("{n} is not a power of two of at least 4096 bytes"));
     }
     Ok(n)
 }

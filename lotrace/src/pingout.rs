@@ -44,9 +44,15 @@ pub fn ping_target(args: &[String]) -> Option<String> {
 #[derive(Debug, PartialEq)]
 pub enum PingLine {
     /// `PING host (addr) ...`: the address it resolved to.
-    Header { host: String, addr: String },
+    Header {
+        host: String,
+        addr: String,
+    },
     /// `64 bytes from ...: icmp_seq=N ttl=64 time=0.045 ms`
-    Reply { seq: u16, rtt_ns: u64 },
+    Reply {
+        seq: u16,
+        rtt_ns: u64,
+    },
     Other,
 }
 
@@ -107,16 +113,31 @@ mod tests {
 
     #[test]
     fn finds_the_target() {
-        assert_eq!(ping_target(&s(&["127.0.0.1"])).as_deref(), Some("127.0.0.1"));
+        assert_eq!(
+            ping_target(&s(&["127.0.0.1"])).as_deref(),
+            Some("127.0.0.1")
+        );
         assert_eq!(
             ping_target(&s(&["-c", "5", "-i", "0.2", "127.0.0.1"])).as_deref(),
             Some("127.0.0.1")
         );
-        assert_eq!(ping_target(&s(&["-c5", "-q", "::1"])).as_deref(), Some("::1"));
-        assert_eq!(ping_target(&s(&["-nqc", "3", "localhost"])).as_deref(), Some("localhost"));
-        assert_eq!(ping_target(&s(&["-I", "lo", "-f", "127.0.0.2"])).as_deref(), Some("127.0.0.2"));
+        assert_eq!(
+            ping_target(&s(&["-c5", "-q", "::1"])).as_deref(),
+            Some("::1")
+        );
+        assert_eq!(
+            ping_target(&s(&["-nqc", "3", "localhost"])).as_deref(),
+            Some("localhost")
+        );
+        assert_eq!(
+            ping_target(&s(&["-I", "lo", "-f", "127.0.0.2"])).as_deref(),
+            Some("127.0.0.2")
+        );
         assert_eq!(ping_target(&s(&["-c", "5"])), None);
-        assert_eq!(ping_target(&s(&["--", "-weird"])).as_deref(), Some("-weird"));
+        assert_eq!(
+            ping_target(&s(&["--", "-weird"])).as_deref(),
+            Some("-weird")
+        );
     }
 
     #[test]
@@ -142,7 +163,10 @@ mod tests {
                 rtt_ns: 1_200_000
             }
         );
-        assert_eq!(parse_line("--- 127.0.0.1 ping statistics ---"), PingLine::Other);
+        assert_eq!(
+            parse_line("--- 127.0.0.1 ping statistics ---"),
+            PingLine::Other
+        );
         assert_eq!(
             parse_line("rtt min/avg/max/mdev = 0.031/0.040/0.052/0.007 ms"),
             PingLine::Other

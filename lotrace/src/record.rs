@@ -37,7 +37,10 @@ pub enum Record {
     Event(Event),
     /// A line the traced command printed, with when it was read
     /// (CLOCK_MONOTONIC ns, the events' clock).
-    Line { ts_ns: u64, text: String },
+    Line {
+        ts_ns: u64,
+        text: String,
+    },
     /// Lost events so far (a running total).
     Lost(u64),
 }
@@ -249,12 +252,22 @@ mod tests {
         let first_event = 8 + 5 + header_len + 5;
         let mut bad = full.clone();
         bad[first_event + 64] = 99;
-        assert!(decode(&bad).unwrap_err().to_string().contains("unknown stage"));
+        assert!(
+            decode(&bad)
+                .unwrap_err()
+                .to_string()
+                .contains("unknown stage")
+        );
         let mut bad = full.clone();
         bad[first_event - 4..first_event].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(decode(&bad).unwrap_err().to_string().contains("claims"));
         let mut bad = full;
         bad[first_event - 5] = 77;
-        assert!(decode(&bad).unwrap_err().to_string().contains("unknown frame"));
+        assert!(
+            decode(&bad)
+                .unwrap_err()
+                .to_string()
+                .contains("unknown frame")
+        );
     }
 }

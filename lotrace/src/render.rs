@@ -51,11 +51,10 @@ pub fn detail(h: &Hop, meta: &Meta) -> Option<String> {
     match (h.stage, h.probe) {
         (Stage::Route, _) => {
             let err = h.len as i32;
-            let (table, oif) = (h.aux >> 32, h.aux as u32);
             Some(if err != 0 {
-                format!("table {table}: no route (error {err})")
+                format!("table {}: no route (error {err})", h.aux2)
             } else {
-                format!("table {table}, out ifindex {oif}")
+                format!("table {} → dev {}", h.aux2, route_dev(h))
             })
         }
         (Stage::Drop, _) => Some(format!("dropped: {}", meta.drop_reason(h.aux))),
@@ -67,6 +66,15 @@ pub fn detail(h: &Hop, meta: &Meta) -> Option<String> {
         }
         _ => None,
     }
+}
+
+/// The device a route lookup chose, carried in the event's skb and aux.
+pub fn route_dev(h: &Hop) -> String {
+    let mut b = [0u8; 16];
+    b[..8].copy_from_slice(&h.skb.to_le_bytes());
+    b[8..].copy_from_slice(&h.aux.to_le_bytes());
+    let end = b.iter().position(|&c| c == 0).unwrap_or(16);
+    String::from_utf8_lossy(&b[..end]).into_owned()
 }
 
 fn softirq_words(s: &SoftirqWhere) -> String {
@@ -167,11 +175,19 @@ fn hist_cols(h: &Histogram) -> String {
     format!(
         "{:>7} {:>10} {:>10} {:>10} {:>10} {:>10}",
         h.count,
-        if h.count > 0 { fmt_ns(h.min) } else { String::new() },
+        if h.count > 0 {
+            fmt_ns(h.min)
+        } else {
+            String::new()
+        },
         q(0.5),
         q(0.9),
         q(0.99),
-        if h.count > 0 { fmt_ns(h.max) } else { String::new() },
+        if h.count > 0 {
+            fmt_ns(h.max)
+        } else {
+            String::new()
+        },
     )
 }
 
@@ -192,18 +208,30 @@ pub fn summary_text(stats: &Stats, meta: &Meta, t: &Totals) -> String {
     let _ = writeln!(
         s,
         "\n   {:<8} {:<26} {:>7} {:>10} {:>10} {:>10} {:>10} {:>10}",
-        "", "kernel RTT (sendto → reply netif_rx)", "count", "min", "p50", "p90", "p99", "max"
-    );
-    let _ = writeln!(s, "   {:<35}{}", "", hist_cols(&stats.rtt));
-    let _ = writeln!(
-        s,
-        "\n   {:<8} {:<26} {:>7} {:>10} {:>10} {:>10} {:>10} {:>10}",
         "leg", "stage (time since previous)", "count", "min", "p50", "p90", "p99", "max"
     );
-    for row in &stats.order {
+    for row in &stats.order() {
         let h = &stats.rows[row];
-        let _ = writeln!(s, "   {:<8} {:<26} {}", row.leg.name(), row.label(), hist_cols(h));
+        let _ = writeln!(
+            s,
+            "   {:<8} {:<26} {}",
+            row.leg.name(),
+            row.label(),
+            hist_cols(h)
+        );
     }
+    let _ = writeln!(
+        s,
+        "   {:<35} {}",
+        "kernel RTT: sendto→reply netif_rx",
+        hist_cols(&stats.rtt)
+    );
+    let _ = writeln!(
+        s,
+        "   {:<35} {}",
+        "journey: first→last stage",
+        hist_cols(&stats.total)
+    );
     let unseen: Vec<_> = meta
         .stage_probes()
         .into_iter()
@@ -226,8 +254,8 @@ pub fn where_time_goes(stats: &Stats) -> String {
         return s;
     }
     let n = stats.journeys as u128;
-    let per: Vec<_> = stats
-        .order
+    let order = stats.order();
+    let per: Vec<_> = order
         .iter()
         .map(|r| (r, (stats.rows[r].sum / n) as u64))
         .collect();
@@ -328,7 +356,7 @@ fn hist_json(h: &Histogram) -> Value {
 
 pub fn summary_json(stats: &Stats, meta: &Meta, t: &Totals) -> Value {
     let stages: Vec<Value> = stats
-        .order
+        .order()
         .iter()
         .map(|r| {
             let mut v = hist_json(&stats.rows[r]);
@@ -448,7 +476,10 @@ mod tests {
         assert_eq!(v["journeys"], 1);
         assert_eq!(v["lost_events"], 0);
         let probes = v["probes"].as_array().unwrap();
-        let dq = probes.iter().find(|p| p["stage"] == "dev_queue_xmit").unwrap();
+        let dq = probes
+            .iter()
+            .find(|p| p["stage"] == "dev_queue_xmit")
+            .unwrap();
         assert_eq!(dq["probes"][0], "tracepoint:net:net_dev_queue");
         let ip = probes.iter().find(|p| p["stage"] == "ip_rcv").unwrap();
         assert!(ip["missing"].as_str().unwrap().contains("function probe"));

@@ -111,7 +111,10 @@ mod tests {
         for p in PROBES.iter() {
             assert_eq!(probe_by_name(&probe_name(p.id)), Some(p.id));
         }
-        assert_eq!(probe_name(ProbeId::NetDevQueue), "tracepoint:net:net_dev_queue");
+        assert_eq!(
+            probe_name(ProbeId::NetDevQueue),
+            "tracepoint:net:net_dev_queue"
+        );
     }
 
     #[test]
@@ -129,9 +132,24 @@ mod tests {
         ]);
         let sp = m.stage_probes();
         let get = |s: Stage| sp.iter().find(|x| x.0 == s).unwrap();
-        assert_eq!(get(Stage::DevQueueXmit).1, vec!["tracepoint:net:net_dev_queue"]);
-        assert!(get(Stage::NetifRx).2.as_ref().unwrap().contains("no tracepoint net:netif_rx_entry"));
-        assert!(get(Stage::IpRcv).2.as_ref().unwrap().contains("function probe"));
+        assert_eq!(
+            get(Stage::DevQueueXmit).1,
+            vec!["tracepoint:net:net_dev_queue"]
+        );
+        assert!(
+            get(Stage::NetifRx)
+                .2
+                .as_ref()
+                .unwrap()
+                .contains("no tracepoint net:netif_rx_entry")
+        );
+        assert!(
+            get(Stage::IpRcv)
+                .2
+                .as_ref()
+                .unwrap()
+                .contains("function probe")
+        );
         assert_eq!(m.attached(), vec![ProbeId::NetDevQueue]);
     }
 }

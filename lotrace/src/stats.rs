@@ -74,6 +74,9 @@ impl Histogram {
         if self.count == 0 {
             return None;
         }
+        if q <= 0.0 {
+            return Some(self.min);
+        }
         let rank = ((q.clamp(0.0, 1.0) * self.count as f64).ceil() as u64).max(1);
         let mut seen = 0;
         for (b, &c) in self.counts.iter().enumerate() {
@@ -123,14 +126,14 @@ impl Row {
 pub struct Stats {
     /// Per row: the time from the previous hop to this one.
     pub rows: BTreeMap<Row, Histogram>,
-    /// Per row: the first time each journey reached it, since the send.
+    /// The kernel RTT of each journey that has one.
     pub rtt: Histogram,
     pub total: Histogram,
     pub journeys: u64,
     pub incomplete: u64,
-    /// Summed gap per row, for the where-the-time-goes bar, in the order
-    /// rows were first met (kernel order for the usual journey).
-    pub order: Vec<Row>,
+    /// Per row: summed time since the send and count, to order the rows
+    /// the way packets met them on average.
+    t_sum: BTreeMap<Row, (i128, u64)>,
 }
 
 impl Stats {
@@ -149,33 +152,23 @@ impl Stats {
                 stage: h.stage,
                 at_return: h.probe.info().at_return,
             };
-            if !self.rows.contains_key(&row) {
-                // Keep the table in the order a packet meets the rows.
-                let pos = self
-                    .order
-                    .iter()
-                    .position(|r| rank(r) > rank(&row))
-                    .unwrap_or(self.order.len());
-                self.order.insert(pos, row);
-            }
             self.rows.entry(row).or_default().record(h.delta_ns);
+            let t = self.t_sum.entry(row).or_default();
+            t.0 += h.t_ns as i128;
+            t.1 += 1;
         }
     }
-}
 
-/// Journey order of a row: the request before the reply, and within a leg
-/// the catalog's order, a stage's return after its start.
-fn rank(r: &Row) -> (u8, u8, bool) {
-    let stage = r.stage as u8;
-    // A few rows end up out of catalog order in practice: the send's return
-    // closes the journey, and so does the freeing of the skbs.
-    let (leg, stage) = match (r.leg, r.stage, r.at_return) {
-        (_, Stage::SockSendmsg, true) => (2, stage),
-        (_, Stage::Free | Stage::Drop, _) => (3 + r.leg as u8, stage),
-        (Leg::Request, _, _) => (0, stage),
-        (Leg::Reply, _, _) => (1, stage),
-    };
-    (leg, stage, r.at_return)
+    /// The rows in the order packets met them, by mean time since the send.
+    pub fn order(&self) -> Vec<Row> {
+        let mut rows: Vec<(i128, Row)> = self
+            .t_sum
+            .iter()
+            .map(|(r, (sum, n))| (sum / (*n).max(1) as i128, *r))
+            .collect();
+        rows.sort();
+        rows.into_iter().map(|(_, r)| r).collect()
+    }
 }
 
 #[cfg(test)]
@@ -186,7 +179,20 @@ mod tests {
     #[test]
     fn buckets_are_monotonic_and_tight() {
         let mut last = 0;
-        for v in [0u64, 1, 15, 16, 17, 31, 32, 100, 1000, 123_456, 9_999_999, u64::MAX / 3] {
+        for v in [
+            0u64,
+            1,
+            15,
+            16,
+            17,
+            31,
+            32,
+            100,
+            1000,
+            123_456,
+            9_999_999,
+            u64::MAX / 3,
+        ] {
             let b = bucket(v);
             assert!(b >= last, "bucket order at {v}");
             last = b;
@@ -223,7 +229,8 @@ mod tests {
         }
         assert_eq!(s.journeys, 3);
         assert_eq!(s.rtt.count, 3);
-        let first = s.order.first().unwrap();
+        let order = s.order();
+        let first = order.first().unwrap();
         assert_eq!((first.leg, first.stage), (Leg::Request, Stage::Sendto));
         let netif = Row {
             leg: Leg::Reply,
@@ -232,7 +239,7 @@ mod tests {
         };
         assert_eq!(s.rows[&netif].count, 3);
         assert_eq!(s.rows[&netif].min, 200);
-        let pos = |r: &Row| s.order.iter().position(|x| x == r).unwrap();
+        let pos = |r: &Row| order.iter().position(|x| x == r).unwrap();
         let send_ret = Row {
             leg: Leg::Request,
             stage: Stage::SockSendmsg,

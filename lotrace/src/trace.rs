@@ -52,7 +52,9 @@ pub fn resolve_program(program: &str) -> Result<PathBuf> {
         return if runnable(&p) {
             Ok(p)
         } else {
-            Err(anyhow!("command not found: {program} (no such executable file)"))
+            Err(anyhow!(
+                "command not found: {program} (no such executable file)"
+            ))
         };
     }
     let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
@@ -247,10 +249,11 @@ pub async fn run(opts: TraceOptions) -> Result<i32> {
     }
     let spawned = cmd.spawn();
     let removed = tracer.remove_target(me);
-    let mut child =
-        spawned.with_context(|| format!("cannot run {}", opts.command[0]))?;
+    let mut child = spawned.with_context(|| format!("cannot run {}", opts.command[0]))?;
     removed?;
-    let pid = child.id().context("child exited before it could be traced")?;
+    let pid = child
+        .id()
+        .context("child exited before it could be traced")?;
     tracer.add_target(pid)?;
 
     let mut printer = Printer::new(opts.format);

@@ -77,9 +77,10 @@ pub fn parse_format(text: &str) -> Result<HashMap<String, u16>> {
         for part in rest.split(';') {
             let part = part.trim();
             if let Some(v) = part.strip_prefix("offset:") {
-                offset = Some(v.trim().parse::<u16>().with_context(|| {
-                    format!("bad offset in tracepoint format line: {line}")
-                })?);
+                offset =
+                    Some(v.trim().parse::<u16>().with_context(|| {
+                        format!("bad offset in tracepoint format line: {line}")
+                    })?);
             } else if decl.is_none() && !part.is_empty() {
                 decl = Some(part);
             }
