@@ -84,7 +84,7 @@ fn softirq_words(s: &SoftirqWhere) -> String {
     }
 }
 
-fn target<'a>(meta: &'a Meta) -> &'a str {
+fn target(meta: &Meta) -> &str {
     meta.target.as_deref().unwrap_or("?")
 }
 
@@ -110,8 +110,8 @@ pub fn journey_text(d: &Done, meta: &Meta) -> String {
     );
     let _ = writeln!(
         s,
-        "   {:<8} {:<26} {:>10} {:>11} {:>4}  {:<20} {:<9} {}",
-        "leg", "stage", "+prev", "since send", "cpu", "task", "context", "probe"
+        "   {:<8} {:<26} {:>10} {:>11} {:>4}  {:<20} {:<9} probe",
+        "leg", "stage", "+prev", "since send", "cpu", "task", "context"
     );
     for h in &j.hops {
         let stage = if h.probe.info().at_return {
@@ -272,7 +272,7 @@ pub fn where_time_goes(stats: &Stats) -> String {
     for (r, v) in per {
         let cells = (v * WIDTH * 8 / total) as usize;
         let mut bar = "█".repeat(cells / 8);
-        if cells % 8 > 0 {
+        if !cells.is_multiple_of(8) {
             bar.push(['▏', '▎', '▍', '▌', '▋', '▊', '▉'][cells % 8 - 1]);
         }
         let _ = writeln!(

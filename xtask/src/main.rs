@@ -1,1 +1,259 @@
-fn main() {}
+//! lotrace's build, run and test orchestration: `cargo xtask <command>`.
+
+use std::{
+    ffi::OsString,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+/// The bpf-linker release known to load our BTF-carrying objects.
+const BPF_LINKER_VERSION: &str = "0.10.4";
+/// The toolchain that builds the eBPF object (see lotrace/build.rs).
+const EBPF_TOOLCHAIN: &str = "stable";
+/// Debian packages: what each is needed for.
+const PACKAGES: &[(&str, &str, &str)] = &[
+    ("iputils-ping", "ping", "the command lotrace traces"),
+    (
+        "bpftool",
+        "bpftool",
+        "the tests' check that no program is left loaded",
+    ),
+];
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Build, run and test lotrace")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what the build and the tests need, when it is missing.
+    Setup,
+    /// Build lotrace (release) with its eBPF programs embedded.
+    Build,
+    /// Build, then run lotrace with ARGS (as root; through sudo if needed).
+    ///
+    /// Example: cargo xtask run -- trace ping 127.0.0.1
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+    /// The whole test suite: formatting, clippy, unit tests, and the
+    /// integration tests that trace real pings (as root).
+    Test,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        Cmd::Setup => setup(),
+        Cmd::Build => setup().and_then(|_| build()).map(|_| 0),
+        Cmd::Run { args } => run(args),
+        Cmd::Test => test().map(|_| 0),
+    };
+    match r {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn setup() -> Result<u8> {
+    ensure_rust_components()?;
+    ensure_bpf_linker()?;
+    ensure_packages()?;
+    Ok(0)
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+fn have(cmd: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(cmd).is_file()))
+}
+
+fn status(cmd: &mut Command) -> Result<()> {
+    let st = cmd
+        .status()
+        .with_context(|| format!("cannot run {:?}", cmd.get_program()))?;
+    if !st.success() {
+        bail!("{cmd:?} failed ({st})");
+    }
+    Ok(())
+}
+
+fn ensure_rust_components() -> Result<()> {
+    let out = Command::new("rustup")
+        .args([
+            "component",
+            "list",
+            "--installed",
+            "--toolchain",
+            EBPF_TOOLCHAIN,
+        ])
+        .output()
+        .context("rustup is needed to build lotrace (https://rustup.rs)")?;
+    if !out.status.success() {
+        println!(
+            "xtask: installing the {EBPF_TOOLCHAIN} Rust toolchain (builds the eBPF programs)"
+        );
+        status(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            EBPF_TOOLCHAIN,
+            "--profile",
+            "minimal",
+        ]))?;
+    }
+    let installed = String::from_utf8_lossy(&out.stdout).to_string();
+    for (component, why) in [
+        ("rust-src", "the eBPF target builds core from source"),
+        ("rustfmt", "the tests check formatting"),
+        ("clippy", "the tests run clippy"),
+    ] {
+        if !installed.lines().any(|l| l.starts_with(component)) {
+            println!("xtask: installing rustup component {component} for {EBPF_TOOLCHAIN} ({why})");
+            status(Command::new("rustup").args([
+                "component",
+                "add",
+                component,
+                "--toolchain",
+                EBPF_TOOLCHAIN,
+            ]))?;
+        }
+    }
+    Ok(())
+}
+
+fn ensure_bpf_linker() -> Result<()> {
+    let current = Command::new("bpf-linker")
+        .arg("--version")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    if current.as_deref() == Some(&format!("bpf-linker {BPF_LINKER_VERSION}")) {
+        return Ok(());
+    }
+    println!(
+        "xtask: installing bpf-linker {BPF_LINKER_VERSION} (links the eBPF programs; found {})",
+        current.as_deref().unwrap_or("none")
+    );
+    status(Command::new("cargo").args([
+        &format!("+{EBPF_TOOLCHAIN}"),
+        "install",
+        &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+        "--locked",
+        "--force",
+    ]))
+}
+
+fn ensure_packages() -> Result<()> {
+    let missing: Vec<_> = PACKAGES
+        .iter()
+        .filter(|(pkg, bin, _)| {
+            !have(bin)
+                && !Command::new("dpkg-query")
+                    .args(["-W", "-f=${Status}", pkg])
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+                    .unwrap_or(false)
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !have("apt-get") {
+        let names: Vec<_> = missing.iter().map(|m| m.0).collect();
+        bail!("missing packages {names:?} and no apt-get to install them: install them by hand");
+    }
+    for (pkg, _, why) in &missing {
+        println!("xtask: installing Debian package {pkg} ({why})");
+    }
+    let sudo: &[&str] = if is_root() { &[] } else { &["sudo"] };
+    let apt = |args: &[&str]| {
+        let mut all: Vec<&str> = sudo.to_vec();
+        all.push("apt-get");
+        all.extend_from_slice(args);
+        let mut c = Command::new(all[0]);
+        c.args(&all[1..]).env("DEBIAN_FRONTEND", "noninteractive");
+        c
+    };
+    status(apt(&["-qq", "update"]).stdout(std::process::Stdio::null()))?;
+    let mut args = vec!["install", "-y", "-qq", "--no-install-recommends"];
+    args.extend(missing.iter().map(|m| m.0));
+    status(apt(&args).stdout(std::process::Stdio::null()))
+}
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    c.current_dir(workspace());
+    c
+}
+
+fn build() -> Result<PathBuf> {
+    status(cargo().args(["build", "--release", "--package", "lotrace"]))?;
+    Ok(workspace().join("target/release/lotrace"))
+}
+
+fn run(args: Vec<OsString>) -> Result<u8> {
+    setup()?;
+    let bin = build()?;
+    let mut cmd = if is_root() {
+        Command::new(&bin)
+    } else if have("sudo") {
+        eprintln!("xtask: lotrace loads eBPF programs: running it through sudo");
+        let mut c = Command::new("sudo");
+        c.arg("--preserve-env=PATH").arg(&bin);
+        c
+    } else {
+        bail!(
+            "lotrace needs root to load eBPF programs and sudo is not installed: run `cargo xtask run` as root"
+        );
+    };
+    let st = cmd.args(&args).status().context("cannot run lotrace")?;
+    Ok(st.code().unwrap_or(1).clamp(0, 255) as u8)
+}
+
+fn test() -> Result<()> {
+    setup()?;
+    if !is_root() {
+        bail!(
+            "the integration tests load eBPF programs and trace real pings: run `cargo xtask test` as root"
+        );
+    }
+    println!("xtask: cargo fmt --check");
+    status(cargo().args(["fmt", "--all", "--check"]))?;
+    println!("xtask: cargo clippy -D warnings");
+    status(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    println!("xtask: unit and integration tests");
+    status(cargo().args(["test", "--workspace"]))?;
+    println!("xtask: all tests passed");
+    Ok(())
+}
