@@ -727,19 +727,33 @@ pub fn tp_sys_exit_recvmsg(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// Raw ICMP sockets each get a clone of every echo packet, and another
+/// ping frees its clones in its own system calls: in task context only the
+/// traced processes' frees belong to a journey.
+#[inline(always)]
+fn free_is_ours() -> bool {
+    let in_softirq = state().map(|s| s.in_net_rx != 0).unwrap_or(false);
+    in_softirq || is_target(tgid_tid().0)
+}
+
 #[tracepoint]
 pub fn tp_consume_skb(ctx: TracePointContext) -> u32 {
-    let _ = skb_stage(
-        &ctx,
-        TpField::ConsumeSkbSkb,
-        Stage::Free,
-        ProbeId::ConsumeSkb,
-    );
+    if free_is_ours() {
+        let _ = skb_stage(
+            &ctx,
+            TpField::ConsumeSkbSkb,
+            Stage::Free,
+            ProbeId::ConsumeSkb,
+        );
+    }
     0
 }
 
 #[tracepoint]
 pub fn tp_kfree_skb(ctx: TracePointContext) -> u32 {
+    if !free_is_ours() {
+        return 0;
+    }
     let Some(skb) = field::<u64>(&ctx, TpField::KfreeSkbSkb) else {
         return 0;
     };

@@ -1,0 +1,84 @@
+//! Helpers for the integration tests: run the real binary, parse its JSON.
+
+#![allow(dead_code)]
+
+use std::{
+    collections::BTreeSet,
+    process::{Command, Output},
+    sync::{Mutex, MutexGuard},
+};
+
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_lotrace");
+
+/// Traces load programs into one kernel: one test at a time, so that
+/// "nothing left loaded" checks see only their own run.
+static KERNEL: Mutex<()> = Mutex::new(());
+
+pub fn kernel_lock() -> MutexGuard<'static, ()> {
+    KERNEL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+pub fn lotrace(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).output().expect("run lotrace")
+}
+
+pub fn json_lines(out: &Output) -> Vec<Value> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+pub fn journeys(lines: &[Value]) -> Vec<&Value> {
+    lines.iter().filter(|v| v["type"] == "journey").collect()
+}
+
+pub fn summary(lines: &[Value]) -> &Value {
+    let s: Vec<_> = lines.iter().filter(|v| v["type"] == "summary").collect();
+    assert_eq!(s.len(), 1, "exactly one summary");
+    s[0]
+}
+
+/// Ids of loaded eBPF programs whose name is one of lotrace's (`tp_...`).
+pub fn lotrace_programs() -> BTreeSet<u64> {
+    let out = Command::new("bpftool")
+        .args(["--json", "prog", "show"])
+        .output()
+        .expect("bpftool is installed by `cargo xtask setup`");
+    assert!(out.status.success(), "bpftool prog show failed");
+    let v: Value = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
+    v.as_array()
+        .expect("array")
+        .iter()
+        .filter(|p| p["name"].as_str().is_some_and(|n| n.starts_with("tp_")))
+        .filter_map(|p| p["id"].as_u64())
+        .collect()
+}
+
+/// The stages of one leg of a journey, in the order they were met.
+pub fn leg_stages<'a>(j: &'a Value, leg: &str) -> Vec<&'a str> {
+    let legs = j["legs"].as_array().expect("legs");
+    let l = legs.iter().find(|l| l["leg"] == leg).expect("leg present");
+    l["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| e["stage"].as_str().expect("stage"))
+        .collect()
+}
+
+/// `want` appear in `got` in this order (first occurrences).
+pub fn in_order(got: &[&str], want: &[&str]) -> bool {
+    let pos: Vec<Option<usize>> = want
+        .iter()
+        .map(|w| got.iter().position(|g| g == w))
+        .collect();
+    pos.iter().all(|p| p.is_some()) && pos.windows(2).all(|w| w[0] < w[1])
+}

@@ -1,0 +1,337 @@
+//! Integration tests: trace real pings to 127.0.0.1 on this kernel, as root.
+
+mod common;
+
+use std::{
+    os::unix::{fs::PermissionsExt, process::CommandExt},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::*;
+use serde_json::Value;
+
+const REQUEST_ORDER: &[&str] = &[
+    "sendto",
+    "route",
+    "dev_queue_xmit",
+    "loopback_xmit",
+    "netif_rx",
+    "netif_receive_skb",
+];
+const REPLY_ORDER: &[&str] = &[
+    "route",
+    "dev_queue_xmit",
+    "loopback_xmit",
+    "netif_rx",
+    "netif_receive_skb",
+    "sock_deliver",
+    "copy_to_user",
+    "recvmsg",
+];
+const CARD_STAGES: &[&str] = &[
+    "sock_sendmsg",
+    "dev_queue_xmit",
+    "loopback_xmit",
+    "netif_rx",
+    "net_rx_action",
+];
+
+fn require_root() {
+    assert!(
+        is_root(),
+        "the integration tests load eBPF programs: run them as root (cargo xtask test)"
+    );
+}
+
+fn all_events(j: &Value) -> Vec<&Value> {
+    j["legs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|l| l["events"].as_array().unwrap())
+        .collect()
+}
+
+/// The checks every journey of a plain loopback ping must pass.
+fn check_journey(j: &Value) {
+    let seq = &j["icmp_seq"];
+    assert_eq!(
+        j["complete"], true,
+        "seq {seq} incomplete: {}",
+        j["missing"]
+    );
+    assert_eq!(j["family"], "ipv4");
+    let req = leg_stages(j, "request");
+    let rep = leg_stages(j, "reply");
+    assert!(
+        in_order(&req, REQUEST_ORDER),
+        "seq {seq} request order: {req:?}"
+    );
+    assert!(
+        in_order(&rep, REPLY_ORDER),
+        "seq {seq} reply order: {rep:?}"
+    );
+    let both: Vec<&str> = req.iter().chain(rep.iter()).copied().collect();
+    for s in CARD_STAGES {
+        assert!(both.contains(s), "seq {seq} lacks {s}: {both:?}");
+    }
+    // Deltas: non-negative, and in time order they add up to the total.
+    let mut evs = all_events(j);
+    evs.sort_by_key(|e| e["t_ns"].as_i64().unwrap());
+    let sum: u64 = evs
+        .iter()
+        .map(|e| e["delta_ns"].as_u64().expect("delta ≥ 0"))
+        .sum();
+    assert_eq!(
+        sum,
+        j["total_ns"].as_u64().unwrap(),
+        "seq {seq}: deltas vs total"
+    );
+    let first = evs.first().unwrap();
+    assert_eq!(first["stage"], "sendto");
+    assert_eq!(first["t_ns"], 0);
+    for e in &evs {
+        assert!(e["probe"].as_str().unwrap().starts_with("tracepoint:"));
+    }
+}
+
+/// lotrace's RTT spans the request's sendto entry to the reply's netif_rx;
+/// ping's spans its own clock read just before sendto to the reply's
+/// receive timestamp, taken inside that netif_rx. So ping's contains
+/// lotrace's, up to ping's printed resolution.
+fn check_rtt(j: &Value) {
+    let ours = j["rtt_ns"].as_u64().expect("kernel RTT");
+    let ping = j["ping_rtt_ns"].as_u64().expect("ping printed an RTT");
+    assert!(
+        ours <= ping + 1_000,
+        "seq {}: kernel RTT {ours} ns exceeds ping's {ping} ns",
+        j["icmp_seq"]
+    );
+    assert!(
+        ping - ours.min(ping) < 2_000_000,
+        "seq {}: ping's RTT {ping} ns is far beyond the kernel's {ours} ns",
+        j["icmp_seq"]
+    );
+}
+
+#[test]
+fn five_pings_give_five_journeys_and_record_replays_them() {
+    require_root();
+    let _k = kernel_lock();
+    let before = lotrace_programs();
+    let dir = tempfile::tempdir().unwrap();
+    let rec = dir.path().join("five.lotrace");
+    let out = lotrace(&[
+        "trace",
+        "--format",
+        "json",
+        "--record",
+        rec.to_str().unwrap(),
+        "ping",
+        "-c",
+        "5",
+        "-i",
+        "0.2",
+        "127.0.0.1",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines = json_lines(&out);
+    let js = journeys(&lines);
+    assert_eq!(js.len(), 5);
+    let seqs: Vec<u64> = js.iter().map(|j| j["icmp_seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, vec![1, 2, 3, 4, 5]);
+    for j in &js {
+        check_journey(j);
+        check_rtt(j);
+        assert_eq!(j["target"], "127.0.0.1");
+    }
+    let s = summary(&lines);
+    assert_eq!(s["journeys"], 5);
+    assert_eq!(s["incomplete"], 0);
+    assert_eq!(s["lost_events"], 0);
+    assert_eq!(s["rtt"]["count"], 5);
+    let probes = s["probes"].as_array().unwrap();
+    let dq = probes
+        .iter()
+        .find(|p| p["stage"] == "dev_queue_xmit")
+        .unwrap();
+    assert_eq!(dq["probes"][0], "tracepoint:net:net_dev_queue");
+
+    // Nothing of ours stays in the kernel.
+    let after = lotrace_programs();
+    assert!(
+        after.is_subset(&before),
+        "left loaded: {:?}",
+        after.difference(&before)
+    );
+
+    // The recording renders the same journeys without the kernel.
+    let replay = lotrace(&["replay", "--format", "json", rec.to_str().unwrap()]);
+    assert!(
+        replay.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replay.stderr)
+    );
+    let rlines = json_lines(&replay);
+    assert_eq!(journeys(&rlines), js);
+    assert_eq!(summary(&rlines)["journeys"], 5);
+}
+
+#[test]
+fn a_concurrent_flood_adds_nothing() {
+    require_root();
+    let _k = kernel_lock();
+    // Bounded by count and by deadline.
+    let mut flood = Command::new("ping")
+        .args(["-q", "-f", "-c", "500000", "-w", "30", "127.0.0.1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start ping -f");
+    std::thread::sleep(Duration::from_millis(200));
+    let out = lotrace(&[
+        "trace",
+        "--format",
+        "json",
+        "ping",
+        "-c",
+        "5",
+        "-i",
+        "0.2",
+        "127.0.0.1",
+    ]);
+    let _ = flood.kill();
+    let _ = flood.wait();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines = json_lines(&out);
+    let js = journeys(&lines);
+    let seqs: Vec<u64> = js.iter().map(|j| j["icmp_seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, vec![1, 2, 3, 4, 5], "only the traced ping's journeys");
+    let id = &js[0]["icmp_id"];
+    let task_events: Vec<&Value> = js
+        .iter()
+        .flat_map(|j| all_events(j))
+        .filter(|e| e["context"] == "task")
+        .collect();
+    let tgid = &task_events[0]["tgid"];
+    for j in &js {
+        assert_eq!(&j["icmp_id"], id);
+        check_journey(j);
+        for leg in ["request", "reply"] {
+            let stages = leg_stages(j, leg);
+            for s in &stages {
+                let n = stages.iter().filter(|x| x == &s).count();
+                assert!(n <= 3, "seq {} {leg}: {s} seen {n} times", j["icmp_seq"]);
+            }
+        }
+    }
+    for e in &task_events {
+        assert_eq!(&e["tgid"], tgid, "an event of another process: {e}");
+    }
+    assert_eq!(summary(&lines)["journeys"], 5);
+}
+
+#[test]
+fn text_output_shows_timelines_and_the_summary() {
+    require_root();
+    let _k = kernel_lock();
+    let out = lotrace(&["trace", "ping", "-c", "2", "-i", "0.2", "127.0.0.1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    // ping's own output still reaches the user.
+    assert!(text.contains("64 bytes from 127.0.0.1: icmp_seq=1"));
+    assert_eq!(text.matches("── icmp_seq=").count(), 2);
+    assert!(text.contains("kernel RTT"));
+    assert!(text.contains("lotrace summary: 2 journeys (0 incomplete)"));
+    assert!(text.contains("where the time goes"));
+    assert!(text.contains("table 254 → dev lo") || text.contains("→ dev lo"));
+}
+
+fn one_line_error(out: &std::process::Output, want: &str) {
+    assert!(!out.status.success(), "expected a failure");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim_end().lines().count(), 1, "one line, got: {err}");
+    assert!(err.contains(want), "expected {want:?} in: {err}");
+    assert!(err.starts_with("lotrace: error: "), "{err}");
+}
+
+#[test]
+fn bad_input_fails_cleanly_and_leaves_nothing_attached() {
+    require_root();
+    let _k = kernel_lock();
+    let before = lotrace_programs();
+    one_line_error(
+        &lotrace(&["trace", "ping", "-c", "1", "no-such-host.invalid"]),
+        "unknown host no-such-host.invalid",
+    );
+    one_line_error(
+        &lotrace(&["trace", "no-such-command-lotrace", "x"]),
+        "command not found: no-such-command-lotrace",
+    );
+    // Fails after the programs are loaded: they must go.
+    one_line_error(
+        &lotrace(&[
+            "trace",
+            "--record",
+            "/nonexistent-dir/x.lotrace",
+            "ping",
+            "-c",
+            "1",
+            "127.0.0.1",
+        ]),
+        "cannot write the record file",
+    );
+    one_line_error(
+        &lotrace(&[
+            "trace",
+            "--btf",
+            "/nonexistent",
+            "ping",
+            "-c",
+            "1",
+            "127.0.0.1",
+        ]),
+        "no kernel BTF at /nonexistent",
+    );
+    let bad_flag = lotrace(&["trace", "--no-such-flag", "ping", "127.0.0.1"]);
+    assert!(!bad_flag.status.success());
+    let after = lotrace_programs();
+    assert!(
+        after.is_subset(&before),
+        "left loaded: {:?}",
+        after.difference(&before)
+    );
+}
+
+#[test]
+fn not_root_is_refused_in_one_line() {
+    require_root();
+    // A copy the unprivileged user can reach, wherever the checkout is.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = dir.path().join("lotrace");
+    std::fs::copy(BIN, &bin).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let start = Instant::now();
+    let out = Command::new(&bin)
+        .args(["trace", "ping", "-c", "1", "127.0.0.1"])
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    assert!(start.elapsed() < Duration::from_secs(30));
+    one_line_error(&out, "needs root");
+}
