@@ -21,10 +21,13 @@ pub fn run(path: &Path, format: Format) -> Result<i32> {
     for r in &rec.records {
         let done = match r {
             Record::Line { ts_ns, text } => {
+                // Journeys close when the live run would have closed them:
+                // those quiet by the time the line was read come first.
+                let done = session.ready(*ts_ns);
+                printer.journeys(&done, &rec.meta)?;
                 printer.child_line(text)?;
                 session.line(text);
-                // Journeys close when the live run would have closed them.
-                session.ready(*ts_ns)
+                Vec::new()
             }
             other => session.record(other),
         };
