@@ -232,6 +232,11 @@ pub fn summary_text(stats: &Stats, meta: &Meta, t: &Totals) -> String {
         "journey: first→last stage",
         hist_cols(&stats.total)
     );
+    let _ = writeln!(
+        s,
+        "\n   NET_RX softirq per receive: {} inline (in the task that was running), {} in ksoftirqd",
+        stats.softirq_inline, stats.softirq_ksoftirqd
+    );
     let unseen: Vec<_> = meta
         .stage_probes()
         .into_iter()
@@ -382,6 +387,7 @@ pub fn summary_json(stats: &Stats, meta: &Meta, t: &Totals) -> Value {
         "lost_events": t.lost,
         "discarded_events": t.discarded,
         "rtt": hist_json(&stats.rtt),
+        "softirq": {"inline": stats.softirq_inline, "ksoftirqd": stats.softirq_ksoftirqd},
         "stages": stages,
         "probes": probes,
     })

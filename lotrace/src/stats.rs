@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use lotrace_common::Stage;
 
-use crate::journey::{Journey, Leg};
+use crate::journey::{Context, Journey, Leg};
 
 /// Sub-buckets per power of two: percentiles are within 1/16 (6%).
 const SUB: u32 = 16;
@@ -131,6 +131,9 @@ pub struct Stats {
     pub total: Histogram,
     pub journeys: u64,
     pub incomplete: u64,
+    /// Receives (legs) whose NET_RX softirq ran inline, and in ksoftirqd.
+    pub softirq_inline: u64,
+    pub softirq_ksoftirqd: u64,
     /// Per row: summed time since the send and count, to order the rows
     /// the way packets met them on average.
     t_sum: BTreeMap<Row, (i128, u64)>,
@@ -146,6 +149,12 @@ impl Stats {
             self.rtt.record(r);
         }
         self.total.record(j.total_ns);
+        for w in j.softirq.iter().flatten() {
+            match w.context {
+                Context::Ksoftirqd => self.softirq_ksoftirqd += 1,
+                _ => self.softirq_inline += 1,
+            }
+        }
         for h in &j.hops {
             let row = Row {
                 leg: h.leg,
@@ -228,6 +237,7 @@ mod tests {
             s.add(&build_journey(echo(seq, seq as u64 * 1_000_000), &[]));
         }
         assert_eq!(s.journeys, 3);
+        assert_eq!((s.softirq_inline, s.softirq_ksoftirqd), (6, 0));
         assert_eq!(s.rtt.count, 3);
         let order = s.order();
         let first = order.first().unwrap();
