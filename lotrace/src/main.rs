@@ -71,7 +71,7 @@ fn main() -> ExitCode {
     let verbose = matches!(cli.command, Cmd::Trace { verbose: true, .. });
     env_logger::Builder::new()
         .filter_level(if verbose {
-            log::LevelFilter::Debug
+            log::LevelFilter::Info
         } else {
             log::LevelFilter::Warn
         })
