@@ -84,11 +84,6 @@ pub struct StageInfo {
     pub name: &'static str,
     /// One line on what the kernel does here.
     pub explain: &'static str,
-    /// Kernel functions a function probe (fentry, kprobe) would attach to,
-    /// preferred first; several because names move between kernels.
-    pub functions: &'static [&'static str],
-    /// Tracepoints that observe this stage, preferred first.
-    pub tracepoints: &'static [ProbeId],
 }
 
 pub static STAGES: [StageInfo; STAGE_COUNT] = [
@@ -96,141 +91,101 @@ pub static STAGES: [StageInfo; STAGE_COUNT] = [
         stage: Stage::Sendto,
         name: "sendto",
         explain: "ping hands its ICMP echo request to the kernel with the sendto() system call.",
-        functions: &["__sys_sendto"],
-        tracepoints: &[ProbeId::SysEnterSendto],
     },
     StageInfo {
         stage: Stage::SockSendmsg,
         name: "sock_sendmsg",
         explain: "The socket layer passes the message to the protocol (raw_sendmsg or ping_v4_sendmsg); on loopback the whole transmit, and often the receive too, happens before it returns.",
-        functions: &["sock_sendmsg", "__sock_sendmsg"],
-        tracepoints: &[ProbeId::SockSendLength],
     },
     StageInfo {
         stage: Stage::Route,
         name: "route",
         explain: "The routing table is consulted: the local table matches 127.0.0.0/8 and picks the loopback device lo.",
-        functions: &["ip_route_output_key_hash", "fib_table_lookup"],
-        tracepoints: &[ProbeId::FibTableLookup],
     },
     StageInfo {
         stage: Stage::IpOutput,
         name: "ip_output",
         explain: "IP output: the header is finished, netfilter's OUTPUT and POSTROUTING hooks run and the neighbour layer adds the link header.",
-        functions: &["ip_output", "ip_finish_output2"],
-        tracepoints: &[],
     },
     StageInfo {
         stage: Stage::DevQueueXmit,
         name: "dev_queue_xmit",
         explain: "The packet is queued for transmission on the chosen device; lo has no qdisc, so it goes straight to the driver.",
-        functions: &["__dev_queue_xmit", "dev_queue_xmit"],
-        tracepoints: &[ProbeId::NetDevQueue],
     },
     StageInfo {
         stage: Stage::LoopbackXmit,
         name: "loopback_xmit",
         explain: "The loopback driver, a 'fake NIC': instead of putting bytes on a wire it hands the same skb back to the receive path.",
-        functions: &["loopback_xmit"],
-        tracepoints: &[ProbeId::NetDevStartXmit, ProbeId::NetDevXmit],
     },
     StageInfo {
         stage: Stage::NetifRx,
         name: "netif_rx",
         explain: "netif_rx puts the skb on this CPU's backlog queue (enqueue_to_backlog), as a NIC's interrupt handler would.",
-        functions: &["netif_rx", "__netif_rx", "enqueue_to_backlog"],
-        tracepoints: &[ProbeId::NetifRxEntry],
     },
     StageInfo {
         stage: Stage::SoftirqRaise,
         name: "softirq_raise",
         explain: "The backlog was idle, so the NET_RX softirq is raised to process it later, at the next bottom-half opportunity.",
-        functions: &["raise_softirq_irqoff", "__raise_softirq_irqoff"],
-        tracepoints: &[ProbeId::SoftirqRaise],
     },
     StageInfo {
         stage: Stage::NetRxAction,
         name: "net_rx_action",
         explain: "The NET_RX softirq runs: inline when bottom halves are re-enabled (often in ping's own task), or in ksoftirqd/N under load.",
-        functions: &["net_rx_action"],
-        tracepoints: &[ProbeId::SoftirqEntry, ProbeId::SoftirqExit],
     },
     StageInfo {
         stage: Stage::ProcessBacklog,
         name: "process_backlog",
         explain: "The backlog's NAPI poll function takes packets off the per-CPU queue, up to its budget.",
-        functions: &["process_backlog"],
-        tracepoints: &[ProbeId::NapiPoll],
     },
     StageInfo {
         stage: Stage::NetifReceiveSkb,
         name: "netif_receive_skb",
         explain: "The core receive path hands the packet to the protocol registered for its type: IPv4 or IPv6.",
-        functions: &["__netif_receive_skb", "__netif_receive_skb_core"],
-        tracepoints: &[ProbeId::NetifReceiveSkb],
     },
     StageInfo {
         stage: Stage::IpRcv,
         name: "ip_rcv",
         explain: "IP input: the header is checked, netfilter's PREROUTING and INPUT hooks run, and the packet is found to be for this host.",
-        functions: &["ip_rcv", "ipv6_rcv"],
-        tracepoints: &[],
     },
     StageInfo {
         stage: Stage::IcmpRcv,
         name: "icmp_rcv",
         explain: "The ICMP layer receives the message and dispatches on its type.",
-        functions: &["icmp_rcv", "icmpv6_rcv"],
-        tracepoints: &[],
     },
     StageInfo {
         stage: Stage::IcmpReply,
         name: "icmp_reply",
         explain: "The kernel itself answers the echo request: it builds the echo reply and sends it back down the same stack.",
-        functions: &["icmp_echo", "icmp_reply", "icmpv6_echo_reply"],
-        tracepoints: &[],
     },
     StageInfo {
         stage: Stage::SockDeliver,
         name: "sock_deliver",
         explain: "The reply is queued on ping's socket (raw_rcv or ping_rcv) and the socket is told data is ready.",
-        functions: &["raw_rcv", "ping_rcv"],
-        tracepoints: &[ProbeId::SkDataReady],
     },
     StageInfo {
         stage: Stage::Wakeup,
         name: "wakeup",
         explain: "ping was asleep waiting for the reply and is woken; absent when ping was still running, as when the softirq ran inline in its own sendto.",
-        functions: &["try_to_wake_up"],
-        tracepoints: &[ProbeId::SchedWakeup],
     },
     StageInfo {
         stage: Stage::CopyToUser,
         name: "copy_to_user",
         explain: "recvmsg copies the reply from the socket's queue into ping's buffer.",
-        functions: &["skb_copy_datagram_iter"],
-        tracepoints: &[ProbeId::SkbCopyDatagramIovec],
     },
     StageInfo {
         stage: Stage::Recvmsg,
         name: "recvmsg",
         explain: "The recvmsg() system call returns the reply to ping, which prints its line.",
-        functions: &["__sys_recvmsg"],
-        tracepoints: &[ProbeId::SysExitRecvmsg],
     },
     StageInfo {
         stage: Stage::Free,
         name: "free",
         explain: "The skb has done its job and is freed normally (consume_skb).",
-        functions: &["consume_skb", "__consume_stateless_skb"],
-        tracepoints: &[ProbeId::ConsumeSkb],
     },
     StageInfo {
         stage: Stage::Drop,
         name: "drop",
         explain: "The skb is dropped (kfree_skb); the kernel records why.",
-        functions: &["kfree_skb_reason", "sk_skb_reason_drop"],
-        tracepoints: &[ProbeId::KfreeSkb],
     },
 ];
 
@@ -259,17 +214,79 @@ pub enum ProbeId {
     ConsumeSkb,
     KfreeSkb,
     SchedProcessFork,
+    KpSockSendmsg,
+    KrSockSendmsg,
+    KpIpOutput,
+    KpDevQueueXmit,
+    KpLoopbackXmit,
+    KrLoopbackXmit,
+    KpNetifRxInner,
+    KpNetifRx,
+    KpNetRxAction,
+    KrNetRxAction,
+    KpProcessBacklog,
+    KrProcessBacklog,
+    KpNetifReceiveSkb,
+    KpIpRcv,
+    KpIcmpRcv,
+    KpIcmpEcho,
+    KpIcmpReply,
+    KpRawRcv,
+    KpCopyDatagram,
+    FeSockSendmsg,
+    FxSockSendmsg,
+    FeIpOutput,
+    FeDevQueueXmit,
+    FeLoopbackXmit,
+    FxLoopbackXmit,
+    FeNetifRxInner,
+    FeNetifRx,
+    FeNetRxAction,
+    FxNetRxAction,
+    FeProcessBacklog,
+    FxProcessBacklog,
+    FeNetifReceiveSkb,
+    FeIpRcv,
+    FeIcmpRcv,
+    FeIcmpEcho,
+    FeIcmpReply,
+    FeRawRcv,
+    FeCopyDatagram,
 }
 
-pub const PROBE_COUNT: usize = 21;
+pub const PROBE_COUNT: usize = 59;
 
 impl ProbeId {
     pub fn from_u8(v: u8) -> Option<ProbeId> {
-        PROBES.iter().find(|p| p.id as u8 == v).map(|p| p.id)
+        PROBES.get((v as usize).wrapping_sub(1)).map(|p| p.id)
     }
 
     pub fn info(self) -> &'static ProbeInfo {
         &PROBES[self as usize - 1]
+    }
+}
+
+/// The mechanism a probe uses, in order of preference for a stage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Backend {
+    /// BPF trampoline on a kernel function: cheapest, needs BTF and the
+    /// function tracer.
+    Fentry,
+    /// A breakpoint on a kernel function: needs `CONFIG_KPROBES`.
+    Kprobe,
+    /// A static tracepoint: a stable interface present everywhere.
+    Tracepoint,
+}
+
+impl Backend {
+    pub const ALL: [Backend; 3] = [Backend::Fentry, Backend::Kprobe, Backend::Tracepoint];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Fentry => "fentry",
+            Backend::Kprobe => "kprobe",
+            Backend::Tracepoint => "tracepoint",
+        }
     }
 }
 
@@ -281,6 +298,11 @@ pub enum ProbeKind {
         category: &'static str,
         name: &'static str,
     },
+    /// A kprobe (kretprobe when the probe is `at_return`) on the first of
+    /// these functions the kernel has: names move between kernels.
+    Kprobe { functions: &'static [&'static str] },
+    /// An fentry (fexit when `at_return`) program, likewise.
+    Fentry { functions: &'static [&'static str] },
 }
 
 #[derive(Debug)]
@@ -290,7 +312,7 @@ pub struct ProbeInfo {
     /// The eBPF program's symbol in the object.
     pub program: &'static str,
     /// The stage this probe reports, or `None` for a probe that only keeps
-    /// the in-kernel filter's state.
+    /// the in-kernel filter's state (those are always attached).
     pub stage: Option<Stage>,
     /// The probe fires when its stage's function returns, not when it
     /// starts (its events close the stage rather than open it).
@@ -298,13 +320,34 @@ pub struct ProbeInfo {
     /// The probe is needed for the filter to work: without it no journey
     /// can be told apart, so the trace stops with an error.
     pub required: bool,
+    /// Function probes of one stage and backend with the same group are
+    /// alternatives (only the first the kernel has is attached); different
+    /// groups observe different paths and are all attached.
+    pub group: u8,
 }
 
 impl ProbeInfo {
-    /// `category:name` for a tracepoint.
-    pub fn attach_point(&self) -> (&'static str, &'static str) {
+    pub fn backend(&self) -> Backend {
         match self.kind {
-            ProbeKind::Tracepoint { category, name } => (category, name),
+            ProbeKind::Tracepoint { .. } => Backend::Tracepoint,
+            ProbeKind::Kprobe { .. } => Backend::Kprobe,
+            ProbeKind::Fentry { .. } => Backend::Fentry,
+        }
+    }
+
+    /// `category:name` of a tracepoint; `None` for a function probe.
+    pub fn tracepoint(&self) -> Option<(&'static str, &'static str)> {
+        match self.kind {
+            ProbeKind::Tracepoint { category, name } => Some((category, name)),
+            _ => None,
+        }
+    }
+
+    /// The kernel functions a function probe may attach to, preferred first.
+    pub fn functions(&self) -> &'static [&'static str] {
+        match self.kind {
+            ProbeKind::Tracepoint { .. } => &[],
+            ProbeKind::Kprobe { functions } | ProbeKind::Fentry { functions } => functions,
         }
     }
 }
@@ -325,200 +368,135 @@ const fn tp(
         stage,
         at_return,
         required,
+        group: 0,
     }
 }
 
+const fn kp(
+    id: ProbeId,
+    functions: &'static [&'static str],
+    program: &'static str,
+    stage: Stage,
+    at_return: bool,
+    group: u8,
+) -> ProbeInfo {
+    ProbeInfo {
+        id,
+        kind: ProbeKind::Kprobe { functions },
+        program,
+        stage: Some(stage),
+        at_return,
+        required: false,
+        group,
+    }
+}
+
+const fn fe(
+    id: ProbeId,
+    functions: &'static [&'static str],
+    program: &'static str,
+    stage: Stage,
+    at_return: bool,
+    group: u8,
+) -> ProbeInfo {
+    ProbeInfo {
+        id,
+        kind: ProbeKind::Fentry { functions },
+        program,
+        stage: Some(stage),
+        at_return,
+        required: false,
+        group,
+    }
+}
+
+const SOCK_SENDMSG: &[&str] = &["sock_sendmsg"];
+const IP_OUTPUT: &[&str] = &["ip_output"];
+const DEV_QUEUE_XMIT: &[&str] = &["__dev_queue_xmit", "dev_queue_xmit"];
+const LOOPBACK_XMIT: &[&str] = &["loopback_xmit"];
+// loopback_xmit calls __netif_rx (bottom halves are already off there);
+// other drivers call netif_rx. Both are watched.
+const NETIF_RX_INNER: &[&str] = &["__netif_rx"];
+const NETIF_RX: &[&str] = &["netif_rx"];
+const NET_RX_ACTION: &[&str] = &["net_rx_action"];
+const PROCESS_BACKLOG: &[&str] = &["process_backlog"];
+const NETIF_RECEIVE_SKB: &[&str] = &["__netif_receive_skb"];
+const IP_RCV: &[&str] = &["ip_rcv"];
+const ICMP_RCV: &[&str] = &["icmp_rcv"];
+const ICMP_ECHO: &[&str] = &["icmp_echo"];
+const ICMP_REPLY: &[&str] = &["icmp_reply"];
+const RAW_RCV: &[&str] = &["raw_rcv"];
+const COPY_DATAGRAM: &[&str] = &["skb_copy_datagram_iter"];
+
+#[rustfmt::skip]
 pub static PROBES: [ProbeInfo; PROBE_COUNT] = [
-    tp(
-        ProbeId::SysEnterSendto,
-        "syscalls",
-        "sys_enter_sendto",
-        "tp_sys_enter_sendto",
-        Some(Stage::Sendto),
-        false,
-        false,
-    ),
-    tp(
-        ProbeId::SysExitSendto,
-        "syscalls",
-        "sys_exit_sendto",
-        "tp_sys_exit_sendto",
-        None,
-        false,
-        false,
-    ),
-    tp(
-        ProbeId::SockSendLength,
-        "sock",
-        "sock_send_length",
-        "tp_sock_send_length",
-        Some(Stage::SockSendmsg),
-        true,
-        false,
-    ),
-    tp(
-        ProbeId::FibTableLookup,
-        "fib",
-        "fib_table_lookup",
-        "tp_fib_table_lookup",
-        Some(Stage::Route),
-        false,
-        false,
-    ),
-    tp(
-        ProbeId::NetDevQueue,
-        "net",
-        "net_dev_queue",
-        "tp_net_dev_queue",
-        Some(Stage::DevQueueXmit),
-        false,
-        true,
-    ),
-    tp(
-        ProbeId::NetDevStartXmit,
-        "net",
-        "net_dev_start_xmit",
-        "tp_net_dev_start_xmit",
-        Some(Stage::LoopbackXmit),
-        false,
-        false,
-    ),
-    tp(
-        ProbeId::NetDevXmit,
-        "net",
-        "net_dev_xmit",
-        "tp_net_dev_xmit",
-        Some(Stage::LoopbackXmit),
-        true,
-        false,
-    ),
-    tp(
-        ProbeId::NetifRxEntry,
-        "net",
-        "netif_rx_entry",
-        "tp_netif_rx_entry",
-        Some(Stage::NetifRx),
-        false,
-        false,
-    ),
-    tp(
-        ProbeId::NetifRxExit,
-        "net",
-        "netif_rx_exit",
-        "tp_netif_rx_exit",
-        None,
-        false,
-        false,
-    ),
-    tp(
-        ProbeId::SoftirqRaise,
-        "irq",
-        "softirq_raise",
-        "tp_softirq_raise",
-        Some(Stage::SoftirqRaise),
-        false,
-        false,
-    ),
-    tp(
-        ProbeId::SoftirqEntry,
-        "irq",
-        "softirq_entry",
-        "tp_softirq_entry",
-        Some(Stage::NetRxAction),
-        false,
-        false,
-    ),
-    tp(
-        ProbeId::SoftirqExit,
-        "irq",
-        "softirq_exit",
-        "tp_softirq_exit",
-        Some(Stage::NetRxAction),
-        true,
-        false,
-    ),
-    tp(
-        ProbeId::NapiPoll,
-        "napi",
-        "napi_poll",
-        "tp_napi_poll",
-        Some(Stage::ProcessBacklog),
-        true,
-        false,
-    ),
-    tp(
-        ProbeId::NetifReceiveSkb,
-        "net",
-        "netif_receive_skb",
-        "tp_netif_receive_skb",
-        Some(Stage::NetifReceiveSkb),
-        false,
-        false,
-    ),
-    tp(
-        ProbeId::SkDataReady,
-        "sock",
-        "sk_data_ready",
-        "tp_sk_data_ready",
-        Some(Stage::SockDeliver),
-        false,
-        false,
-    ),
-    tp(
-        ProbeId::SchedWakeup,
-        "sched",
-        "sched_wakeup",
-        "tp_sched_wakeup",
-        Some(Stage::Wakeup),
-        false,
-        false,
-    ),
-    tp(
-        ProbeId::SkbCopyDatagramIovec,
-        "skb",
-        "skb_copy_datagram_iovec",
-        "tp_skb_copy_datagram_iovec",
-        Some(Stage::CopyToUser),
-        false,
-        false,
-    ),
-    tp(
-        ProbeId::SysExitRecvmsg,
-        "syscalls",
-        "sys_exit_recvmsg",
-        "tp_sys_exit_recvmsg",
-        Some(Stage::Recvmsg),
-        true,
-        false,
-    ),
-    tp(
-        ProbeId::ConsumeSkb,
-        "skb",
-        "consume_skb",
-        "tp_consume_skb",
-        Some(Stage::Free),
-        false,
-        false,
-    ),
-    tp(
-        ProbeId::KfreeSkb,
-        "skb",
-        "kfree_skb",
-        "tp_kfree_skb",
-        Some(Stage::Drop),
-        false,
-        false,
-    ),
-    tp(
-        ProbeId::SchedProcessFork,
-        "sched",
-        "sched_process_fork",
-        "tp_sched_process_fork",
-        None,
-        false,
-        true,
-    ),
+    tp(ProbeId::SysEnterSendto, "syscalls", "sys_enter_sendto", "tp_sys_enter_sendto", Some(Stage::Sendto), false, false),
+    tp(ProbeId::SysExitSendto, "syscalls", "sys_exit_sendto", "tp_sys_exit_sendto", None, false, false),
+    tp(ProbeId::SockSendLength, "sock", "sock_send_length", "tp_sock_send_length", Some(Stage::SockSendmsg), true, false),
+    tp(ProbeId::FibTableLookup, "fib", "fib_table_lookup", "tp_fib_table_lookup", Some(Stage::Route), false, false),
+    tp(ProbeId::NetDevQueue, "net", "net_dev_queue", "tp_net_dev_queue", Some(Stage::DevQueueXmit), false, false),
+    tp(ProbeId::NetDevStartXmit, "net", "net_dev_start_xmit", "tp_net_dev_start_xmit", Some(Stage::LoopbackXmit), false, false),
+    tp(ProbeId::NetDevXmit, "net", "net_dev_xmit", "tp_net_dev_xmit", Some(Stage::LoopbackXmit), true, false),
+    tp(ProbeId::NetifRxEntry, "net", "netif_rx_entry", "tp_netif_rx_entry", Some(Stage::NetifRx), false, false),
+    tp(ProbeId::NetifRxExit, "net", "netif_rx_exit", "tp_netif_rx_exit", None, false, false),
+    tp(ProbeId::SoftirqRaise, "irq", "softirq_raise", "tp_softirq_raise", Some(Stage::SoftirqRaise), false, false),
+    tp(ProbeId::SoftirqEntry, "irq", "softirq_entry", "tp_softirq_entry", Some(Stage::NetRxAction), false, true),
+    tp(ProbeId::SoftirqExit, "irq", "softirq_exit", "tp_softirq_exit", Some(Stage::NetRxAction), true, true),
+    tp(ProbeId::NapiPoll, "napi", "napi_poll", "tp_napi_poll", Some(Stage::ProcessBacklog), true, false),
+    tp(ProbeId::NetifReceiveSkb, "net", "netif_receive_skb", "tp_netif_receive_skb", Some(Stage::NetifReceiveSkb), false, false),
+    tp(ProbeId::SkDataReady, "sock", "sk_data_ready", "tp_sk_data_ready", Some(Stage::SockDeliver), false, false),
+    tp(ProbeId::SchedWakeup, "sched", "sched_wakeup", "tp_sched_wakeup", Some(Stage::Wakeup), false, false),
+    tp(ProbeId::SkbCopyDatagramIovec, "skb", "skb_copy_datagram_iovec", "tp_skb_copy_datagram_iovec", Some(Stage::CopyToUser), false, false),
+    tp(ProbeId::SysExitRecvmsg, "syscalls", "sys_exit_recvmsg", "tp_sys_exit_recvmsg", Some(Stage::Recvmsg), true, false),
+    tp(ProbeId::ConsumeSkb, "skb", "consume_skb", "tp_consume_skb", Some(Stage::Free), false, false),
+    tp(ProbeId::KfreeSkb, "skb", "kfree_skb", "tp_kfree_skb", Some(Stage::Drop), false, false),
+    tp(ProbeId::SchedProcessFork, "sched", "sched_process_fork", "tp_sched_process_fork", None, false, true),
+    kp(ProbeId::KpSockSendmsg, SOCK_SENDMSG, "kp_sock_sendmsg", Stage::SockSendmsg, false, 0),
+    kp(ProbeId::KrSockSendmsg, SOCK_SENDMSG, "kr_sock_sendmsg", Stage::SockSendmsg, true, 0),
+    kp(ProbeId::KpIpOutput, IP_OUTPUT, "kp_ip_output", Stage::IpOutput, false, 0),
+    kp(ProbeId::KpDevQueueXmit, DEV_QUEUE_XMIT, "kp_dev_queue_xmit", Stage::DevQueueXmit, false, 0),
+    kp(ProbeId::KpLoopbackXmit, LOOPBACK_XMIT, "kp_loopback_xmit", Stage::LoopbackXmit, false, 0),
+    kp(ProbeId::KrLoopbackXmit, LOOPBACK_XMIT, "kr_loopback_xmit", Stage::LoopbackXmit, true, 0),
+    kp(ProbeId::KpNetifRxInner, NETIF_RX_INNER, "kp_netif_rx_inner", Stage::NetifRx, false, 0),
+    kp(ProbeId::KpNetifRx, NETIF_RX, "kp_netif_rx", Stage::NetifRx, false, 1),
+    kp(ProbeId::KpNetRxAction, NET_RX_ACTION, "kp_net_rx_action", Stage::NetRxAction, false, 0),
+    kp(ProbeId::KrNetRxAction, NET_RX_ACTION, "kr_net_rx_action", Stage::NetRxAction, true, 0),
+    kp(ProbeId::KpProcessBacklog, PROCESS_BACKLOG, "kp_process_backlog", Stage::ProcessBacklog, false, 0),
+    kp(ProbeId::KrProcessBacklog, PROCESS_BACKLOG, "kr_process_backlog", Stage::ProcessBacklog, true, 0),
+    kp(ProbeId::KpNetifReceiveSkb, NETIF_RECEIVE_SKB, "kp_netif_receive_skb", Stage::NetifReceiveSkb, false, 0),
+    kp(ProbeId::KpIpRcv, IP_RCV, "kp_ip_rcv", Stage::IpRcv, false, 0),
+    kp(ProbeId::KpIcmpRcv, ICMP_RCV, "kp_icmp_rcv", Stage::IcmpRcv, false, 0),
+    kp(ProbeId::KpIcmpEcho, ICMP_ECHO, "kp_icmp_echo", Stage::IcmpReply, false, 0),
+    kp(ProbeId::KpIcmpReply, ICMP_REPLY, "kp_icmp_reply", Stage::IcmpReply, false, 0),
+    kp(ProbeId::KpRawRcv, RAW_RCV, "kp_raw_rcv", Stage::SockDeliver, false, 0),
+    kp(ProbeId::KpCopyDatagram, COPY_DATAGRAM, "kp_copy_datagram", Stage::CopyToUser, false, 0),
+    fe(ProbeId::FeSockSendmsg, SOCK_SENDMSG, "fe_sock_sendmsg", Stage::SockSendmsg, false, 0),
+    fe(ProbeId::FxSockSendmsg, SOCK_SENDMSG, "fx_sock_sendmsg", Stage::SockSendmsg, true, 0),
+    fe(ProbeId::FeIpOutput, IP_OUTPUT, "fe_ip_output", Stage::IpOutput, false, 0),
+    fe(ProbeId::FeDevQueueXmit, DEV_QUEUE_XMIT, "fe_dev_queue_xmit", Stage::DevQueueXmit, false, 0),
+    fe(ProbeId::FeLoopbackXmit, LOOPBACK_XMIT, "fe_loopback_xmit", Stage::LoopbackXmit, false, 0),
+    fe(ProbeId::FxLoopbackXmit, LOOPBACK_XMIT, "fx_loopback_xmit", Stage::LoopbackXmit, true, 0),
+    fe(ProbeId::FeNetifRxInner, NETIF_RX_INNER, "fe_netif_rx_inner", Stage::NetifRx, false, 0),
+    fe(ProbeId::FeNetifRx, NETIF_RX, "fe_netif_rx", Stage::NetifRx, false, 1),
+    fe(ProbeId::FeNetRxAction, NET_RX_ACTION, "fe_net_rx_action", Stage::NetRxAction, false, 0),
+    fe(ProbeId::FxNetRxAction, NET_RX_ACTION, "fx_net_rx_action", Stage::NetRxAction, true, 0),
+    fe(ProbeId::FeProcessBacklog, PROCESS_BACKLOG, "fe_process_backlog", Stage::ProcessBacklog, false, 0),
+    fe(ProbeId::FxProcessBacklog, PROCESS_BACKLOG, "fx_process_backlog", Stage::ProcessBacklog, true, 0),
+    fe(ProbeId::FeNetifReceiveSkb, NETIF_RECEIVE_SKB, "fe_netif_receive_skb", Stage::NetifReceiveSkb, false, 0),
+    fe(ProbeId::FeIpRcv, IP_RCV, "fe_ip_rcv", Stage::IpRcv, false, 0),
+    fe(ProbeId::FeIcmpRcv, ICMP_RCV, "fe_icmp_rcv", Stage::IcmpRcv, false, 0),
+    fe(ProbeId::FeIcmpEcho, ICMP_ECHO, "fe_icmp_echo", Stage::IcmpReply, false, 0),
+    fe(ProbeId::FeIcmpReply, ICMP_REPLY, "fe_icmp_reply", Stage::IcmpReply, false, 0),
+    fe(ProbeId::FeRawRcv, RAW_RCV, "fe_raw_rcv", Stage::SockDeliver, false, 0),
+    fe(ProbeId::FeCopyDatagram, COPY_DATAGRAM, "fe_copy_datagram", Stage::CopyToUser, false, 0),
 ];
+
+impl Stage {
+    /// The probes that can observe this stage, in catalog order.
+    pub fn probes(self) -> impl Iterator<Item = &'static ProbeInfo> {
+        PROBES.iter().filter(move |p| p.stage == Some(self))
+    }
+}
 
 /// A tracepoint field the programs read; its byte offset comes from the
 /// event's `format` file in tracefs at load time.
@@ -610,4 +588,67 @@ pub mod maps {
     pub const LOST: &str = "LOST";
     pub const TARGETS: &str = "TARGETS";
     pub const CONFIG: &str = "CONFIG";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_index_their_tables() {
+        for (i, s) in STAGES.iter().enumerate() {
+            assert_eq!(s.stage as usize, i, "{}", s.name);
+            assert_eq!(Stage::from_name(s.name), Some(s.stage));
+        }
+        for (i, p) in PROBES.iter().enumerate() {
+            assert_eq!(p.id as usize, i + 1, "{}", p.program);
+            assert_eq!(ProbeId::from_u8(p.id as u8), Some(p.id));
+        }
+        assert_eq!(ProbeId::from_u8(0), None);
+        assert_eq!(ProbeId::from_u8(PROBE_COUNT as u8 + 1), None);
+        for (i, (f, _, _)) in TP_FIELDS.iter().enumerate() {
+            assert_eq!(*f as usize, i);
+        }
+    }
+
+    #[test]
+    fn every_stage_is_observable_somehow() {
+        for s in Stage::ALL {
+            assert!(s.probes().next().is_some(), "{} has no probe", s.name());
+        }
+    }
+
+    #[test]
+    fn the_cards_stages_have_kprobes_and_fentry() {
+        for s in [
+            Stage::SockSendmsg,
+            Stage::DevQueueXmit,
+            Stage::LoopbackXmit,
+            Stage::NetifRx,
+            Stage::NetRxAction,
+        ] {
+            for b in [Backend::Kprobe, Backend::Fentry] {
+                assert!(
+                    s.probes().any(|p| p.backend() == b && !p.at_return),
+                    "{} {}",
+                    s.name(),
+                    b.name()
+                );
+            }
+        }
+        assert!(
+            PROBES
+                .iter()
+                .any(|p| p.functions().contains(&"__dev_queue_xmit"))
+        );
+    }
+
+    #[test]
+    fn program_names_are_unique() {
+        for (i, a) in PROBES.iter().enumerate() {
+            for b in &PROBES[i + 1..] {
+                assert_ne!(a.program, b.program);
+            }
+        }
+    }
 }

@@ -194,6 +194,11 @@ pub struct Config {
     /// Byte offset of each tracepoint field, indexed by [`crate::TpField`];
     /// `u16::MAX` when the field does not exist on this kernel.
     pub tp: [u16; TP_FIELD_COUNT],
+    /// The function probe (a `ProbeId`) that observes the start of
+    /// `net_rx_action`, or 0 when the softirq tracepoints do.
+    pub net_rx_probe: u8,
+    /// Likewise for `process_backlog` (0: the napi_poll tracepoint).
+    pub backlog_probe: u8,
 }
 
 impl Config {
@@ -204,6 +209,8 @@ impl Config {
             skb_len: 0,
             skb_sk: 0,
             tp: [u16::MAX; TP_FIELD_COUNT],
+            net_rx_probe: 0,
+            backlog_probe: 0,
         }
     }
 }
@@ -216,6 +223,10 @@ pub struct CpuState {
     pub softirq_entry_ts: u64,
     /// The skb of the tracked packet whose xmit is in progress here.
     pub xmit_skb: u64,
+    /// When the current `net_rx_action` call began (function probes).
+    pub fn_entry_ts: u64,
+    /// When the current `process_backlog` call began (function probes).
+    pub backlog_entry_ts: u64,
     pub softirq_run: u32,
     /// Inside NET_RX on this CPU.
     pub in_net_rx: u8,
@@ -225,6 +236,9 @@ pub struct CpuState {
     pub in_tracked_netif_rx: u8,
     /// A tracked packet was received since the last backlog poll report.
     pub poll_pending: u8,
+    /// The current backlog poll has reported its start.
+    pub backlog_emitted: u8,
+    pub _pad: [u8; 7],
     /// The last echo packet `netif_receive_skb` saw in this run (valid only
     /// if it is one of ours); the reply's route lookup and its socket
     /// delivery happen under it.

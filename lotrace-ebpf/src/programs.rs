@@ -4,9 +4,9 @@ use aya_ebpf::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
         bpf_probe_read_kernel, bpf_probe_read_user,
     },
-    macros::{map, tracepoint},
+    macros::{fentry, fexit, kprobe, kretprobe, map, tracepoint},
     maps::{HashMap, PerCpuArray, RingBuf},
-    programs::TracePointContext,
+    programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext, TracePointContext},
 };
 use aya_log_ebpf::{info, warn};
 use lotrace_common::{
@@ -260,19 +260,18 @@ fn at(stage: Stage, probe: ProbeId, skb: u64, len: u32, aux: u64) -> Emit {
 /// An skb stage: emits if the skb is one of the traced echo packets and
 /// returns its key.
 #[inline(always)]
-fn skb_stage(
-    ctx: &TracePointContext,
-    skb_field: TpField,
-    stage: Stage,
-    probe: ProbeId,
-) -> Option<(PktKey, u64)> {
-    let skb: u64 = field(ctx, skb_field)?;
+fn skb_event<C: EbpfContext>(ctx: &C, skb: u64, stage: Stage, probe: ProbeId) -> Option<PktKey> {
     let (key, len) = parse_skb(skb)?;
     if !is_tracked(&key) {
         return None;
     }
     emit(ctx, &key, at(stage, probe, skb, len, 0));
-    Some((key, skb))
+    Some(key)
+}
+
+#[inline(always)]
+fn in_softirq() -> bool {
+    state().map(|s| s.in_net_rx != 0).unwrap_or(false)
 }
 
 #[tracepoint]
@@ -315,31 +314,32 @@ pub fn tp_sys_exit_sendto(_ctx: TracePointContext) -> u32 {
     0
 }
 
-#[tracepoint]
-pub fn tp_sock_send_length(ctx: TracePointContext) -> u32 {
+/// The socket layer's send, seen inside the traced command's sendto.
+#[inline(always)]
+fn on_sock_sendmsg<C: EbpfContext>(ctx: &C, probe: ProbeId, sk: u64, ret: Option<i64>) {
     let (tgid, tid) = tgid_tid();
     if !is_target(tgid) {
-        return 0;
+        return;
     }
     let Some(key) = (unsafe { SEND_CTX.get(&tid) }).copied() else {
-        return 0;
+        return;
     };
-    let sk = field::<u64>(&ctx, TpField::SockSendSk).unwrap_or(0);
     if sk != 0 {
         let _ = SOCKS.insert(&sk, &1, 0);
     }
-    let ret = field::<i32>(&ctx, TpField::SockSendRet).unwrap_or(0);
+    let r = ret.unwrap_or(0);
     emit(
-        &ctx,
+        ctx,
         &key,
-        at(
-            Stage::SockSendmsg,
-            ProbeId::SockSendLength,
-            0,
-            ret.max(0) as u32,
-            ret as i64 as u64,
-        ),
+        at(Stage::SockSendmsg, probe, 0, r.max(0) as u32, r as u64),
     );
+}
+
+#[tracepoint]
+pub fn tp_sock_send_length(ctx: TracePointContext) -> u32 {
+    let sk = field::<u64>(&ctx, TpField::SockSendSk).unwrap_or(0);
+    let ret = field::<i32>(&ctx, TpField::SockSendRet).unwrap_or(0);
+    on_sock_sendmsg(&ctx, ProbeId::SockSendLength, sk, Some(ret as i64));
     0
 }
 
@@ -379,22 +379,20 @@ pub fn tp_fib_table_lookup(ctx: TracePointContext) -> u32 {
     0
 }
 
-#[tracepoint]
-pub fn tp_net_dev_queue(ctx: TracePointContext) -> u32 {
-    let Some(skb) = field::<u64>(&ctx, TpField::NetDevQueueSkb) else {
-        return 0;
-    };
+/// An skb entering the device layer: where a traced command's echo
+/// request starts being tracked, and where its socket is learnt.
+#[inline(always)]
+fn on_dev_queue<C: EbpfContext>(ctx: &C, skb: u64, probe: ProbeId) {
     let Some((key, len)) = parse_skb(skb) else {
-        return 0;
+        return;
     };
     if is_echo_request(key.family, key.icmp_type) {
         let (tgid, _) = tgid_tid();
-        let in_softirq = state().map(|s| s.in_net_rx != 0).unwrap_or(false);
         let k = track_key(&key);
-        if !in_softirq && is_target(tgid) {
+        if !in_softirq() && is_target(tgid) {
             if unsafe { TRACKED.get(&k) }.is_none() {
                 let _ = TRACKED.insert(&k, &1, 0);
-                info!(&ctx, "tracking echo id {} of tgid {}", key.icmp_id, tgid);
+                info!(ctx, "tracking echo id {} of tgid {}", key.icmp_id, tgid);
             }
             // The reply is delivered to this socket, possibly before the
             // send returns: learn it now.
@@ -408,68 +406,78 @@ pub fn tp_net_dev_queue(ctx: TracePointContext) -> u32 {
         }
     }
     if !is_tracked(&key) {
-        return 0;
+        return;
     }
-    emit(
-        &ctx,
-        &key,
-        at(Stage::DevQueueXmit, ProbeId::NetDevQueue, skb, len, 0),
-    );
+    emit(ctx, &key, at(Stage::DevQueueXmit, probe, skb, len, 0));
+}
+
+#[tracepoint]
+pub fn tp_net_dev_queue(ctx: TracePointContext) -> u32 {
+    if let Some(skb) = field::<u64>(&ctx, TpField::NetDevQueueSkb) {
+        on_dev_queue(&ctx, skb, ProbeId::NetDevQueue);
+    }
     0
+}
+
+/// The driver's transmit starts: remember the skb so that its end can be
+/// matched by address (the driver may already have handed it on).
+#[inline(always)]
+fn on_xmit_start<C: EbpfContext>(ctx: &C, skb: u64, probe: ProbeId) {
+    if let Some(key) = skb_event(ctx, skb, Stage::LoopbackXmit, probe)
+        && let Some(st) = state()
+    {
+        st.xmit_skb = skb;
+        st.xmit = key;
+    }
+}
+
+/// The driver's transmit returns; `skb` is 0 when the probe cannot see it.
+#[inline(always)]
+fn on_xmit_end<C: EbpfContext>(ctx: &C, skb: u64, probe: ProbeId, rc: i64) {
+    let Some(st) = state() else { return };
+    if st.xmit_skb == 0 || (skb != 0 && st.xmit_skb != skb) {
+        return;
+    }
+    let key = st.xmit;
+    let skb = st.xmit_skb;
+    st.xmit_skb = 0;
+    emit(ctx, &key, at(Stage::LoopbackXmit, probe, skb, 0, rc as u64));
 }
 
 #[tracepoint]
 pub fn tp_net_dev_start_xmit(ctx: TracePointContext) -> u32 {
-    if let Some((key, skb)) = skb_stage(
-        &ctx,
-        TpField::StartXmitSkb,
-        Stage::LoopbackXmit,
-        ProbeId::NetDevStartXmit,
-    ) && let Some(st) = state()
-    {
-        st.xmit_skb = skb;
-        st.xmit = key;
+    if let Some(skb) = field::<u64>(&ctx, TpField::StartXmitSkb) {
+        on_xmit_start(&ctx, skb, ProbeId::NetDevStartXmit);
     }
     0
 }
 
 #[tracepoint]
 pub fn tp_net_dev_xmit(ctx: TracePointContext) -> u32 {
-    let Some(st) = state() else { return 0 };
     let skb = field::<u64>(&ctx, TpField::XmitSkb).unwrap_or(0);
-    // The driver may already have handed the skb on: match it by address
-    // against the start of this CPU's xmit instead of reading it again.
-    if skb == 0 || st.xmit_skb != skb {
-        return 0;
+    if skb != 0 {
+        let rc = field::<i32>(&ctx, TpField::XmitRc).unwrap_or(0);
+        on_xmit_end(&ctx, skb, ProbeId::NetDevXmit, rc as i64);
     }
-    let key = st.xmit;
-    st.xmit_skb = 0;
-    let rc = field::<i32>(&ctx, TpField::XmitRc).unwrap_or(0);
-    emit(
-        &ctx,
-        &key,
-        at(
-            Stage::LoopbackXmit,
-            ProbeId::NetDevXmit,
-            skb,
-            0,
-            rc as i64 as u64,
-        ),
-    );
     0
+}
+
+/// The skb goes on the backlog queue; a NET_RX raise until netif_rx
+/// returns is this packet's.
+#[inline(always)]
+fn on_netif_rx<C: EbpfContext>(ctx: &C, skb: u64, probe: ProbeId) {
+    if let Some(key) = skb_event(ctx, skb, Stage::NetifRx, probe)
+        && let Some(st) = state()
+    {
+        st.in_tracked_netif_rx = 1;
+        st.netif_rx = key;
+    }
 }
 
 #[tracepoint]
 pub fn tp_netif_rx_entry(ctx: TracePointContext) -> u32 {
-    if let Some((key, _)) = skb_stage(
-        &ctx,
-        TpField::NetifRxEntrySkb,
-        Stage::NetifRx,
-        ProbeId::NetifRxEntry,
-    ) && let Some(st) = state()
-    {
-        st.in_tracked_netif_rx = 1;
-        st.netif_rx = key;
+    if let Some(skb) = field::<u64>(&ctx, TpField::NetifRxEntrySkb) {
+        on_netif_rx(&ctx, skb, ProbeId::NetifRxEntry);
     }
     0
 }
@@ -500,6 +508,12 @@ pub fn tp_softirq_raise(ctx: TracePointContext) -> u32 {
     0
 }
 
+#[inline(always)]
+fn cfg_u8(v: &u8) -> u8 {
+    // Volatile: the loader rewrites CONFIG, so the compiler must not fold it.
+    unsafe { core::ptr::read_volatile(v) }
+}
+
 #[tracepoint]
 pub fn tp_softirq_entry(ctx: TracePointContext) -> u32 {
     if field::<u32>(&ctx, TpField::SoftirqEntryVec) != Some(NET_RX_SOFTIRQ) {
@@ -519,29 +533,39 @@ pub fn tp_softirq_entry(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// The end of a NET_RX run that carried tracked packets, reported under
+/// the last of them with how long the run took.
+#[inline(always)]
+fn net_rx_end<C: EbpfContext>(ctx: &C, probe: ProbeId, started: u64) {
+    let Some(st) = state() else { return };
+    if st.last.valid == 0 {
+        return;
+    }
+    let key = st.last;
+    let t = now();
+    emit(
+        ctx,
+        &key,
+        Emit {
+            ts: t,
+            stage: Stage::NetRxAction,
+            probe,
+            skb: 0,
+            len: 0,
+            aux: t.saturating_sub(started),
+            aux2: 0,
+        },
+    );
+}
+
 #[tracepoint]
 pub fn tp_softirq_exit(ctx: TracePointContext) -> u32 {
     if field::<u32>(&ctx, TpField::SoftirqExitVec) != Some(NET_RX_SOFTIRQ) {
         return 0;
     }
     let Some(st) = state() else { return 0 };
-    if st.last.valid != 0 {
-        let key = st.last;
-        let t = now();
-        let ran = t.saturating_sub(st.softirq_entry_ts);
-        emit(
-            &ctx,
-            &key,
-            Emit {
-                ts: t,
-                stage: Stage::NetRxAction,
-                probe: ProbeId::SoftirqExit,
-                skb: 0,
-                len: 0,
-                aux: ran,
-                aux2: 0,
-            },
-        );
+    if cfg_u8(&CONFIG.net_rx_probe) == 0 {
+        net_rx_end(&ctx, ProbeId::SoftirqExit, st.softirq_entry_ts);
     }
     st.in_net_rx = 0;
     st.softirq_entry_ts = 0;
@@ -550,102 +574,147 @@ pub fn tp_softirq_exit(ctx: TracePointContext) -> u32 {
     0
 }
 
-#[tracepoint]
-pub fn tp_napi_poll(ctx: TracePointContext) -> u32 {
-    let Some(st) = state() else { return 0 };
+#[inline(always)]
+fn on_net_rx_action_entry() {
+    if let Some(st) = state() {
+        st.fn_entry_ts = now();
+    }
+}
+
+#[inline(always)]
+fn on_net_rx_action_exit<C: EbpfContext>(ctx: &C, probe: ProbeId) {
+    if let Some(st) = state() {
+        net_rx_end(ctx, probe, st.fn_entry_ts);
+        st.fn_entry_ts = 0;
+    }
+}
+
+/// A backlog poll ends: reported when it handled tracked packets.
+#[inline(always)]
+fn on_backlog_end<C: EbpfContext>(ctx: &C, probe: ProbeId, work: i64) {
+    let Some(st) = state() else { return };
     if st.in_net_rx == 0 || st.poll_pending == 0 || st.last.valid == 0 {
-        return 0;
+        return;
     }
     st.poll_pending = 0;
     let key = st.last;
-    let work = field::<i32>(&ctx, TpField::NapiWork).unwrap_or(0);
     emit(
-        &ctx,
+        ctx,
         &key,
-        at(
-            Stage::ProcessBacklog,
-            ProbeId::NapiPoll,
-            0,
-            0,
-            work.max(0) as u64,
-        ),
+        at(Stage::ProcessBacklog, probe, 0, 0, work.max(0) as u64),
     );
-    0
 }
 
 #[tracepoint]
-pub fn tp_netif_receive_skb(ctx: TracePointContext) -> u32 {
-    let Some(st) = state() else { return 0 };
-    let Some(skb) = field::<u64>(&ctx, TpField::NetifReceiveSkbSkb) else {
-        return 0;
+pub fn tp_napi_poll(ctx: TracePointContext) -> u32 {
+    let work = field::<i32>(&ctx, TpField::NapiWork).unwrap_or(0);
+    on_backlog_end(&ctx, ProbeId::NapiPoll, work as i64);
+    0
+}
+
+#[inline(always)]
+fn on_backlog_entry() {
+    if let Some(st) = state() {
+        st.backlog_entry_ts = now();
+        st.backlog_emitted = 0;
+    }
+}
+
+/// The start of a softirq run or a backlog poll, reported once it is known
+/// to carry a tracked packet: at that packet's `netif_receive_skb`.
+#[inline(always)]
+fn emit_start<C: EbpfContext>(ctx: &C, key: &PktKey, ts: u64, stage: Stage, probe: u8) {
+    let Some(probe) = ProbeId::from_u8(probe) else {
+        return;
     };
+    emit(
+        ctx,
+        key,
+        Emit {
+            ts,
+            stage,
+            probe,
+            skb: 0,
+            len: 0,
+            aux: 0,
+            aux2: 0,
+        },
+    );
+}
+
+#[inline(always)]
+fn on_receive_skb<C: EbpfContext>(ctx: &C, skb: u64, probe: ProbeId) {
+    let Some(st) = state() else { return };
     let Some((mut key, len)) = parse_skb(skb) else {
         // Any other packet ends the attribution to the previous echo.
         st.rx.valid = 0;
-        return 0;
+        return;
     };
     if !is_tracked(&key) {
         st.rx.valid = 0;
-        return 0;
+        return;
     }
     key.delivered = 0;
     st.rx = key;
     if st.in_net_rx != 0 {
         if st.entry_emitted == 0 {
             st.entry_emitted = 1;
-            let ts = st.softirq_entry_ts;
-            emit(
-                &ctx,
+            let fn_probe = cfg_u8(&CONFIG.net_rx_probe);
+            if fn_probe == 0 {
+                emit_start(
+                    ctx,
+                    &key,
+                    st.softirq_entry_ts,
+                    Stage::NetRxAction,
+                    ProbeId::SoftirqEntry as u8,
+                );
+            } else if st.fn_entry_ts != 0 {
+                emit_start(ctx, &key, st.fn_entry_ts, Stage::NetRxAction, fn_probe);
+            }
+        }
+        let backlog_probe = cfg_u8(&CONFIG.backlog_probe);
+        if backlog_probe != 0 && st.backlog_emitted == 0 && st.backlog_entry_ts != 0 {
+            st.backlog_emitted = 1;
+            emit_start(
+                ctx,
                 &key,
-                Emit {
-                    ts,
-                    stage: Stage::NetRxAction,
-                    probe: ProbeId::SoftirqEntry,
-                    skb: 0,
-                    len: 0,
-                    aux: 0,
-                    aux2: 0,
-                },
+                st.backlog_entry_ts,
+                Stage::ProcessBacklog,
+                backlog_probe,
             );
         }
         st.last = key;
         st.poll_pending = 1;
     }
-    emit(
-        &ctx,
-        &key,
-        at(
-            Stage::NetifReceiveSkb,
-            ProbeId::NetifReceiveSkb,
-            skb,
-            len,
-            0,
-        ),
-    );
+    emit(ctx, &key, at(Stage::NetifReceiveSkb, probe, skb, len, 0));
+}
+
+#[tracepoint]
+pub fn tp_netif_receive_skb(ctx: TracePointContext) -> u32 {
+    if let Some(skb) = field::<u64>(&ctx, TpField::NetifReceiveSkbSkb) {
+        on_receive_skb(&ctx, skb, ProbeId::NetifReceiveSkb);
+    }
     0
+}
+
+/// Delivery to a socket: only the traced command's sockets count (raw
+/// sockets all get a copy of every ICMP packet).
+#[inline(always)]
+fn on_sock_deliver<C: EbpfContext>(ctx: &C, sk: u64, probe: ProbeId) {
+    let Some(st) = state() else { return };
+    if st.rx.valid == 0 || sk == 0 || unsafe { SOCKS.get(&sk) }.is_none() {
+        return;
+    }
+    st.rx.delivered = 1;
+    let key = st.rx;
+    emit(ctx, &key, at(Stage::SockDeliver, probe, 0, 0, sk));
 }
 
 #[tracepoint]
 pub fn tp_sk_data_ready(ctx: TracePointContext) -> u32 {
-    let Some(st) = state() else { return 0 };
-    if st.rx.valid == 0 {
-        return 0;
+    if let Some(sk) = field::<u64>(&ctx, TpField::SkDataReadySk) {
+        on_sock_deliver(&ctx, sk, ProbeId::SkDataReady);
     }
-    let Some(sk) = field::<u64>(&ctx, TpField::SkDataReadySk) else {
-        return 0;
-    };
-    // Raw sockets all get a copy of every ICMP packet: only the traced
-    // command's sockets count as delivery.
-    if unsafe { SOCKS.get(&sk) }.is_none() {
-        return 0;
-    }
-    st.rx.delivered = 1;
-    let key = st.rx;
-    emit(
-        &ctx,
-        &key,
-        at(Stage::SockDeliver, ProbeId::SkDataReady, 0, 0, sk),
-    );
     0
 }
 
@@ -671,34 +740,33 @@ pub fn tp_sched_wakeup(ctx: TracePointContext) -> u32 {
     0
 }
 
-#[tracepoint]
-pub fn tp_skb_copy_datagram_iovec(ctx: TracePointContext) -> u32 {
+/// recvmsg copies a reply out: the traced command's recvmsg then returns it.
+#[inline(always)]
+fn on_copy<C: EbpfContext>(ctx: &C, skb: u64, probe: ProbeId, len: i64) {
     let (tgid, tid) = tgid_tid();
     if !is_target(tgid) {
-        return 0;
+        return;
     }
-    let Some(skb) = field::<u64>(&ctx, TpField::CopySkb) else {
-        return 0;
-    };
     let Some((key, _)) = parse_skb(skb) else {
-        return 0;
+        return;
     };
     if !is_tracked(&key) || !is_echo_reply(key.family, key.icmp_type) {
-        return 0;
+        return;
     }
-    let len = field::<i32>(&ctx, TpField::CopyLen).unwrap_or(0);
     let _ = RECV_CTX.insert(&tid, &key, 0);
     emit(
-        &ctx,
+        ctx,
         &key,
-        at(
-            Stage::CopyToUser,
-            ProbeId::SkbCopyDatagramIovec,
-            skb,
-            len.max(0) as u32,
-            0,
-        ),
+        at(Stage::CopyToUser, probe, skb, len.max(0) as u32, 0),
     );
+}
+
+#[tracepoint]
+pub fn tp_skb_copy_datagram_iovec(ctx: TracePointContext) -> u32 {
+    if let Some(skb) = field::<u64>(&ctx, TpField::CopySkb) {
+        let len = field::<i32>(&ctx, TpField::CopyLen).unwrap_or(0);
+        on_copy(&ctx, skb, ProbeId::SkbCopyDatagramIovec, len as i64);
+    }
     0
 }
 
@@ -732,19 +800,15 @@ pub fn tp_sys_exit_recvmsg(ctx: TracePointContext) -> u32 {
 /// traced processes' frees belong to a journey.
 #[inline(always)]
 fn free_is_ours() -> bool {
-    let in_softirq = state().map(|s| s.in_net_rx != 0).unwrap_or(false);
-    in_softirq || is_target(tgid_tid().0)
+    in_softirq() || is_target(tgid_tid().0)
 }
 
 #[tracepoint]
 pub fn tp_consume_skb(ctx: TracePointContext) -> u32 {
-    if free_is_ours() {
-        let _ = skb_stage(
-            &ctx,
-            TpField::ConsumeSkbSkb,
-            Stage::Free,
-            ProbeId::ConsumeSkb,
-        );
+    if free_is_ours()
+        && let Some(skb) = field::<u64>(&ctx, TpField::ConsumeSkbSkb)
+    {
+        let _ = skb_event(&ctx, skb, Stage::Free, ProbeId::ConsumeSkb);
     }
     0
 }
@@ -785,3 +849,222 @@ pub fn tp_sched_process_fork(ctx: TracePointContext) -> u32 {
     }
     0
 }
+
+/// The kernel answers a tracked echo request: the reply leg begins.
+#[inline(always)]
+fn on_icmp_echo<C: EbpfContext>(ctx: &C, skb: u64, probe: ProbeId) {
+    let Some((key, len)) = parse_skb(skb) else {
+        return;
+    };
+    if !is_tracked(&key) || !is_echo_request(key.family, key.icmp_type) {
+        return;
+    }
+    emit(
+        ctx,
+        &reply_of(&key),
+        at(Stage::IcmpReply, probe, skb, len, 0),
+    );
+}
+
+/// A kprobe and an fentry program on a function's entry, calling `$handler`
+/// with the context, the probe id and the listed arguments (as u64).
+macro_rules! entry_probes {
+    ($kp:ident, $fe:ident, $kpid:ident, $feid:ident, $handler:expr, [$($n:literal),*]) => {
+        #[kprobe]
+        pub fn $kp(ctx: ProbeContext) -> u32 {
+            ($handler)(&ctx, ProbeId::$kpid, $(ctx.arg::<u64>($n).unwrap_or(0)),*);
+            0
+        }
+
+        #[fentry]
+        pub fn $fe(ctx: FEntryContext) -> u32 {
+            ($handler)(&ctx, ProbeId::$feid, $(ctx.arg::<u64>($n)),*);
+            0
+        }
+    };
+}
+
+/// A kretprobe and an fexit program on a function's return, calling
+/// `$handler` with the context, the probe id and the return value.
+macro_rules! return_probes {
+    ($kr:ident, $fx:ident, $krid:ident, $fxid:ident, $handler:expr) => {
+        #[kretprobe]
+        pub fn $kr(ctx: RetProbeContext) -> u32 {
+            ($handler)(&ctx, ProbeId::$krid, ctx.ret::<i64>());
+            0
+        }
+
+        #[fexit]
+        pub fn $fx(ctx: FExitContext) -> u32 {
+            ($handler)(&ctx, ProbeId::$fxid, ctx.ret::<i64>().unwrap_or(0));
+            0
+        }
+    };
+}
+
+fn skb_at<C: EbpfContext>(stage: Stage) -> impl Fn(&C, ProbeId, u64) {
+    move |ctx, probe, skb| {
+        let _ = skb_event(ctx, skb, stage, probe);
+    }
+}
+
+// sock_sendmsg(struct socket *sock, struct msghdr *msg)
+entry_probes!(
+    kp_sock_sendmsg,
+    fe_sock_sendmsg,
+    KpSockSendmsg,
+    FeSockSendmsg,
+    |ctx, probe, _sock: u64| on_sock_sendmsg(ctx, probe, 0, None),
+    [0]
+);
+return_probes!(
+    kr_sock_sendmsg,
+    fx_sock_sendmsg,
+    KrSockSendmsg,
+    FxSockSendmsg,
+    |ctx, probe, ret: i64| on_sock_sendmsg(ctx, probe, 0, Some(ret))
+);
+// ip_output(struct net *net, struct sock *sk, struct sk_buff *skb)
+entry_probes!(
+    kp_ip_output,
+    fe_ip_output,
+    KpIpOutput,
+    FeIpOutput,
+    skb_at(Stage::IpOutput),
+    [2]
+);
+// __dev_queue_xmit(struct sk_buff *skb, struct net_device *sb_dev)
+entry_probes!(
+    kp_dev_queue_xmit,
+    fe_dev_queue_xmit,
+    KpDevQueueXmit,
+    FeDevQueueXmit,
+    |ctx, probe, skb| on_dev_queue(ctx, skb, probe),
+    [0]
+);
+// loopback_xmit(struct sk_buff *skb, struct net_device *dev)
+entry_probes!(
+    kp_loopback_xmit,
+    fe_loopback_xmit,
+    KpLoopbackXmit,
+    FeLoopbackXmit,
+    |ctx, probe, skb| on_xmit_start(ctx, skb, probe),
+    [0]
+);
+return_probes!(
+    kr_loopback_xmit,
+    fx_loopback_xmit,
+    KrLoopbackXmit,
+    FxLoopbackXmit,
+    |ctx, probe, rc| on_xmit_end(ctx, 0, probe, rc)
+);
+// __netif_rx(struct sk_buff *skb), netif_rx(struct sk_buff *skb)
+entry_probes!(
+    kp_netif_rx_inner,
+    fe_netif_rx_inner,
+    KpNetifRxInner,
+    FeNetifRxInner,
+    |ctx, probe, skb| on_netif_rx(ctx, skb, probe),
+    [0]
+);
+entry_probes!(
+    kp_netif_rx,
+    fe_netif_rx,
+    KpNetifRx,
+    FeNetifRx,
+    |ctx, probe, skb| on_netif_rx(ctx, skb, probe),
+    [0]
+);
+// net_rx_action(...): its arguments changed across kernels; none is read.
+entry_probes!(
+    kp_net_rx_action,
+    fe_net_rx_action,
+    KpNetRxAction,
+    FeNetRxAction,
+    |_ctx, _probe| on_net_rx_action_entry(),
+    []
+);
+return_probes!(
+    kr_net_rx_action,
+    fx_net_rx_action,
+    KrNetRxAction,
+    FxNetRxAction,
+    |ctx, probe, _ret| on_net_rx_action_exit(ctx, probe)
+);
+// process_backlog(struct napi_struct *napi, int quota) -> work done
+entry_probes!(
+    kp_process_backlog,
+    fe_process_backlog,
+    KpProcessBacklog,
+    FeProcessBacklog,
+    |_ctx, _probe| on_backlog_entry(),
+    []
+);
+return_probes!(
+    kr_process_backlog,
+    fx_process_backlog,
+    KrProcessBacklog,
+    FxProcessBacklog,
+    |ctx, probe, work| on_backlog_end(ctx, probe, work)
+);
+// __netif_receive_skb(struct sk_buff *skb)
+entry_probes!(
+    kp_netif_receive_skb,
+    fe_netif_receive_skb,
+    KpNetifReceiveSkb,
+    FeNetifReceiveSkb,
+    |ctx, probe, skb| on_receive_skb(ctx, skb, probe),
+    [0]
+);
+// ip_rcv(struct sk_buff *skb, ...), icmp_rcv(struct sk_buff *skb)
+entry_probes!(
+    kp_ip_rcv,
+    fe_ip_rcv,
+    KpIpRcv,
+    FeIpRcv,
+    skb_at(Stage::IpRcv),
+    [0]
+);
+entry_probes!(
+    kp_icmp_rcv,
+    fe_icmp_rcv,
+    KpIcmpRcv,
+    FeIcmpRcv,
+    skb_at(Stage::IcmpRcv),
+    [0]
+);
+// icmp_echo(struct sk_buff *skb); icmp_reply(struct icmp_bxm *param, struct sk_buff *skb)
+entry_probes!(
+    kp_icmp_echo,
+    fe_icmp_echo,
+    KpIcmpEcho,
+    FeIcmpEcho,
+    |ctx, probe, skb| on_icmp_echo(ctx, skb, probe),
+    [0]
+);
+entry_probes!(
+    kp_icmp_reply,
+    fe_icmp_reply,
+    KpIcmpReply,
+    FeIcmpReply,
+    |ctx, probe, skb| on_icmp_echo(ctx, skb, probe),
+    [1]
+);
+// raw_rcv(struct sock *sk, struct sk_buff *skb)
+entry_probes!(
+    kp_raw_rcv,
+    fe_raw_rcv,
+    KpRawRcv,
+    FeRawRcv,
+    |ctx, probe, sk| on_sock_deliver(ctx, sk, probe),
+    [0]
+);
+// skb_copy_datagram_iter(const struct sk_buff *skb, int offset, struct iov_iter *to, int len)
+entry_probes!(
+    kp_copy_datagram,
+    fe_copy_datagram,
+    KpCopyDatagram,
+    FeCopyDatagram,
+    |ctx, probe, skb, len| on_copy(ctx, skb, probe, len as i32 as i64),
+    [0, 3]
+);

@@ -142,10 +142,11 @@ impl KernelBtf {
         Err(anyhow!("no enum {name} in kernel BTF"))
     }
 
-    pub fn has_name(&self, name: &str) -> bool {
+    /// Is `name` a function the BTF describes (an fentry target)?
+    pub fn has_func(&self, name: &str) -> bool {
         self.btf
-            .resolve_ids_by_name(name)
-            .map(|v| !v.is_empty())
+            .resolve_types_by_name(name)
+            .map(|v| v.iter().any(|t| matches!(t, Type::Func(_))))
             .unwrap_or(false)
     }
 }

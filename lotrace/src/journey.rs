@@ -128,72 +128,48 @@ pub fn family_name(family: u8) -> &'static str {
     }
 }
 
-/// A stage every echo journey passes through, given the probe that sees it
-/// is attached. `None` as leg: at least one of the two legs.
+/// A stage every echo journey passes through, when something observes it.
+/// `None` as leg: at least one of the two legs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Expected {
     pub leg: Option<Leg>,
     pub stage: Stage,
-    pub probe: ProbeId,
 }
 
-const fn ex(leg: Option<Leg>, stage: Stage, probe: ProbeId) -> Expected {
-    Expected { leg, stage, probe }
+const fn ex(leg: Option<Leg>, stage: Stage) -> Expected {
+    Expected { leg, stage }
 }
 
 /// Stages that are always there on a loopback echo. Stages that depend on
-/// timing (softirq raise, the wake-up of a sleeping ping) are not listed.
+/// timing (softirq raise, the wake-up of a sleeping ping) or on the socket
+/// kind are not listed.
 pub static ALWAYS: &[Expected] = &[
-    ex(Some(Leg::Request), Stage::Sendto, ProbeId::SysEnterSendto),
-    ex(
-        Some(Leg::Request),
-        Stage::SockSendmsg,
-        ProbeId::SockSendLength,
-    ),
-    ex(Some(Leg::Request), Stage::Route, ProbeId::FibTableLookup),
-    ex(
-        Some(Leg::Request),
-        Stage::DevQueueXmit,
-        ProbeId::NetDevQueue,
-    ),
-    ex(
-        Some(Leg::Request),
-        Stage::LoopbackXmit,
-        ProbeId::NetDevStartXmit,
-    ),
-    ex(Some(Leg::Request), Stage::NetifRx, ProbeId::NetifRxEntry),
-    ex(None, Stage::NetRxAction, ProbeId::SoftirqEntry),
-    ex(
-        Some(Leg::Request),
-        Stage::NetifReceiveSkb,
-        ProbeId::NetifReceiveSkb,
-    ),
-    ex(Some(Leg::Reply), Stage::DevQueueXmit, ProbeId::NetDevQueue),
-    ex(
-        Some(Leg::Reply),
-        Stage::LoopbackXmit,
-        ProbeId::NetDevStartXmit,
-    ),
-    ex(Some(Leg::Reply), Stage::NetifRx, ProbeId::NetifRxEntry),
-    ex(
-        Some(Leg::Reply),
-        Stage::NetifReceiveSkb,
-        ProbeId::NetifReceiveSkb,
-    ),
-    ex(Some(Leg::Reply), Stage::SockDeliver, ProbeId::SkDataReady),
-    ex(
-        Some(Leg::Reply),
-        Stage::CopyToUser,
-        ProbeId::SkbCopyDatagramIovec,
-    ),
-    ex(Some(Leg::Reply), Stage::Recvmsg, ProbeId::SysExitRecvmsg),
+    ex(Some(Leg::Request), Stage::Sendto),
+    ex(Some(Leg::Request), Stage::SockSendmsg),
+    ex(Some(Leg::Request), Stage::Route),
+    ex(Some(Leg::Request), Stage::IpOutput),
+    ex(Some(Leg::Request), Stage::DevQueueXmit),
+    ex(Some(Leg::Request), Stage::LoopbackXmit),
+    ex(Some(Leg::Request), Stage::NetifRx),
+    ex(None, Stage::NetRxAction),
+    ex(Some(Leg::Request), Stage::NetifReceiveSkb),
+    ex(Some(Leg::Request), Stage::IpRcv),
+    ex(Some(Leg::Request), Stage::IcmpRcv),
+    ex(Some(Leg::Reply), Stage::IcmpReply),
+    ex(Some(Leg::Reply), Stage::DevQueueXmit),
+    ex(Some(Leg::Reply), Stage::LoopbackXmit),
+    ex(Some(Leg::Reply), Stage::NetifRx),
+    ex(Some(Leg::Reply), Stage::NetifReceiveSkb),
+    ex(Some(Leg::Reply), Stage::SockDeliver),
+    ex(Some(Leg::Reply), Stage::CopyToUser),
+    ex(Some(Leg::Reply), Stage::Recvmsg),
 ];
 
-/// The expected stages whose probe is attached.
-pub fn expected_for(attached: &[ProbeId]) -> Vec<Expected> {
+/// The expected stages among those observed.
+pub fn expected_for(covered: &[Stage]) -> Vec<Expected> {
     ALWAYS
         .iter()
-        .filter(|e| attached.contains(&e.probe))
+        .filter(|e| covered.contains(&e.stage))
         .copied()
         .collect()
 }
@@ -476,10 +452,12 @@ pub(crate) mod tests {
         ]
     }
 
-    fn all_probes() -> Vec<ProbeId> {
+    /// What the tracepoints observe.
+    fn all_probes() -> Vec<Stage> {
         lotrace_common::catalog::PROBES
             .iter()
-            .map(|p| p.id)
+            .filter(|p| p.tracepoint().is_some())
+            .filter_map(|p| p.stage)
             .collect()
     }
 

@@ -9,6 +9,8 @@ pub mod btf;
 pub mod journey;
 pub mod loader;
 pub mod pingout;
+pub mod plan;
+pub mod probes;
 pub mod record;
 pub mod render;
 pub mod replay;

@@ -1,29 +1,41 @@
 //! Loads the embedded eBPF object into the running kernel and attaches its
-//! probes. The only part of lotrace, with the trace command, that touches
+//! probes. With the trace command, the only part of lotrace that touches
 //! the kernel.
 
-use std::{collections::BTreeMap, path::Path};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::Path,
+};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
-    Ebpf, EbpfLoader,
+    Btf, Ebpf, EbpfLoader, Endianness,
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
-    programs::TracePoint,
+    programs::{FEntry, FExit, KProbe, TracePoint},
 };
 use lotrace_common::{
-    Config, ProbeId,
-    catalog::{PROBES, TP_FIELDS, maps},
+    Config, ProbeId, Stage,
+    catalog::{Backend, PROBES, TP_FIELDS, maps},
 };
 
-use crate::{btf::KernelBtf, report::ProbeStatus, tracefs};
+use crate::{
+    btf::KernelBtf,
+    plan::{self, BackendChoice, Caps, Plan},
+    tracefs,
+};
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lotrace"));
+
+const KPROBE_PMU: &str = "/sys/bus/event_source/devices/kprobe";
 
 pub struct LoadOptions<'a> {
     pub btf_path: &'a Path,
     pub ring_size: u32,
     /// Let the programs' aya-log diagnostics through.
     pub verbose: bool,
+    pub backend: BackendChoice,
+    /// Trace even when a forced backend cannot observe some stages.
+    pub allow_missing: bool,
 }
 
 /// Everything lotrace holds in the kernel. Dropping it detaches every
@@ -31,19 +43,172 @@ pub struct LoadOptions<'a> {
 pub struct Tracer {
     ebpf: Ebpf,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
-    pub probes: Vec<ProbeStatus>,
+    pub plan: Plan,
+    /// Each attached probe with its label (`kprobe:__dev_queue_xmit`).
+    pub attached: Vec<(ProbeId, String)>,
     pub drop_reasons: BTreeMap<u64, String>,
 }
 
 /// Checks that nothing needed is missing before anything is loaded.
 pub fn preflight() -> Result<()> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !is_root() {
         bail!(
             "tracing needs root (to load eBPF programs): run it with sudo, or through `cargo xtask run`"
         );
     }
     Ok(())
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// The kernel functions the catalog may probe.
+fn catalog_functions() -> BTreeSet<&'static str> {
+    PROBES
+        .iter()
+        .flat_map(|p| p.functions().iter().copied())
+        .collect()
+}
+
+/// Names among `wanted` listed in a symbol file's lines: the first word that
+/// matches, ignoring a trailing `[module]`.
+fn names_in(text: &str, column: usize, wanted: &BTreeSet<&str>) -> BTreeSet<String> {
+    text.lines()
+        .filter_map(|l| l.split_whitespace().nth(column))
+        .filter(|n| wanted.contains(n))
+        .map(str::to_string)
+        .collect()
+}
+
+/// What this kernel allows, as far as can be seen without loading anything;
+/// fentry is checked by [`probe_fentry`].
+pub fn capabilities(btf: &KernelBtf) -> Caps {
+    let wanted = catalog_functions();
+    let tracefs_state = if Path::new(tracefs::TRACEFS).join("events").is_dir() {
+        Ok(())
+    } else if is_root() {
+        Err("tracefs is not mounted".to_string())
+    } else {
+        Err("not checked: tracefs is not mounted or not readable without root".to_string())
+    };
+    let tracepoints = PROBES
+        .iter()
+        .filter_map(|p| p.tracepoint())
+        .filter(|(c, n)| tracefs::tracepoint_exists(c, n))
+        .map(|(c, n)| format!("{c}:{n}"))
+        .collect();
+    let kprobe = if Path::new(KPROBE_PMU).exists() {
+        Ok(())
+    } else {
+        Err(format!(
+            "this kernel is built without CONFIG_KPROBES (no kprobe PMU at {KPROBE_PMU})"
+        ))
+    };
+    // Symbol lines: `address type name [module]`; only functions (t/T).
+    let kallsyms = std::fs::read_to_string("/proc/kallsyms")
+        .map(|t| {
+            t.lines()
+                .filter(|l| matches!(l.split_whitespace().nth(1), Some("t" | "T")))
+                .filter_map(|l| l.split_whitespace().nth(2))
+                .filter(|n| wanted.contains(n))
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
+    let btf_funcs = wanted
+        .iter()
+        .filter(|f| btf.has_func(f))
+        .map(|f| f.to_string())
+        .collect();
+    let traceable =
+        std::fs::read_to_string(Path::new(tracefs::TRACEFS).join("available_filter_functions"))
+            .ok()
+            .map(|t| names_in(&t, 0, &wanted));
+    Caps {
+        tracefs: tracefs_state,
+        tracepoints,
+        kprobe,
+        fentry: Err("not checked: loading a test program needs root".into()),
+        kallsyms,
+        btf_funcs,
+        traceable,
+    }
+}
+
+fn load_object(config: &Config, ring_size: u32, verbose: bool) -> Result<Ebpf> {
+    let level: u8 = if verbose { u8::MAX } else { 0 };
+    EbpfLoader::new()
+        .override_global(maps::CONFIG, config, true)
+        .override_global(aya_log::LEVEL, &level, false)
+        .map_max_entries(maps::EVENTS, ring_size)
+        .load(OBJECT)
+        .map_err(|e| anyhow!("the kernel refused lotrace's eBPF object: {e}"))
+}
+
+fn parse_btf(path: &Path) -> Result<Btf> {
+    Btf::parse_file(path, Endianness::default())
+        .map_err(|e| anyhow!("cannot parse kernel BTF {}: {e}", path.display()))
+}
+
+/// Words for why the kernel refused a program.
+fn refusal(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut src: Option<&dyn std::error::Error> = Some(e);
+    while let Some(err) = src {
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && let Some(code) = io.raw_os_error()
+        {
+            let name = match code {
+                libc::EPERM => "EPERM",
+                libc::EACCES => "EACCES",
+                libc::EINVAL => "EINVAL",
+                libc::ENOENT => "ENOENT",
+                libc::EOPNOTSUPP | 524 => "EOPNOTSUPP",
+                _ => "error",
+            };
+            return if name == "error" {
+                format!("the kernel refused to load the program ({io})")
+            } else {
+                format!("the kernel refused to load the program ({name})")
+            };
+        }
+        src = err.source();
+    }
+    format!("the kernel refused to load the program ({e})")
+}
+
+/// Can fentry programs be loaded here? Loads one, on a function the kernel
+/// has, in a throwaway copy of the object.
+pub fn probe_fentry(caps: &mut Caps, btf_path: &Path) {
+    if !is_root() {
+        return;
+    }
+    let Some((program, function)) = PROBES
+        .iter()
+        .filter(|p| p.backend() == Backend::Fentry && !p.at_return)
+        .find_map(|p| {
+            p.functions()
+                .iter()
+                .find(|f| caps.btf_funcs.contains(**f))
+                .map(|f| (p.program, *f))
+        })
+    else {
+        caps.fentry = Err("no probed function is in the kernel's BTF".into());
+        return;
+    };
+    let result = (|| -> Result<(), String> {
+        let btf = parse_btf(btf_path).map_err(|e| e.to_string())?;
+        let mut ebpf = load_object(&Config::zeroed(), 4096, false).map_err(|e| e.to_string())?;
+        let prog: &mut FEntry = ebpf
+            .program_mut(program)
+            .ok_or("program missing")?
+            .try_into()
+            .map_err(|e: aya::programs::ProgramError| e.to_string())?;
+        prog.load(function, &btf).map_err(|e| refusal(&e))?;
+        Ok(())
+    })();
+    caps.fentry = result;
 }
 
 impl Tracer {
@@ -56,15 +221,55 @@ impl Tracer {
         if tracefs::ensure_mounted()? {
             eprintln!("lotrace: mounted tracefs at {}", tracefs::TRACEFS);
         }
+        let mut caps = capabilities(&btf);
+        if matches!(opts.backend, BackendChoice::Auto | BackendChoice::Fentry) {
+            probe_fentry(&mut caps, opts.btf_path);
+        } else {
+            caps.fentry = Err(format!(
+                "not tried: --backend {}",
+                backend_arg(opts.backend)
+            ));
+        }
+        let plan = plan::plan(&caps, opts.backend);
+        if !plan.errors.is_empty() && !opts.allow_missing {
+            bail!(
+                "--backend {} cannot observe {}; use another backend, or --allow-missing to trace without those stages",
+                backend_arg(opts.backend),
+                plan.errors_line()
+            );
+        }
+        for (p, a) in &plan.always {
+            if let plan::Avail::No(why) = a {
+                bail!(
+                    "cannot trace without {}: {why}",
+                    plan::nominal_label(p.info())
+                );
+            }
+        }
+        if plan.stage(Stage::DevQueueXmit).backend.is_none() {
+            bail!(
+                "cannot trace: nothing can observe dev_queue_xmit, where the traced echo requests are recognised ({})",
+                plan.stage(Stage::DevQueueXmit)
+                    .missing
+                    .clone()
+                    .unwrap_or_default()
+            );
+        }
 
         let mut config = Config::zeroed();
         config.skb_head = skb.head;
         config.skb_network_header = skb.network_header;
         config.skb_len = skb.len;
         config.skb_sk = skb.sk;
+        config.net_rx_probe = plan.start_probe(Stage::NetRxAction).map_or(0, |p| p as u8);
+        config.backlog_probe = plan
+            .start_probe(Stage::ProcessBacklog)
+            .map_or(0, |p| p as u8);
         let mut formats = BTreeMap::new();
         for (field, probe, name) in TP_FIELDS.iter() {
-            let (cat, tp) = probe.info().attach_point();
+            let Some((cat, tp)) = probe.info().tracepoint() else {
+                continue;
+            };
             if !tracefs::tracepoint_exists(cat, tp) {
                 continue;
             }
@@ -79,78 +284,94 @@ impl Tracer {
             }
         }
 
-        let level: u8 = if opts.verbose { u8::MAX } else { 0 };
-        let mut ebpf = EbpfLoader::new()
-            .override_global(maps::CONFIG, &config, true)
-            .override_global(aya_log::LEVEL, &level, false)
-            .map_max_entries(maps::EVENTS, opts.ring_size)
-            .load(OBJECT)
-            .map_err(|e| anyhow!("the kernel refused lotrace's eBPF object: {e}"))?;
+        let mut ebpf = load_object(&config, opts.ring_size, opts.verbose)?;
         let logger = if opts.verbose {
             aya_log::EbpfLogger::init(&mut ebpf).ok()
         } else {
             None
         };
-
         let mut tracer = Tracer {
             ebpf,
             logger,
-            probes: Vec::new(),
+            plan,
+            attached: Vec::new(),
             drop_reasons,
         };
-        for info in PROBES.iter() {
-            let (cat, name) = info.attach_point();
-            let status = if !tracefs::tracepoint_exists(cat, name) {
-                Err(format!("this kernel has no tracepoint {cat}:{name}"))
-            } else {
-                tracer
-                    .attach_tracepoint(info.program, cat, name)
-                    .map_err(|e| format!("{e:#}"))
-            };
-            if let Err(why) = &status
-                && info.required
-            {
-                bail!("cannot trace without tracepoint {cat}:{name}: {why}");
-            }
-            tracer.probes.push(ProbeStatus {
-                probe: info.id,
-                error: status.err(),
-            });
+        let needs_btf = tracer
+            .plan
+            .to_attach()
+            .iter()
+            .any(|(p, _)| p.info().backend() == Backend::Fentry);
+        let aya_btf = if needs_btf {
+            Some(parse_btf(opts.btf_path)?)
+        } else {
+            None
+        };
+        for (probe, target) in tracer.plan.to_attach() {
+            let info = probe.info();
+            tracer
+                .attach(probe, &target, aya_btf.as_ref())
+                .with_context(|| {
+                    format!(
+                        "attaching {} failed (try --backend tracepoint)",
+                        plan::label(info, &target)
+                    )
+                })?;
+            tracer.attached.push((probe, plan::label(info, &target)));
         }
         Ok(tracer)
     }
 
-    fn attach_tracepoint(&mut self, program: &str, cat: &str, name: &str) -> Result<()> {
-        let prog: &mut TracePoint = self
+    fn attach(&mut self, probe: ProbeId, target: &str, btf: Option<&Btf>) -> Result<()> {
+        let info = probe.info();
+        let prog = self
             .ebpf
-            .program_mut(program)
-            .with_context(|| format!("program {program} missing from the object"))?
-            .try_into()?;
-        prog.load()
-            .map_err(|e| anyhow!("the kernel refused to load {program}: {e}"))?;
-        prog.attach(cat, name)
-            .map_err(|e| anyhow!("attaching to {cat}:{name} failed: {e}"))?;
+            .program_mut(info.program)
+            .with_context(|| format!("program {} missing from the object", info.program))?;
+        match (info.backend(), info.at_return) {
+            (Backend::Tracepoint, _) => {
+                let (cat, name) = info.tracepoint().expect("tracepoint");
+                let p: &mut TracePoint = prog.try_into()?;
+                p.load().map_err(|e| anyhow!(refusal(&e)))?;
+                p.attach(cat, name)?;
+            }
+            (Backend::Kprobe, _) => {
+                let p: &mut KProbe = prog.try_into()?;
+                p.load().map_err(|e| anyhow!(refusal(&e)))?;
+                p.attach(target, 0)?;
+            }
+            (Backend::Fentry, false) => {
+                let p: &mut FEntry = prog.try_into()?;
+                p.load(target, btf.context("BTF")?)
+                    .map_err(|e| anyhow!(refusal(&e)))?;
+                p.attach()?;
+            }
+            (Backend::Fentry, true) => {
+                let p: &mut FExit = prog.try_into()?;
+                p.load(target, btf.context("BTF")?)
+                    .map_err(|e| anyhow!(refusal(&e)))?;
+                p.attach()?;
+            }
+        }
         Ok(())
+    }
+
+    fn targets(&mut self) -> Result<BpfHashMap<&mut MapData, u32, u8>> {
+        Ok(BpfHashMap::try_from(
+            self.ebpf
+                .map_mut(maps::TARGETS)
+                .context("TARGETS map missing")?,
+        )?)
     }
 
     /// Adds a process to the traced set, before it sends anything.
     pub fn add_target(&mut self, tgid: u32) -> Result<()> {
-        let mut targets: BpfHashMap<&mut MapData, u32, u8> = BpfHashMap::try_from(
-            self.ebpf
-                .map_mut(maps::TARGETS)
-                .context("TARGETS map missing")?,
-        )?;
-        targets.insert(tgid, 1, 0)?;
+        self.targets()?.insert(tgid, 1, 0)?;
         Ok(())
     }
 
     pub fn remove_target(&mut self, tgid: u32) -> Result<()> {
-        let mut targets: BpfHashMap<&mut MapData, u32, u8> = BpfHashMap::try_from(
-            self.ebpf
-                .map_mut(maps::TARGETS)
-                .context("TARGETS map missing")?,
-        )?;
-        targets.remove(&tgid)?;
+        self.targets()?.remove(&tgid)?;
         Ok(())
     }
 
@@ -175,10 +396,13 @@ impl Tracer {
             l.flush();
         }
     }
+}
 
-    pub fn attached(&self, probe: ProbeId) -> bool {
-        self.probes
-            .iter()
-            .any(|p| p.probe == probe && p.error.is_none())
+pub fn backend_arg(b: BackendChoice) -> &'static str {
+    match b {
+        BackendChoice::Auto => "auto",
+        BackendChoice::Fentry => "fentry",
+        BackendChoice::Kprobe => "kprobe",
+        BackendChoice::Tracepoint => "tracepoint",
     }
 }

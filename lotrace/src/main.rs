@@ -1,7 +1,7 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
-use lotrace::{Format, btf::VMLINUX_BTF, replay, trace};
+use lotrace::{Format, btf::VMLINUX_BTF, plan::BackendChoice, probes, replay, trace};
 
 /// Trace a ping's journey through the Linux kernel with eBPF, stage by
 /// stage: sendto, route lookup, dev_queue_xmit, the loopback "fake NIC",
@@ -35,6 +35,14 @@ enum Cmd {
         /// Kernel BTF to read struct layouts from.
         #[arg(long, value_name = "PATH", default_value = VMLINUX_BTF)]
         btf: PathBuf,
+        /// How stages are observed: per stage the best the kernel allows
+        /// (fentry, else kprobe, else tracepoint), or one backend forced.
+        #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+        backend: BackendChoice,
+        /// With a forced backend, trace even if it cannot observe some
+        /// stages (they are reported as missing).
+        #[arg(long)]
+        allow_missing: bool,
         /// Show the eBPF programs' diagnostics (aya-log) and lotrace's own.
         #[arg(short, long)]
         verbose: bool,
@@ -46,6 +54,15 @@ enum Cmd {
             value_name = "COMMAND"
         )]
         command: Vec<String>,
+    },
+    /// List every stage, each probe that could observe it, whether this
+    /// kernel allows it (and why not), and what `--backend auto` chooses.
+    Probes {
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+        /// Kernel BTF to read function and struct information from.
+        #[arg(long, value_name = "PATH", default_value = VMLINUX_BTF)]
+        btf: PathBuf,
     },
     /// Show a trace saved with `trace --record` again; needs no root.
     Replay {
@@ -83,6 +100,8 @@ fn main() -> ExitCode {
             record,
             ring_size,
             btf,
+            backend,
+            allow_missing,
             verbose,
             command,
         } => tokio::runtime::Builder::new_current_thread()
@@ -92,6 +111,8 @@ fn main() -> ExitCode {
             .and_then(|rt| {
                 rt.block_on(trace::run(trace::TraceOptions {
                     command,
+                    backend,
+                    allow_missing,
                     format,
                     record,
                     ring_size,
@@ -99,6 +120,7 @@ fn main() -> ExitCode {
                     verbose,
                 }))
             }),
+        Cmd::Probes { format, btf } => probes::run(&btf, format),
         Cmd::Replay { format, file } => replay::run(&file, format),
     };
     match result {

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use crate::{
     journey::{Context, Hop, Journey, Leg, SoftirqWhere},
-    report::{Meta, probe_name},
+    report::Meta,
     session::Done,
     stats::{Histogram, Stats},
 };
@@ -42,8 +42,13 @@ fn fmt_signed(ns: i64) -> String {
     }
 }
 
-fn short_probe(p: ProbeId) -> &'static str {
-    p.info().attach_point().1
+/// The probe column: a tracepoint's name, or a function probe's label.
+fn short_probe(p: ProbeId, meta: &Meta) -> String {
+    let label = meta.probe_label(p);
+    match label.strip_prefix("tracepoint:") {
+        Some(tp) => tp.rsplit(':').next().unwrap_or(tp).to_string(),
+        None => label,
+    }
 }
 
 /// A few words on what a hop's stage-specific value means.
@@ -129,7 +134,7 @@ pub fn journey_text(d: &Done, meta: &Meta) -> String {
             h.cpu,
             task,
             h.context.name(),
-            short_probe(h.probe)
+            short_probe(h.probe, meta)
         );
         if let Some(d) = detail(h, meta) {
             let _ = write!(line, "  ({d})");
@@ -237,15 +242,16 @@ pub fn summary_text(stats: &Stats, meta: &Meta, t: &Totals) -> String {
         "\n   NET_RX softirq per receive: {} inline (in the task that was running), {} in ksoftirqd",
         stats.softirq_inline, stats.softirq_ksoftirqd
     );
-    let unseen: Vec<_> = meta
-        .stage_probes()
-        .into_iter()
-        .filter(|(_, used, _)| used.is_empty())
-        .collect();
+    let unseen: Vec<_> = meta.stages.iter().filter(|s| s.backend.is_none()).collect();
     if !unseen.is_empty() {
         let _ = writeln!(s, "\n   not observed on this kernel:");
-        for (stage, _, why) in unseen {
-            let _ = writeln!(s, "     {:<18} {}", stage.name(), why.unwrap_or_default());
+        for st in unseen {
+            let _ = writeln!(
+                s,
+                "     {:<18} {}",
+                st.stage,
+                st.missing.as_deref().unwrap_or_default()
+            );
         }
     }
     s.push_str(&where_time_goes(stats));
@@ -304,7 +310,7 @@ fn hop_json(h: &Hop, meta: &Meta) -> Value {
         "tgid": h.tgid,
         "comm": h.comm,
         "context": h.context.name(),
-        "probe": probe_name(h.probe),
+        "probe": meta.probe_label(h.probe),
     });
     if let Some(d) = detail(h, meta) {
         v["detail"] = json!(d);
@@ -372,13 +378,14 @@ pub fn summary_json(stats: &Stats, meta: &Meta, t: &Totals) -> Value {
         })
         .collect();
     let probes: Vec<Value> = meta
-        .stage_probes()
-        .into_iter()
-        .map(|(stage, used, why)| json!({"stage": stage.name(), "probes": used, "missing": why}))
+        .stages
+        .iter()
+        .map(|s| json!({"stage": s.stage, "backend": s.backend, "probes": s.probes, "missing": s.missing}))
         .collect();
     json!({
         "type": "summary",
         "kernel": meta.kernel,
+        "backend": meta.backend,
         "command": meta.command,
         "target": meta.target,
         "journeys": stats.journeys,
@@ -398,26 +405,30 @@ mod tests {
     use super::*;
     use crate::{
         journey::{build_journey, tests::echo},
-        report::ProbeStatus,
+        plan::{BackendChoice, Caps, plan},
     };
     use lotrace_common::catalog::PROBES;
 
     fn meta() -> Meta {
+        let caps = Caps {
+            tracefs: Ok(()),
+            tracepoints: PROBES
+                .iter()
+                .filter_map(|p| p.tracepoint())
+                .map(|(c, n)| format!("{c}:{n}"))
+                .collect(),
+            kprobe: Err("this kernel is built without CONFIG_KPROBES".into()),
+            ..Caps::default()
+        };
+        let p = plan(&caps, BackendChoice::Auto);
         let mut m = Meta {
             kernel: "6.18.0".into(),
             command: vec!["ping".into(), "127.0.0.1".into()],
             target: Some("127.0.0.1".into()),
+            backend: "auto".into(),
             ..Default::default()
         };
-        m.set_probes(
-            &PROBES
-                .iter()
-                .map(|p| ProbeStatus {
-                    probe: p.id,
-                    error: None,
-                })
-                .collect::<Vec<_>>(),
-        );
+        m.set_probes(&p, &p.labels());
         m
     }
 
@@ -488,7 +499,11 @@ mod tests {
             .unwrap();
         assert_eq!(dq["probes"][0], "tracepoint:net:net_dev_queue");
         let ip = probes.iter().find(|p| p["stage"] == "ip_rcv").unwrap();
-        assert!(ip["missing"].as_str().unwrap().contains("function probe"));
+        assert!(
+            ip["missing"].as_str().unwrap().contains("CONFIG_KPROBES"),
+            "{ip}"
+        );
+        assert_eq!(dq["backend"], "tracepoint");
         let text = summary_text(&st, &m, &t);
         assert!(text.contains("where the time goes"));
         assert!(text.contains("not observed on this kernel"));

@@ -6,52 +6,74 @@ use std::collections::BTreeMap;
 use lotrace_common::{ProbeId, Stage, catalog::PROBES};
 use serde::{Deserialize, Serialize};
 
-/// Whether one probe could be attached.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ProbeStatus {
-    pub probe: ProbeId,
-    /// Why it is not attached; `None` when it is.
-    pub error: Option<String>,
-}
+use crate::plan::{self, Plan};
 
-/// A probe's name in reports and JSON: `tracepoint:category:name`.
-pub fn probe_name(p: ProbeId) -> String {
-    let (cat, name) = p.info().attach_point();
-    format!("tracepoint:{cat}:{name}")
-}
-
-pub fn probe_by_name(name: &str) -> Option<ProbeId> {
-    PROBES.iter().map(|p| p.id).find(|p| probe_name(*p) == name)
-}
-
+/// One probe that was attached.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct ProbeRecord {
+    /// The eBPF program (stable across kernels).
+    pub program: String,
+    /// What it was attached to, e.g. `kprobe:__dev_queue_xmit`.
     pub probe: String,
     pub stage: Option<String>,
-    pub error: Option<String>,
+}
+
+/// How one stage was observed, or why it was not.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct StageRecord {
+    pub stage: String,
+    /// `fentry`, `kprobe` or `tracepoint`; `None` when not observed.
+    pub backend: Option<String>,
+    pub probes: Vec<String>,
+    pub missing: Option<String>,
 }
 
 /// Everything about a trace except its events.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct Meta {
     /// `uname -r` of the traced kernel.
     pub kernel: String,
     pub command: Vec<String>,
     /// The address the command pinged, as ping reported it, else as given.
     pub target: Option<String>,
+    /// The backend choice asked for (`auto`, `kprobe`, ...).
+    pub backend: String,
     pub probes: Vec<ProbeRecord>,
+    pub stages: Vec<StageRecord>,
     /// `enum skb_drop_reason` of the traced kernel, from its BTF.
     pub drop_reasons: BTreeMap<u64, String>,
 }
 
 impl Meta {
-    pub fn set_probes(&mut self, statuses: &[ProbeStatus]) {
-        self.probes = statuses
+    /// Records the plan and what was attached (`attached`: probe → label).
+    pub fn set_probes(&mut self, plan: &Plan, attached: &[(ProbeId, String)]) {
+        self.probes = attached
             .iter()
-            .map(|s| ProbeRecord {
-                probe: probe_name(s.probe),
-                stage: s.probe.info().stage.map(|st| st.name().to_string()),
-                error: s.error.clone(),
+            .map(|(p, label)| ProbeRecord {
+                program: p.info().program.to_string(),
+                probe: label.clone(),
+                stage: p.info().stage.map(|s| s.name().to_string()),
+            })
+            .collect();
+        self.stages = plan
+            .stages
+            .iter()
+            .map(|s| StageRecord {
+                stage: s.stage.name().to_string(),
+                backend: s.backend.map(|b| b.name().to_string()),
+                probes: s
+                    .candidates
+                    .iter()
+                    .filter(|c| c.chosen)
+                    .filter_map(|c| {
+                        attached
+                            .iter()
+                            .find(|(p, _)| *p == c.probe)
+                            .map(|(_, l)| l.clone())
+                    })
+                    .collect(),
+                missing: s.missing.clone(),
             })
             .collect();
     }
@@ -60,38 +82,28 @@ impl Meta {
     pub fn attached(&self) -> Vec<ProbeId> {
         self.probes
             .iter()
-            .filter(|p| p.error.is_none())
-            .filter_map(|p| probe_by_name(&p.probe))
+            .filter_map(|r| PROBES.iter().find(|p| p.program == r.program))
+            .map(|p| p.id)
             .collect()
     }
 
-    /// For each stage of the catalog, the probes that observed it, or why
-    /// none could.
-    pub fn stage_probes(&self) -> Vec<(Stage, Vec<String>, Option<String>)> {
+    /// Stages some attached probe observes.
+    pub fn covered(&self) -> Vec<Stage> {
+        let attached = self.attached();
         Stage::ALL
-            .iter()
-            .map(|&stage| {
-                let mut used = Vec::new();
-                let mut why = Vec::new();
-                for p in &self.probes {
-                    if p.stage.as_deref() != Some(stage.name()) {
-                        continue;
-                    }
-                    match &p.error {
-                        None => used.push(p.probe.clone()),
-                        Some(e) => why.push(format!("{}: {e}", p.probe)),
-                    }
-                }
-                let reason = if !used.is_empty() {
-                    None
-                } else if why.is_empty() {
-                    Some("no tracepoint observes this stage; it needs a function probe (kprobe or fentry)".to_string())
-                } else {
-                    Some(why.join("; "))
-                };
-                (stage, used, reason)
-            })
+            .into_iter()
+            .filter(|s| attached.iter().any(|p| p.info().stage == Some(*s)))
             .collect()
+    }
+
+    /// The label of a probe in this trace (`kprobe:__dev_queue_xmit`).
+    pub fn probe_label(&self, p: ProbeId) -> String {
+        let info = p.info();
+        self.probes
+            .iter()
+            .find(|r| r.program == info.program)
+            .map(|r| r.probe.clone())
+            .unwrap_or_else(|| plan::nominal_label(info))
     }
 
     pub fn drop_reason(&self, v: u64) -> String {
@@ -105,51 +117,45 @@ impl Meta {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plan::{BackendChoice, Caps, plan};
 
     #[test]
-    fn probe_names_round_trip() {
-        for p in PROBES.iter() {
-            assert_eq!(probe_by_name(&probe_name(p.id)), Some(p.id));
-        }
+    fn records_what_was_attached_and_what_is_missing() {
+        let mut caps = Caps {
+            tracefs: Ok(()),
+            tracepoints: ["net:net_dev_queue", "irq:softirq_entry"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            ..Caps::default()
+        };
+        caps.kprobe = Err("no kprobes here".into());
+        let p = plan(&caps, BackendChoice::Auto);
+        let mut m = Meta::default();
+        m.set_probes(&p, &p.labels());
+        let dq = m
+            .stages
+            .iter()
+            .find(|s| s.stage == "dev_queue_xmit")
+            .unwrap();
+        assert_eq!(dq.probes, vec!["tracepoint:net:net_dev_queue"]);
+        assert_eq!(dq.backend.as_deref(), Some("tracepoint"));
+        let rx = m.stages.iter().find(|s| s.stage == "netif_rx").unwrap();
+        assert!(rx.backend.is_none());
+        let why = rx.missing.as_deref().unwrap();
+        assert!(
+            why.contains("no tracepoint net:netif_rx_entry") && why.contains("no kprobes here"),
+            "{why}"
+        );
+        assert!(m.covered().contains(&Stage::DevQueueXmit));
+        assert!(!m.covered().contains(&Stage::NetifRx));
         assert_eq!(
-            probe_name(ProbeId::NetDevQueue),
+            m.probe_label(ProbeId::NetDevQueue),
             "tracepoint:net:net_dev_queue"
         );
-    }
-
-    #[test]
-    fn stages_without_a_probe_say_why() {
-        let mut m = Meta::default();
-        m.set_probes(&[
-            ProbeStatus {
-                probe: ProbeId::NetDevQueue,
-                error: None,
-            },
-            ProbeStatus {
-                probe: ProbeId::NetifRxEntry,
-                error: Some("this kernel has no tracepoint net:netif_rx_entry".into()),
-            },
-        ]);
-        let sp = m.stage_probes();
-        let get = |s: Stage| sp.iter().find(|x| x.0 == s).unwrap();
         assert_eq!(
-            get(Stage::DevQueueXmit).1,
-            vec!["tracepoint:net:net_dev_queue"]
+            m.probe_label(ProbeId::KpLoopbackXmit),
+            "kprobe:loopback_xmit"
         );
-        assert!(
-            get(Stage::NetifRx)
-                .2
-                .as_ref()
-                .unwrap()
-                .contains("no tracepoint net:netif_rx_entry")
-        );
-        assert!(
-            get(Stage::IpRcv)
-                .2
-                .as_ref()
-                .unwrap()
-                .contains("function probe")
-        );
-        assert_eq!(m.attached(), vec![ProbeId::NetDevQueue]);
     }
 }

@@ -40,7 +40,7 @@ pub struct Session {
 impl Session {
     pub fn new(meta: &Meta) -> Session {
         Session {
-            builder: JourneyBuilder::new(expected_for(&meta.attached()), QUIET_NS),
+            builder: JourneyBuilder::new(expected_for(&meta.covered()), QUIET_NS),
             stats: Stats::default(),
             ping_rtt: BTreeMap::new(),
             resolved: None,

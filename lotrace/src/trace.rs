@@ -31,6 +31,8 @@ use crate::{
 
 pub struct TraceOptions {
     pub command: Vec<String>,
+    pub backend: crate::plan::BackendChoice,
+    pub allow_missing: bool,
     pub format: Format,
     pub record: Option<PathBuf>,
     pub ring_size: u32,
@@ -209,14 +211,17 @@ pub async fn run(opts: TraceOptions) -> Result<i32> {
         kernel: kernel_release(),
         command: opts.command.clone(),
         target,
+        backend: crate::loader::backend_arg(opts.backend).to_string(),
         ..Default::default()
     };
     let mut tracer = Tracer::load(&LoadOptions {
         btf_path: &opts.btf,
         ring_size: opts.ring_size,
         verbose: opts.verbose,
+        backend: opts.backend,
+        allow_missing: opts.allow_missing,
     })?;
-    meta.set_probes(&tracer.probes);
+    meta.set_probes(&tracer.plan, &tracer.attached);
     meta.drop_reasons = tracer.drop_reasons.clone();
     let mut recfile = match &opts.record {
         Some(p) => Some(RecordFile::create(p, &meta)?),

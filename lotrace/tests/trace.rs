@@ -306,6 +306,19 @@ fn bad_input_fails_cleanly_and_leaves_nothing_attached() {
         ]),
         "no kernel BTF at /nonexistent",
     );
+    // This host has neither kprobes nor fentry: a forced backend says so.
+    one_line_error(
+        &lotrace(&[
+            "trace",
+            "--backend",
+            "kprobe",
+            "ping",
+            "-c",
+            "1",
+            "127.0.0.1",
+        ]),
+        "--backend kprobe cannot observe",
+    );
     let bad_flag = lotrace(&["trace", "--no-such-flag", "ping", "127.0.0.1"]);
     assert!(!bad_flag.status.success());
     let after = lotrace_programs();

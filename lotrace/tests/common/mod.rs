@@ -46,7 +46,8 @@ pub fn summary(lines: &[Value]) -> &Value {
     s[0]
 }
 
-/// Ids of loaded eBPF programs whose name is one of lotrace's (`tp_...`).
+/// Ids of loaded eBPF programs whose name is one of lotrace's
+/// (`tp_`, `kp_`, `kr_`, `fe_`, `fx_` prefixes).
 pub fn lotrace_programs() -> BTreeSet<u64> {
     let out = Command::new("bpftool")
         .args(["--json", "prog", "show"])
@@ -57,7 +58,13 @@ pub fn lotrace_programs() -> BTreeSet<u64> {
     v.as_array()
         .expect("array")
         .iter()
-        .filter(|p| p["name"].as_str().is_some_and(|n| n.starts_with("tp_")))
+        .filter(|p| {
+            p["name"].as_str().is_some_and(|n| {
+                ["tp_", "kp_", "kr_", "fe_", "fx_"]
+                    .iter()
+                    .any(|pre| n.starts_with(pre))
+            })
+        })
         .filter_map(|p| p["id"].as_u64())
         .collect()
 }

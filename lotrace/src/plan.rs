@@ -1,0 +1,473 @@
+//! Which probe observes each stage: what the kernel allows (capabilities,
+//! gathered by the loader) in, a per-stage choice out. Pure.
+
+use std::collections::BTreeSet;
+
+use lotrace_common::{
+    ProbeId, Stage,
+    catalog::{Backend, PROBES, ProbeInfo},
+};
+
+/// What the running kernel lets lotrace attach.
+#[derive(Clone, Debug)]
+pub struct Caps {
+    /// `Err(why)` when tracefs cannot be read.
+    pub tracefs: Result<(), String>,
+    /// Tracepoints present, as `category:name`.
+    pub tracepoints: BTreeSet<String>,
+    /// `Err(why)` when kprobes cannot be used at all.
+    pub kprobe: Result<(), String>,
+    /// `Err(why)` when fentry programs cannot be used at all.
+    pub fentry: Result<(), String>,
+    /// Functions in /proc/kallsyms (kprobe targets).
+    pub kallsyms: BTreeSet<String>,
+    /// Functions described in the kernel's BTF (fentry needs their types).
+    pub btf_funcs: BTreeSet<String>,
+    /// Functions the function tracer can attach to
+    /// (`available_filter_functions`); `None` when it could not be read.
+    pub traceable: Option<BTreeSet<String>>,
+}
+
+/// Whether one probe can be used here, and on what.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Avail {
+    /// Usable, attached to this tracepoint or function.
+    Yes(String),
+    No(String),
+}
+
+impl Avail {
+    pub fn ok(&self) -> bool {
+        matches!(self, Avail::Yes(_))
+    }
+}
+
+impl Default for Caps {
+    fn default() -> Self {
+        Caps {
+            tracefs: Ok(()),
+            tracepoints: BTreeSet::new(),
+            kprobe: Err("not checked".into()),
+            fentry: Err("not checked".into()),
+            kallsyms: BTreeSet::new(),
+            btf_funcs: BTreeSet::new(),
+            traceable: None,
+        }
+    }
+}
+
+/// How the user asked probes to be chosen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendChoice {
+    /// Per stage: fentry, else kprobe, else tracepoint.
+    Auto,
+    Fentry,
+    Kprobe,
+    Tracepoint,
+}
+
+impl BackendChoice {
+    fn order(self) -> &'static [Backend] {
+        match self {
+            BackendChoice::Auto => &[Backend::Fentry, Backend::Kprobe, Backend::Tracepoint],
+            BackendChoice::Fentry => &[Backend::Fentry],
+            BackendChoice::Kprobe => &[Backend::Kprobe],
+            BackendChoice::Tracepoint => &[Backend::Tracepoint],
+        }
+    }
+}
+
+/// `kprobe`, `kretprobe`, `fentry`, `fexit` or `tracepoint`.
+pub fn kind_name(info: &ProbeInfo) -> &'static str {
+    match (info.backend(), info.at_return) {
+        (Backend::Tracepoint, _) => "tracepoint",
+        (Backend::Kprobe, false) => "kprobe",
+        (Backend::Kprobe, true) => "kretprobe",
+        (Backend::Fentry, false) => "fentry",
+        (Backend::Fentry, true) => "fexit",
+    }
+}
+
+/// The label of a probe attached to `target`: `kprobe:loopback_xmit`,
+/// `fexit:net_rx_action`, `tracepoint:net:net_dev_queue`.
+pub fn label(info: &ProbeInfo, target: &str) -> String {
+    format!("{}:{target}", kind_name(info))
+}
+
+/// A probe's label before it is attached: its target, or its candidates.
+pub fn nominal_label(info: &ProbeInfo) -> String {
+    match info.tracepoint() {
+        Some((c, n)) => label(info, &format!("{c}:{n}")),
+        None => label(info, &info.functions().join("|")),
+    }
+}
+
+impl Caps {
+    pub fn avail(&self, info: &ProbeInfo) -> Avail {
+        match info.backend() {
+            Backend::Tracepoint => {
+                let (cat, name) = info.tracepoint().expect("a tracepoint probe");
+                let tp = format!("{cat}:{name}");
+                if let Err(e) = &self.tracefs {
+                    return Avail::No(e.clone());
+                }
+                if self.tracepoints.contains(&tp) {
+                    Avail::Yes(tp)
+                } else {
+                    Avail::No(format!("this kernel has no tracepoint {tp}"))
+                }
+            }
+            Backend::Kprobe => {
+                if let Err(e) = &self.kprobe {
+                    return Avail::No(e.clone());
+                }
+                match info
+                    .functions()
+                    .iter()
+                    .find(|f| self.kallsyms.contains(**f))
+                {
+                    Some(f) => Avail::Yes(f.to_string()),
+                    None => Avail::No(format!(
+                        "no function {} in /proc/kallsyms (inlined or renamed on this kernel)",
+                        info.functions().join(" or ")
+                    )),
+                }
+            }
+            Backend::Fentry => {
+                if let Err(e) = &self.fentry {
+                    return Avail::No(e.clone());
+                }
+                let fns = info.functions();
+                let Some(f) = fns.iter().find(|f| self.btf_funcs.contains(**f)) else {
+                    return Avail::No(format!(
+                        "no function {} in the kernel's BTF",
+                        fns.join(" or ")
+                    ));
+                };
+                match &self.traceable {
+                    Some(t) if !t.contains(*f) => Avail::No(format!(
+                        "{f} cannot be traced (not in available_filter_functions)"
+                    )),
+                    _ => Avail::Yes(f.to_string()),
+                }
+            }
+        }
+    }
+}
+
+/// One probe in the plan, with its availability.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Candidate {
+    pub probe: ProbeId,
+    pub avail: Avail,
+    /// Chosen to be attached.
+    pub chosen: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StagePlan {
+    pub stage: Stage,
+    /// The backend chosen, `None` when no probe can observe the stage.
+    pub backend: Option<Backend>,
+    pub candidates: Vec<Candidate>,
+    /// Why the stage cannot be observed, when it cannot.
+    pub missing: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan {
+    pub stages: Vec<StagePlan>,
+    /// Probes attached whatever the choice: the filter's state keepers.
+    pub always: Vec<(ProbeId, Avail)>,
+    /// Stages a forced backend cannot observe, with why.
+    pub errors: Vec<(Stage, String)>,
+}
+
+impl Plan {
+    /// Every probe to attach, with what it attaches to.
+    pub fn to_attach(&self) -> Vec<(ProbeId, String)> {
+        let mut out: Vec<(ProbeId, String)> = self
+            .always
+            .iter()
+            .filter_map(|(p, a)| match a {
+                Avail::Yes(t) => Some((*p, t.clone())),
+                Avail::No(_) => None,
+            })
+            .collect();
+        for s in &self.stages {
+            for c in s.candidates.iter().filter(|c| c.chosen) {
+                if let Avail::Yes(t) = &c.avail
+                    && !out.iter().any(|(p, _)| *p == c.probe)
+                {
+                    out.push((c.probe, t.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    /// [`Plan::to_attach`] with each target turned into the probe's label.
+    pub fn labels(&self) -> Vec<(ProbeId, String)> {
+        self.to_attach()
+            .into_iter()
+            .map(|(p, t)| (p, label(p.info(), &t)))
+            .collect()
+    }
+
+    /// The forced backend's failures, stages grouped by reason, one line.
+    pub fn errors_line(&self) -> String {
+        let mut by_reason: Vec<(&str, Vec<&str>)> = Vec::new();
+        for (stage, why) in &self.errors {
+            match by_reason.iter_mut().find(|(w, _)| *w == why.as_str()) {
+                Some((_, stages)) => stages.push(stage.name()),
+                None => by_reason.push((why.as_str(), vec![stage.name()])),
+            }
+        }
+        by_reason
+            .iter()
+            .map(|(why, stages)| format!("{} ({why})", stages.join(", ")))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    pub fn stage(&self, stage: Stage) -> &StagePlan {
+        &self.stages[stage as usize]
+    }
+
+    /// The function probe that reports the start of `stage`, for the
+    /// stages whose start the programs report lazily.
+    pub fn start_probe(&self, stage: Stage) -> Option<ProbeId> {
+        let s = self.stage(stage);
+        match s.backend {
+            Some(Backend::Tracepoint) | None => None,
+            Some(_) => s
+                .candidates
+                .iter()
+                .find(|c| c.chosen && !c.probe.info().at_return)
+                .map(|c| c.probe),
+        }
+    }
+}
+
+/// Always-on probes: those that keep the filter's state.
+fn always_on(info: &ProbeInfo) -> bool {
+    info.backend() == Backend::Tracepoint && (info.stage.is_none() || info.required)
+}
+
+/// Chooses, per stage, the first backend in the user's order that can
+/// observe the stage's start; a forced backend applies to the stages it has
+/// probes for, the others keep their tracepoints.
+pub fn plan(caps: &Caps, choice: BackendChoice) -> Plan {
+    let always = PROBES
+        .iter()
+        .filter(|p| always_on(p))
+        .map(|p| (p.id, caps.avail(p)))
+        .collect();
+    let mut stages = Vec::new();
+    let mut errors = Vec::new();
+    for stage in Stage::ALL {
+        let mut candidates: Vec<Candidate> = stage
+            .probes()
+            .map(|p| Candidate {
+                probe: p.id,
+                avail: caps.avail(p),
+                chosen: false,
+            })
+            .collect();
+        let has = |b: Backend| stage.probes().any(|p| p.backend() == b);
+        let mut order: Vec<Backend> = choice.order().iter().copied().filter(|b| has(*b)).collect();
+        let forced = choice != BackendChoice::Auto;
+        if forced && order.is_empty() {
+            order.push(Backend::Tracepoint);
+        }
+        let mut backend = None;
+        for &b in &order {
+            let mut groups = BTreeSet::new();
+            let mut any_chosen = false;
+            for c in candidates.iter_mut() {
+                let info = c.probe.info();
+                if info.backend() != b || !c.avail.ok() {
+                    continue;
+                }
+                let key = (info.at_return, info.group);
+                if groups.insert(key) {
+                    c.chosen = true;
+                    any_chosen = true;
+                }
+            }
+            if any_chosen {
+                backend = Some(b);
+                break;
+            }
+            for c in candidates.iter_mut() {
+                c.chosen = false;
+            }
+        }
+        let missing = if backend.is_some() {
+            None
+        } else {
+            let mut why: Vec<String> = Vec::new();
+            for c in candidates
+                .iter()
+                .filter(|c| order.contains(&c.probe.info().backend()))
+            {
+                if let Avail::No(w) = &c.avail {
+                    let line = format!("{}: {w}", c.probe.info().backend().name());
+                    if !why.contains(&line) {
+                        why.push(line);
+                    }
+                }
+            }
+            let why = if why.is_empty() {
+                "no probe of the chosen backend observes this stage".to_string()
+            } else {
+                why.join("; ")
+            };
+            if forced && !order.contains(&Backend::Tracepoint) {
+                errors.push((stage, why.clone()));
+            }
+            Some(why)
+        };
+        stages.push(StagePlan {
+            stage,
+            backend,
+            candidates,
+            missing,
+        });
+    }
+    Plan {
+        stages,
+        always,
+        errors,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all_tracepoints() -> BTreeSet<String> {
+        PROBES
+            .iter()
+            .filter_map(|p| p.tracepoint())
+            .map(|(c, n)| format!("{c}:{n}"))
+            .collect()
+    }
+
+    fn all_functions() -> BTreeSet<String> {
+        PROBES
+            .iter()
+            .flat_map(|p| p.functions().iter().map(|f| f.to_string()))
+            .collect()
+    }
+
+    /// This host: tracepoints only.
+    fn host() -> Caps {
+        Caps {
+            tracefs: Ok(()),
+            tracepoints: all_tracepoints(),
+            kprobe: Err("this kernel is built without CONFIG_KPROBES".into()),
+            fentry: Err("the kernel refused to load the program (EPERM)".into()),
+            kallsyms: all_functions(),
+            btf_funcs: all_functions(),
+            traceable: None,
+        }
+    }
+
+    /// A distribution kernel: everything.
+    fn distro() -> Caps {
+        Caps {
+            kprobe: Ok(()),
+            fentry: Ok(()),
+            traceable: Some(all_functions()),
+            ..host()
+        }
+    }
+
+    #[test]
+    fn auto_falls_back_to_tracepoints_stage_by_stage() {
+        let p = plan(&host(), BackendChoice::Auto);
+        assert!(p.errors.is_empty());
+        for s in &p.stages {
+            if s.stage.probes().any(|p| p.backend() == Backend::Tracepoint) {
+                assert_eq!(s.backend, Some(Backend::Tracepoint), "{}", s.stage.name());
+            } else {
+                assert_eq!(s.backend, None);
+                let why = s.missing.as_deref().unwrap();
+                assert!(
+                    why.contains("CONFIG_KPROBES") && why.contains("EPERM"),
+                    "{why}"
+                );
+            }
+        }
+        assert!(p.start_probe(Stage::NetRxAction).is_none());
+    }
+
+    #[test]
+    fn auto_prefers_fentry_where_it_can() {
+        let p = plan(&distro(), BackendChoice::Auto);
+        assert_eq!(p.stage(Stage::DevQueueXmit).backend, Some(Backend::Fentry));
+        assert_eq!(p.stage(Stage::Sendto).backend, Some(Backend::Tracepoint));
+        assert_eq!(
+            p.start_probe(Stage::NetRxAction),
+            Some(ProbeId::FeNetRxAction)
+        );
+        let attach = p.to_attach();
+        assert!(attach.contains(&(ProbeId::FeDevQueueXmit, "__dev_queue_xmit".into())));
+        assert!(attach.contains(&(ProbeId::FxLoopbackXmit, "loopback_xmit".into())));
+        assert!(!attach.iter().any(|(p, _)| *p == ProbeId::NetDevQueue));
+        // The softirq tracepoints keep the filter's state whatever is chosen.
+        assert!(attach.iter().any(|(p, _)| *p == ProbeId::SoftirqEntry));
+        // Alternatives: icmp_echo, not icmp_reply too.
+        assert!(attach.iter().any(|(p, _)| *p == ProbeId::FeIcmpEcho));
+        assert!(!attach.iter().any(|(p, _)| *p == ProbeId::FeIcmpReply));
+        // Different paths: both netif_rx functions.
+        assert!(attach.iter().any(|(p, _)| *p == ProbeId::FeNetifRx));
+        assert!(attach.iter().any(|(p, _)| *p == ProbeId::FeNetifRxInner));
+    }
+
+    #[test]
+    fn aliases_resolve_to_what_the_kernel_has() {
+        let mut c = distro();
+        c.kallsyms.remove("__dev_queue_xmit");
+        c.btf_funcs.remove("__dev_queue_xmit");
+        let p = plan(&c, BackendChoice::Kprobe);
+        assert!(
+            p.to_attach()
+                .contains(&(ProbeId::KpDevQueueXmit, "dev_queue_xmit".into()))
+        );
+    }
+
+    #[test]
+    fn a_forced_backend_the_kernel_lacks_says_why() {
+        let errs = plan(&host(), BackendChoice::Kprobe).errors;
+        assert!(
+            errs.iter().any(|(s, e)| *s == Stage::DevQueueXmit
+                && e.starts_with("kprobe: ")
+                && e.contains("CONFIG_KPROBES")),
+            "{errs:?}"
+        );
+        let errs = plan(&host(), BackendChoice::Fentry).errors;
+        assert!(errs.iter().any(|(_, e)| e.contains("EPERM")));
+        // A forced backend leaves stages it has no probe for on tracepoints.
+        let p = plan(&distro(), BackendChoice::Kprobe);
+        assert!(p.errors.is_empty());
+        assert_eq!(p.stage(Stage::Sendto).backend, Some(Backend::Tracepoint));
+        assert_eq!(p.stage(Stage::LoopbackXmit).backend, Some(Backend::Kprobe));
+    }
+
+    #[test]
+    fn untraceable_functions_are_not_fentry_targets() {
+        let mut c = distro();
+        c.traceable.as_mut().unwrap().remove("net_rx_action");
+        let p = plan(&c, BackendChoice::Auto);
+        assert_eq!(p.stage(Stage::NetRxAction).backend, Some(Backend::Kprobe));
+        let fe = p
+            .stage(Stage::NetRxAction)
+            .candidates
+            .iter()
+            .find(|c| c.probe == ProbeId::FeNetRxAction)
+            .unwrap();
+        assert!(matches!(&fe.avail, Avail::No(w) if w.contains("available_filter_functions")));
+    }
+}
