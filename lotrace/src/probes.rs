@@ -61,8 +61,8 @@ pub fn text(caps: &Caps, plan: &Plan, kernel: &str) -> String {
     }
     let _ = writeln!(
         s,
-        "\n{:<18} {:<44} {:<4} {}",
-        "stage", "probe", "ok", "why not / auto's choice"
+        "\n{:<18} {:<44} {:<4} why not / auto's choice",
+        "stage", "probe", "ok"
     );
     for sp in &plan.stages {
         let mut first = true;
