@@ -59,8 +59,12 @@ pub enum PingLine {
 pub fn parse_line(line: &str) -> PingLine {
     if let Some(rest) = line.strip_prefix("PING ") {
         let mut words = rest.split_whitespace();
+        // iputils: `PING host (addr) 56(84) bytes`; busybox: `PING host (addr): 56 data bytes`.
         if let (Some(host), Some(addr)) = (words.next(), words.next())
-            && let Some(addr) = addr.strip_prefix('(').and_then(|a| a.strip_suffix(')'))
+            && let Some(addr) = addr
+                .trim_end_matches(':')
+                .strip_prefix('(')
+                .and_then(|a| a.strip_suffix(')'))
         {
             return PingLine::Header {
                 host: host.to_string(),
@@ -73,7 +77,11 @@ pub fn parse_line(line: &str) -> PingLine {
     let mut time = None;
     let mut words = line.split_whitespace().peekable();
     while let Some(w) = words.next() {
-        if let Some(v) = w.strip_prefix("icmp_seq=") {
+        // iputils prints icmp_seq=, busybox seq=.
+        if let Some(v) = w
+            .strip_prefix("icmp_seq=")
+            .or_else(|| w.strip_prefix("seq="))
+        {
             seq = v.parse::<u16>().ok();
         } else if let Some(v) = w.strip_prefix("time=") {
             let unit = words.peek().copied().unwrap_or("ms");

@@ -9,6 +9,9 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
+mod matrix;
+mod vm;
+
 /// The bpf-linker release known to load our BTF-carrying objects.
 const BPF_LINKER_VERSION: &str = "0.10.4";
 /// The toolchain that builds the eBPF object (see lotrace/build.rs).
@@ -21,6 +24,15 @@ const PACKAGES: &[(&str, &str, &str)] = &[
         "bpftool",
         "the tests' check that no program is left loaded",
     ),
+];
+/// Debian packages the kernel matrix needs.
+const VM_PACKAGES: &[(&str, &str, &str)] = &[
+    (
+        "qemu-system-x86",
+        "qemu-system-x86_64",
+        "boots the Debian kernels of the matrix",
+    ),
+    ("busybox-static", "busybox", "the guests' shell and ping"),
 ];
 
 #[derive(Parser)]
@@ -43,8 +55,20 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
-    /// The whole test suite: formatting, clippy, unit tests, and the
-    /// integration tests that trace real pings (as root).
+    /// Boot a Debian kernel under qemu and run lotrace with ARGS inside;
+    /// its output comes back on stdout, and its exit status is ours.
+    ///
+    /// Example: cargo xtask vm --kernel 6.12 -- trace --backend kprobe --format json ping -c 3 127.0.0.1
+    Vm {
+        /// The kernel series: the newest Debian cloud kernel of it is used.
+        #[arg(long, value_parser = ["6.1", "6.12"])]
+        kernel: String,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        args: Vec<String>,
+    },
+    /// The whole test suite: formatting, clippy, unit tests, the
+    /// integration tests that trace real pings (as root), and the kernel
+    /// matrix under qemu.
     Test,
 }
 
@@ -54,6 +78,7 @@ fn main() -> ExitCode {
         Cmd::Setup => setup(),
         Cmd::Build => setup().and_then(|_| build()).map(|_| 0),
         Cmd::Run { args } => run(args),
+        Cmd::Vm { kernel, args } => vm_run(&kernel, args),
         Cmd::Test => test().map(|_| 0),
     };
     match r {
@@ -161,7 +186,11 @@ fn ensure_bpf_linker() -> Result<()> {
 }
 
 fn ensure_packages() -> Result<()> {
-    let missing: Vec<_> = PACKAGES
+    install_packages(PACKAGES)
+}
+
+fn install_packages(packages: &[(&str, &str, &str)]) -> Result<()> {
+    let missing: Vec<_> = packages
         .iter()
         .filter(|(pkg, bin, _)| {
             !have(bin)
@@ -234,8 +263,17 @@ fn run(args: Vec<OsString>) -> Result<u8> {
     Ok(st.code().unwrap_or(1).clamp(0, 255) as u8)
 }
 
+fn vm_run(kernel: &str, args: Vec<String>) -> Result<u8> {
+    setup()?;
+    install_packages(VM_PACKAGES)?;
+    let bin = build()?;
+    let runs = vm::boot(kernel, &bin, &[args], true)?;
+    Ok(runs[0].exit.clamp(0, 255) as u8)
+}
+
 fn test() -> Result<()> {
     setup()?;
+    install_packages(VM_PACKAGES)?;
     if !is_root() {
         bail!(
             "the integration tests load eBPF programs and trace real pings: run `cargo xtask test` as root"
@@ -254,6 +292,16 @@ fn test() -> Result<()> {
     ]))?;
     println!("xtask: unit and integration tests");
     status(cargo().args(["test", "--workspace"]))?;
+    let bin = build()?;
+    for series in vm::SERIES {
+        println!(
+            "xtask: kernel matrix: Debian {series} under qemu, backends {}",
+            matrix::BACKENDS.join(", ")
+        );
+        let results = vm::boot(series, &bin, &matrix::runs(), false)?;
+        matrix::check_guest(series, &results)?;
+        println!("xtask: kernel matrix: {series} passed");
+    }
     println!("xtask: all tests passed");
     Ok(())
 }

@@ -1,0 +1,161 @@
+//! The kernel matrix: in each Debian guest, trace a busybox ping with each
+//! backend and check the journeys.
+
+use anyhow::{Context as _, Result, bail, ensure};
+use serde_json::Value;
+
+use crate::vm::Run;
+
+/// The stages the design card names, in the order a request meets them.
+const CARD: &[&str] = &[
+    "sock_sendmsg",
+    "dev_queue_xmit",
+    "loopback_xmit",
+    "netif_rx",
+    "net_rx_action",
+];
+
+pub const BACKENDS: &[&str] = &["kprobe", "fentry", "tracepoint"];
+pub const PINGS: usize = 3;
+
+/// The lotrace invocations of one guest: the probe table, then one trace
+/// per backend.
+pub fn runs() -> Vec<Vec<String>> {
+    let mut runs = vec![vec!["probes".to_string(), "--format".into(), "json".into()]];
+    for b in BACKENDS {
+        runs.push(
+            [
+                "trace",
+                "--backend",
+                b,
+                "--format",
+                "json",
+                "ping",
+                "-c",
+                "3",
+                "127.0.0.1",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        );
+    }
+    runs
+}
+
+fn json_lines(run: &Run) -> Result<Vec<Value>> {
+    run.stdout
+        .iter()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).with_context(|| format!("not JSON: {l}")))
+        .collect()
+}
+
+pub fn check_probes(run: &Run) -> Result<()> {
+    ensure!(run.exit == 0, "lotrace probes exited with {}", run.exit);
+    let v = json_lines(run)?;
+    let p = v.first().context("no output from lotrace probes")?;
+    for b in BACKENDS {
+        ensure!(
+            p["backends"][b]["available"] == true,
+            "backend {b} unavailable: {}",
+            p["backends"][b]["why"]
+        );
+    }
+    Ok(())
+}
+
+/// Does a probe label belong to `backend`?
+fn of_backend(label: &str, backend: &str) -> bool {
+    let kind = label.split(':').next().unwrap_or("");
+    match backend {
+        "kprobe" => kind == "kprobe" || kind == "kretprobe",
+        "fentry" => kind == "fentry" || kind == "fexit",
+        _ => kind == "tracepoint",
+    }
+}
+
+pub fn check_trace(run: &Run, backend: &str) -> Result<()> {
+    ensure!(run.exit == 0, "lotrace trace exited with {}", run.exit);
+    let lines = json_lines(run)?;
+    let journeys: Vec<&Value> = lines.iter().filter(|v| v["type"] == "journey").collect();
+    ensure!(
+        journeys.len() == PINGS,
+        "{} journeys, not {PINGS}",
+        journeys.len()
+    );
+    let id = &journeys[0]["icmp_id"];
+    let mut seqs = Vec::new();
+    for j in &journeys {
+        let seq = j["icmp_seq"].as_u64().context("icmp_seq")?;
+        ensure!(&j["icmp_id"] == id, "seq {seq}: another icmp id");
+        ensure!(!seqs.contains(&seq), "seq {seq} twice");
+        seqs.push(seq);
+        ensure!(
+            j["complete"] == true,
+            "seq {seq} incomplete: missing {}",
+            j["missing"]
+        );
+        let legs = j["legs"].as_array().context("legs")?;
+        let mut all = Vec::new();
+        for leg in legs {
+            let events = leg["events"].as_array().context("events")?;
+            ensure!(!events.is_empty(), "seq {seq}: empty {} leg", leg["leg"]);
+            all.extend(
+                events
+                    .iter()
+                    .map(|e| (leg["leg"].as_str().unwrap_or(""), e)),
+            );
+        }
+        all.sort_by_key(|(_, e)| e["t_ns"].as_i64().unwrap_or(i64::MAX));
+        // The card's stages from the chosen backend, in kernel order on the
+        // request leg (sock_sendmsg from a tracepoint is seen at its return:
+        // it is checked for presence only).
+        let mut last = -1i64;
+        for stage in CARD {
+            let first = all
+                .iter()
+                .find(|(leg, e)| {
+                    *leg == "request" && e["stage"] == *stage && e["at_return"] == false
+                })
+                .or_else(|| all.iter().find(|(_, e)| e["stage"] == *stage))
+                .with_context(|| format!("seq {seq}: no {stage}"))?;
+            let probe = first.1["probe"].as_str().unwrap_or("");
+            ensure!(
+                of_backend(probe, backend),
+                "seq {seq}: {stage} seen by {probe}, not by {backend}"
+            );
+            if first.1["at_return"] == false {
+                let t = first.1["t_ns"].as_i64().unwrap_or(-1);
+                ensure!(t >= last, "seq {seq}: {stage} out of order");
+                last = t;
+            }
+        }
+    }
+    let summary = lines
+        .iter()
+        .find(|v| v["type"] == "summary")
+        .context("no summary")?;
+    ensure!(
+        summary["journeys"] == PINGS as u64,
+        "summary: {}",
+        summary["journeys"]
+    );
+    ensure!(
+        summary["lost_events"] == 0,
+        "lost events: {}",
+        summary["lost_events"]
+    );
+    Ok(())
+}
+
+pub fn check_guest(series: &str, results: &[Run]) -> Result<()> {
+    if results.len() != BACKENDS.len() + 1 {
+        bail!("{series}: {} results", results.len());
+    }
+    check_probes(&results[0]).with_context(|| format!("{series}: lotrace probes"))?;
+    for (b, r) in BACKENDS.iter().zip(&results[1..]) {
+        check_trace(r, b).with_context(|| format!("{series}: --backend {b}"))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,429 @@
+//! `cargo xtask vm`: boots a Debian cloud kernel under qemu (TCG) with an
+//! initramfs holding busybox and lotrace, runs lotrace inside, and streams
+//! its output back. Used by hand and by the kernel matrix in `xtask test`.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{status, workspace};
+
+/// The kernel series the matrix knows how to fetch.
+pub const SERIES: &[&str] = &["6.1", "6.12"];
+
+const MARK: &str = "@@lotrace-vm";
+
+/// Output of one lotrace invocation in the guest.
+pub struct Run {
+    pub stdout: Vec<String>,
+    pub exit: i32,
+}
+
+fn vm_dir() -> PathBuf {
+    workspace().join("target/vm")
+}
+
+/// Compares Debian package names by their embedded numbers, so that
+/// `6.12.117` sorts after `6.12.99`.
+fn natural_key(s: &str) -> Vec<(u64, String)> {
+    let mut out = Vec::new();
+    let mut num = String::new();
+    let mut text = String::new();
+    for c in s.chars() {
+        if c.is_ascii_digit() {
+            if !text.is_empty() {
+                out.push((0, std::mem::take(&mut text)));
+            }
+            num.push(c);
+        } else {
+            if !num.is_empty() {
+                out.push((num.parse().unwrap_or(0), String::new()));
+                num.clear();
+            }
+            text.push(c);
+        }
+    }
+    if !num.is_empty() {
+        out.push((num.parse().unwrap_or(0), String::new()));
+    }
+    if !text.is_empty() {
+        out.push((0, text));
+    }
+    out
+}
+
+/// The newest Debian cloud kernel package of a series that apt knows.
+fn newest_kernel_package(series: &str) -> Result<String> {
+    let out = Command::new("apt-cache")
+        .args(["pkgnames", &format!("linux-image-{series}.")])
+        .output()
+        .context("apt-cache is needed to find Debian kernels")?;
+    let names = String::from_utf8_lossy(&out.stdout);
+    let mut found: Vec<&str> = names
+        .lines()
+        .filter(|n| n.contains("cloud-amd64") && !n.ends_with("-dbg"))
+        // The series is the first two numbers: 6.1 must not take 6.12.
+        .filter(|n| {
+            n.strip_prefix(&format!("linux-image-{series}."))
+                .is_some_and(|r| r.starts_with(|c: char| c.is_ascii_digit()))
+        })
+        .collect();
+    found.sort_by_key(|n| natural_key(&n.replace("-unsigned", "")));
+    // Of the newest version, the unsigned image if there is one: same kernel.
+    let newest = found.last().context(format!(
+        "apt knows no linux-image-{series}.*-cloud-amd64 package (run apt-get update)"
+    ))?;
+    let base = newest.trim_end_matches("-unsigned");
+    Ok(found
+        .iter()
+        .rev()
+        .find(|n| n.trim_end_matches("-unsigned") == base)
+        .copied()
+        .unwrap_or(newest)
+        .to_string())
+}
+
+/// Downloads and unpacks the kernel (cached under target/vm); returns its
+/// vmlinuz.
+pub fn kernel(series: &str) -> Result<PathBuf> {
+    if !SERIES.contains(&series) {
+        bail!(
+            "unknown kernel series {series}: choose one of {}",
+            SERIES.join(", ")
+        );
+    }
+    let pkg = newest_kernel_package(series)?;
+    let dir = vm_dir().join("kernels").join(&pkg);
+    let boot = dir.join("boot");
+    if let Some(v) = find_vmlinuz(&boot) {
+        return Ok(v);
+    }
+    std::fs::create_dir_all(&dir)?;
+    println!(
+        "xtask: downloading Debian kernel {pkg} (cached in {})",
+        dir.display()
+    );
+    let debs = vm_dir().join("debs");
+    std::fs::create_dir_all(&debs)?;
+    status(
+        Command::new("apt-get")
+            .args(["download", "-qq", &pkg])
+            .current_dir(&debs),
+    )?;
+    let deb = std::fs::read_dir(&debs)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&format!("{pkg}_")) && n.ends_with(".deb"))
+        })
+        .context("apt-get download left no .deb")?;
+    status(Command::new("dpkg").arg("-x").arg(&deb).arg(&dir))?;
+    find_vmlinuz(&boot).context("the kernel package has no boot/vmlinuz")
+}
+
+fn find_vmlinuz(boot: &Path) -> Option<PathBuf> {
+    std::fs::read_dir(boot)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("vmlinuz-"))
+        })
+}
+
+/// Shared libraries a binary needs, from ldd.
+fn libraries(bin: &Path) -> Result<Vec<PathBuf>> {
+    let out = Command::new("ldd").arg(bin).output().context("ldd")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(text
+        .lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            let path = match l.split_once("=>") {
+                Some((_, rest)) => rest.split_whitespace().next()?,
+                None => l.split_whitespace().next()?,
+            };
+            path.starts_with('/').then(|| PathBuf::from(path))
+        })
+        .collect())
+}
+
+/// A newc cpio archive, written directly: the kernel unpacks it as the
+/// initramfs (uncompressed is fine).
+struct Cpio {
+    out: Vec<u8>,
+    ino: u32,
+}
+
+impl Cpio {
+    fn new() -> Cpio {
+        Cpio {
+            out: Vec::new(),
+            ino: 1,
+        }
+    }
+
+    fn entry(&mut self, name: &str, mode: u32, data: &[u8]) {
+        let header = format!(
+            "070701{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}",
+            self.ino,
+            mode,
+            0,
+            0,
+            1,
+            0,
+            data.len(),
+            0,
+            0,
+            0,
+            0,
+            name.len() + 1,
+            0
+        );
+        self.ino += 1;
+        self.out.extend_from_slice(header.as_bytes());
+        self.out.extend_from_slice(name.as_bytes());
+        self.out.push(0);
+        self.pad();
+        self.out.extend_from_slice(data);
+        self.pad();
+    }
+
+    fn pad(&mut self) {
+        while self.out.len() % 4 != 0 {
+            self.out.push(0);
+        }
+    }
+
+    fn dir(&mut self, name: &str) {
+        self.entry(name, 0o040755, &[]);
+    }
+
+    fn file(&mut self, name: &str, mode: u32, data: &[u8]) {
+        self.entry(name, 0o100000 | mode, data);
+    }
+
+    fn symlink(&mut self, name: &str, target: &str) {
+        self.entry(name, 0o120777, target.as_bytes());
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        self.entry("TRAILER!!!", 0, &[]);
+        self.out
+    }
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// The guest's /init: mount what lotrace needs, run each invocation with
+/// stdout on ttyS1 (fenced by markers) and stderr on ttyS2, power off.
+fn init_script(runs: &[Vec<String>]) -> String {
+    let mut s = String::from(
+        "#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin:/sbin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+mount -t tracefs nodev /sys/kernel/tracing
+mount -t debugfs nodev /sys/kernel/debug
+mount -t bpf bpf /sys/fs/bpf
+ip link set lo up
+stty -F /dev/ttyS1 raw -echo
+stty -F /dev/ttyS2 raw -echo
+",
+    );
+    for (i, args) in runs.iter().enumerate() {
+        let args: Vec<String> = args.iter().map(|a| shell_quote(a)).collect();
+        s.push_str(&format!(
+            "echo {MARK} begin {i} > /dev/ttyS1
+/lotrace {} > /dev/ttyS1 2> /dev/ttyS2
+echo {MARK} exit {i} $? > /dev/ttyS1
+",
+            args.join(" ")
+        ));
+    }
+    s.push_str("poweroff -f\n");
+    s
+}
+
+fn initramfs(lotrace: &Path, runs: &[Vec<String>]) -> Result<Vec<u8>> {
+    let mut c = Cpio::new();
+    for d in [
+        "bin", "sbin", "dev", "proc", "sys", "tmp", "etc", "lib", "lib64", "usr", "usr/lib",
+    ] {
+        c.dir(d);
+    }
+    let busybox = std::fs::read("/bin/busybox").context("reading /bin/busybox")?;
+    c.file("bin/busybox", 0o755, &busybox);
+    c.symlink("bin/sh", "busybox");
+    c.file("init", 0o755, init_script(runs).as_bytes());
+    c.file("etc/hosts", 0o644, b"127.0.0.1 localhost\n::1 localhost\n");
+    c.file("lotrace", 0o755, &std::fs::read(lotrace)?);
+    let mut dirs = std::collections::BTreeSet::new();
+    for lib in libraries(lotrace)? {
+        let rel = lib.strip_prefix("/").unwrap_or(&lib);
+        let mut acc = PathBuf::new();
+        for comp in rel.parent().into_iter().flat_map(|p| p.components()) {
+            acc.push(comp);
+            if dirs.insert(acc.clone()) {
+                c.dir(&acc.to_string_lossy());
+            }
+        }
+        // Libraries are often symlinks: store the file itself.
+        let data = std::fs::read(&lib).with_context(|| format!("reading {}", lib.display()))?;
+        c.file(&rel.to_string_lossy(), 0o755, &data);
+    }
+    Ok(c.finish())
+}
+
+/// Boots `series` and runs lotrace once per entry of `runs`. With
+/// `stream`, each stdout line is printed as it arrives.
+pub fn boot(series: &str, lotrace: &Path, runs: &[Vec<String>], stream: bool) -> Result<Vec<Run>> {
+    let vmlinuz = kernel(series)?;
+    let dir = vm_dir().join(format!("run-{series}"));
+    std::fs::create_dir_all(&dir)?;
+    let initrd = dir.join("initramfs.cpio");
+    std::fs::write(&initrd, initramfs(lotrace, runs)?)?;
+    let console = dir.join("console.log");
+    let stderr_log = dir.join("stderr.log");
+    let mut child = Command::new("qemu-system-x86_64")
+        .args(["-accel", "tcg", "-cpu", "max", "-m", "1024", "-smp", "2"])
+        .arg("-kernel")
+        .arg(&vmlinuz)
+        .arg("-initrd")
+        .arg(&initrd)
+        .args(["-append", "console=ttyS0 quiet panic=-1"])
+        .args(["-display", "none", "-monitor", "none", "-no-reboot"])
+        .arg("-serial")
+        .arg(format!("file:{}", console.display()))
+        .args(["-serial", "stdio"])
+        .arg("-serial")
+        .arg(format!("file:{}", stderr_log.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("cannot start qemu-system-x86_64")?;
+    let stdout = child.stdout.take().context("qemu stdout")?;
+    // The guest powers off when done; a hung guest is killed.
+    let pid = child.id();
+    let deadline = Duration::from_secs(600);
+    let watchdog = std::thread::spawn(move || {
+        let start = Instant::now();
+        while start.elapsed() < deadline {
+            std::thread::sleep(Duration::from_millis(200));
+            if std::fs::metadata(format!("/proc/{pid}")).is_err() {
+                return false;
+            }
+        }
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc_kill(pid as i32) };
+        true
+    });
+    let mut results: Vec<Run> = Vec::new();
+    let mut current: Option<Run> = None;
+    let out = std::io::stdout();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.unwrap_or_default();
+        let line = line.trim_end_matches('\r');
+        if let Some(rest) = line.strip_prefix(MARK) {
+            let words: Vec<&str> = rest.split_whitespace().collect();
+            match words.as_slice() {
+                ["begin", _] => {
+                    current = Some(Run {
+                        stdout: Vec::new(),
+                        exit: -1,
+                    })
+                }
+                ["exit", _, code] => {
+                    if let Some(mut r) = current.take() {
+                        r.exit = code.parse().unwrap_or(-1);
+                        results.push(r);
+                    }
+                }
+                _ => {}
+            }
+            continue;
+        }
+        if let Some(r) = current.as_mut() {
+            if stream {
+                let mut o = out.lock();
+                let _ = writeln!(o, "{line}");
+                let _ = o.flush();
+            }
+            r.stdout.push(line.to_string());
+        }
+    }
+    let st = child.wait()?;
+    let killed = watchdog.join().unwrap_or(false);
+    let errs = std::fs::read_to_string(&stderr_log).unwrap_or_default();
+    if stream {
+        eprint!("{}", errs.replace('\r', ""));
+    }
+    if killed {
+        bail!(
+            "the {series} guest did not finish within {deadline:?}; its console is in {}",
+            console.display()
+        );
+    }
+    if results.len() != runs.len() {
+        bail!(
+            "the {series} guest ran {} of {} lotrace invocations (qemu {st}); its console is in {}",
+            results.len(),
+            runs.len(),
+            console.display()
+        );
+    }
+    Ok(results)
+}
+
+unsafe fn libc_kill(pid: i32) {
+    unsafe extern "C" {
+        fn kill(pid: i32, sig: i32) -> i32;
+    }
+    unsafe { kill(pid, 9) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn natural_order_of_kernel_packages() {
+        let mut v = vec![
+            "linux-image-6.12.99+deb12-cloud-amd64",
+            "linux-image-6.12.117+deb12-cloud-amd64",
+            "linux-image-6.12.115+deb12-cloud-amd64",
+        ];
+        v.sort_by_key(|n| natural_key(n));
+        assert_eq!(v.last().unwrap(), &"linux-image-6.12.117+deb12-cloud-amd64");
+    }
+
+    #[test]
+    fn quoting_survives_the_shell() {
+        assert_eq!(shell_quote("a b"), "'a b'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+    }
+
+    #[test]
+    fn cpio_entries_are_aligned() {
+        let mut c = Cpio::new();
+        c.file("init", 0o755, b"#!/bin/sh\n");
+        let out = c.finish();
+        assert!(out.starts_with(b"070701"));
+        assert_eq!(out.len() % 4, 0);
+        assert!(out.windows(10).any(|w| w == b"TRAILER!!!"));
+    }
+}
