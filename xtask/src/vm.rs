@@ -199,7 +199,7 @@ impl Cpio {
     }
 
     fn pad(&mut self) {
-        while self.out.len() % 4 != 0 {
+        while !self.out.len().is_multiple_of(4) {
             self.out.push(0);
         }
     }
@@ -402,7 +402,7 @@ mod tests {
 
     #[test]
     fn natural_order_of_kernel_packages() {
-        let mut v = vec![
+        let mut v = [
             "linux-image-6.12.99+deb12-cloud-amd64",
             "linux-image-6.12.117+deb12-cloud-amd64",
             "linux-image-6.12.115+deb12-cloud-amd64",
@@ -423,7 +423,7 @@ mod tests {
         c.file("init", 0o755, b"#!/bin/sh\n");
         let out = c.finish();
         assert!(out.starts_with(b"070701"));
-        assert_eq!(out.len() % 4, 0);
+        assert!(out.len().is_multiple_of(4));
         assert!(out.windows(10).any(|w| w == b"TRAILER!!!"));
     }
 }
