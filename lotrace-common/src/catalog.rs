@@ -175,7 +175,7 @@ pub static STAGES: [StageInfo; STAGE_COUNT] = [
     StageInfo {
         stage: Stage::Recvmsg,
         name: "recvmsg",
-        explain: "The recvmsg() system call returns the reply to ping, which prints its line.",
+        explain: "The receive system call (recvmsg, or recvfrom for busybox's ping) returns the reply to ping, which prints its line.",
     },
     StageInfo {
         stage: Stage::Free,
@@ -252,9 +252,14 @@ pub enum ProbeId {
     FeIcmpReply,
     FeRawRcv,
     FeCopyDatagram,
+    SysExitRecvfrom,
+    KpInet6Sendmsg,
+    KrInet6Sendmsg,
+    FeInet6Sendmsg,
+    FxInet6Sendmsg,
 }
 
-pub const PROBE_COUNT: usize = 59;
+pub const PROBE_COUNT: usize = 64;
 
 impl ProbeId {
     pub fn from_u8(v: u8) -> Option<ProbeId> {
@@ -410,7 +415,12 @@ const fn fe(
     }
 }
 
-const SOCK_SENDMSG: &[&str] = &["sock_sendmsg"];
+// sock_sendmsg hands the message to the address family's sendmsg through
+// the socket's ops; sock_sendmsg itself is inlined into the sendto path on
+// some kernels (6.1), the family's function never is (it is called through
+// a pointer), so that is where a function probe sees the stage.
+const SOCK_SENDMSG: &[&str] = &["inet_sendmsg"];
+const SOCK_SENDMSG6: &[&str] = &["inet6_sendmsg"];
 const IP_OUTPUT: &[&str] = &["ip_output"];
 const DEV_QUEUE_XMIT: &[&str] = &["__dev_queue_xmit", "dev_queue_xmit"];
 const LOOPBACK_XMIT: &[&str] = &["loopback_xmit"];
@@ -489,6 +499,11 @@ pub static PROBES: [ProbeInfo; PROBE_COUNT] = [
     fe(ProbeId::FeIcmpReply, ICMP_REPLY, "fe_icmp_reply", Stage::IcmpReply, false, 0),
     fe(ProbeId::FeRawRcv, RAW_RCV, "fe_raw_rcv", Stage::SockDeliver, false, 0),
     fe(ProbeId::FeCopyDatagram, COPY_DATAGRAM, "fe_copy_datagram", Stage::CopyToUser, false, 0),
+    ProbeInfo { group: 1, ..tp(ProbeId::SysExitRecvfrom, "syscalls", "sys_exit_recvfrom", "tp_sys_exit_recvfrom", Some(Stage::Recvmsg), true, false) },
+    kp(ProbeId::KpInet6Sendmsg, SOCK_SENDMSG6, "kp_inet6_sendmsg", Stage::SockSendmsg, false, 1),
+    kp(ProbeId::KrInet6Sendmsg, SOCK_SENDMSG6, "kr_inet6_sendmsg", Stage::SockSendmsg, true, 1),
+    fe(ProbeId::FeInet6Sendmsg, SOCK_SENDMSG6, "fe_inet6_sendmsg", Stage::SockSendmsg, false, 1),
+    fe(ProbeId::FxInet6Sendmsg, SOCK_SENDMSG6, "fx_inet6_sendmsg", Stage::SockSendmsg, true, 1),
 ];
 
 impl Stage {
@@ -527,6 +542,7 @@ pub enum TpField {
     CopySkb,
     CopyLen,
     RecvmsgRet,
+    RecvfromRet,
     ConsumeSkbSkb,
     KfreeSkbSkb,
     KfreeReason,
@@ -534,7 +550,7 @@ pub enum TpField {
     ForkChildPid,
 }
 
-pub const TP_FIELD_COUNT: usize = 29;
+pub const TP_FIELD_COUNT: usize = 30;
 
 /// For each [`TpField`], in order: the probe whose tracepoint holds it and
 /// the field's name in the `format` file.
@@ -567,6 +583,7 @@ pub static TP_FIELDS: [(TpField, ProbeId, &str); TP_FIELD_COUNT] = [
     (TpField::CopySkb, ProbeId::SkbCopyDatagramIovec, "skbaddr"),
     (TpField::CopyLen, ProbeId::SkbCopyDatagramIovec, "len"),
     (TpField::RecvmsgRet, ProbeId::SysExitRecvmsg, "ret"),
+    (TpField::RecvfromRet, ProbeId::SysExitRecvfrom, "ret"),
     (TpField::ConsumeSkbSkb, ProbeId::ConsumeSkb, "skbaddr"),
     (TpField::KfreeSkbSkb, ProbeId::KfreeSkb, "skbaddr"),
     (TpField::KfreeReason, ProbeId::KfreeSkb, "reason"),

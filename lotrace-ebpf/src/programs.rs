@@ -297,6 +297,11 @@ pub fn tp_sys_enter_sendto(ctx: TracePointContext) -> u32 {
         return 0;
     };
     let _ = SEND_CTX.insert(&tid, &key, 0);
+    // Track the id now: the IP output path runs before dev_queue_xmit.
+    let k = track_key(&key);
+    if unsafe { TRACKED.get(&k) }.is_none() {
+        let _ = TRACKED.insert(&k, &1, 0);
+    }
     emit(
         &ctx,
         &key,
@@ -770,28 +775,35 @@ pub fn tp_skb_copy_datagram_iovec(ctx: TracePointContext) -> u32 {
     0
 }
 
-#[tracepoint]
-pub fn tp_sys_exit_recvmsg(ctx: TracePointContext) -> u32 {
+/// The receive system call returns the reply its copy took out.
+#[inline(always)]
+fn on_recv_exit<C: EbpfContext>(ctx: &C, probe: ProbeId, ret: i64) {
     let (tgid, tid) = tgid_tid();
     if !is_target(tgid) {
-        return 0;
+        return;
     }
     let Some(key) = (unsafe { RECV_CTX.get(&tid) }).copied() else {
-        return 0;
+        return;
     };
     let _ = RECV_CTX.remove(&tid);
-    let ret = field::<i64>(&ctx, TpField::RecvmsgRet).unwrap_or(0);
     emit(
-        &ctx,
+        ctx,
         &key,
-        at(
-            Stage::Recvmsg,
-            ProbeId::SysExitRecvmsg,
-            0,
-            ret.max(0) as u32,
-            ret as u64,
-        ),
+        at(Stage::Recvmsg, probe, 0, ret.max(0) as u32, ret as u64),
     );
+}
+
+#[tracepoint]
+pub fn tp_sys_exit_recvmsg(ctx: TracePointContext) -> u32 {
+    let ret = field::<i64>(&ctx, TpField::RecvmsgRet).unwrap_or(0);
+    on_recv_exit(&ctx, ProbeId::SysExitRecvmsg, ret);
+    0
+}
+
+#[tracepoint]
+pub fn tp_sys_exit_recvfrom(ctx: TracePointContext) -> u32 {
+    let ret = field::<i64>(&ctx, TpField::RecvfromRet).unwrap_or(0);
+    on_recv_exit(&ctx, ProbeId::SysExitRecvfrom, ret);
     0
 }
 
@@ -1067,4 +1079,19 @@ entry_probes!(
     FeCopyDatagram,
     |ctx, probe, skb, len| on_copy(ctx, skb, probe, len as i32 as i64),
     [0, 3]
+);
+entry_probes!(
+    kp_inet6_sendmsg,
+    fe_inet6_sendmsg,
+    KpInet6Sendmsg,
+    FeInet6Sendmsg,
+    |ctx, probe, _sock: u64| on_sock_sendmsg(ctx, probe, 0, None),
+    [0]
+);
+return_probes!(
+    kr_inet6_sendmsg,
+    fx_inet6_sendmsg,
+    KrInet6Sendmsg,
+    FxInet6Sendmsg,
+    |ctx, probe, ret: i64| on_sock_sendmsg(ctx, probe, 0, Some(ret))
 );
