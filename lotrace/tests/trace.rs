@@ -223,8 +223,19 @@ fn a_concurrent_flood_adds_nothing() {
         .filter(|e| e["context"] == "task")
         .collect();
     let tgid = &task_events[0]["tgid"];
+    let mut incomplete = 0;
     for j in &js {
         assert_eq!(&j["icmp_id"], id);
+        // Under a flood the kernel may not let us see the end of a reply
+        // (seen once: its delivery to ping's socket). Such a journey must
+        // say so and must not be padded; one in five is tolerated.
+        if j["complete"] == false {
+            incomplete += 1;
+            for m in j["missing"].as_array().unwrap() {
+                assert_eq!(m["leg"], "reply", "{j}");
+            }
+            continue;
+        }
         check_journey(j);
         for leg in ["request", "reply"] {
             let stages = leg_stages(j, leg);
@@ -237,6 +248,7 @@ fn a_concurrent_flood_adds_nothing() {
     for e in &task_events {
         assert_eq!(&e["tgid"], tgid, "an event of another process: {e}");
     }
+    assert!(incomplete <= 1, "{incomplete} incomplete journeys");
     assert_eq!(summary(&lines)["journeys"], 5);
 }
 
@@ -347,4 +359,43 @@ fn not_root_is_refused_in_one_line() {
         .unwrap();
     assert!(start.elapsed() < Duration::from_secs(30));
     one_line_error(&out, "needs root");
+}
+
+#[test]
+fn probes_explains_what_this_kernel_allows() {
+    require_root();
+    let _k = kernel_lock();
+    let before = lotrace_programs();
+    let out = lotrace(&["probes", "--format", "json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v = &json_lines(&out)[0];
+    assert_eq!(v["type"], "probes");
+    assert_eq!(v["backends"]["tracepoint"]["available"], true);
+    // Whatever this kernel lacks is said in words, not just "no".
+    for b in ["kprobe", "fentry"] {
+        if v["backends"][b]["available"] == false {
+            assert!(v["backends"][b]["why"].as_str().unwrap().len() > 10);
+        }
+    }
+    let stages = v["stages"].as_array().unwrap();
+    let dq = stages
+        .iter()
+        .find(|s| s["stage"] == "dev_queue_xmit")
+        .unwrap();
+    assert!(!dq["auto"].is_null());
+    for c in dq["candidates"].as_array().unwrap() {
+        assert!(c["available"] == true || c["why"].is_string(), "{c}");
+    }
+    let text = lotrace(&["probes"]);
+    assert!(String::from_utf8_lossy(&text.stdout).contains("← auto"));
+    let after = lotrace_programs();
+    assert!(
+        after.is_subset(&before),
+        "left loaded: {:?}",
+        after.difference(&before)
+    );
 }
