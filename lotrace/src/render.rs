@@ -53,8 +53,9 @@ fn short_probe(p: ProbeId, meta: &Meta) -> String {
 
 /// A few words on what a hop's stage-specific value means.
 pub fn detail(h: &Hop, meta: &Meta) -> Option<String> {
-    match (h.stage, h.probe) {
-        (Stage::Route, _) => {
+    let at_return = h.probe.info().at_return;
+    match h.stage {
+        Stage::Route => {
             let err = h.len as i32;
             Some(if err != 0 {
                 format!("table {}: no route (error {err})", h.aux2)
@@ -62,13 +63,12 @@ pub fn detail(h: &Hop, meta: &Meta) -> Option<String> {
                 format!("table {} → dev {}", h.aux2, route_dev(h))
             })
         }
-        (Stage::Drop, _) => Some(format!("dropped: {}", meta.drop_reason(h.aux))),
-        (Stage::NetRxAction, ProbeId::SoftirqExit) => Some(format!("ran {}", fmt_ns(h.aux))),
-        (Stage::ProcessBacklog, _) => Some(format!("{} packet(s) polled", h.aux)),
-        (Stage::Wakeup, _) => Some(format!("woke pid {}", h.aux)),
-        (Stage::Recvmsg, _) | (Stage::CopyToUser, _) | (Stage::SockSendmsg, _) => {
-            Some(format!("{} bytes", h.len))
-        }
+        Stage::Drop => Some(format!("dropped: {}", meta.drop_reason(h.aux))),
+        Stage::NetRxAction if at_return => Some(format!("ran {}", fmt_ns(h.aux))),
+        Stage::ProcessBacklog if at_return => Some(format!("{} packet(s) polled", h.aux)),
+        Stage::Wakeup => Some(format!("woke pid {}", h.aux)),
+        Stage::Recvmsg | Stage::SockSendmsg if at_return => Some(format!("{} bytes", h.len)),
+        Stage::CopyToUser => Some(format!("{} bytes", h.len)),
         _ => None,
     }
 }
