@@ -57,8 +57,20 @@ fn natural_key(s: &str) -> Vec<(u64, String)> {
     out
 }
 
-/// The newest Debian cloud kernel package of a series that apt knows.
+/// The newest Debian cloud kernel package of a series that apt knows,
+/// refreshing apt's lists once if it knows none.
 fn newest_kernel_package(series: &str) -> Result<String> {
+    match newest_known(series) {
+        Ok(p) => Ok(p),
+        Err(_) => {
+            println!("xtask: apt knows no {series} cloud kernel: running apt-get update");
+            status(Command::new("apt-get").args(["-qq", "update"]))?;
+            newest_known(series)
+        }
+    }
+}
+
+fn newest_known(series: &str) -> Result<String> {
     let out = Command::new("apt-cache")
         .args(["pkgnames", &format!("linux-image-{series}.")])
         .output()
