@@ -100,7 +100,7 @@ pub static STAGES: [StageInfo; STAGE_COUNT] = [
     StageInfo {
         stage: Stage::Route,
         name: "route",
-        explain: "The routing table is consulted: the local table matches 127.0.0.0/8 and picks the loopback device lo.",
+        explain: "The routing table is consulted: the local table matches 127.0.0.0/8 (or any address of this host) and picks the loopback device lo.",
     },
     StageInfo {
         stage: Stage::IpOutput,
@@ -257,9 +257,20 @@ pub enum ProbeId {
     KrInet6Sendmsg,
     FeInet6Sendmsg,
     FxInet6Sendmsg,
+    Fib6TableLookup,
+    KpIp6Output,
+    FeIp6Output,
+    KpIpv6Rcv,
+    FeIpv6Rcv,
+    KpIcmpv6Rcv,
+    FeIcmpv6Rcv,
+    KpIcmpv6EchoReply,
+    FeIcmpv6EchoReply,
+    KpRawv6Rcv,
+    FeRawv6Rcv,
 }
 
-pub const PROBE_COUNT: usize = 64;
+pub const PROBE_COUNT: usize = 75;
 
 impl ProbeId {
     pub fn from_u8(v: u8) -> Option<ProbeId> {
@@ -437,6 +448,11 @@ const ICMP_ECHO: &[&str] = &["icmp_echo"];
 const ICMP_REPLY: &[&str] = &["icmp_reply"];
 const RAW_RCV: &[&str] = &["raw_rcv"];
 const COPY_DATAGRAM: &[&str] = &["skb_copy_datagram_iter"];
+const IP6_OUTPUT: &[&str] = &["ip6_output"];
+const IPV6_RCV: &[&str] = &["ipv6_rcv"];
+const ICMPV6_RCV: &[&str] = &["icmpv6_rcv"];
+const ICMPV6_ECHO_REPLY: &[&str] = &["icmpv6_echo_reply"];
+const RAWV6_RCV: &[&str] = &["rawv6_rcv"];
 
 #[rustfmt::skip]
 pub static PROBES: [ProbeInfo; PROBE_COUNT] = [
@@ -504,6 +520,17 @@ pub static PROBES: [ProbeInfo; PROBE_COUNT] = [
     kp(ProbeId::KrInet6Sendmsg, SOCK_SENDMSG6, "kr_inet6_sendmsg", Stage::SockSendmsg, true, 1),
     fe(ProbeId::FeInet6Sendmsg, SOCK_SENDMSG6, "fe_inet6_sendmsg", Stage::SockSendmsg, false, 1),
     fe(ProbeId::FxInet6Sendmsg, SOCK_SENDMSG6, "fx_inet6_sendmsg", Stage::SockSendmsg, true, 1),
+    ProbeInfo { group: 1, ..tp(ProbeId::Fib6TableLookup, "fib6", "fib6_table_lookup", "tp_fib6_table_lookup", Some(Stage::Route), false, false) },
+    kp(ProbeId::KpIp6Output, IP6_OUTPUT, "kp_ip6_output", Stage::IpOutput, false, 1),
+    fe(ProbeId::FeIp6Output, IP6_OUTPUT, "fe_ip6_output", Stage::IpOutput, false, 1),
+    kp(ProbeId::KpIpv6Rcv, IPV6_RCV, "kp_ipv6_rcv", Stage::IpRcv, false, 1),
+    fe(ProbeId::FeIpv6Rcv, IPV6_RCV, "fe_ipv6_rcv", Stage::IpRcv, false, 1),
+    kp(ProbeId::KpIcmpv6Rcv, ICMPV6_RCV, "kp_icmpv6_rcv", Stage::IcmpRcv, false, 1),
+    fe(ProbeId::FeIcmpv6Rcv, ICMPV6_RCV, "fe_icmpv6_rcv", Stage::IcmpRcv, false, 1),
+    kp(ProbeId::KpIcmpv6EchoReply, ICMPV6_ECHO_REPLY, "kp_icmpv6_echo_reply", Stage::IcmpReply, false, 1),
+    fe(ProbeId::FeIcmpv6EchoReply, ICMPV6_ECHO_REPLY, "fe_icmpv6_echo_reply", Stage::IcmpReply, false, 1),
+    kp(ProbeId::KpRawv6Rcv, RAWV6_RCV, "kp_rawv6_rcv", Stage::SockDeliver, false, 1),
+    fe(ProbeId::FeRawv6Rcv, RAWV6_RCV, "fe_rawv6_rcv", Stage::SockDeliver, false, 1),
 ];
 
 impl Stage {
@@ -548,9 +575,12 @@ pub enum TpField {
     KfreeReason,
     ForkParentPid,
     ForkChildPid,
+    Fib6TbId,
+    Fib6Err,
+    Fib6Dev,
 }
 
-pub const TP_FIELD_COUNT: usize = 30;
+pub const TP_FIELD_COUNT: usize = 33;
 
 /// For each [`TpField`], in order: the probe whose tracepoint holds it and
 /// the field's name in the `format` file.
@@ -597,6 +627,9 @@ pub static TP_FIELDS: [(TpField, ProbeId, &str); TP_FIELD_COUNT] = [
         ProbeId::SchedProcessFork,
         "child_pid",
     ),
+    (TpField::Fib6TbId, ProbeId::Fib6TableLookup, "tb_id"),
+    (TpField::Fib6Err, ProbeId::Fib6TableLookup, "err"),
+    (TpField::Fib6Dev, ProbeId::Fib6TableLookup, "name"),
 ];
 
 /// Names of the maps shared by the programs and the loader.

@@ -191,6 +191,8 @@ pub struct Config {
     pub skb_network_header: u32,
     pub skb_len: u32,
     pub skb_sk: u32,
+    /// Byte offset of `sk_type` in `struct sock` (SOCK_RAW or SOCK_DGRAM).
+    pub sk_type: u32,
     /// Byte offset of each tracepoint field, indexed by [`crate::TpField`];
     /// `u16::MAX` when the field does not exist on this kernel.
     pub tp: [u16; TP_FIELD_COUNT],
@@ -208,6 +210,7 @@ impl Config {
             skb_network_header: 0,
             skb_len: 0,
             skb_sk: 0,
+            sk_type: 0,
             tp: [u16::MAX; TP_FIELD_COUNT],
             net_rx_probe: 0,
             backlog_probe: 0,

@@ -348,39 +348,55 @@ pub fn tp_sock_send_length(ctx: TracePointContext) -> u32 {
     0
 }
 
-#[tracepoint]
-pub fn tp_fib_table_lookup(ctx: TracePointContext) -> u32 {
-    let Some(st) = state() else { return 0 };
+/// A route lookup, attributed to the send it is made for (task context)
+/// or, inside NET_RX, to the reply of the request being handled.
+#[inline(always)]
+fn on_route<C: EbpfContext>(ctx: &C, probe: ProbeId, tb: u32, err: i32, dev: [u8; 16]) {
+    let Some(st) = state() else { return };
     let key = if st.in_net_rx != 0 {
         // Inside NET_RX: a lookup made while handling one of our requests
         // routes its reply (icmp_reply looks the way back up).
         if st.rx.valid == 0 || !is_echo_request(st.rx.family, st.rx.icmp_type) {
-            return 0;
+            return;
         }
         reply_of(&st.rx)
     } else {
         let (tgid, tid) = tgid_tid();
         if !is_target(tgid) {
-            return 0;
+            return;
         }
         match unsafe { SEND_CTX.get(&tid) } {
             Some(k) => *k,
-            None => return 0,
+            None => return,
         }
     };
-    let tb = field::<u32>(&ctx, TpField::FibTbId).unwrap_or(0);
-    let err = field::<i32>(&ctx, TpField::FibErr).unwrap_or(0);
-    let dev = field::<[u8; 16]>(&ctx, TpField::FibDev).unwrap_or([0; 16]);
     let (lo, hi) = dev.split_at(8);
     let mut e = at(
         Stage::Route,
-        ProbeId::FibTableLookup,
+        probe,
         u64::from_le_bytes(lo.try_into().unwrap_or([0; 8])),
         err as u32,
         u64::from_le_bytes(hi.try_into().unwrap_or([0; 8])),
     );
     e.aux2 = tb;
-    emit(&ctx, &key, e);
+    emit(ctx, &key, e);
+}
+
+#[tracepoint]
+pub fn tp_fib_table_lookup(ctx: TracePointContext) -> u32 {
+    let tb = field::<u32>(&ctx, TpField::FibTbId).unwrap_or(0);
+    let err = field::<i32>(&ctx, TpField::FibErr).unwrap_or(0);
+    let dev = field::<[u8; 16]>(&ctx, TpField::FibDev).unwrap_or([0; 16]);
+    on_route(&ctx, ProbeId::FibTableLookup, tb, err, dev);
+    0
+}
+
+#[tracepoint]
+pub fn tp_fib6_table_lookup(ctx: TracePointContext) -> u32 {
+    let tb = field::<u32>(&ctx, TpField::Fib6TbId).unwrap_or(0);
+    let err = field::<i32>(&ctx, TpField::Fib6Err).unwrap_or(0);
+    let dev = field::<[u8; 16]>(&ctx, TpField::Fib6Dev).unwrap_or([0; 16]);
+    on_route(&ctx, ProbeId::Fib6TableLookup, tb, err, dev);
     0
 }
 
@@ -391,6 +407,7 @@ fn on_dev_queue<C: EbpfContext>(ctx: &C, skb: u64, probe: ProbeId) {
     let Some((key, len)) = parse_skb(skb) else {
         return;
     };
+    let mut sock_type = 0u32;
     if is_echo_request(key.family, key.icmp_type) {
         let (tgid, _) = tgid_tid();
         let k = track_key(&key);
@@ -407,13 +424,20 @@ fn on_dev_queue<C: EbpfContext>(ctx: &C, skb: u64, probe: ProbeId) {
                 && sk != 0
             {
                 let _ = SOCKS.insert(&sk, &1, 0);
+                // Raw or datagram ICMP socket: the report says which.
+                let t_off = unsafe { core::ptr::read_volatile(&CONFIG.sk_type) } as u64;
+                if t_off != 0 {
+                    sock_type = read_kernel::<u16>(sk + t_off).unwrap_or(0) as u32;
+                }
             }
         }
     }
     if !is_tracked(&key) {
         return;
     }
-    emit(ctx, &key, at(Stage::DevQueueXmit, probe, skb, len, 0));
+    let mut e = at(Stage::DevQueueXmit, probe, skb, len, 0);
+    e.aux2 = sock_type;
+    emit(ctx, &key, e);
 }
 
 #[tracepoint]
@@ -1094,4 +1118,48 @@ return_probes!(
     KrInet6Sendmsg,
     FxInet6Sendmsg,
     |ctx, probe, ret: i64| on_sock_sendmsg(ctx, probe, 0, Some(ret))
+);
+// ip6_output(struct net *net, struct sock *sk, struct sk_buff *skb)
+entry_probes!(
+    kp_ip6_output,
+    fe_ip6_output,
+    KpIp6Output,
+    FeIp6Output,
+    skb_at(Stage::IpOutput),
+    [2]
+);
+// ipv6_rcv(struct sk_buff *skb, ...), icmpv6_rcv(struct sk_buff *skb)
+entry_probes!(
+    kp_ipv6_rcv,
+    fe_ipv6_rcv,
+    KpIpv6Rcv,
+    FeIpv6Rcv,
+    skb_at(Stage::IpRcv),
+    [0]
+);
+entry_probes!(
+    kp_icmpv6_rcv,
+    fe_icmpv6_rcv,
+    KpIcmpv6Rcv,
+    FeIcmpv6Rcv,
+    skb_at(Stage::IcmpRcv),
+    [0]
+);
+// icmpv6_echo_reply(struct sk_buff *skb)
+entry_probes!(
+    kp_icmpv6_echo_reply,
+    fe_icmpv6_echo_reply,
+    KpIcmpv6EchoReply,
+    FeIcmpv6EchoReply,
+    |ctx, probe, skb| on_icmp_echo(ctx, skb, probe),
+    [0]
+);
+// rawv6_rcv(struct sock *sk, struct sk_buff *skb)
+entry_probes!(
+    kp_rawv6_rcv,
+    fe_rawv6_rcv,
+    KpRawv6Rcv,
+    FeRawv6Rcv,
+    |ctx, probe, sk| on_sock_deliver(ctx, sk, probe),
+    [0]
 );

@@ -15,6 +15,8 @@ pub struct SkbOffsets {
     pub network_header: u32,
     pub len: u32,
     pub sk: u32,
+    /// `struct sock.sk_type`.
+    pub sk_type: u32,
 }
 
 pub struct KernelBtf {
@@ -44,6 +46,9 @@ impl KernelBtf {
             network_header: off("network_header")?,
             len: off("len")?,
             sk: off("sk")?,
+            sk_type: self
+                .member_offset("sock", "sk_type")
+                .context("struct sock.sk_type in kernel BTF")?,
         })
     }
 

@@ -87,7 +87,33 @@ pub struct SoftirqWhere {
     pub cpu: u32,
     pub comm: String,
     pub pid: u32,
+    /// From the leg's NET_RX raise to the start of the run that received
+    /// it, when both were seen.
+    pub wait_ns: Option<u64>,
+    /// How the run was entered, as far as the events tell: `local_bh_enable`
+    /// (the sending task re-enabled bottom halves inside its own send),
+    /// `irq_exit` (inline on the back of another task, after an interrupt),
+    /// `ksoftirqd` (handed off to the softirq thread); `None` if unknown.
+    pub entered: Option<&'static str>,
 }
+
+/// What became of the echo.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The reply reached ping's recvmsg.
+    Answered,
+    /// A request-leg skb was dropped, with the kernel's reason code, after
+    /// this stage.
+    Dropped { reason: u64, after: Option<Stage> },
+    /// The route lookup failed (the error is the kernel's, e.g. -101).
+    NoRoute { err: i32 },
+    /// Nothing said what happened: the reply never arrived while traced.
+    Unanswered,
+}
+
+/// Socket kinds, from `sk_type`.
+pub const SOCK_DGRAM: u32 = 2;
+pub const SOCK_RAW: u32 = 3;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Journey {
@@ -104,6 +130,9 @@ pub struct Journey {
     /// did not take the usual path).
     pub missing: Vec<(Option<Leg>, Stage)>,
     pub softirq: [Option<SoftirqWhere>; 2],
+    pub outcome: Outcome,
+    /// The sending socket's kind (`SOCK_RAW`, `SOCK_DGRAM`), 0 if unseen.
+    pub sock_type: u32,
 }
 
 impl Journey {
@@ -117,6 +146,16 @@ impl Journey {
 
     pub fn family_name(&self) -> &'static str {
         family_name(self.family)
+    }
+
+    /// `raw` (raw_sendmsg / raw_rcv) or `datagram` (ping_v4_sendmsg /
+    /// ping_rcv, an ICMP datagram socket), if known.
+    pub fn socket_name(&self) -> Option<&'static str> {
+        match self.sock_type {
+            SOCK_RAW => Some("raw"),
+            SOCK_DGRAM => Some("datagram"),
+            _ => None,
+        }
     }
 }
 
@@ -223,6 +262,7 @@ impl JourneyBuilder {
             return Vec::new();
         }
         let key = (ev.family, ev.icmp_id, ev.icmp_seq);
+        self.adopt_send(&ev, key);
         let o = self.open.entry(key).or_insert(Open {
             events: Vec::new(),
             first_ts: ev.ts_ns,
@@ -248,6 +288,40 @@ impl JourneyBuilder {
             }
         }
         out
+    }
+
+    /// An ICMP datagram socket replaces the id ping wrote with its own: the
+    /// send's first events (read from ping's buffer) carry ping's id, the
+    /// packet the socket's. When the packet first reaches the device layer
+    /// in the sending thread, the send's events open under another id with
+    /// the same sequence are moved to the packet's journey.
+    fn adopt_send(&mut self, ev: &Event, key: Key) {
+        if ev.stage != Stage::DevQueueXmit as u8
+            || !is_echo_request(ev.family, ev.icmp_type)
+            || ev.flags & FLAG_NET_RX != 0
+            || self.open.contains_key(&key)
+        {
+            return;
+        }
+        let orphan = self.open.iter().find_map(|(k, o)| {
+            let sent_here = o
+                .events
+                .iter()
+                .any(|e| e.stage == Stage::Sendto as u8 && e.tid == ev.tid);
+            let has_packet = o
+                .events
+                .iter()
+                .any(|e| e.stage == Stage::DevQueueXmit as u8);
+            (k.0 == key.0 && k.2 == key.2 && k.1 != key.1 && sent_here && !has_packet).then_some(*k)
+        });
+        if let Some(k) = orphan
+            && let Some(mut o) = self.open.remove(&k)
+        {
+            for e in o.events.iter_mut() {
+                e.icmp_id = key.1;
+            }
+            self.open.insert(key, o);
+        }
     }
 
     /// Closes the journeys that have been quiet for `quiet_ns` as of `now_ns`
@@ -346,17 +420,89 @@ pub fn build_journey(mut events: Vec<Event>, expected: &[Expected]) -> Journey {
         .map(|e| (e.leg, e.stage))
         .collect();
     let softirq_of = |leg: Leg| {
-        hops.iter()
+        let rx = hops
+            .iter()
             .find(|h| h.leg == leg && h.stage == Stage::NetifReceiveSkb)
-            .filter(|h| h.context != Context::Task)
-            .map(|h| SoftirqWhere {
-                context: h.context.clone(),
-                cpu: h.cpu,
-                comm: h.comm.clone(),
-                pid: h.pid,
+            .filter(|h| h.context != Context::Task)?;
+        // The run that received it started at the latest NET_RX start seen
+        // before it on that CPU (a reply is usually received in the run
+        // its request started).
+        let start = hops
+            .iter()
+            .filter(|h| {
+                h.stage == Stage::NetRxAction
+                    && !h.probe.info().at_return
+                    && h.cpu == rx.cpu
+                    && h.ts_ns <= rx.ts_ns
             })
+            .last();
+        let raise = hops
+            .iter()
+            .filter(|h| h.leg == leg && h.stage == Stage::SoftirqRaise && h.ts_ns <= rx.ts_ns)
+            .last();
+        let wait_ns = match (raise, start) {
+            (Some(r), Some(s)) if s.ts_ns >= r.ts_ns => Some(s.ts_ns - r.ts_ns),
+            _ => None,
+        };
+        let sender = hops
+            .iter()
+            .find(|h| h.leg == Leg::Request && h.stage == Stage::Sendto);
+        let send_returned = hops.iter().find(|h| {
+            h.leg == Leg::Request && h.stage == Stage::SockSendmsg && h.probe.info().at_return
+        });
+        let entered = match rx.context {
+            Context::Ksoftirqd => Some("ksoftirqd"),
+            _ => match (sender, start) {
+                // Inline in the sender before its send returned: the
+                // bottom-half re-enable at the end of dev_queue_xmit.
+                (Some(snd), Some(st))
+                    if st.pid == snd.pid && send_returned.is_none_or(|r| st.ts_ns <= r.ts_ns) =>
+                {
+                    Some("local_bh_enable")
+                }
+                (Some(snd), Some(st)) if st.pid != snd.pid => Some("irq_exit"),
+                _ => None,
+            },
+        };
+        Some(SoftirqWhere {
+            context: rx.context.clone(),
+            cpu: rx.cpu,
+            comm: rx.comm.clone(),
+            pid: rx.pid,
+            wait_ns,
+            entered,
+        })
     };
     let softirq = [softirq_of(Leg::Request), softirq_of(Leg::Reply)];
+    let answered = hops
+        .iter()
+        .any(|h| h.leg == Leg::Reply && matches!(h.stage, Stage::Recvmsg | Stage::CopyToUser));
+    let request_drop = hops
+        .iter()
+        .position(|h| h.leg == Leg::Request && h.stage == Stage::Drop);
+    let route_err = hops
+        .iter()
+        .find(|h| h.leg == Leg::Request && h.stage == Stage::Route && h.len != 0);
+    let outcome = if answered {
+        Outcome::Answered
+    } else if let Some(i) = request_drop {
+        Outcome::Dropped {
+            reason: hops[i].aux,
+            after: hops[..i]
+                .iter()
+                .rev()
+                .find(|h| h.leg == Leg::Request && h.stage != Stage::Free)
+                .map(|h| h.stage),
+        }
+    } else if let Some(r) = route_err {
+        Outcome::NoRoute { err: r.len as i32 }
+    } else {
+        Outcome::Unanswered
+    };
+    let sock_type = hops
+        .iter()
+        .find(|h| h.leg == Leg::Request && h.stage == Stage::DevQueueXmit && h.aux2 != 0)
+        .map_or(0, |h| h.aux2);
     Journey {
         family: first.family,
         icmp_id: first.icmp_id,
@@ -366,6 +512,8 @@ pub fn build_journey(mut events: Vec<Event>, expected: &[Expected]) -> Journey {
         total_ns,
         missing,
         softirq,
+        outcome,
+        sock_type,
     }
 }
 
@@ -565,6 +713,69 @@ pub(crate) mod tests {
         b.push(e);
         assert_eq!(b.discarded, 2);
         assert!(b.finish().is_empty());
+    }
+
+    #[test]
+    fn a_datagram_sockets_rewritten_id_joins_the_send() {
+        // The socket turned ping's id 7 into 40000: sendto and the route
+        // lookup carry 7, the packet 40000.
+        let mut evs = echo(1, 0);
+        for e in evs.iter_mut() {
+            if !(e.stage == Stage::Sendto as u8
+                || (e.stage == Stage::Route as u8 && e.icmp_type == ICMP_ECHO))
+            {
+                e.icmp_id = 40000;
+            }
+        }
+        let mut b = JourneyBuilder::new(expected_for(&all_probes()), 1000);
+        for e in evs {
+            b.push(e);
+        }
+        let js = b.finish();
+        assert_eq!(js.len(), 1, "{js:?}");
+        assert_eq!(js[0].icmp_id, 40000);
+        assert!(js[0].complete(), "{:?}", js[0].missing);
+    }
+
+    #[test]
+    fn outcomes_and_socket_kind() {
+        let mut evs = echo(1, 0);
+        for e in evs
+            .iter_mut()
+            .filter(|e| e.stage == Stage::DevQueueXmit as u8)
+        {
+            e.aux2 = SOCK_RAW;
+        }
+        let j = build_journey(evs, &[]);
+        assert_eq!(j.outcome, Outcome::Answered);
+        assert_eq!(j.socket_name(), Some("raw"));
+        let s = j.softirq[0].as_ref().unwrap();
+        assert_eq!(s.wait_ns, Some(800));
+        assert_eq!(s.entered, Some("local_bh_enable"));
+        // A request dropped after netif_receive_skb (by netfilter, say).
+        let mut evs: Vec<Event> = echo(2, 0)
+            .into_iter()
+            .filter(|e| e.icmp_type == ICMP_ECHO && e.ts_ns <= 4000)
+            .collect();
+        let mut d = ev(4500, Stage::Drop, ProbeId::KfreeSkb, false, 2);
+        d.aux = 6;
+        evs.push(d);
+        let j = build_journey(evs, &[]);
+        assert_eq!(
+            j.outcome,
+            Outcome::Dropped {
+                reason: 6,
+                after: Some(Stage::NetifReceiveSkb)
+            }
+        );
+        // No route: only the send and a failed lookup.
+        let mut r = ev(900, Stage::Route, ProbeId::FibTableLookup, false, 3);
+        r.len = (-101i32) as u32;
+        let j = build_journey(
+            vec![ev(0, Stage::Sendto, ProbeId::SysEnterSendto, false, 3), r],
+            &[],
+        );
+        assert_eq!(j.outcome, Outcome::NoRoute { err: -101 });
     }
 
     #[test]

@@ -261,6 +261,7 @@ impl Tracer {
         config.skb_network_header = skb.network_header;
         config.skb_len = skb.len;
         config.skb_sk = skb.sk;
+        config.sk_type = skb.sk_type;
         config.net_rx_probe = plan.start_probe(Stage::NetRxAction).map_or(0, |p| p as u8);
         config.backlog_probe = plan
             .start_probe(Stage::ProcessBacklog)

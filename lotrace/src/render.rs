@@ -7,7 +7,7 @@ use lotrace_common::{ProbeId, Stage};
 use serde_json::{Value, json};
 
 use crate::{
-    journey::{Context, Hop, Journey, Leg, SoftirqWhere},
+    journey::{Context, Hop, Journey, Leg, Outcome, SoftirqWhere},
     report::Meta,
     session::Done,
     stats::{Histogram, Stats},
@@ -83,9 +83,48 @@ pub fn route_dev(h: &Hop) -> String {
 }
 
 fn softirq_words(s: &SoftirqWhere) -> String {
-    match s.context {
+    let mut w = match s.context {
         Context::Ksoftirqd => format!("in {} (handed off to the softirq thread)", s.comm),
         _ => format!("inline in {}/{} on CPU {}", s.comm, s.pid, s.cpu),
+    };
+    match s.entered {
+        Some("local_bh_enable") => w.push_str(", entered on local_bh_enable in its own send"),
+        Some("irq_exit") => w.push_str(", entered on irq_exit"),
+        _ => {}
+    }
+    if let Some(ns) = s.wait_ns {
+        w.push_str(&format!(", {} after the raise", fmt_ns(ns)));
+    }
+    w
+}
+
+/// The outcome in words.
+pub fn outcome_words(o: &Outcome, meta: &Meta) -> String {
+    match o {
+        Outcome::Answered => "answered".into(),
+        Outcome::Dropped { reason, after } => format!(
+            "dropped{}: {}",
+            after
+                .map(|s| format!(" after {}", s.name()))
+                .unwrap_or_default(),
+            meta.drop_reason(*reason)
+        ),
+        Outcome::NoRoute { err } => format!("no route (error {err})"),
+        Outcome::Unanswered => "no reply seen".into(),
+    }
+}
+
+fn outcome_json(o: &Outcome, meta: &Meta) -> Value {
+    match o {
+        Outcome::Answered => json!({"kind": "answered"}),
+        Outcome::Dropped { reason, after } => json!({
+            "kind": "dropped",
+            "reason": meta.drop_reason(*reason),
+            "reason_code": reason,
+            "after": after.map(|s| s.name()),
+        }),
+        Outcome::NoRoute { err } => json!({"kind": "no_route", "error": err}),
+        Outcome::Unanswered => json!({"kind": "unanswered"}),
     }
 }
 
@@ -105,9 +144,17 @@ pub fn journey_text(d: &Done, meta: &Meta) -> String {
         .ping_rtt_ns
         .map(|r| format!(" · ping said {}", fmt_ns(r)))
         .unwrap_or_default();
+    let socket = j
+        .socket_name()
+        .map(|k| format!(" {k} socket"))
+        .unwrap_or_default();
+    let outcome = match j.outcome {
+        Outcome::Answered => String::new(),
+        ref o => format!(" ── {}", outcome_words(o, meta)),
+    };
     let _ = writeln!(
         s,
-        "── icmp_seq={} id={} {} {} ── {rtt}{ping} ──",
+        "── icmp_seq={} id={} {} {}{socket} ── {rtt}{ping}{outcome} ──",
         j.icmp_seq,
         j.icmp_id,
         j.family_name(),
@@ -321,7 +368,14 @@ fn hop_json(h: &Hop, meta: &Meta) -> Value {
 fn softirq_json(s: &Option<SoftirqWhere>) -> Value {
     match s {
         None => Value::Null,
-        Some(s) => json!({"context": s.context.name(), "cpu": s.cpu, "comm": s.comm, "pid": s.pid}),
+        Some(s) => json!({
+            "context": s.context.name(),
+            "cpu": s.cpu,
+            "comm": s.comm,
+            "pid": s.pid,
+            "wait_ns": s.wait_ns,
+            "entered": s.entered,
+        }),
     }
 }
 
@@ -348,6 +402,8 @@ pub fn journey_json(d: &Done, meta: &Meta) -> Value {
         "ping_rtt_ns": d.ping_rtt_ns,
         "total_ns": j.total_ns,
         "complete": j.complete(),
+        "socket": j.socket_name(),
+        "outcome": outcome_json(&j.outcome, meta),
         "missing": j.missing.iter().map(|(l, s)| json!({"leg": l.map(|l| l.name()), "stage": s.name()})).collect::<Vec<_>>(),
         "legs": legs,
     })
