@@ -226,6 +226,9 @@ struct Open {
 /// has touched it for `quiet_ns`, or at the end.
 pub struct JourneyBuilder {
     open: BTreeMap<Key, Open>,
+    /// Ids rewritten by a datagram socket: (family, ping's id, seq, thread)
+    /// → the packet's id, for the send's events that come after.
+    aliases: BTreeMap<(u8, u16, u16, u32), u16>,
     expected: Vec<Expected>,
     quiet_ns: u64,
     max_open: usize,
@@ -237,6 +240,7 @@ impl JourneyBuilder {
     pub fn new(expected: Vec<Expected>, quiet_ns: u64) -> JourneyBuilder {
         JourneyBuilder {
             open: BTreeMap::new(),
+            aliases: BTreeMap::new(),
             expected,
             quiet_ns,
             max_open: 4096,
@@ -252,7 +256,14 @@ impl JourneyBuilder {
     }
 
     /// Adds an event; returns journeys closed early to stay within bounds.
-    pub fn push(&mut self, ev: Event) -> Vec<Journey> {
+    pub fn push(&mut self, mut ev: Event) -> Vec<Journey> {
+        if let Some(id) = self
+            .aliases
+            .get(&(ev.family, ev.icmp_id, ev.icmp_seq, ev.tid))
+            .filter(|_| is_echo_request(ev.family, ev.icmp_type))
+        {
+            ev.icmp_id = *id;
+        }
         if ev.flags & FLAG_PACKET == 0
             || Stage::from_u8(ev.stage).is_none()
             || ProbeId::from_u8(ev.probe).is_none()
@@ -317,6 +328,11 @@ impl JourneyBuilder {
         if let Some(k) = orphan
             && let Some(mut o) = self.open.remove(&k)
         {
+            // Bounded: one alias per send in flight is plenty.
+            if self.aliases.len() >= 1024 {
+                self.aliases.pop_first();
+            }
+            self.aliases.insert((k.0, k.1, k.2, ev.tid), key.1);
             for e in o.events.iter_mut() {
                 e.icmp_id = key.1;
             }
@@ -731,6 +747,16 @@ pub(crate) mod tests {
         for e in evs {
             b.push(e);
         }
+        // The send's return comes last, still under ping's id.
+        let mut ret = ev(
+            20_000,
+            Stage::SockSendmsg,
+            ProbeId::SockSendLength,
+            false,
+            1,
+        );
+        ret.icmp_id = 7;
+        b.push(ret);
         let js = b.finish();
         assert_eq!(js.len(), 1, "{js:?}");
         assert_eq!(js[0].icmp_id, 40000);

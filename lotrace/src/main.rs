@@ -39,6 +39,10 @@ enum Cmd {
         /// (fentry, else kprobe, else tracepoint), or one backend forced.
         #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
         backend: BackendChoice,
+        /// Run COMMAND inside this network namespace (a name from
+        /// `ip netns list`); the probes see every namespace.
+        #[arg(long, value_name = "NAME")]
+        netns: Option<String>,
         /// With a forced backend, trace even if it cannot observe some
         /// stages (they are reported as missing).
         #[arg(long)]
@@ -101,6 +105,7 @@ fn main() -> ExitCode {
             ring_size,
             btf,
             backend,
+            netns,
             allow_missing,
             verbose,
             command,
@@ -111,6 +116,7 @@ fn main() -> ExitCode {
             .and_then(|rt| {
                 rt.block_on(trace::run(trace::TraceOptions {
                     command,
+                    netns,
                     backend,
                     allow_missing,
                     format,

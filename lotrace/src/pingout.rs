@@ -40,6 +40,16 @@ pub fn ping_target(args: &[String]) -> Option<String> {
     target
 }
 
+/// The lines of an /etc/hosts text that name `host`, comments dropped.
+pub fn hosts_lines(hosts: &str, host: &str) -> Vec<String> {
+    hosts
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .filter(|l| l.split_whitespace().skip(1).any(|n| n == host))
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect()
+}
+
 /// One line of ping's output, as far as lotrace cares.
 #[derive(Debug, PartialEq)]
 pub enum PingLine {
@@ -146,6 +156,19 @@ mod tests {
             ping_target(&s(&["--", "-weird"])).as_deref(),
             Some("-weird")
         );
+    }
+
+    #[test]
+    fn finds_names_in_etc_hosts() {
+        let hosts = "127.0.0.1\tlocalhost\n::1     localhost ip6-localhost ip6-loopback\n# 10.0.0.1 localhost\n10.1.1.1 other\n";
+        assert_eq!(
+            hosts_lines(hosts, "localhost"),
+            vec![
+                "127.0.0.1 localhost",
+                "::1 localhost ip6-localhost ip6-loopback"
+            ]
+        );
+        assert!(hosts_lines(hosts, "nothere").is_empty());
     }
 
     #[test]

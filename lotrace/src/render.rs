@@ -57,8 +57,11 @@ pub fn detail(h: &Hop, meta: &Meta) -> Option<String> {
     match h.stage {
         Stage::Route => {
             let err = h.len as i32;
-            Some(if err != 0 {
-                format!("table {}: no route (error {err})", h.aux2)
+            Some(if err == -libc::EAGAIN {
+                // fib_table_lookup's "nothing in this table".
+                format!("table {}: no matching route", h.aux2)
+            } else if err != 0 {
+                format!("table {}: {}", h.aux2, errno_words(err as i64))
             } else {
                 format!("table {} → dev {}", h.aux2, route_dev(h))
             })
@@ -67,10 +70,28 @@ pub fn detail(h: &Hop, meta: &Meta) -> Option<String> {
         Stage::NetRxAction if at_return => Some(format!("ran {}", fmt_ns(h.aux))),
         Stage::ProcessBacklog if at_return => Some(format!("{} packet(s) polled", h.aux)),
         Stage::Wakeup => Some(format!("woke pid {}", h.aux)),
+        Stage::Recvmsg | Stage::SockSendmsg if at_return && (h.aux as i64) < 0 => {
+            Some(format!("failed: {}", errno_words(h.aux as i64)))
+        }
         Stage::Recvmsg | Stage::SockSendmsg if at_return => Some(format!("{} bytes", h.len)),
         Stage::CopyToUser => Some(format!("{} bytes", h.len)),
         _ => None,
     }
+}
+
+/// `-101` → `ENETUNREACH (error -101)`.
+pub fn errno_words(e: i64) -> String {
+    let name = match (-e) as i32 {
+        libc::ENETUNREACH => "ENETUNREACH",
+        libc::EHOSTUNREACH => "EHOSTUNREACH",
+        libc::EPERM => "EPERM",
+        libc::EACCES => "EACCES",
+        libc::EINVAL => "EINVAL",
+        libc::EAGAIN => "EAGAIN",
+        libc::ENOBUFS => "ENOBUFS",
+        _ => "error",
+    };
+    format!("{name} (error {e})")
 }
 
 /// The device a route lookup chose, carried in the event's skb and aux.
@@ -109,7 +130,7 @@ pub fn outcome_words(o: &Outcome, meta: &Meta) -> String {
                 .unwrap_or_default(),
             meta.drop_reason(*reason)
         ),
-        Outcome::NoRoute { err } => format!("no route (error {err})"),
+        Outcome::NoRoute { .. } => "no route: the packet was never built".into(),
         Outcome::Unanswered => "no reply seen".into(),
     }
 }
@@ -444,6 +465,8 @@ pub fn summary_json(stats: &Stats, meta: &Meta, t: &Totals) -> Value {
         "backend": meta.backend,
         "command": meta.command,
         "target": meta.target,
+        "resolution": meta.resolution,
+        "netns": meta.netns,
         "journeys": stats.journeys,
         "incomplete": stats.incomplete,
         "events": t.events,

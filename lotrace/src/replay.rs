@@ -17,25 +17,27 @@ pub fn run(path: &Path, format: Format) -> Result<i32> {
     let rec = record::read(std::io::BufReader::new(f))
         .with_context(|| format!("cannot replay {}", path.display()))?;
     let mut printer = Printer::new(format);
-    let mut session = Session::new(&rec.meta);
+    let mut meta = rec.meta.clone();
+    let mut session = Session::new(&meta);
     for r in &rec.records {
         let done = match r {
             Record::Line { ts_ns, text } => {
                 // Journeys close when the live run would have closed them:
                 // those quiet by the time the line was read come first.
                 let done = session.ready(*ts_ns);
-                printer.journeys(&done, &rec.meta)?;
+                printer.journeys(&done, &meta)?;
                 printer.child_line(text)?;
                 session.line(text);
+                session.update_target(&mut meta);
                 Vec::new()
             }
             other => session.record(other),
         };
-        printer.journeys(&done, &rec.meta)?;
+        printer.journeys(&done, &meta)?;
     }
     let done = session.finish();
-    printer.journeys(&done, &rec.meta)?;
-    printer.summary(&session, &rec.meta)?;
+    printer.journeys(&done, &meta)?;
+    printer.summary(&session, &meta)?;
     if rec.trailer.is_none() {
         eprintln!(
             "lotrace: {} ends without a trailer: the trace was cut short, the last journeys may be incomplete",

@@ -37,6 +37,10 @@ pub struct Meta {
     pub command: Vec<String>,
     /// The address the command pinged, as ping reported it, else as given.
     pub target: Option<String>,
+    /// For a name: what it resolved to and where that came from.
+    pub resolution: Option<String>,
+    /// The network namespace the command ran in (`ip netns` name).
+    pub netns: Option<String>,
     /// The backend choice asked for (`auto`, `kprobe`, ...).
     pub backend: String,
     pub probes: Vec<ProbeRecord>,

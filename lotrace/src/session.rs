@@ -93,6 +93,13 @@ impl Session {
         self.done(closed)
     }
 
+    /// The target as the command reported resolving it, once it has.
+    pub fn update_target(&self, meta: &mut Meta) {
+        if let Some((_, addr)) = &self.resolved {
+            meta.target = Some(addr.clone());
+        }
+    }
+
     pub fn discarded(&self) -> u64 {
         self.builder.discarded
     }

@@ -31,6 +31,8 @@ use crate::{
 
 pub struct TraceOptions {
     pub command: Vec<String>,
+    /// Run the command in this named network namespace (`ip netns`).
+    pub netns: Option<String>,
     pub backend: crate::plan::BackendChoice,
     pub allow_missing: bool,
     pub format: Format,
@@ -73,19 +75,54 @@ pub fn resolve_program(program: &str) -> Result<PathBuf> {
         })
 }
 
-/// For a ping, makes sure its target resolves before anything is loaded.
-fn check_target(command: &[String]) -> Result<Option<String>> {
+/// For a ping, makes sure its target resolves before anything is loaded;
+/// returns it and, for a name, where its addresses come from.
+fn check_target(command: &[String]) -> Result<(Option<String>, Option<String>)> {
     if !pingout::is_ping(&command[0]) {
-        return Ok(None);
+        return Ok((None, None));
     }
     let Some(target) = pingout::ping_target(&command[1..]) else {
-        return Ok(None);
+        return Ok((None, None));
     };
-    match (target.as_str(), 0u16).to_socket_addrs() {
-        Ok(addrs) if addrs.len() > 0 => Ok(Some(target)),
-        Ok(_) => bail!("unknown host {target}: it resolves to no address"),
+    let addrs: Vec<std::net::IpAddr> = match (target.as_str(), 0u16).to_socket_addrs() {
+        Ok(a) => a.map(|a| a.ip()).collect(),
         Err(e) => bail!("unknown host {target}: {e}"),
+    };
+    if addrs.is_empty() {
+        bail!("unknown host {target}: it resolves to no address");
     }
+    if target.parse::<std::net::IpAddr>().is_ok() {
+        return Ok((Some(target), None));
+    }
+    let mut uniq: Vec<String> = Vec::new();
+    for a in &addrs {
+        if !uniq.contains(&a.to_string()) {
+            uniq.push(a.to_string());
+        }
+    }
+    let hosts = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
+    let why = match pingout::hosts_lines(&hosts, &target) {
+        lines if !lines.is_empty() => format!("from /etc/hosts: {}", lines.join("; ")),
+        _ => "from the resolver (not in /etc/hosts)".to_string(),
+    };
+    Ok((
+        Some(target.clone()),
+        Some(format!("{target} resolves to {} ({why})", uniq.join(", "))),
+    ))
+}
+
+/// The network namespace `ip netns` calls `name`, opened.
+fn open_netns(name: &str) -> Result<std::fs::File> {
+    if name.contains('/') || name.is_empty() {
+        bail!("bad network namespace name {name:?}");
+    }
+    let path = Path::new("/run/netns").join(name);
+    std::fs::File::open(&path).map_err(|e| {
+        anyhow!(
+            "no network namespace {name} ({}: {e}); see `ip netns list`",
+            path.display()
+        )
+    })
 }
 
 fn kernel_release() -> String {
@@ -204,13 +241,19 @@ impl Printer {
 /// Runs the trace; returns the exit code lotrace should end with.
 pub async fn run(opts: TraceOptions) -> Result<i32> {
     let program = resolve_program(&opts.command[0])?;
-    let target = check_target(&opts.command)?;
+    let (target, resolution) = check_target(&opts.command)?;
     crate::loader::preflight()?;
+    let netns = opts.netns.as_deref().map(open_netns).transpose()?;
+    if let Some(r) = &resolution {
+        eprintln!("lotrace: {r}");
+    }
 
     let mut meta = Meta {
         kernel: kernel_release(),
         command: opts.command.clone(),
         target,
+        resolution,
+        netns: opts.netns.clone(),
         backend: crate::loader::backend_arg(opts.backend).to_string(),
         ..Default::default()
     };
@@ -244,11 +287,21 @@ pub async fn run(opts: TraceOptions) -> Result<i32> {
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true);
-    // SAFETY: prctl is async-signal-safe.
+    let netns_fd = netns.as_ref().map(|f| {
+        use std::os::fd::AsRawFd;
+        f.as_raw_fd()
+    });
+    // SAFETY: prctl and setns are async-signal-safe; the fd stays open in
+    // the parent until the child has been spawned.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             // The child must not outlive lotrace.
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            if let Some(fd) = netns_fd
+                && libc::setns(fd, libc::CLONE_NEWNET) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
             Ok(())
         });
     }
@@ -294,6 +347,7 @@ pub async fn run(opts: TraceOptions) -> Result<i32> {
                             r.record(&Record::Line { ts_ns: monotonic_ns(), text: text.clone() })?;
                         }
                         session.line(&text);
+                        session.update_target(&mut meta);
                     }
                     _ => stdout_open = false,
                 }
@@ -338,6 +392,7 @@ pub async fn run(opts: TraceOptions) -> Result<i32> {
                         r.record(&Record::Line { ts_ns: monotonic_ns(), text: text.clone() })?;
                     }
                     session.line(&text);
+                    session.update_target(&mut meta);
                 }
                 _ => stdout_open = false,
             },

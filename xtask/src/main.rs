@@ -20,6 +20,12 @@ const EBPF_TOOLCHAIN: &str = "stable";
 const PACKAGES: &[(&str, &str, &str)] = &[
     ("iputils-ping", "ping", "the command lotrace traces"),
     (
+        "nftables",
+        "nft",
+        "the tests' firewall that drops echo requests",
+    ),
+    ("iproute2", "ip", "the tests' network namespaces"),
+    (
         "bpftool",
         "bpftool",
         "the tests' check that no program is left loaded",
