@@ -87,8 +87,8 @@ pub struct SoftirqWhere {
     pub cpu: u32,
     pub comm: String,
     pub pid: u32,
-    /// From the leg's NET_RX raise to the start of the run that received
-    /// it, when both were seen.
+    /// From the leg's enqueue on the backlog (netif_rx) to the start of
+    /// the NET_RX run that received it, when both were seen.
     pub wait_ns: Option<u64>,
     /// How the run was entered, as far as the events tell: `local_bh_enable`
     /// (the sending task re-enabled bottom halves inside its own send),
@@ -430,11 +430,6 @@ pub fn build_journey(mut events: Vec<Event>, expected: &[Expected]) -> Journey {
         hops.iter()
             .any(|h| h.stage == stage && leg.is_none_or(|l| l == h.leg))
     };
-    let missing = expected
-        .iter()
-        .filter(|e| !has(e.leg, e.stage))
-        .map(|e| (e.leg, e.stage))
-        .collect();
     let softirq_of = |leg: Leg| {
         let rx = hops
             .iter()
@@ -452,11 +447,11 @@ pub fn build_journey(mut events: Vec<Event>, expected: &[Expected]) -> Journey {
                     && h.ts_ns <= rx.ts_ns
             })
             .last();
-        let raise = hops
+        let enqueue = hops
             .iter()
-            .filter(|h| h.leg == leg && h.stage == Stage::SoftirqRaise && h.ts_ns <= rx.ts_ns)
+            .filter(|h| h.leg == leg && h.stage == Stage::NetifRx && h.ts_ns <= rx.ts_ns)
             .last();
-        let wait_ns = match (raise, start) {
+        let wait_ns = match (enqueue, start) {
             (Some(r), Some(s)) if s.ts_ns >= r.ts_ns => Some(s.ts_ns - r.ts_ns),
             _ => None,
         };
@@ -515,6 +510,34 @@ pub fn build_journey(mut events: Vec<Event>, expected: &[Expected]) -> Journey {
     } else {
         Outcome::Unanswered
     };
+    // A dropped or unroutable echo never reaches the later stages: only
+    // those up to where it stopped are expected.
+    let expected: Vec<Expected> = match &outcome {
+        Outcome::Dropped { after, .. } => {
+            let stop = expected
+                .iter()
+                .position(|e| e.leg == Some(Leg::Request) && Some(e.stage) == *after);
+            expected
+                .iter()
+                .take(stop.map_or(0, |i| i + 1))
+                .filter(|e| e.leg == Some(Leg::Request))
+                .copied()
+                .collect()
+        }
+        Outcome::NoRoute { .. } => expected
+            .iter()
+            .filter(|e| {
+                e.leg == Some(Leg::Request) && matches!(e.stage, Stage::Sendto | Stage::Route)
+            })
+            .copied()
+            .collect(),
+        _ => expected.to_vec(),
+    };
+    let missing = expected
+        .iter()
+        .filter(|e| !has(e.leg, e.stage))
+        .map(|e| (e.leg, e.stage))
+        .collect();
     let sock_type = hops
         .iter()
         .find(|h| h.leg == Leg::Request && h.stage == Stage::DevQueueXmit && h.aux2 != 0)
@@ -776,7 +799,7 @@ pub(crate) mod tests {
         assert_eq!(j.outcome, Outcome::Answered);
         assert_eq!(j.socket_name(), Some("raw"));
         let s = j.softirq[0].as_ref().unwrap();
-        assert_eq!(s.wait_ns, Some(800));
+        assert_eq!(s.wait_ns, Some(1000));
         assert_eq!(s.entered, Some("local_bh_enable"));
         // A request dropped after netif_receive_skb (by netfilter, say).
         let mut evs: Vec<Event> = echo(2, 0)

@@ -114,7 +114,7 @@ fn softirq_words(s: &SoftirqWhere) -> String {
         _ => {}
     }
     if let Some(ns) = s.wait_ns {
-        w.push_str(&format!(", {} after the raise", fmt_ns(ns)));
+        w.push_str(&format!(", {} after the enqueue", fmt_ns(ns)));
     }
     w
 }
