@@ -438,19 +438,16 @@ pub fn build_journey(mut events: Vec<Event>, expected: &[Expected]) -> Journey {
         // The run that received it started at the latest NET_RX start seen
         // before it on that CPU (a reply is usually received in the run
         // its request started).
-        let start = hops
-            .iter()
-            .filter(|h| {
-                h.stage == Stage::NetRxAction
-                    && !h.probe.info().at_return
-                    && h.cpu == rx.cpu
-                    && h.ts_ns <= rx.ts_ns
-            })
-            .last();
+        let start = hops.iter().rev().find(|h| {
+            h.stage == Stage::NetRxAction
+                && !h.probe.info().at_return
+                && h.cpu == rx.cpu
+                && h.ts_ns <= rx.ts_ns
+        });
         let enqueue = hops
             .iter()
-            .filter(|h| h.leg == leg && h.stage == Stage::NetifRx && h.ts_ns <= rx.ts_ns)
-            .last();
+            .rev()
+            .find(|h| h.leg == leg && h.stage == Stage::NetifRx && h.ts_ns <= rx.ts_ns);
         let wait_ns = match (enqueue, start) {
             (Some(r), Some(s)) if s.ts_ns >= r.ts_ns => Some(s.ts_ns - r.ts_ns),
             _ => None,

@@ -6,8 +6,10 @@
 //! [`loader`] and [`trace`] touch the kernel.
 
 pub mod btf;
+pub mod compare;
 pub mod journey;
 pub mod loader;
+pub mod perfetto;
 pub mod pingout;
 pub mod plan;
 pub mod probes;

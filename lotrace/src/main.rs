@@ -1,7 +1,15 @@
 use std::{path::PathBuf, process::ExitCode};
 
-use clap::{Parser, Subcommand};
-use lotrace::{Format, btf::VMLINUX_BTF, plan::BackendChoice, probes, replay, trace};
+use clap::{Args, Parser, Subcommand};
+use lotrace::{
+    Format,
+    btf::VMLINUX_BTF,
+    compare,
+    plan::BackendChoice,
+    probes,
+    render::{Lang, Style},
+    replay, trace,
+};
 
 /// Trace a ping's journey through the Linux kernel with eBPF, stage by
 /// stage: sendto, route lookup, dev_queue_xmit, the loopback "fake NIC",
@@ -13,6 +21,63 @@ struct Cli {
     command: Cmd,
 }
 
+/// How the output looks.
+#[derive(Args, Clone)]
+struct Output {
+    /// Output format: a timeline per ping and tables, or JSON Lines.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+    /// Annotate each stage with what the kernel does there.
+    #[arg(long)]
+    explain: bool,
+    /// Language of --explain.
+    #[arg(long, value_enum, default_value_t = Lang::En)]
+    lang: Lang,
+    /// Print a latency histogram per stage in the summary.
+    #[arg(long)]
+    hist: bool,
+    /// Also write a trace that ui.perfetto.dev opens: a track per CPU and
+    /// task, a slice per stage, a flow from each request to its reply.
+    #[arg(long, value_name = "FILE")]
+    perfetto: Option<PathBuf>,
+}
+
+impl Output {
+    fn style(&self) -> Style {
+        Style {
+            explain: self.explain.then_some(self.lang),
+            hist: self.hist,
+        }
+    }
+}
+
+/// How the kernel is probed.
+#[derive(Args, Clone)]
+struct Probing {
+    /// Size of the event ring buffer in bytes: a power of two, at least
+    /// one page. Events that do not fit are counted as lost.
+    #[arg(long, value_name = "BYTES", default_value_t = 4 << 20, value_parser = parse_ring_size)]
+    ring_size: u32,
+    /// Kernel BTF to read struct layouts from.
+    #[arg(long, value_name = "PATH", default_value = VMLINUX_BTF)]
+    btf: PathBuf,
+    /// How stages are observed: per stage the best the kernel allows
+    /// (fentry, else kprobe, else tracepoint), or one backend forced.
+    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+    backend: BackendChoice,
+    /// With a forced backend, trace even if it cannot observe some
+    /// stages (they are reported as missing).
+    #[arg(long)]
+    allow_missing: bool,
+    /// Run the command inside this network namespace (a name from
+    /// `ip netns list`); the probes see every namespace.
+    #[arg(long, value_name = "NAME")]
+    netns: Option<String>,
+    /// Show the eBPF programs' diagnostics (aya-log) and lotrace's own.
+    #[arg(short, long)]
+    verbose: bool,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Run COMMAND (usually ping) under the probes and print each echo's
@@ -21,35 +86,14 @@ enum Cmd {
     /// Example: lotrace trace ping -c 5 127.0.0.1
     #[command(arg_required_else_help = true)]
     Trace {
-        /// Output format: a timeline per ping and tables, or JSON Lines.
-        #[arg(long, value_enum, default_value_t = Format::Text)]
-        format: Format,
+        #[command(flatten)]
+        output: Output,
+        #[command(flatten)]
+        probing: Probing,
         /// Also save the raw events, the probes and the command's output to
         /// FILE, to be shown again with `lotrace replay FILE`.
         #[arg(long, value_name = "FILE")]
         record: Option<PathBuf>,
-        /// Size of the event ring buffer in bytes: a power of two, at least
-        /// one page. Events that do not fit are counted as lost.
-        #[arg(long, value_name = "BYTES", default_value_t = 4 << 20, value_parser = parse_ring_size)]
-        ring_size: u32,
-        /// Kernel BTF to read struct layouts from.
-        #[arg(long, value_name = "PATH", default_value = VMLINUX_BTF)]
-        btf: PathBuf,
-        /// How stages are observed: per stage the best the kernel allows
-        /// (fentry, else kprobe, else tracepoint), or one backend forced.
-        #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
-        backend: BackendChoice,
-        /// Run COMMAND inside this network namespace (a name from
-        /// `ip netns list`); the probes see every namespace.
-        #[arg(long, value_name = "NAME")]
-        netns: Option<String>,
-        /// With a forced backend, trace even if it cannot observe some
-        /// stages (they are reported as missing).
-        #[arg(long)]
-        allow_missing: bool,
-        /// Show the eBPF programs' diagnostics (aya-log) and lotrace's own.
-        #[arg(short, long)]
-        verbose: bool,
         /// The command to trace and its arguments, e.g. `ping -c 5 127.0.0.1`.
         #[arg(
             required = true,
@@ -58,6 +102,20 @@ enum Cmd {
             value_name = "COMMAND"
         )]
         command: Vec<String>,
+    },
+    /// Trace a short ping to each TARGET and print the stage tables side by
+    /// side, differences marked: 127.0.0.1 vs ::1 vs localhost vs 0.0.0.0.
+    Compare {
+        /// Pings per target.
+        #[arg(short = 'c', long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        count: u32,
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+        #[command(flatten)]
+        probing: Probing,
+        /// Hosts to ping.
+        #[arg(default_values_t = ["127.0.0.1".to_string(), "::1".to_string(), "localhost".to_string(), "0.0.0.0".to_string()])]
+        targets: Vec<String>,
     },
     /// List every stage, each probe that could observe it, whether this
     /// kernel allows it (and why not), and what `--backend auto` chooses.
@@ -70,8 +128,8 @@ enum Cmd {
     },
     /// Show a trace saved with `trace --record` again; needs no root.
     Replay {
-        #[arg(long, value_enum, default_value_t = Format::Text)]
-        format: Format,
+        #[command(flatten)]
+        output: Output,
         /// A file written by `lotrace trace --record FILE`.
         file: PathBuf,
     },
@@ -87,9 +145,39 @@ fn parse_ring_size(s: &str) -> Result<u32, String> {
     Ok(n)
 }
 
+fn options(
+    command: Vec<String>,
+    output: &Output,
+    p: &Probing,
+    record: Option<PathBuf>,
+) -> trace::TraceOptions {
+    trace::TraceOptions {
+        command,
+        style: output.style(),
+        perfetto: output.perfetto.clone(),
+        netns: p.netns.clone(),
+        backend: p.backend,
+        allow_missing: p.allow_missing,
+        format: output.format,
+        record,
+        ring_size: p.ring_size,
+        btf: p.btf.clone(),
+        verbose: p.verbose,
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let verbose = matches!(cli.command, Cmd::Trace { verbose: true, .. });
+    let verbose = match &cli.command {
+        Cmd::Trace { probing, .. } | Cmd::Compare { probing, .. } => probing.verbose,
+        _ => false,
+    };
     env_logger::Builder::new()
         .filter_level(if verbose {
             log::LevelFilter::Info
@@ -100,34 +188,41 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Cmd::Trace {
-            format,
+            output,
+            probing,
             record,
-            ring_size,
-            btf,
-            backend,
-            netns,
-            allow_missing,
-            verbose,
             command,
-        } => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(anyhow::Error::from)
-            .and_then(|rt| {
-                rt.block_on(trace::run(trace::TraceOptions {
-                    command,
-                    netns,
-                    backend,
-                    allow_missing,
+        } => runtime()
+            .and_then(|rt| rt.block_on(trace::run(options(command, &output, &probing, record)))),
+        Cmd::Compare {
+            count,
+            format,
+            probing,
+            targets,
+        } => {
+            let output = Output {
+                format,
+                explain: false,
+                lang: Lang::En,
+                hist: false,
+                perfetto: None,
+            };
+            runtime().and_then(|rt| {
+                rt.block_on(compare::run(compare::CompareOptions {
+                    targets,
+                    count,
                     format,
-                    record,
-                    ring_size,
-                    btf,
-                    verbose,
+                    template: options(Vec::new(), &output, &probing, None),
                 }))
-            }),
+            })
+        }
         Cmd::Probes { format, btf } => probes::run(&btf, format),
-        Cmd::Replay { format, file } => replay::run(&file, format),
+        Cmd::Replay { output, file } => replay::run(
+            &file,
+            output.format,
+            output.style(),
+            output.perfetto.as_deref(),
+        ),
     };
     match result {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),

@@ -13,6 +13,32 @@ use crate::{
     stats::{Histogram, Stats},
 };
 
+/// The language of stage explanations.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Lang {
+    #[default]
+    En,
+    /// 中文, the language of the article lotrace grew from.
+    Zh,
+}
+
+/// Optional parts of the output.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Style {
+    /// Annotate each stage with what the kernel does there.
+    pub explain: Option<Lang>,
+    /// Print a latency histogram per stage in the summary.
+    pub hist: bool,
+}
+
+/// The catalog's explanation of a stage.
+pub fn explain(stage: Stage, lang: Lang) -> &'static str {
+    match lang {
+        Lang::En => stage.info().explain,
+        Lang::Zh => stage.info().explain_zh,
+    }
+}
+
 /// Everything the summary shows besides the statistics.
 pub struct Totals {
     pub events: u64,
@@ -154,7 +180,7 @@ fn target(meta: &Meta) -> &str {
 }
 
 /// One journey as a timeline.
-pub fn journey_text(d: &Done, meta: &Meta) -> String {
+pub fn journey_text(d: &Done, meta: &Meta, style: Style) -> String {
     let j = &d.journey;
     let mut s = String::new();
     let rtt = j
@@ -186,6 +212,7 @@ pub fn journey_text(d: &Done, meta: &Meta) -> String {
         "   {:<8} {:<26} {:>10} {:>11} {:>4}  {:<20} {:<9} probe",
         "leg", "stage", "+prev", "since send", "cpu", "task", "context"
     );
+    let mut explained = Vec::new();
     for h in &j.hops {
         let stage = if h.probe.info().at_return {
             format!("{} ↩", h.stage.name())
@@ -208,6 +235,12 @@ pub fn journey_text(d: &Done, meta: &Meta) -> String {
             let _ = write!(line, "  ({d})");
         }
         let _ = writeln!(s, "{}", line.trim_end());
+        if let Some(lang) = style.explain
+            && !explained.contains(&h.stage)
+        {
+            explained.push(h.stage);
+            let _ = writeln!(s, "{:>14}↳ {}", "", explain(h.stage, lang));
+        }
     }
     let mut notes = Vec::new();
     for (i, leg) in [Leg::Request, Leg::Reply].iter().enumerate() {
@@ -264,7 +297,7 @@ fn hist_cols(h: &Histogram) -> String {
     )
 }
 
-pub fn summary_text(stats: &Stats, meta: &Meta, t: &Totals) -> String {
+pub fn summary_text(stats: &Stats, meta: &Meta, t: &Totals, style: Style) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -322,7 +355,48 @@ pub fn summary_text(stats: &Stats, meta: &Meta, t: &Totals) -> String {
             );
         }
     }
+    if style.hist {
+        s.push_str(&histograms(stats));
+    }
     s.push_str(&where_time_goes(stats));
+    s
+}
+
+/// Per row, the distribution of the time since the previous stage, by
+/// powers of two.
+pub fn histograms(stats: &Stats) -> String {
+    let mut s = String::from("\n   latency histograms (time since the previous stage)\n");
+    for row in stats.order() {
+        let h = &stats.rows[&row];
+        if h.count == 0 {
+            continue;
+        }
+        let _ = writeln!(s, "   {} {}", row.leg.name(), row.label());
+        let mut bins: Vec<(u64, u64)> = Vec::new();
+        for (low, _, c) in h.nonzero_buckets() {
+            let p = if low == 0 {
+                0
+            } else {
+                1u64 << (63 - low.leading_zeros())
+            };
+            match bins.last_mut() {
+                Some((b, n)) if *b == p => *n += c,
+                _ => bins.push((p, c)),
+            }
+        }
+        let max = bins.iter().map(|b| b.1).max().unwrap_or(1);
+        for (low, n) in bins {
+            let high = if low == 0 { 1 } else { low * 2 };
+            let width = ((n * 30).div_ceil(max)) as usize;
+            let _ = writeln!(
+                s,
+                "     {:>10} – {:<10} {:<30} {n}",
+                fmt_ns(low),
+                fmt_ns(high),
+                "█".repeat(width)
+            );
+        }
+    }
     s
 }
 
@@ -367,7 +441,7 @@ pub fn where_time_goes(stats: &Stats) -> String {
     s
 }
 
-fn hop_json(h: &Hop, meta: &Meta) -> Value {
+fn hop_json(h: &Hop, meta: &Meta, style: Style) -> Value {
     let mut v = json!({
         "stage": h.stage.name(),
         "at_return": h.probe.info().at_return,
@@ -382,6 +456,9 @@ fn hop_json(h: &Hop, meta: &Meta) -> Value {
     });
     if let Some(d) = detail(h, meta) {
         v["detail"] = json!(d);
+    }
+    if let Some(lang) = style.explain {
+        v["explain"] = json!(explain(h.stage, lang));
     }
     v
 }
@@ -400,7 +477,7 @@ fn softirq_json(s: &Option<SoftirqWhere>) -> Value {
     }
 }
 
-pub fn journey_json(d: &Done, meta: &Meta) -> Value {
+pub fn journey_json(d: &Done, meta: &Meta, style: Style) -> Value {
     let j = &d.journey;
     let legs: Vec<Value> = [Leg::Request, Leg::Reply]
         .iter()
@@ -409,7 +486,7 @@ pub fn journey_json(d: &Done, meta: &Meta) -> Value {
             json!({
                 "leg": leg.name(),
                 "softirq": softirq_json(&j.softirq[i]),
-                "events": j.leg(leg).map(|h| hop_json(h, meta)).collect::<Vec<_>>(),
+                "events": j.leg(leg).map(|h| hop_json(h, meta, style)).collect::<Vec<_>>(),
             })
         })
         .collect();
@@ -519,6 +596,33 @@ mod tests {
     }
 
     #[test]
+    fn explanations_in_both_languages() {
+        let style = Style {
+            explain: Some(Lang::Zh),
+            hist: false,
+        };
+        let t = journey_text(&done(), &meta(), style);
+        assert!(t.contains("↳ 回环驱动"), "{t}");
+        let stages: std::collections::BTreeSet<_> =
+            done().journey.hops.iter().map(|h| h.stage).collect();
+        assert_eq!(t.matches("↳ ").count(), stages.len(), "each stage once");
+        let v = journey_json(
+            &done(),
+            &meta(),
+            Style {
+                explain: Some(Lang::En),
+                hist: false,
+            },
+        );
+        assert!(
+            v["legs"][0]["events"][0]["explain"]
+                .as_str()
+                .unwrap()
+                .contains("sendto")
+        );
+    }
+
+    #[test]
     fn formats_durations() {
         assert_eq!(fmt_ns(850), "850 ns");
         assert_eq!(fmt_ns(12_345), "12.35 µs");
@@ -529,7 +633,7 @@ mod tests {
 
     #[test]
     fn timeline_shows_every_hop() {
-        let t = journey_text(&done(), &meta());
+        let t = journey_text(&done(), &meta(), Style::default());
         assert!(t.contains("icmp_seq=1"));
         assert!(t.contains("kernel RTT 6.40 µs · ping said 45.00 µs"));
         assert_eq!(t.matches("\n   request ").count(), 11);
@@ -541,7 +645,7 @@ mod tests {
 
     #[test]
     fn json_journey_has_the_documented_fields() {
-        let v = journey_json(&done(), &meta());
+        let v = journey_json(&done(), &meta(), Style::default());
         assert_eq!(v["type"], "journey");
         assert_eq!(v["icmp_seq"], 1);
         assert_eq!(v["family"], "ipv4");
@@ -583,8 +687,17 @@ mod tests {
             "{ip}"
         );
         assert_eq!(dq["backend"], "tracepoint");
-        let text = summary_text(&st, &m, &t);
+        let text = summary_text(
+            &st,
+            &m,
+            &t,
+            Style {
+                explain: None,
+                hist: true,
+            },
+        );
         assert!(text.contains("where the time goes"));
+        assert!(text.contains("latency histograms"));
         assert!(text.contains("not observed on this kernel"));
         assert!(text.contains("ip_rcv"));
     }

@@ -11,12 +11,20 @@ use crate::{
     trace::Printer,
 };
 
-pub fn run(path: &Path, format: Format) -> Result<i32> {
+pub fn run(
+    path: &Path,
+    format: Format,
+    style: crate::render::Style,
+    perfetto: Option<&Path>,
+) -> Result<i32> {
     let f = std::fs::File::open(path)
         .with_context(|| format!("cannot open the record file {}", path.display()))?;
     let rec = record::read(std::io::BufReader::new(f))
         .with_context(|| format!("cannot replay {}", path.display()))?;
-    let mut printer = Printer::new(format);
+    let mut printer = Printer::new(format, style);
+    printer.perfetto = perfetto
+        .map(crate::perfetto::PerfettoWriter::create)
+        .transpose()?;
     let mut meta = rec.meta.clone();
     let mut session = Session::new(&meta);
     for r in &rec.records {

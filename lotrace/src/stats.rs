@@ -131,6 +131,11 @@ pub struct Stats {
     pub total: Histogram,
     pub journeys: u64,
     pub incomplete: u64,
+    /// The devices the request's route lookups chose, with counts.
+    pub route_devs: BTreeMap<String, u64>,
+    /// Journeys per address family and per socket kind.
+    pub families: BTreeMap<&'static str, u64>,
+    pub sockets: BTreeMap<&'static str, u64>,
     /// Receives (legs) whose NET_RX softirq ran inline, and in ksoftirqd.
     pub softirq_inline: u64,
     pub softirq_ksoftirqd: u64,
@@ -149,6 +154,21 @@ impl Stats {
             self.rtt.record(r);
         }
         self.total.record(j.total_ns);
+        *self.families.entry(j.family_name()).or_default() += 1;
+        if let Some(k) = j.socket_name() {
+            *self.sockets.entry(k).or_default() += 1;
+        }
+        if let Some(h) = j
+            .hops
+            .iter()
+            .find(|h| h.leg == Leg::Request && h.stage == Stage::Route && h.len == 0)
+            && self.route_devs.len() < 64
+        {
+            *self
+                .route_devs
+                .entry(crate::render::route_dev(h))
+                .or_default() += 1;
+        }
         for w in j.softirq.iter().flatten() {
             match w.context {
                 Context::Ksoftirqd => self.softirq_ksoftirqd += 1,

@@ -31,6 +31,9 @@ use crate::{
 
 pub struct TraceOptions {
     pub command: Vec<String>,
+    pub style: render::Style,
+    /// Also write a Perfetto (Chrome JSON) trace here.
+    pub perfetto: Option<PathBuf>,
     /// Run the command in this named network namespace (`ip netns`).
     pub netns: Option<String>,
     pub backend: crate::plan::BackendChoice,
@@ -40,6 +43,25 @@ pub struct TraceOptions {
     pub ring_size: u32,
     pub btf: PathBuf,
     pub verbose: bool,
+}
+
+impl TraceOptions {
+    /// The same options for another command.
+    pub fn clone_for(&self, command: Vec<String>) -> TraceOptions {
+        TraceOptions {
+            command,
+            style: self.style,
+            perfetto: None,
+            netns: self.netns.clone(),
+            backend: self.backend,
+            allow_missing: self.allow_missing,
+            format: self.format,
+            record: None,
+            ring_size: self.ring_size,
+            btf: self.btf.clone(),
+            verbose: self.verbose,
+        }
+    }
 }
 
 /// Finds `program` the way the shell would, so a missing command is
@@ -187,13 +209,20 @@ impl Drop for RecordFile {
 /// Prints journeys and the summary in the chosen format.
 pub struct Printer {
     pub format: Format,
+    pub style: render::Style,
+    pub perfetto: Option<crate::perfetto::PerfettoWriter>,
+    /// Print nothing (the caller renders the session itself).
+    pub quiet: bool,
     pub out: std::io::BufWriter<std::io::Stdout>,
 }
 
 impl Printer {
-    pub fn new(format: Format) -> Printer {
+    pub fn new(format: Format, style: render::Style) -> Printer {
         Printer {
             format,
+            style,
+            perfetto: None,
+            quiet: false,
             out: std::io::BufWriter::new(std::io::stdout()),
         }
     }
@@ -201,6 +230,9 @@ impl Printer {
     /// A line the traced command printed: to stdout as it was, except in
     /// JSON mode where stdout is reserved for JSON.
     pub fn child_line(&mut self, line: &str) -> Result<()> {
+        if self.quiet {
+            return Ok(());
+        }
         match self.format {
             Format::Text => writeln!(self.out, "{line}")?,
             Format::Json => eprintln!("{line}"),
@@ -210,25 +242,46 @@ impl Printer {
 
     pub fn journeys(&mut self, done: &[Done], meta: &Meta) -> Result<()> {
         for d in done {
+            if let Some(p) = self.perfetto.as_mut() {
+                p.journey(&d.journey, meta)?;
+            }
+            if self.quiet {
+                continue;
+            }
             match self.format {
-                Format::Text => write!(self.out, "{}", render::journey_text(d, meta))?,
-                Format::Json => writeln!(self.out, "{}", render::journey_json(d, meta))?,
+                Format::Text => write!(self.out, "{}", render::journey_text(d, meta, self.style))?,
+                Format::Json => {
+                    writeln!(self.out, "{}", render::journey_json(d, meta, self.style))?
+                }
             }
         }
         Ok(())
     }
 
     pub fn summary(&mut self, s: &Session, meta: &Meta) -> Result<()> {
+        if self.quiet {
+            if let Some(p) = self.perfetto.take() {
+                p.finish()?;
+            }
+            return Ok(());
+        }
         let t = Totals {
             events: s.events,
             lost: s.lost,
             discarded: s.discarded(),
         };
         match self.format {
-            Format::Text => write!(self.out, "{}", render::summary_text(&s.stats, meta, &t))?,
+            Format::Text => write!(
+                self.out,
+                "{}",
+                render::summary_text(&s.stats, meta, &t, self.style)
+            )?,
             Format::Json => writeln!(self.out, "{}", render::summary_json(&s.stats, meta, &t))?,
         }
         self.out.flush()?;
+        if let Some(p) = self.perfetto.take() {
+            p.finish()?;
+        }
         Ok(())
     }
 
@@ -240,6 +293,20 @@ impl Printer {
 
 /// Runs the trace; returns the exit code lotrace should end with.
 pub async fn run(opts: TraceOptions) -> Result<i32> {
+    Ok(run_session(opts, false).await?.code)
+}
+
+/// What a finished trace leaves: the exit code lotrace should end with,
+/// and the session's statistics (for `compare`).
+pub struct Finished {
+    pub code: i32,
+    pub session: Session,
+    pub meta: Meta,
+}
+
+/// Runs the trace; `quiet` prints nothing (neither the command's output nor
+/// journeys nor the summary).
+pub async fn run_session(opts: TraceOptions, quiet: bool) -> Result<Finished> {
     let program = resolve_program(&opts.command[0])?;
     let (target, resolution) = check_target(&opts.command)?;
     crate::loader::preflight()?;
@@ -266,6 +333,11 @@ pub async fn run(opts: TraceOptions) -> Result<i32> {
     })?;
     meta.set_probes(&tracer.plan, &tracer.attached);
     meta.drop_reasons = tracer.drop_reasons.clone();
+    let perfetto = opts
+        .perfetto
+        .as_deref()
+        .map(crate::perfetto::PerfettoWriter::create)
+        .transpose()?;
     let mut recfile = match &opts.record {
         Some(p) => Some(RecordFile::create(p, &meta)?),
         None => None,
@@ -314,7 +386,9 @@ pub async fn run(opts: TraceOptions) -> Result<i32> {
         .context("child exited before it could be traced")?;
     tracer.add_target(pid)?;
 
-    let mut printer = Printer::new(opts.format);
+    let mut printer = Printer::new(opts.format, opts.style);
+    printer.perfetto = perfetto;
+    printer.quiet = quiet;
     let mut session = Session::new(&meta);
     let mut lines = BufReader::new(child.stdout.take().context("child stdout")?).lines();
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -427,11 +501,16 @@ pub async fn run(opts: TraceOptions) -> Result<i32> {
     }
     drop(ring);
     drop(tracer);
-    Ok(match (status.code(), status.signal()) {
+    let code = match (status.code(), status.signal()) {
         (Some(c), _) => c,
         (None, Some(sig)) if sig == libc::SIGINT || sig == libc::SIGTERM => 0,
         (None, Some(sig)) => 128 + sig,
         _ => 1,
+    };
+    Ok(Finished {
+        code,
+        session,
+        meta,
     })
 }
 
