@@ -68,20 +68,24 @@ pub enum PingLine {
 
 pub fn parse_line(line: &str) -> PingLine {
     if let Some(rest) = line.strip_prefix("PING ") {
-        let mut words = rest.split_whitespace();
-        // iputils: `PING host (addr) 56(84) bytes`; busybox: `PING host (addr): 56 data bytes`.
-        if let (Some(host), Some(addr)) = (words.next(), words.next())
-            && let Some(addr) = addr
-                .trim_end_matches(':')
-                .strip_prefix('(')
-                .and_then(|a| a.strip_suffix(')'))
-        {
-            return PingLine::Header {
-                host: host.to_string(),
-                addr: addr.to_string(),
-            };
-        }
-        return PingLine::Other;
+        // iputils: `PING host (addr) 56(84) bytes`, for IPv6
+        // `PING host(name (addr)) 56 data bytes`; busybox:
+        // `PING host (addr): 56 data bytes`. The address is the first
+        // parenthesised text that parses as one.
+        let host: String = rest
+            .chars()
+            .take_while(|c| !c.is_whitespace() && *c != '(')
+            .collect();
+        let addr = rest.match_indices('(').find_map(|(i, _)| {
+            let inner = &rest[i + 1..];
+            let end = inner.find(|c| c == ')' || c == '(')?;
+            let cand = &inner[..end];
+            cand.parse::<std::net::IpAddr>().ok().map(|_| cand.to_string())
+        });
+        return match addr {
+            Some(addr) if !host.is_empty() => PingLine::Header { host, addr },
+            _ => PingLine::Other,
+        };
     }
     let mut seq = None;
     let mut time = None;

@@ -99,16 +99,25 @@ pub fn resolve_program(program: &str) -> Result<PathBuf> {
 
 /// For a ping, makes sure its target resolves before anything is loaded;
 /// returns it and, for a name, where its addresses come from.
-fn check_target(command: &[String]) -> Result<(Option<String>, Option<String>)> {
+fn check_target(command: &[String], hosts_path: &Path) -> Result<(Option<String>, Option<String>)> {
     if !pingout::is_ping(&command[0]) {
         return Ok((None, None));
     }
     let Some(target) = pingout::ping_target(&command[1..]) else {
         return Ok((None, None));
     };
-    let addrs: Vec<std::net::IpAddr> = match (target.as_str(), 0u16).to_socket_addrs() {
-        Ok(a) => a.map(|a| a.ip()).collect(),
-        Err(e) => bail!("unknown host {target}: {e}"),
+    let hosts = std::fs::read_to_string(hosts_path).unwrap_or_default();
+    let listed: Vec<std::net::IpAddr> = pingout::hosts_lines(&hosts, &target)
+        .iter()
+        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+        .collect();
+    let addrs: Vec<std::net::IpAddr> = if !listed.is_empty() {
+        listed
+    } else {
+        match (target.as_str(), 0u16).to_socket_addrs() {
+            Ok(a) => a.map(|a| a.ip()).collect(),
+            Err(e) => bail!("unknown host {target}: {e}"),
+        }
     };
     if addrs.is_empty() {
         bail!("unknown host {target}: it resolves to no address");
@@ -122,15 +131,31 @@ fn check_target(command: &[String]) -> Result<(Option<String>, Option<String>)> 
             uniq.push(a.to_string());
         }
     }
-    let hosts = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
     let why = match pingout::hosts_lines(&hosts, &target) {
-        lines if !lines.is_empty() => format!("from /etc/hosts: {}", lines.join("; ")),
+        lines if !lines.is_empty() => {
+            format!("from {}: {}", hosts_path.display(), lines.join("; "))
+        }
         _ => "from the resolver (not in /etc/hosts)".to_string(),
     };
     Ok((
         Some(target.clone()),
         Some(format!("{target} resolves to {} ({why})", uniq.join(", "))),
     ))
+}
+
+/// Files `ip netns exec` would bind over /etc: (source, target).
+fn netns_etc(name: &str) -> Vec<(std::ffi::CString, std::ffi::CString)> {
+    let dir = Path::new("/etc/netns").join(name);
+    let Ok(rd) = std::fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    rd.filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let src = std::ffi::CString::new(e.path().to_str()?).ok()?;
+            let dst = std::ffi::CString::new(format!("/etc/{}", e.file_name().to_str()?)).ok()?;
+            Some((src, dst))
+        })
+        .collect()
 }
 
 /// The network namespace `ip netns` calls `name`, opened.
@@ -308,9 +333,17 @@ pub struct Finished {
 /// journeys nor the summary).
 pub async fn run_session(opts: TraceOptions, quiet: bool) -> Result<Finished> {
     let program = resolve_program(&opts.command[0])?;
-    let (target, resolution) = check_target(&opts.command)?;
-    crate::loader::preflight()?;
     let netns = opts.netns.as_deref().map(open_netns).transpose()?;
+    // Like `ip netns exec`, files in /etc/netns/NAME replace those in /etc
+    // for the command.
+    let etc_binds = opts.netns.as_deref().map(netns_etc).unwrap_or_default();
+    let hosts_path = etc_binds
+        .iter()
+        .find(|(_, dst)| dst.as_bytes() == b"/etc/hosts")
+        .map(|(src, _)| PathBuf::from(src.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| PathBuf::from("/etc/hosts"));
+    let (target, resolution) = check_target(&opts.command, &hosts_path)?;
+    crate::loader::preflight()?;
     if let Some(r) = &resolution {
         eprintln!("lotrace: {r}");
     }
@@ -363,8 +396,8 @@ pub async fn run_session(opts: TraceOptions, quiet: bool) -> Result<Finished> {
         use std::os::fd::AsRawFd;
         f.as_raw_fd()
     });
-    // SAFETY: prctl and setns are async-signal-safe; the fd stays open in
-    // the parent until the child has been spawned.
+    // SAFETY: prctl, setns, unshare and mount are async-signal-safe; the
+    // fd and strings stay alive in the parent until the child is spawned.
     unsafe {
         cmd.pre_exec(move || {
             // The child must not outlive lotrace.
@@ -373,6 +406,31 @@ pub async fn run_session(opts: TraceOptions, quiet: bool) -> Result<Finished> {
                 && libc::setns(fd, libc::CLONE_NEWNET) != 0
             {
                 return Err(std::io::Error::last_os_error());
+            }
+            if !etc_binds.is_empty() {
+                if libc::unshare(libc::CLONE_NEWNS) != 0
+                    || libc::mount(
+                        std::ptr::null(),
+                        c"/".as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_SLAVE | libc::MS_REC,
+                        std::ptr::null(),
+                    ) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                for (src, dst) in &etc_binds {
+                    if libc::mount(
+                        src.as_ptr(),
+                        dst.as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_BIND,
+                        std::ptr::null(),
+                    ) != 0
+                    {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
             }
             Ok(())
         });
