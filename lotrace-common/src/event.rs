@@ -56,8 +56,10 @@ pub struct Event {
     /// The `struct sk_buff *` the stage saw, or 0.
     pub skb: u64,
     /// Stage-specific value: a syscall's return, the drop reason, the work
-    /// done by a poll, the socket address. For `route`, `skb` and `aux`
-    /// together hold the chosen device's name (16 bytes, NUL-padded).
+    /// done by a poll, the socket address; for `dev_queue_xmit` and the
+    /// start of `loopback_xmit`, the device's name (its first 8 bytes). For
+    /// `route`, `skb` and `aux` together hold the device of the route's
+    /// next hop (16 bytes, NUL-padded).
     pub aux: u64,
     pub tid: u32,
     pub tgid: u32,
@@ -193,6 +195,9 @@ pub struct Config {
     pub skb_sk: u32,
     /// Byte offset of `sk_type` in `struct sock` (SOCK_RAW or SOCK_DGRAM).
     pub sk_type: u32,
+    /// Byte offsets of `sk_buff.dev` and `net_device.name`.
+    pub skb_dev: u32,
+    pub dev_name: u32,
     /// Byte offset of each tracepoint field, indexed by [`crate::TpField`];
     /// `u16::MAX` when the field does not exist on this kernel.
     pub tp: [u16; TP_FIELD_COUNT],
@@ -211,6 +216,8 @@ impl Config {
             skb_len: 0,
             skb_sk: 0,
             sk_type: 0,
+            skb_dev: 0,
+            dev_name: 0,
             tp: [u16::MAX; TP_FIELD_COUNT],
             net_rx_probe: 0,
             backlog_probe: 0,

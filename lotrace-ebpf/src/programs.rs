@@ -400,6 +400,26 @@ pub fn tp_fib6_table_lookup(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// The first 8 bytes of the name of the device an skb is on.
+#[inline(always)]
+fn dev_name(skb: u64) -> u64 {
+    let (off_dev, off_name) = unsafe {
+        (
+            core::ptr::read_volatile(&CONFIG.skb_dev) as u64,
+            core::ptr::read_volatile(&CONFIG.dev_name) as u64,
+        )
+    };
+    if off_dev == 0 {
+        return 0;
+    }
+    match read_kernel::<u64>(skb + off_dev) {
+        Some(dev) if dev != 0 => read_kernel::<[u8; 8]>(dev + off_name)
+            .map(u64::from_le_bytes)
+            .unwrap_or(0),
+        _ => 0,
+    }
+}
+
 /// An skb entering the device layer: where a traced command's echo
 /// request starts being tracked, and where its socket is learnt.
 #[inline(always)]
@@ -435,7 +455,7 @@ fn on_dev_queue<C: EbpfContext>(ctx: &C, skb: u64, probe: ProbeId) {
     if !is_tracked(&key) {
         return;
     }
-    let mut e = at(Stage::DevQueueXmit, probe, skb, len, 0);
+    let mut e = at(Stage::DevQueueXmit, probe, skb, len, dev_name(skb));
     e.aux2 = sock_type;
     emit(ctx, &key, e);
 }
@@ -452,9 +472,18 @@ pub fn tp_net_dev_queue(ctx: TracePointContext) -> u32 {
 /// matched by address (the driver may already have handed it on).
 #[inline(always)]
 fn on_xmit_start<C: EbpfContext>(ctx: &C, skb: u64, probe: ProbeId) {
-    if let Some(key) = skb_event(ctx, skb, Stage::LoopbackXmit, probe)
-        && let Some(st) = state()
-    {
+    let Some((key, len)) = parse_skb(skb) else {
+        return;
+    };
+    if !is_tracked(&key) {
+        return;
+    }
+    emit(
+        ctx,
+        &key,
+        at(Stage::LoopbackXmit, probe, skb, len, dev_name(skb)),
+    );
+    if let Some(st) = state() {
         st.xmit_skb = skb;
         st.xmit = key;
     }

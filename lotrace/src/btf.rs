@@ -17,6 +17,9 @@ pub struct SkbOffsets {
     pub sk: u32,
     /// `struct sock.sk_type`.
     pub sk_type: u32,
+    /// `sk_buff.dev` and `net_device.name`.
+    pub dev: u32,
+    pub dev_name: u32,
 }
 
 pub struct KernelBtf {
@@ -49,6 +52,10 @@ impl KernelBtf {
             sk_type: self
                 .member_offset("sock", "sk_type")
                 .context("struct sock.sk_type in kernel BTF")?,
+            dev: off("dev")?,
+            dev_name: self
+                .member_offset("net_device", "name")
+                .context("struct net_device.name in kernel BTF")?,
         })
     }
 

@@ -79,8 +79,8 @@ pub fn text(cols: &[Column]) -> String {
     );
     head(
         &mut s,
-        "route → device",
-        cols.iter().map(|c| keys(&c.stats.route_devs)).collect(),
+        "sent on device",
+        cols.iter().map(|c| keys(&c.stats.xmit_devs)).collect(),
     );
     head(
         &mut s,
@@ -147,7 +147,7 @@ pub fn json(cols: &[Column]) -> Value {
                 "journeys": c.stats.journeys,
                 "families": c.stats.families,
                 "sockets": c.stats.sockets,
-                "route_devices": c.stats.route_devs,
+                "devices": c.stats.xmit_devs,
                 "softirq": {"inline": c.stats.softirq_inline, "ksoftirqd": c.stats.softirq_ksoftirqd},
                 "rtt_p50_ns": c.stats.rtt.quantile(0.5),
                 "exit": c.exit,

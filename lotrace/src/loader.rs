@@ -262,6 +262,8 @@ impl Tracer {
         config.skb_len = skb.len;
         config.skb_sk = skb.sk;
         config.sk_type = skb.sk_type;
+        config.skb_dev = skb.dev;
+        config.dev_name = skb.dev_name;
         config.net_rx_probe = plan.start_probe(Stage::NetRxAction).map_or(0, |p| p as u8);
         config.backlog_probe = plan
             .start_probe(Stage::ProcessBacklog)

@@ -78,9 +78,11 @@ pub fn parse_line(line: &str) -> PingLine {
             .collect();
         let addr = rest.match_indices('(').find_map(|(i, _)| {
             let inner = &rest[i + 1..];
-            let end = inner.find(|c| c == ')' || c == '(')?;
+            let end = inner.find([')', '('])?;
             let cand = &inner[..end];
-            cand.parse::<std::net::IpAddr>().ok().map(|_| cand.to_string())
+            cand.parse::<std::net::IpAddr>()
+                .ok()
+                .map(|_| cand.to_string())
         });
         return match addr {
             Some(addr) if !host.is_empty() => PingLine::Header { host, addr },

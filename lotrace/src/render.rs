@@ -89,7 +89,7 @@ pub fn detail(h: &Hop, meta: &Meta) -> Option<String> {
             } else if err != 0 {
                 format!("table {}: {}", h.aux2, errno_words(err as i64))
             } else {
-                format!("table {} → dev {}", h.aux2, route_dev(h))
+                format!("table {}, next hop dev {}", h.aux2, route_dev(h))
             })
         }
         Stage::Drop => Some(format!("dropped: {}", meta.drop_reason(h.aux))),
@@ -101,6 +101,9 @@ pub fn detail(h: &Hop, meta: &Meta) -> Option<String> {
         }
         Stage::Recvmsg | Stage::SockSendmsg if at_return => Some(format!("{} bytes", h.len)),
         Stage::CopyToUser => Some(format!("{} bytes", h.len)),
+        Stage::DevQueueXmit | Stage::LoopbackXmit if !at_return && h.aux != 0 => {
+            Some(format!("dev {}", xmit_dev(h)))
+        }
         _ => None,
     }
 }
@@ -118,6 +121,13 @@ pub fn errno_words(e: i64) -> String {
         _ => "error",
     };
     format!("{name} (error {e})")
+}
+
+/// The device a packet is transmitted on, carried in the event's aux.
+pub fn xmit_dev(h: &Hop) -> String {
+    let b = h.aux.to_le_bytes();
+    let end = b.iter().position(|&c| c == 0).unwrap_or(8);
+    String::from_utf8_lossy(&b[..end]).into_owned()
 }
 
 /// The device a route lookup chose, carried in the event's skb and aux.

@@ -131,8 +131,8 @@ pub struct Stats {
     pub total: Histogram,
     pub journeys: u64,
     pub incomplete: u64,
-    /// The devices the request's route lookups chose, with counts.
-    pub route_devs: BTreeMap<String, u64>,
+    /// The devices the requests were transmitted on, with counts.
+    pub xmit_devs: BTreeMap<String, u64>,
     /// Journeys per address family and per socket kind.
     pub families: BTreeMap<&'static str, u64>,
     pub sockets: BTreeMap<&'static str, u64>,
@@ -161,12 +161,12 @@ impl Stats {
         if let Some(h) = j
             .hops
             .iter()
-            .find(|h| h.leg == Leg::Request && h.stage == Stage::Route && h.len == 0)
-            && self.route_devs.len() < 64
+            .find(|h| h.leg == Leg::Request && h.stage == Stage::DevQueueXmit && h.aux != 0)
+            && self.xmit_devs.len() < 64
         {
             *self
-                .route_devs
-                .entry(crate::render::route_dev(h))
+                .xmit_devs
+                .entry(crate::render::xmit_dev(h))
                 .or_default() += 1;
         }
         for w in j.softirq.iter().flatten() {

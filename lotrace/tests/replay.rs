@@ -95,3 +95,30 @@ fn a_damaged_record_is_refused_in_one_line() {
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot open the record file"));
 }
+
+#[test]
+fn a_recorded_ksoftirqd_handoff_replays() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ksoftirqd.lotrace");
+    let out = lotrace(&["replay", "--format", "json", path.to_str().unwrap()]);
+    assert!(out.status.success());
+    let lines = json_lines(&out);
+    let handed: Vec<_> = journeys(&lines)
+        .into_iter()
+        .filter(|j| {
+            j["legs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|l| l["softirq"]["context"] == "ksoftirqd")
+        })
+        .collect();
+    assert_eq!(handed.len(), 2);
+    assert_eq!(handed[0]["icmp_seq"], 108);
+    let leg = &handed[0]["legs"][0];
+    assert_eq!(leg["softirq"]["comm"], "ksoftirqd/1");
+    assert!(leg["softirq"]["wait_ns"].as_u64().unwrap() > 0);
+    // The others ran inline on irq_exit in the busy task of CPU 1 (RPS).
+    let first = journeys(&lines)[0];
+    assert_eq!(first["legs"][0]["softirq"]["entered"], "irq_exit");
+    assert_eq!(summary(&lines)["softirq"]["ksoftirqd"], 3);
+}

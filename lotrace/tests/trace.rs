@@ -269,7 +269,8 @@ fn text_output_shows_timelines_and_the_summary() {
     assert!(text.contains("kernel RTT"));
     assert!(text.contains("lotrace summary: 2 journeys (0 incomplete)"));
     assert!(text.contains("where the time goes"));
-    assert!(text.contains("table 254 → dev lo") || text.contains("→ dev lo"));
+    assert!(text.contains("next hop dev lo"));
+    assert!(text.contains("(dev lo)"));
 }
 
 fn one_line_error(out: &std::process::Output, want: &str) {

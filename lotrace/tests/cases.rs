@@ -1,0 +1,480 @@
+//! Every way to reach "myself", traced for real on this host (as root):
+//! ::1, localhost, 0.0.0.0, a local non-loopback address, raw and datagram
+//! sockets, drops, a ksoftirqd handoff, and the extra outputs.
+
+mod common;
+
+use std::{
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::*;
+use serde_json::Value;
+
+fn require_root() {
+    assert!(
+        is_root(),
+        "the integration tests load eBPF programs: run them as root (cargo xtask test)"
+    );
+}
+
+fn sh(args: &[&str]) {
+    let st = Command::new(args[0])
+        .args(&args[1..])
+        .status()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(st.success(), "{args:?} failed");
+}
+
+/// A network namespace of this test's, removed on drop.
+struct Netns(String);
+
+impl Netns {
+    fn new(tag: &str) -> Netns {
+        let name = format!("lotrace-{tag}-{}", std::process::id());
+        sh(&["ip", "netns", "add", &name]);
+        let ns = Netns(name);
+        ns.exec(&["ip", "link", "set", "lo", "up"]);
+        ns
+    }
+
+    fn exec(&self, args: &[&str]) {
+        let mut all = vec!["ip", "netns", "exec", &self.0];
+        all.extend_from_slice(args);
+        sh(&all);
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+        let _ = std::fs::remove_dir_all(format!("/etc/netns/{}", self.0));
+    }
+}
+
+fn trace_json(args: &[&str]) -> (Vec<Value>, String) {
+    let mut all = vec!["trace", "--format", "json"];
+    all.extend_from_slice(args);
+    let out = lotrace(&all);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{all:?}: {err}");
+    (json_lines(&out), err)
+}
+
+fn events<'a>(j: &'a Value, leg: &str) -> Vec<&'a Value> {
+    j["legs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["leg"] == leg)
+        .flat_map(|l| l["events"].as_array().unwrap())
+        .collect()
+}
+
+fn detail(j: &Value, leg: &str, stage: &str) -> String {
+    events(j, leg)
+        .iter()
+        .find(|e| e["stage"] == stage)
+        .and_then(|e| e["detail"].as_str())
+        .unwrap_or("")
+        .to_string()
+}
+
+fn route_detail(j: &Value, leg: &str) -> String {
+    detail(j, leg, "route")
+}
+
+fn answered(lines: &[Value], n: usize, family: &str) {
+    let js = journeys(lines);
+    assert_eq!(js.len(), n, "{lines:?}");
+    for j in js {
+        assert_eq!(j["family"], family);
+        assert_eq!(j["outcome"]["kind"], "answered", "{j}");
+        assert_eq!(j["complete"], true, "missing {}", j["missing"]);
+        for leg in ["request", "reply"] {
+            assert_eq!(detail(j, leg, "dev_queue_xmit"), "dev lo", "{j}");
+            assert_eq!(detail(j, leg, "loopback_xmit"), "dev lo", "{j}");
+        }
+    }
+}
+
+#[test]
+fn ipv6_loopback() {
+    require_root();
+    let _k = kernel_lock();
+    let (lines, _) = trace_json(&["ping", "-c", "3", "-i", "0.2", "::1"]);
+    answered(&lines, 3, "ipv6");
+    let j = journeys(&lines)[0];
+    assert_eq!(j["target"], "::1");
+    // The IPv6 route lookup has its own tracepoint.
+    assert!(
+        events(j, "request")
+            .iter()
+            .any(|e| e["probe"] == "tracepoint:fib6:fib6_table_lookup")
+    );
+}
+
+#[test]
+fn localhost_says_where_its_address_comes_from() {
+    require_root();
+    let _k = kernel_lock();
+    let (lines, err) = trace_json(&["ping", "-c", "2", "-i", "0.2", "localhost"]);
+    assert!(err.contains("localhost resolves to"), "{err}");
+    assert!(err.contains("/etc/hosts"), "{err}");
+    let s = summary(&lines);
+    assert!(s["resolution"].as_str().unwrap().contains("/etc/hosts"));
+    let family = journeys(&lines)[0]["family"].as_str().unwrap().to_string();
+    answered(&lines, 2, &family);
+    // ping -6 localhost inside a namespace whose hosts file maps it to ::1.
+    let ns = Netns::new("hosts");
+    std::fs::create_dir_all(format!("/etc/netns/{}", ns.0)).unwrap();
+    std::fs::write(
+        format!("/etc/netns/{}/hosts", ns.0),
+        "127.0.0.1 localhost\n::1 localhost\n",
+    )
+    .unwrap();
+    let (lines, err) = trace_json(&[
+        "--netns",
+        &ns.0,
+        "ping",
+        "-6",
+        "-c",
+        "2",
+        "-i",
+        "0.2",
+        "localhost",
+    ]);
+    assert!(
+        err.contains(&format!("from /etc/netns/{}/hosts", ns.0)),
+        "{err}"
+    );
+    answered(&lines, 2, "ipv6");
+    assert_eq!(journeys(&lines)[0]["target"], "::1");
+}
+
+#[test]
+fn zero_address_is_routed_to_loopback() {
+    require_root();
+    let _k = kernel_lock();
+    let (lines, _) = trace_json(&["ping", "-c", "2", "-i", "0.2", "0.0.0.0"]);
+    answered(&lines, 2, "ipv4");
+}
+
+#[test]
+fn a_local_non_loopback_address_goes_through_lo() {
+    require_root();
+    let _k = kernel_lock();
+    let ns = Netns::new("local");
+    ns.exec(&[
+        "ip", "link", "add", "lt0", "type", "veth", "peer", "name", "lt1",
+    ]);
+    ns.exec(&["ip", "addr", "add", "10.200.0.1/24", "dev", "lt0"]);
+    ns.exec(&["ip", "link", "set", "lt0", "up"]);
+    let (lines, _) = trace_json(&[
+        "--netns",
+        &ns.0,
+        "ping",
+        "-c",
+        "2",
+        "-i",
+        "0.2",
+        "10.200.0.1",
+    ]);
+    // "Ping your own IP is the same as loopback": the address lives on
+    // lt0, whose route the lookup finds, but the packet is sent on lo.
+    answered(&lines, 2, "ipv4");
+    assert!(route_detail(journeys(&lines)[0], "request").ends_with("dev lt0"));
+    assert_eq!(summary(&lines)["netns"], ns.0.as_str());
+}
+
+#[test]
+fn raw_and_datagram_sockets_are_told_apart() {
+    require_root();
+    let _k = kernel_lock();
+    let (lines, _) = trace_json(&["ping", "-c", "2", "-i", "0.2", "127.0.0.1"]);
+    for j in journeys(&lines) {
+        assert_eq!(j["socket"], "raw");
+    }
+    let ns = Netns::new("dgram");
+    ns.exec(&["sysctl", "-qw", "net.ipv4.ping_group_range=0 2147483647"]);
+    let (lines, _) = trace_json(&[
+        "--netns",
+        &ns.0,
+        "ping",
+        "-c",
+        "2",
+        "-i",
+        "0.2",
+        "127.0.0.1",
+    ]);
+    answered(&lines, 2, "ipv4");
+    for j in journeys(&lines) {
+        assert_eq!(j["socket"], "datagram");
+        // The send's events, read with ping's own id, joined the packet's.
+        assert!(events(j, "request").iter().any(|e| e["stage"] == "sendto"));
+    }
+}
+
+#[test]
+fn drops_say_where_and_why() {
+    require_root();
+    let _k = kernel_lock();
+    let ns = Netns::new("drop");
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("drop.nft");
+    std::fs::write(
+        &rules,
+        "table inet lotrace {\n  chain input {\n    type filter hook input priority 0;\n    icmp type echo-request drop\n  }\n}\n",
+    )
+    .unwrap();
+    ns.exec(&["nft", "-f", rules.to_str().unwrap()]);
+    let out = lotrace(&[
+        "trace",
+        "--format",
+        "json",
+        "--netns",
+        &ns.0,
+        "ping",
+        "-c",
+        "1",
+        "-W",
+        "1",
+        "127.0.0.1",
+    ]);
+    let lines = json_lines(&out);
+    let js = journeys(&lines);
+    assert_eq!(js.len(), 1, "{lines:?}");
+    let o = &js[0]["outcome"];
+    assert_eq!(o["kind"], "dropped", "{}", js[0]);
+    assert_eq!(o["reason"], "NETFILTER_DROP");
+    assert_eq!(js[0]["complete"], true, "missing {}", js[0]["missing"]);
+    assert!(events(js[0], "reply").is_empty());
+
+    // No route at all: busybox's ping sends without probing first.
+    let out = lotrace(&[
+        "trace", "--format", "json", "--netns", &ns.0, "busybox", "ping", "-c", "1", "-W", "1",
+        "10.9.9.9",
+    ]);
+    let lines = json_lines(&out);
+    let js = journeys(&lines);
+    assert_eq!(js.len(), 1, "{lines:?}");
+    assert_eq!(js[0]["outcome"]["kind"], "no_route", "{}", js[0]);
+    assert!(route_detail(js[0], "request").contains("no matching route"));
+}
+
+/// Restores a sysctl on drop.
+struct Sysctl(&'static str, String);
+
+impl Sysctl {
+    fn set(key: &'static str, v: &str) -> Sysctl {
+        let path = format!("/proc/sys/{}", key.replace('.', "/"));
+        let old = std::fs::read_to_string(&path).unwrap().trim().to_string();
+        std::fs::write(&path, v).unwrap();
+        Sysctl(key, old)
+    }
+}
+
+impl Drop for Sysctl {
+    fn drop(&mut self) {
+        let _ = std::fs::write(format!("/proc/sys/{}", self.0.replace('.', "/")), &self.1);
+    }
+}
+
+/// Kills its children on drop.
+struct Load(Vec<std::process::Child>);
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The recipe in the README: in a namespace whose lo steers packets (RPS)
+/// to CPU 1, keep CPU 1 busy and flood it with pings from CPU 0, with NET_RX
+/// allowed one packet per round, so that softirq work overflows into
+/// ksoftirqd/1. Bounded: a few attempts of a few seconds.
+#[test]
+fn a_ksoftirqd_handoff_is_seen_for_real() {
+    require_root();
+    let _k = kernel_lock();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert!(cpus >= 2, "a handoff to another CPU needs two CPUs");
+    let ns = Netns::new("ksoft");
+    ns.exec(&[
+        "sh",
+        "-c",
+        "echo 2 > /sys/class/net/lo/queues/rx-0/rps_cpus",
+    ]);
+    let _b = Sysctl::set("net.core.netdev_budget", "1");
+    let _w = Sysctl::set("net.core.dev_weight", "1");
+    let mut found = None;
+    let start = Instant::now();
+    for _attempt in 0..4 {
+        let mut load = Load(Vec::new());
+        load.0.push(
+            Command::new("taskset")
+                .args([
+                    "-c",
+                    "1",
+                    "timeout",
+                    "20",
+                    "sh",
+                    "-c",
+                    "while :; do :; done",
+                ])
+                .spawn()
+                .unwrap(),
+        );
+        for _ in 0..8 {
+            load.0.push(
+                Command::new("ip")
+                    .args([
+                        "netns",
+                        "exec",
+                        &ns.0,
+                        "taskset",
+                        "-c",
+                        "0",
+                        "ping",
+                        "-q",
+                        "-f",
+                        "-c",
+                        "900000",
+                        "-w",
+                        "20",
+                        "127.0.0.1",
+                    ])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap(),
+            );
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        let (lines, _) = trace_json(&[
+            "--netns",
+            &ns.0,
+            "ping",
+            "-q",
+            "-c",
+            "300",
+            "-i",
+            "0.01",
+            "127.0.0.1",
+        ]);
+        drop(load);
+        let handed: Vec<Value> = journeys(&lines)
+            .into_iter()
+            .filter(|j| {
+                j["legs"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|l| l["softirq"]["context"] == "ksoftirqd")
+            })
+            .cloned()
+            .collect();
+        if !handed.is_empty() {
+            assert!(summary(&lines)["softirq"]["ksoftirqd"].as_u64().unwrap() > 0);
+            found = Some(handed[0].clone());
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(120));
+    }
+    let j = found.expect("no NET_RX handoff to ksoftirqd in 4 attempts");
+    let leg = j["legs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["softirq"]["context"] == "ksoftirqd")
+        .unwrap();
+    assert!(
+        leg["softirq"]["comm"]
+            .as_str()
+            .unwrap()
+            .starts_with("ksoftirqd/")
+    );
+    assert_eq!(leg["softirq"]["entered"], "ksoftirqd");
+    // Its receive events ran in the softirq thread.
+    assert!(
+        leg["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["stage"] == "netif_receive_skb" && e["context"] == "ksoftirqd")
+    );
+}
+
+#[test]
+fn explain_hist_and_perfetto() {
+    require_root();
+    let _k = kernel_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let pf = dir.path().join("trace.json");
+    let out = lotrace(&[
+        "trace",
+        "--explain",
+        "--lang",
+        "zh",
+        "--hist",
+        "--perfetto",
+        pf.to_str().unwrap(),
+        "ping",
+        "-c",
+        "2",
+        "-i",
+        "0.2",
+        "127.0.0.1",
+    ]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("↳ 回环驱动"), "{text}");
+    assert!(text.contains("latency histograms"));
+    let v: Value = serde_json::from_slice(&std::fs::read(&pf).unwrap()).unwrap();
+    let evs = v["traceEvents"].as_array().unwrap();
+    assert!(
+        evs.iter()
+            .any(|e| e["ph"] == "X" && e["name"] == "loopback_xmit")
+    );
+    assert_eq!(
+        evs.iter().filter(|e| e["ph"] == "s").count(),
+        2,
+        "a flow per ping"
+    );
+    let out = lotrace(&["trace", "--explain", "ping", "-c", "1", "127.0.0.1"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("↳ The loopback driver, a 'fake NIC'"));
+}
+
+#[test]
+fn compare_puts_the_targets_side_by_side() {
+    require_root();
+    let _k = kernel_lock();
+    let out = lotrace(&["compare", "-c", "2", "--format", "json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v = &json_lines(&out)[0];
+    let t = v["targets"].as_array().unwrap();
+    let names: Vec<&str> = t.iter().map(|c| c["target"].as_str().unwrap()).collect();
+    assert_eq!(names, ["127.0.0.1", "::1", "localhost", "0.0.0.0"]);
+    for c in t {
+        assert_eq!(c["journeys"], 2, "{c}");
+        assert_eq!(c["devices"]["lo"], 2, "{c}");
+    }
+    assert_eq!(t[1]["families"]["ipv6"], 2);
+    assert!(
+        t[2]["resolution"]
+            .as_str()
+            .unwrap()
+            .contains("localhost resolves to")
+    );
+    let text = lotrace(&["compare", "-c", "1", "127.0.0.1", "::1"]);
+    let s = String::from_utf8_lossy(&text.stdout);
+    assert!(s.contains("kernel RTT p50") && s.contains("sent on device"));
+}
