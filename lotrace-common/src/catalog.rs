@@ -662,6 +662,14 @@ pub mod maps {
     pub const CONFIG: &str = "CONFIG";
 }
 
+/// Slots of the per-CPU `LOST` map.
+pub mod counters {
+    /// Events that did not fit in the ring buffer.
+    pub const LOST_IDX: u32 = 0;
+    /// Events the probes tried to emit (received + lost).
+    pub const SUBMITTED_IDX: u32 = 1;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,6 +11,7 @@ use aya_ebpf::{
 use aya_log_ebpf::{info, warn};
 use lotrace_common::{
     Config, CpuState, Event, PktKey, ProbeId, Stage, TpField,
+    catalog::counters,
     event::{
         AF_INET, AF_INET6, FLAG_NET_RX, FLAG_PACKET, ICMP_ECHO, ICMP_ECHOREPLY, ICMPV6_ECHO_REPLY,
         ICMPV6_ECHO_REQUEST, IPPROTO_ICMP, IPPROTO_ICMPV6, NET_RX_SOFTIRQ, is_echo_reply,
@@ -26,9 +27,11 @@ static CONFIG: Config = Config::zeroed();
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 
-/// Failed ring-buffer reservations, per CPU.
+/// Per CPU: [LOST_IDX] failed ring-buffer reservations, [SUBMITTED_IDX]
+/// events the probes tried to emit, so that received + lost = submitted
+/// can be checked.
 #[map]
-static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
 
 #[map]
 static STATE: PerCpuArray<CpuState> = PerCpuArray::with_max_entries(1, 0);
@@ -201,8 +204,11 @@ fn emit<C: EbpfContext>(ctx: &C, key: &PktKey, e: Emit) {
     if key.valid != 0 {
         flags |= FLAG_PACKET;
     }
+    if let Some(n) = LOST.get_ptr_mut(counters::SUBMITTED_IDX) {
+        unsafe { *n += 1 };
+    }
     let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
-        if let Some(lost) = LOST.get_ptr_mut(0) {
+        if let Some(lost) = LOST.get_ptr_mut(counters::LOST_IDX) {
             let n = unsafe {
                 *lost += 1;
                 *lost

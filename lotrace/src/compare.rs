@@ -193,10 +193,10 @@ pub async fn run(opts: CompareOptions) -> Result<i32> {
             exit: f.code,
         });
     }
-    match opts.format {
-        Format::Text => print!("{}", text(&cols)),
-        Format::Json => println!("{}", json(&cols)),
-    }
+    crate::write_stdout(&match opts.format {
+        Format::Text => text(&cols),
+        Format::Json => format!("{}\n", json(&cols)),
+    })?;
     Ok(if cols.iter().all(|c| c.exit == 0) {
         0
     } else {

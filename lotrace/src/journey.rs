@@ -229,6 +229,9 @@ pub struct JourneyBuilder {
     /// Ids rewritten by a datagram socket: (family, ping's id, seq, thread)
     /// → the packet's id, for the send's events that come after.
     aliases: BTreeMap<(u8, u16, u16, u32), u16>,
+    /// Journeys opened by a send: (family, seq, thread) → their key, so a
+    /// datagram socket's packet finds its send without a scan.
+    sends: std::collections::HashMap<(u8, u16, u32), Key>,
     expected: Vec<Expected>,
     quiet_ns: u64,
     max_open: usize,
@@ -241,6 +244,7 @@ impl JourneyBuilder {
         JourneyBuilder {
             open: BTreeMap::new(),
             aliases: BTreeMap::new(),
+            sends: std::collections::HashMap::new(),
             expected,
             quiet_ns,
             max_open: 4096,
@@ -286,19 +290,24 @@ impl JourneyBuilder {
         if o.events.len() < 512 {
             o.events.push(ev);
         }
-        let mut out = Vec::new();
-        while self.open.len() > self.max_open {
-            let oldest = self
-                .open
-                .iter()
-                .min_by_key(|(_, o)| o.first_ts)
-                .map(|(k, _)| *k);
-            match oldest.and_then(|k| self.open.remove(&k)) {
-                Some(o) => out.push(self.build(o)),
-                None => break,
+        if ev.stage == Stage::Sendto as u8 && is_echo_request(ev.family, ev.icmp_type) {
+            if self.sends.len() >= 4096 {
+                self.sends.clear();
             }
+            self.sends.insert((key.0, key.2, ev.tid), key);
         }
-        out
+        if self.open.len() <= self.max_open {
+            return Vec::new();
+        }
+        // Over the bound: close the oldest eighth at once, so that a flood
+        // costs one pass per many events rather than one per event.
+        let mut by_age: Vec<(u64, Key)> = self.open.iter().map(|(k, o)| (o.first_ts, *k)).collect();
+        let n = (self.open.len() - self.max_open + self.max_open / 8).min(by_age.len());
+        if n < by_age.len() {
+            by_age.select_nth_unstable(n);
+        }
+        by_age.truncate(n);
+        self.close(by_age.into_iter().map(|(_, k)| k).collect())
     }
 
     /// An ICMP datagram socket replaces the id ping wrote with its own: the
@@ -314,17 +323,21 @@ impl JourneyBuilder {
         {
             return;
         }
-        let orphan = self.open.iter().find_map(|(k, o)| {
-            let sent_here = o
-                .events
-                .iter()
-                .any(|e| e.stage == Stage::Sendto as u8 && e.tid == ev.tid);
-            let has_packet = o
-                .events
-                .iter()
-                .any(|e| e.stage == Stage::DevQueueXmit as u8);
-            (k.0 == key.0 && k.2 == key.2 && k.1 != key.1 && sent_here && !has_packet).then_some(*k)
-        });
+        let orphan = self
+            .sends
+            .get(&(key.0, key.2, ev.tid))
+            .copied()
+            .filter(|k| k.1 != key.1)
+            .filter(|k| {
+                self.open.get(k).is_some_and(|o| {
+                    !o.events
+                        .iter()
+                        .any(|e| e.stage == Stage::DevQueueXmit as u8)
+                })
+            });
+        if orphan.is_some() {
+            self.sends.remove(&(key.0, key.2, ev.tid));
+        }
         if let Some(k) = orphan
             && let Some(mut o) = self.open.remove(&k)
         {

@@ -30,3 +30,12 @@ pub enum Format {
     /// JSON Lines: one object per journey, then one summary object.
     Json,
 }
+
+/// Writes to stdout, returning an error (a closed pipe is one) instead of
+/// panicking as `print!` does.
+pub fn write_stdout(s: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_all(s.as_bytes())?;
+    out.flush()
+}

@@ -15,7 +15,7 @@ use aya::{
 };
 use lotrace_common::{
     Config, ProbeId, Stage,
-    catalog::{Backend, PROBES, TP_FIELDS, maps},
+    catalog::{Backend, PROBES, TP_FIELDS, counters, maps},
 };
 
 use crate::{
@@ -388,10 +388,45 @@ impl Tracer {
     }
 
     /// Failed reservations so far, summed over CPUs.
-    pub fn lost_events(&self) -> Result<u64> {
+    fn counter(&self, idx: u32) -> Result<u64> {
         let lost: PerCpuArray<&MapData, u64> =
             PerCpuArray::try_from(self.ebpf.map(maps::LOST).context("LOST map missing")?)?;
-        Ok(lost.get(&0, 0)?.iter().sum())
+        Ok(lost.get(&idx, 0)?.iter().sum())
+    }
+
+    /// Events that did not fit in the ring buffer.
+    pub fn lost_events(&self) -> Result<u64> {
+        self.counter(counters::LOST_IDX)
+    }
+
+    /// Events the probes tried to emit: received + lost.
+    pub fn submitted_events(&self) -> Result<u64> {
+        self.counter(counters::SUBMITTED_IDX)
+    }
+
+    /// Times the kernel skipped one of our programs because another eBPF
+    /// program was already running on that CPU (an interrupt's softirq
+    /// arriving during a probe): those events never existed. The kernel
+    /// counts them per program (`recursion_misses` in the program's fdinfo;
+    /// kernels before 6.7 count them for fentry only). The wake-up probe
+    /// is left out: the ring buffer wakes lotrace itself from inside our
+    /// programs, so its misses are mostly those wake-ups, never a stage.
+    pub fn missed_runs(&self) -> u64 {
+        use std::os::fd::{AsFd, AsRawFd};
+        self.ebpf
+            .programs()
+            .filter(|(name, _)| !name.contains("sched_wakeup"))
+            .filter_map(|(_, p)| p.fd().ok())
+            .filter_map(|fd| {
+                let raw = fd.as_fd().as_raw_fd();
+                std::fs::read_to_string(format!("/proc/self/fdinfo/{raw}")).ok()
+            })
+            .filter_map(|info| {
+                info.lines()
+                    .find_map(|l| l.strip_prefix("recursion_misses:"))
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+            })
+            .sum()
     }
 
     pub fn flush_logs(&mut self) {

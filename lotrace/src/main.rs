@@ -56,7 +56,7 @@ impl Output {
 struct Probing {
     /// Size of the event ring buffer in bytes: a power of two, at least
     /// one page. Events that do not fit are counted as lost.
-    #[arg(long, value_name = "BYTES", default_value_t = 4 << 20, value_parser = parse_ring_size)]
+    #[arg(long, value_name = "BYTES", default_value_t = 16 << 20, value_parser = parse_ring_size)]
     ring_size: u32,
     /// Kernel BTF to read struct layouts from.
     #[arg(long, value_name = "PATH", default_value = VMLINUX_BTF)]
@@ -73,6 +73,10 @@ struct Probing {
     /// `ip netns list`); the probes see every namespace.
     #[arg(long, value_name = "NAME")]
     netns: Option<String>,
+    /// Under sudo, run the command as root too; by default it runs as the
+    /// user who invoked sudo (SUDO_UID/SUDO_GID).
+    #[arg(long)]
+    child_as_root: bool,
     /// Show the eBPF programs' diagnostics (aya-log) and lotrace's own.
     #[arg(short, long)]
     verbose: bool,
@@ -95,12 +99,7 @@ enum Cmd {
         #[arg(long, value_name = "FILE")]
         record: Option<PathBuf>,
         /// The command to trace and its arguments, e.g. `ping -c 5 127.0.0.1`.
-        #[arg(
-            required = true,
-            trailing_var_arg = true,
-            allow_hyphen_values = true,
-            value_name = "COMMAND"
-        )]
+        #[arg(required = true, trailing_var_arg = true, value_name = "COMMAND")]
         command: Vec<String>,
     },
     /// Trace a short ping to each TARGET and print the stage tables side by
@@ -163,6 +162,11 @@ fn options(
         ring_size: p.ring_size,
         btf: p.btf.clone(),
         verbose: p.verbose,
+        run_as: if p.child_as_root {
+            None
+        } else {
+            trace::sudo_user()
+        },
     }
 }
 
@@ -173,7 +177,10 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     let verbose = match &cli.command {
         Cmd::Trace { probing, .. } | Cmd::Compare { probing, .. } => probing.verbose,
         _ => false,
@@ -234,6 +241,34 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Help and version as clap prints them; a usage error in one line, like
+/// every other error.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        let _ = e.print();
+        return if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+            ExitCode::from(2)
+        } else {
+            ExitCode::SUCCESS
+        };
+    }
+    let text = e.render().to_string();
+    let first = text
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("bad arguments")
+        .trim()
+        .trim_start_matches("error: ");
+    eprintln!("lotrace: error: {first} (see `lotrace --help`)");
+    ExitCode::from(2)
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {

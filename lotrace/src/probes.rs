@@ -26,10 +26,11 @@ pub fn run(btf_path: &Path, format: Format) -> Result<i32> {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_string())
         .unwrap_or_default();
-    match format {
-        Format::Text => print!("{}", text(&caps, &plan, &kernel)),
-        Format::Json => println!("{}", json(&caps, &plan, &kernel)),
-    }
+    let out = match format {
+        Format::Text => text(&caps, &plan, &kernel),
+        Format::Json => format!("{}\n", json(&caps, &plan, &kernel)),
+    };
+    crate::write_stdout(&out)?;
     Ok(0)
 }
 

@@ -28,6 +28,12 @@ const TAG_TRAILER: u8 = 5;
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct Trailer {
     pub lost_events: u64,
+    /// Probe runs the kernel skipped (see `Tracer::missed_runs`).
+    #[serde(default)]
+    pub missed_runs: Option<u64>,
+    /// Events the probes tried to emit (received + lost).
+    #[serde(default)]
+    pub submitted_events: Option<u64>,
     /// The traced command's exit code, or the signal that ended it.
     pub exit: String,
 }
@@ -211,6 +217,7 @@ mod tests {
         w.finish(&Trailer {
             lost_events: 0,
             exit: "0".into(),
+            ..Default::default()
         })
         .unwrap()
     }

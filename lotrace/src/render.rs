@@ -40,10 +40,27 @@ pub fn explain(stage: Stage, lang: Lang) -> &'static str {
 }
 
 /// Everything the summary shows besides the statistics.
+#[derive(Default)]
 pub struct Totals {
     pub events: u64,
     pub lost: u64,
     pub discarded: u64,
+    /// Probe runs the kernel skipped; `None` when not known (a replay of
+    /// an older record).
+    pub missed: Option<u64>,
+    /// Events the probes tried to emit (received + lost).
+    pub submitted: Option<u64>,
+    /// lotrace's own CPU time and peak RSS, for a live trace.
+    pub usage: Option<Usage>,
+}
+
+/// What lotrace itself cost while the command ran (after the programs
+/// were loaded): CPU time and wall time, and its peak resident set.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Usage {
+    pub cpu_ns: u64,
+    pub max_rss_kb: u64,
+    pub wall_ns: u64,
 }
 
 /// 1234 → "1.23 µs".
@@ -311,14 +328,27 @@ pub fn summary_text(stats: &Stats, meta: &Meta, t: &Totals, style: Style) -> Str
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "\n═══ lotrace summary: {} journeys ({} incomplete), {} events, {} lost ═══",
-        stats.journeys, stats.incomplete, t.events, t.lost
+        "\n═══ lotrace summary: {} journeys ({} incomplete), {} events, {} lost{} ═══",
+        stats.journeys,
+        stats.incomplete,
+        t.events,
+        t.lost,
+        match t.missed {
+            Some(m) if m > 0 => format!(", {m} probe runs skipped by the kernel"),
+            _ => String::new(),
+        }
     );
     if t.lost > 0 {
         let _ = writeln!(
             s,
             "    {} events were lost (ring buffer full): journeys missing stages are marked incomplete; try a larger --ring-size",
             t.lost
+        );
+    }
+    if let Some(m) = t.missed.filter(|&m| m > 0) {
+        let _ = writeln!(
+            s,
+            "    the kernel skipped {m} probe runs (for any packet, traced or not): it does not run an eBPF program while another one runs on the same CPU, as when an interrupt's softirq arrives during a probe; what they would have seen is unknown, and journeys missing stages are marked incomplete"
         );
     }
     let _ = writeln!(
@@ -451,26 +481,66 @@ pub fn where_time_goes(stats: &Stats) -> String {
     s
 }
 
-fn hop_json(h: &Hop, meta: &Meta, style: Style) -> Value {
-    let mut v = json!({
-        "stage": h.stage.name(),
-        "at_return": h.probe.info().at_return,
-        "t_ns": h.t_ns,
-        "delta_ns": h.delta_ns,
-        "cpu": h.cpu,
-        "pid": h.pid,
-        "tgid": h.tgid,
-        "comm": h.comm,
-        "context": h.context.name(),
-        "probe": meta.probe_label(h.probe),
-    });
-    if let Some(d) = detail(h, meta) {
-        v["detail"] = json!(d);
+/// One event of a journey as JSON: written through serde's derive, not
+/// a `Value` tree, because floods render hundreds of thousands of them.
+#[derive(serde::Serialize)]
+struct HopOut<'a> {
+    stage: &'static str,
+    at_return: bool,
+    t_ns: i64,
+    delta_ns: u64,
+    cpu: u32,
+    pid: u32,
+    tgid: u32,
+    comm: &'a str,
+    context: &'static str,
+    probe: std::borrow::Cow<'a, str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    explain: Option<&'static str>,
+}
+
+fn hop_out<'a>(h: &'a Hop, meta: &'a Meta, style: Style) -> HopOut<'a> {
+    HopOut {
+        stage: h.stage.name(),
+        at_return: h.probe.info().at_return,
+        t_ns: h.t_ns,
+        delta_ns: h.delta_ns,
+        cpu: h.cpu,
+        pid: h.pid,
+        tgid: h.tgid,
+        comm: &h.comm,
+        context: h.context.name(),
+        probe: meta.probe_label_cow(h.probe),
+        detail: detail(h, meta),
+        explain: style.explain.map(|lang| explain(h.stage, lang)),
     }
-    if let Some(lang) = style.explain {
-        v["explain"] = json!(explain(h.stage, lang));
-    }
-    v
+}
+
+#[derive(serde::Serialize)]
+struct LegOut<'a> {
+    leg: &'static str,
+    softirq: Value,
+    events: Vec<HopOut<'a>>,
+}
+
+#[derive(serde::Serialize)]
+struct JourneyOut<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    icmp_seq: u16,
+    icmp_id: u16,
+    family: &'static str,
+    target: &'a Option<String>,
+    rtt_ns: Option<u64>,
+    ping_rtt_ns: Option<u64>,
+    total_ns: u64,
+    complete: bool,
+    socket: Option<&'static str>,
+    outcome: Value,
+    missing: Value,
+    legs: Vec<LegOut<'a>>,
 }
 
 fn softirq_json(s: &Option<SoftirqWhere>) -> Value {
@@ -487,34 +557,46 @@ fn softirq_json(s: &Option<SoftirqWhere>) -> Value {
     }
 }
 
-pub fn journey_json(d: &Done, meta: &Meta, style: Style) -> Value {
+fn journey_out<'a>(d: &'a Done, meta: &'a Meta, style: Style) -> JourneyOut<'a> {
     let j = &d.journey;
-    let legs: Vec<Value> = [Leg::Request, Leg::Reply]
+    let legs = [Leg::Request, Leg::Reply]
         .iter()
         .enumerate()
-        .map(|(i, &leg)| {
-            json!({
-                "leg": leg.name(),
-                "softirq": softirq_json(&j.softirq[i]),
-                "events": j.leg(leg).map(|h| hop_json(h, meta, style)).collect::<Vec<_>>(),
-            })
+        .map(|(i, &leg)| LegOut {
+            leg: leg.name(),
+            softirq: softirq_json(&j.softirq[i]),
+            events: j.leg(leg).map(|h| hop_out(h, meta, style)).collect(),
         })
         .collect();
-    json!({
-        "type": "journey",
-        "icmp_seq": j.icmp_seq,
-        "icmp_id": j.icmp_id,
-        "family": j.family_name(),
-        "target": meta.target,
-        "rtt_ns": j.rtt_ns,
-        "ping_rtt_ns": d.ping_rtt_ns,
-        "total_ns": j.total_ns,
-        "complete": j.complete(),
-        "socket": j.socket_name(),
-        "outcome": outcome_json(&j.outcome, meta),
-        "missing": j.missing.iter().map(|(l, s)| json!({"leg": l.map(|l| l.name()), "stage": s.name()})).collect::<Vec<_>>(),
-        "legs": legs,
-    })
+    JourneyOut {
+        kind: "journey",
+        icmp_seq: j.icmp_seq,
+        icmp_id: j.icmp_id,
+        family: j.family_name(),
+        target: &meta.target,
+        rtt_ns: j.rtt_ns,
+        ping_rtt_ns: d.ping_rtt_ns,
+        total_ns: j.total_ns,
+        complete: j.complete(),
+        socket: j.socket_name(),
+        outcome: outcome_json(&j.outcome, meta),
+        missing: j
+            .missing
+            .iter()
+            .map(|(l, s)| json!({"leg": l.map(|l| l.name()), "stage": s.name()}))
+            .collect(),
+        legs,
+    }
+}
+
+/// A journey as one line of JSON.
+pub fn journey_json_line(d: &Done, meta: &Meta, style: Style) -> String {
+    serde_json::to_string(&journey_out(d, meta, style)).expect("plain data serializes")
+}
+
+/// A journey as a JSON value (the same object as `journey_json_line`).
+pub fn journey_json(d: &Done, meta: &Meta, style: Style) -> Value {
+    serde_json::to_value(journey_out(d, meta, style)).expect("plain data serializes")
 }
 
 fn hist_json(h: &Histogram) -> Value {
@@ -558,6 +640,13 @@ pub fn summary_json(stats: &Stats, meta: &Meta, t: &Totals) -> Value {
         "incomplete": stats.incomplete,
         "events": t.events,
         "lost_events": t.lost,
+        "missed_runs": t.missed,
+        "submitted_events": t.submitted,
+        "lotrace": t.usage.map(|u| json!({
+            "cpu_ns": u.cpu_ns,
+            "max_rss_kb": u.max_rss_kb,
+            "wall_ns": u.wall_ns,
+        })),
         "discarded_events": t.discarded,
         "rtt": hist_json(&stats.rtt),
         "softirq": {"inline": stats.softirq_inline, "ksoftirqd": stats.softirq_ksoftirqd},
@@ -681,6 +770,7 @@ mod tests {
             events: 21,
             lost: 0,
             discarded: 0,
+            ..Default::default()
         };
         let v = summary_json(&st, &m, &t);
         assert_eq!(v["journeys"], 1);

@@ -43,6 +43,10 @@ pub fn run(
         };
         printer.journeys(&done, &meta)?;
     }
+    if let Some(t) = &rec.trailer {
+        session.missed = t.missed_runs;
+        session.submitted = t.submitted_events;
+    }
     let done = session.finish();
     printer.journeys(&done, &meta)?;
     printer.summary(&session, &meta)?;

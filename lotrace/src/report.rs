@@ -101,6 +101,14 @@ impl Meta {
     }
 
     /// The label of a probe in this trace (`kprobe:__dev_queue_xmit`).
+    pub fn probe_label_cow(&self, p: ProbeId) -> std::borrow::Cow<'_, str> {
+        let info = p.info();
+        match self.probes.iter().find(|r| r.program == info.program) {
+            Some(r) => std::borrow::Cow::Borrowed(r.probe.as_str()),
+            None => std::borrow::Cow::Owned(plan::nominal_label(info)),
+        }
+    }
+
     pub fn probe_label(&self, p: ProbeId) -> String {
         let info = p.info();
         self.probes

@@ -35,6 +35,12 @@ pub struct Session {
     pub resolved: Option<(String, String)>,
     pub events: u64,
     pub lost: u64,
+    /// Probe runs the kernel skipped, when known.
+    pub missed: Option<u64>,
+    /// Events the probes tried to emit, when known.
+    pub submitted: Option<u64>,
+    /// lotrace's own cost, for a live trace.
+    pub usage: Option<crate::render::Usage>,
 }
 
 impl Session {
@@ -46,6 +52,9 @@ impl Session {
             resolved: None,
             events: 0,
             lost: 0,
+            missed: None,
+            submitted: None,
+            usage: None,
         }
     }
 

@@ -43,6 +43,8 @@ pub struct TraceOptions {
     pub ring_size: u32,
     pub btf: PathBuf,
     pub verbose: bool,
+    /// Run the command with this uid and gid instead of lotrace's.
+    pub run_as: Option<(u32, u32)>,
 }
 
 impl TraceOptions {
@@ -60,8 +62,20 @@ impl TraceOptions {
             ring_size: self.ring_size,
             btf: self.btf.clone(),
             verbose: self.verbose,
+            run_as: self.run_as,
         }
     }
+}
+
+/// The user who invoked sudo, when lotrace runs as root through it.
+pub fn sudo_user() -> Option<(u32, u32)> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return None;
+    }
+    let uid: u32 = std::env::var("SUDO_UID").ok()?.parse().ok()?;
+    let gid: u32 = std::env::var("SUDO_GID").ok()?.parse().ok()?;
+    (uid != 0).then_some((uid, gid))
 }
 
 /// Finds `program` the way the shell would, so a missing command is
@@ -275,9 +289,11 @@ impl Printer {
             }
             match self.format {
                 Format::Text => write!(self.out, "{}", render::journey_text(d, meta, self.style))?,
-                Format::Json => {
-                    writeln!(self.out, "{}", render::journey_json(d, meta, self.style))?
-                }
+                Format::Json => writeln!(
+                    self.out,
+                    "{}",
+                    render::journey_json_line(d, meta, self.style)
+                )?,
             }
         }
         Ok(())
@@ -294,6 +310,9 @@ impl Printer {
             events: s.events,
             lost: s.lost,
             discarded: s.discarded(),
+            missed: s.missed,
+            submitted: s.submitted,
+            usage: s.usage,
         };
         match self.format {
             Format::Text => write!(
@@ -332,6 +351,7 @@ pub struct Finished {
 /// Runs the trace; `quiet` prints nothing (neither the command's output nor
 /// journeys nor the summary).
 pub async fn run_session(opts: TraceOptions, quiet: bool) -> Result<Finished> {
+    let started = std::time::Instant::now();
     let program = resolve_program(&opts.command[0])?;
     let netns = opts.netns.as_deref().map(open_netns).transpose()?;
     // Like `ip netns exec`, files in /etc/netns/NAME replace those in /etc
@@ -392,6 +412,7 @@ pub async fn run_session(opts: TraceOptions, quiet: bool) -> Result<Finished> {
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true);
+    let run_as = opts.run_as;
     let netns_fd = netns.as_ref().map(|f| {
         use std::os::fd::AsRawFd;
         f.as_raw_fd()
@@ -432,6 +453,19 @@ pub async fn run_session(opts: TraceOptions, quiet: bool) -> Result<Finished> {
                     }
                 }
             }
+            // Last, once the namespace and mounts that need root are set:
+            // the invoking user's identity. Changing it clears the death
+            // signal, so it is set again.
+            if let Some((uid, gid)) = run_as {
+                let groups = [gid];
+                if libc::setgroups(1, groups.as_ptr()) != 0
+                    || libc::setgid(gid) != 0
+                    || libc::setuid(uid) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            }
             Ok(())
         });
     }
@@ -442,6 +476,9 @@ pub async fn run_session(opts: TraceOptions, quiet: bool) -> Result<Finished> {
     let pid = child
         .id()
         .context("child exited before it could be traced")?;
+    // lotrace's cost is counted from here: loading the programs is not
+    // part of what tracing costs the traced command.
+    let base = self_usage(started);
     tracer.add_target(pid)?;
 
     let mut printer = Printer::new(opts.format, opts.style);
@@ -460,15 +497,11 @@ pub async fn run_session(opts: TraceOptions, quiet: bool) -> Result<Finished> {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
-                let rb = guard.get_inner_mut();
-                let mut done = Vec::new();
-                while let Some(item) = rb.next() {
-                    if let Some(e) = Event::from_bytes(&item) {
-                        if let Some(r) = recfile.as_mut() { r.record(&Record::Event(e))?; }
-                        done.extend(session.event(e));
-                    }
-                }
+                // The kernel signals only when the ring was empty, so the
+                // readiness is cleared before draining: a record committed
+                // during the drain wakes us again instead of being stranded.
                 guard.clear_ready();
+                let done = drain(guard.get_inner_mut(), &mut session, &mut recfile)?;
                 printer.journeys(&done, &meta)?;
             }
             line = lines.next_line(), if stdout_open => {
@@ -498,6 +531,8 @@ pub async fn run_session(opts: TraceOptions, quiet: bool) -> Result<Finished> {
                 kill_at = None;
             }
             _ = tick.tick() => {
+                let done = drain(ring.get_mut(), &mut session, &mut recfile)?;
+                printer.journeys(&done, &meta)?;
                 tracer.flush_logs();
                 let lost = tracer.lost_events().unwrap_or(last_lost);
                 if lost != last_lost {
@@ -531,22 +566,21 @@ pub async fn run_session(opts: TraceOptions, quiet: bool) -> Result<Finished> {
             _ = sleep_until(deadline) => stdout_open = false,
         }
     }
-    let rb = ring.get_mut();
-    let mut done = Vec::new();
-    while let Some(item) = rb.next() {
-        if let Some(e) = Event::from_bytes(&item) {
-            if let Some(r) = recfile.as_mut() {
-                r.record(&Record::Event(e))?;
-            }
-            done.extend(session.event(e));
-        }
-    }
+    let mut done = drain(ring.get_mut(), &mut session, &mut recfile)?;
     tracer.flush_logs();
     let lost = tracer.lost_events().unwrap_or(last_lost);
     if let Some(r) = recfile.as_mut() {
         r.record(&Record::Lost(lost))?;
     }
     session.record(&Record::Lost(lost));
+    session.missed = Some(tracer.missed_runs());
+    session.submitted = tracer.submitted_events().ok();
+    let end = self_usage(started);
+    session.usage = Some(render::Usage {
+        cpu_ns: end.cpu_ns.saturating_sub(base.cpu_ns),
+        max_rss_kb: end.max_rss_kb,
+        wall_ns: end.wall_ns.saturating_sub(base.wall_ns),
+    });
     done.extend(session.finish());
     printer.journeys(&done, &meta)?;
     printer.summary(&session, &meta)?;
@@ -554,6 +588,8 @@ pub async fn run_session(opts: TraceOptions, quiet: bool) -> Result<Finished> {
     if let Some(r) = recfile.take() {
         r.finish(&Trailer {
             lost_events: lost,
+            missed_runs: session.missed,
+            submitted_events: session.submitted,
             exit: exit.clone(),
         })?;
     }
@@ -570,6 +606,38 @@ pub async fn run_session(opts: TraceOptions, quiet: bool) -> Result<Finished> {
         session,
         meta,
     })
+}
+
+/// Takes every event in the ring into the session (and the record file);
+/// returns the journeys that closed.
+fn drain(
+    rb: &mut aya::maps::RingBuf<aya::maps::MapData>,
+    session: &mut Session,
+    recfile: &mut Option<RecordFile>,
+) -> Result<Vec<Done>> {
+    let mut done = Vec::new();
+    while let Some(item) = rb.next() {
+        if let Some(e) = Event::from_bytes(&item) {
+            if let Some(r) = recfile.as_mut() {
+                r.record(&Record::Event(e))?;
+            }
+            done.extend(session.event(e));
+        }
+    }
+    Ok(done)
+}
+
+/// lotrace's own CPU time (user + system) and peak RSS so far.
+fn self_usage(started: std::time::Instant) -> render::Usage {
+    // SAFETY: getrusage writes into the zeroed struct we own.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let tv = |t: libc::timeval| t.tv_sec as u64 * 1_000_000_000 + t.tv_usec as u64 * 1_000;
+    render::Usage {
+        cpu_ns: tv(ru.ru_utime) + tv(ru.ru_stime),
+        max_rss_kb: ru.ru_maxrss.max(0) as u64,
+        wall_ns: started.elapsed().as_nanos() as u64,
+    }
 }
 
 fn exit_words(s: ExitStatus) -> String {

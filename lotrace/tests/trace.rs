@@ -281,66 +281,7 @@ fn one_line_error(out: &std::process::Output, want: &str) {
     assert!(err.starts_with("lotrace: error: "), "{err}");
 }
 
-#[test]
-fn bad_input_fails_cleanly_and_leaves_nothing_attached() {
-    require_root();
-    let _k = kernel_lock();
-    let before = lotrace_programs();
-    one_line_error(
-        &lotrace(&["trace", "ping", "-c", "1", "no-such-host.invalid"]),
-        "unknown host no-such-host.invalid",
-    );
-    one_line_error(
-        &lotrace(&["trace", "no-such-command-lotrace", "x"]),
-        "command not found: no-such-command-lotrace",
-    );
-    // Fails after the programs are loaded: they must go.
-    one_line_error(
-        &lotrace(&[
-            "trace",
-            "--record",
-            "/nonexistent-dir/x.lotrace",
-            "ping",
-            "-c",
-            "1",
-            "127.0.0.1",
-        ]),
-        "cannot write the record file",
-    );
-    one_line_error(
-        &lotrace(&[
-            "trace",
-            "--btf",
-            "/nonexistent",
-            "ping",
-            "-c",
-            "1",
-            "127.0.0.1",
-        ]),
-        "no kernel BTF at /nonexistent",
-    );
-    // This host has neither kprobes nor fentry: a forced backend says so.
-    one_line_error(
-        &lotrace(&[
-            "trace",
-            "--backend",
-            "kprobe",
-            "ping",
-            "-c",
-            "1",
-            "127.0.0.1",
-        ]),
-        "--backend kprobe cannot observe",
-    );
-    let bad_flag = lotrace(&["trace", "--no-such-flag", "ping", "127.0.0.1"]);
-    assert!(!bad_flag.status.success());
-    let after = lotrace_programs();
-    assert!(
-        after.is_subset(&before),
-        "left loaded: {:?}",
-        after.difference(&before)
-    );
-}
+// Bad input of every kind: tests/robust.rs.
 
 #[test]
 fn not_root_is_refused_in_one_line() {

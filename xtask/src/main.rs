@@ -9,6 +9,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod matrix;
 mod vm;
 
@@ -73,9 +74,23 @@ enum Cmd {
         args: Vec<String>,
     },
     /// The whole test suite: formatting, clippy, unit tests, the
-    /// integration tests that trace real pings (as root), and the kernel
-    /// matrix under qemu.
+    /// integration tests that trace real pings (as root), the fuzz target
+    /// for a bounded time, and the kernel matrix under qemu.
     Test,
+    /// What tracing costs: interleaved rounds of a ping flood untraced,
+    /// under lotrace and under a counting-only bpftrace on the same probes;
+    /// then a long traced flood to watch lotrace's memory (as root).
+    Bench {
+        /// Pings per run.
+        #[arg(long, default_value_t = 20000)]
+        count: u32,
+        /// Rounds of each configuration.
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+        /// Pings in the long memory run (0 skips it).
+        #[arg(long, default_value_t = 1_000_000)]
+        long: u32,
+    },
 }
 
 fn main() -> ExitCode {
@@ -86,6 +101,15 @@ fn main() -> ExitCode {
         Cmd::Run { args } => run(args),
         Cmd::Vm { kernel, args } => vm_run(&kernel, args),
         Cmd::Test => test().map(|_| 0),
+        Cmd::Bench {
+            count,
+            rounds,
+            long,
+        } => bench_run(bench::BenchOptions {
+            count,
+            rounds,
+            long,
+        }),
     };
     match r {
         Ok(code) => ExitCode::from(code),
@@ -269,6 +293,70 @@ fn run(args: Vec<OsString>) -> Result<u8> {
     Ok(st.code().unwrap_or(1).clamp(0, 255) as u8)
 }
 
+fn bench_run(o: bench::BenchOptions) -> Result<u8> {
+    setup()?;
+    install_packages(&[("bpftrace", "bpftrace", "the benchmark's peer tracer")])?;
+    if !is_root() {
+        bail!("the benchmark loads eBPF programs: run `cargo xtask bench` as root");
+    }
+    if o.rounds == 0 || o.count == 0 {
+        bail!("--rounds and --count must be at least 1");
+    }
+    let bin = build()?;
+    bench::run(&bin, &o)?;
+    Ok(0)
+}
+
+/// How long `test` fuzzes the record decoder.
+const FUZZ_SECONDS: u32 = 45;
+
+/// Fuzzes the record decoder (and the journeys and renderings a decoded
+/// file produces) for a bounded time, seeded with the test fixtures.
+fn fuzz_record(seconds: u32) -> Result<()> {
+    let nightly_ok = Command::new("rustup")
+        .args(["run", "nightly", "rustc", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !nightly_ok {
+        println!("xtask: installing the nightly Rust toolchain (cargo fuzz needs it)");
+        status(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))?;
+    }
+    let has_fuzz = Command::new("cargo")
+        .args(["+nightly", "fuzz", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_fuzz {
+        println!("xtask: installing cargo-fuzz (fuzzes the record decoder)");
+        status(Command::new("cargo").args(["+nightly", "install", "cargo-fuzz", "--locked"]))?;
+    }
+    let ws = workspace();
+    let corpus = ws.join("target/fuzz/corpus");
+    let artifacts = ws.join("target/fuzz/artifacts");
+    std::fs::create_dir_all(&corpus)?;
+    std::fs::create_dir_all(&artifacts)?;
+    println!("xtask: fuzzing the record decoder for {seconds} s");
+    status(
+        Command::new("cargo")
+            .current_dir(&ws)
+            .args(["+nightly", "fuzz", "run", "record"])
+            .arg(&corpus)
+            .arg(ws.join("lotrace/tests/fixtures"))
+            .arg("--")
+            .arg(format!("-max_total_time={seconds}"))
+            .arg(format!("-artifact_prefix={}/", artifacts.display()))
+            .arg("-print_final_stats=1"),
+    )
+    .context(
+        "the fuzzer found an input that crashes the record decoder (see target/fuzz/artifacts)",
+    )
+}
+
 fn vm_run(kernel: &str, args: Vec<String>) -> Result<u8> {
     setup()?;
     install_packages(VM_PACKAGES)?;
@@ -298,6 +386,7 @@ fn test() -> Result<()> {
     ]))?;
     println!("xtask: unit and integration tests");
     status(cargo().args(["test", "--workspace"]))?;
+    fuzz_record(FUZZ_SECONDS)?;
     let bin = build()?;
     for series in vm::SERIES {
         println!(

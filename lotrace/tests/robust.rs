@@ -1,0 +1,361 @@
+//! Robustness, as root on this kernel: signals at any moment leave nothing
+//! attached and no orphaned child; a tiny ring buffer loses events that are
+//! counted exactly; every bad input gives one line and a non-zero exit.
+
+mod common;
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::*;
+use serde_json::Value;
+
+fn require_root() {
+    assert!(
+        is_root(),
+        "the robustness tests load eBPF programs: run them as root (cargo xtask test)"
+    );
+}
+
+/// Direct children of `pid`.
+fn children(pid: u32) -> Vec<u32> {
+    let path = format!("/proc/{pid}/task/{pid}/children");
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+fn alive(pid: u32) -> bool {
+    // A zombie is gone for our purpose: it runs nothing.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit_once(") ")
+                .is_some_and(|(_, rest)| !rest.starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+/// Waits (bounded) until `f` holds.
+fn eventually(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Starts an unbounded ping under lotrace and waits for its first journey;
+/// returns lotrace, ping's pid and the first journey's line.
+fn start_tracing(env: &[(&str, &str)]) -> (Child, u32, BufReader<std::process::ChildStdout>) {
+    let mut child = Command::new(BIN)
+        .envs(env.iter().copied())
+        .args([
+            "trace",
+            "--format",
+            "json",
+            "ping",
+            "-i",
+            "0.05",
+            "-w",
+            "60",
+            "127.0.0.1",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    // The first journey proves the probes are attached and events flow.
+    let start = Instant::now();
+    loop {
+        line.clear();
+        assert!(out.read_line(&mut line).unwrap() > 0, "lotrace ended early");
+        if line.contains("\"type\":\"journey\"") {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30));
+    }
+    let ping = children(child.id());
+    assert_eq!(ping.len(), 1, "one child: {ping:?}");
+    (child, ping[0], out)
+}
+
+#[test]
+fn signals_leave_nothing_attached_and_no_orphan() {
+    require_root();
+    let _k = kernel_lock();
+    let before = lotrace_programs();
+    for (sig, name) in [
+        (libc::SIGINT, "SIGINT"),
+        (libc::SIGTERM, "SIGTERM"),
+        (libc::SIGKILL, "SIGKILL"),
+    ] {
+        let (mut child, ping, mut out) = start_tracing(&[]);
+        assert!(lotrace_programs().len() > before.len(), "{name}: attached");
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(child.id() as i32, sig) };
+        let mut rest = String::new();
+        let _ = std::io::Read::read_to_string(&mut out, &mut rest);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break st;
+            }
+            assert!(Instant::now() < deadline, "{name}: lotrace did not stop");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        eventually(
+            &format!("{name}: ping {ping} to stop"),
+            Duration::from_secs(5),
+            || !alive(ping),
+        );
+        if sig != libc::SIGKILL {
+            // Forwarded to ping, which ends normally; the summary follows.
+            assert!(status.success(), "{name}: {status:?}");
+            assert!(rest.contains("\"type\":\"summary\""), "{name}: no summary");
+        }
+        eventually(
+            &format!("{name}: programs to go"),
+            Duration::from_secs(5),
+            || lotrace_programs().is_subset(&before),
+        );
+    }
+}
+
+#[test]
+fn the_child_ending_ends_the_trace_with_a_summary() {
+    require_root();
+    let _k = kernel_lock();
+    // A command that crashes: its signal becomes lotrace's exit status.
+    let out = lotrace(&["trace", "--format", "json", "sh", "-c", "kill -SEGV $$"]);
+    assert_eq!(out.status.code(), Some(128 + libc::SIGSEGV));
+    let lines = json_lines(&out);
+    assert_eq!(summary(&lines)["journeys"], 0);
+}
+
+#[test]
+fn a_tiny_ring_loses_events_counted_exactly() {
+    require_root();
+    let _k = kernel_lock();
+    let out = lotrace(&[
+        "trace",
+        "--format",
+        "json",
+        "--ring-size",
+        "4096",
+        "ping",
+        "-q",
+        "-f",
+        "-c",
+        "3000",
+        "127.0.0.1",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines = json_lines(&out);
+    let s = summary(&lines);
+    let lost = s["lost_events"].as_u64().unwrap();
+    let events = s["events"].as_u64().unwrap();
+    assert!(lost > 0, "a one-page ring must overflow under a flood");
+    // Every event the probes produced was either received or counted lost.
+    assert_eq!(events + lost, s["submitted_events"].as_u64().unwrap());
+    let js = journeys(&lines);
+    assert!(s["incomplete"].as_u64().unwrap() > 0);
+    for j in &js {
+        if j["complete"] == true {
+            assert!(j["missing"].as_array().unwrap().is_empty());
+        } else {
+            assert!(!j["missing"].as_array().unwrap().is_empty(), "{j}");
+        }
+        // Whatever was seen is in time order and adds up: never wrong.
+        let mut last = 0i64;
+        let mut sum = 0u64;
+        for leg in j["legs"].as_array().unwrap() {
+            for e in leg["events"].as_array().unwrap() {
+                sum += e["delta_ns"].as_u64().unwrap();
+            }
+        }
+        let mut all: Vec<&Value> = j["legs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|l| l["events"].as_array().unwrap())
+            .collect();
+        all.sort_by_key(|e| e["t_ns"].as_i64().unwrap());
+        for e in &all {
+            let t = e["t_ns"].as_i64().unwrap();
+            assert!(t >= last);
+            last = t;
+        }
+        assert_eq!(sum, j["total_ns"].as_u64().unwrap(), "{j}");
+        assert!((1..=3000).contains(&j["icmp_seq"].as_u64().unwrap()));
+    }
+}
+
+/// One line on stderr, starting `lotrace: error: `, and a non-zero exit.
+fn one_line_error(args: &[&str], want: &str) {
+    let out = lotrace(args);
+    assert!(!out.status.success(), "{args:?}: expected a failure");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        err.trim_end().lines().count(),
+        1,
+        "{args:?}: one line, got: {err}"
+    );
+    assert!(err.starts_with("lotrace: error: "), "{args:?}: {err}");
+    assert!(err.contains(want), "{args:?}: expected {want:?} in: {err}");
+}
+
+#[test]
+fn bad_inputs_each_give_one_line() {
+    require_root();
+    let _k = kernel_lock();
+    let before = lotrace_programs();
+    let unwritable = "/proc/lotrace-cannot-write-here";
+    let table: &[(&[&str], &str)] = &[
+        (
+            &["trace", "ping", "-c", "1", "no-such-host.invalid"],
+            "unknown host no-such-host.invalid",
+        ),
+        (
+            &["trace", "--no-such-flag", "ping", "127.0.0.1"],
+            "'--no-such-flag'",
+        ),
+        (&["trace", "--format", "xml", "ping", "127.0.0.1"], "'xml'"),
+        (
+            &["trace", "--ring-size", "1000", "ping", "127.0.0.1"],
+            "power of two",
+        ),
+        (&["nonsense"], "'nonsense'"),
+        (
+            &["trace", "no-such-command-lotrace"],
+            "command not found: no-such-command-lotrace",
+        ),
+        (
+            &[
+                "trace",
+                "--btf",
+                "/nonexistent",
+                "ping",
+                "-c",
+                "1",
+                "127.0.0.1",
+            ],
+            "no kernel BTF at /nonexistent",
+        ),
+        (
+            &[
+                "trace",
+                "--record",
+                &format!("{unwritable}/x"),
+                "ping",
+                "-c",
+                "1",
+                "127.0.0.1",
+            ],
+            "cannot write the record file",
+        ),
+        (
+            &[
+                "trace",
+                "--perfetto",
+                &format!("{unwritable}/x"),
+                "ping",
+                "-c",
+                "1",
+                "127.0.0.1",
+            ],
+            "cannot write the Perfetto trace",
+        ),
+        (
+            &[
+                "trace",
+                "--netns",
+                "lotrace-no-such-ns",
+                "ping",
+                "-c",
+                "1",
+                "127.0.0.1",
+            ],
+            "no network namespace lotrace-no-such-ns",
+        ),
+        // This host has neither kprobes nor fentry: a function it cannot
+        // probe makes a forced backend fail.
+        (
+            &[
+                "trace",
+                "--backend",
+                "fentry",
+                "ping",
+                "-c",
+                "1",
+                "127.0.0.1",
+            ],
+            "--backend fentry cannot observe",
+        ),
+        (
+            &["replay", "/nonexistent.lotrace"],
+            "cannot open the record file",
+        ),
+    ];
+    for (args, want) in table {
+        one_line_error(args, want);
+    }
+    // The kernel frees a closed program asynchronously: wait, bounded.
+    eventually("programs to go", Duration::from_secs(5), || {
+        lotrace_programs().is_subset(&before)
+    });
+}
+
+#[test]
+fn under_sudo_the_command_runs_as_the_invoking_user() {
+    require_root();
+    let _k = kernel_lock();
+    let sudo = [("SUDO_UID", "65534"), ("SUDO_GID", "65534")];
+    let ids = |extra: &[&str]| {
+        let mut args = vec!["trace", "--format", "json"];
+        args.extend_from_slice(extra);
+        args.extend(["sh", "-c", "id -u; id -g"]);
+        let out = Command::new(BIN).envs(sudo).args(&args).output().unwrap();
+        assert!(out.status.success());
+        // In JSON mode the command's own output goes to stderr.
+        String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .map(String::from)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(ids(&[]), ["65534", "65534"]);
+    assert_eq!(ids(&["--child-as-root"]), ["0", "0"]);
+
+    // ping still works as that user (its file capability), is traced, and
+    // does not outlive a killed lotrace. The kernel clears the death signal
+    // when ping gains its capability, so what stops it here is its next
+    // write to the closed pipe.
+    let before = lotrace_programs();
+    let (mut child, ping, _out) = start_tracing(&sudo);
+    let uid = std::fs::read_to_string(format!("/proc/{ping}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("Uid:")
+                .map(|v| v.split_whitespace().next().unwrap().to_string())
+        })
+        .unwrap();
+    assert_eq!(uid, "65534");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    drop(_out);
+    eventually("ping to stop", Duration::from_secs(5), || !alive(ping));
+    eventually("programs to go", Duration::from_secs(5), || {
+        lotrace_programs().is_subset(&before)
+    });
+}

@@ -1,0 +1,510 @@
+//! `cargo xtask bench`: what tracing costs the packets it measures.
+//!
+//! Interleaved rounds of the same ping flood untraced, under lotrace and
+//! under a bpftrace script attached to the same probes that only counts
+//! them; each round also runs an adaptive ping (`-A`), which prints every
+//! reply's RTT, for the distribution. Then one long traced flood samples
+//! lotrace's RSS to show it stays flat.
+
+use std::{
+    io::{BufRead, BufReader, Read},
+    path::Path,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use serde_json::Value;
+
+pub struct BenchOptions {
+    pub count: u32,
+    pub rounds: u32,
+    pub long: u32,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mode {
+    Untraced,
+    Lotrace,
+    Bpftrace,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Untraced => "untraced",
+            Mode::Lotrace => "lotrace",
+            Mode::Bpftrace => "bpftrace (count only)",
+        }
+    }
+}
+
+/// One configuration in one round.
+#[derive(Default, Debug, Clone)]
+struct Sample {
+    /// Flood: wall time per ping (ns), the flood's cycle time.
+    flood_ns_per_ping: f64,
+    /// Flood: ping's own mean RTT (µs, 1 µs resolution).
+    flood_avg_us: f64,
+    /// Adaptive: mean and p99 of the RTTs ping printed (ns).
+    mean_ns: f64,
+    p99_ns: f64,
+    /// Tracer side, both runs together.
+    events: u64,
+    lost: u64,
+    tracer_cpu_ns: u64,
+    tracer_wall_ns: u64,
+    tracer_rss_kb: u64,
+}
+
+/// The probes `lotrace trace` attaches by default on this kernel, as
+/// bpftrace names them.
+fn bpftrace_probes(lotrace: &Path) -> Result<Vec<String>> {
+    let out = Command::new(lotrace)
+        .args(["probes", "--format", "json"])
+        .output()
+        .context("running lotrace probes")?;
+    let v: Value = serde_json::from_slice(&out.stdout).context("lotrace probes JSON")?;
+    let mut probes = Vec::new();
+    for st in v["stages"].as_array().context("stages")? {
+        for c in st["candidates"].as_array().context("candidates")? {
+            if c["chosen"] != true {
+                continue;
+            }
+            let p = c["probe"].as_str().context("probe")?;
+            let p = p
+                .replacen("fentry:", "kfunc:", 1)
+                .replacen("fexit:", "kretfunc:", 1);
+            if !probes.contains(&p) {
+                probes.push(p);
+            }
+        }
+    }
+    if probes.is_empty() {
+        bail!("lotrace probes chose no probe on this kernel");
+    }
+    Ok(probes)
+}
+
+fn parse_flood(text: &str, n: u32, wall: Duration) -> Result<(f64, f64)> {
+    let avg = text
+        .lines()
+        .find_map(|l| l.split_once("rtt min/avg/max/mdev = "))
+        .and_then(|(_, r)| r.split('/').nth(1)?.parse::<f64>().ok())
+        .context("no rtt line in ping's output")?;
+    let received = text
+        .lines()
+        .find_map(|l| l.split_once(" received,"))
+        .and_then(|(a, _)| a.rsplit(", ").next()?.parse::<u32>().ok())
+        .unwrap_or(0);
+    if received != n {
+        bail!("the flood lost pings: {received} of {n} answered");
+    }
+    Ok((wall.as_nanos() as f64 / n as f64, avg * 1000.0))
+}
+
+/// Mean and p99 (ns) of the `time=` values ping printed.
+fn parse_adaptive(text: &str) -> Result<(f64, f64)> {
+    let mut t: Vec<f64> = text
+        .lines()
+        .filter_map(|l| l.split_once("time=")?.1.split(' ').next()?.parse().ok())
+        .map(|ms: f64| ms * 1e6)
+        .collect();
+    if t.is_empty() {
+        bail!("no RTTs in ping's output");
+    }
+    t.sort_by(f64::total_cmp);
+    let mean = t.iter().sum::<f64>() / t.len() as f64;
+    let p99 = t[((t.len() as f64 * 0.99).ceil() as usize).clamp(1, t.len()) - 1];
+    Ok((mean, p99))
+}
+
+fn ping_args(flood: bool, n: u32) -> Vec<String> {
+    let mut a = vec!["ping".to_string()];
+    if flood {
+        a.extend(["-q", "-f"].map(String::from));
+    } else {
+        a.push("-A".into());
+    }
+    a.extend(["-c".into(), n.to_string(), "127.0.0.1".into()]);
+    a
+}
+
+/// Runs the ping directly; returns its output and wall time.
+fn run_ping(flood: bool, n: u32) -> Result<(String, Duration)> {
+    let args = ping_args(flood, n);
+    let start = Instant::now();
+    let out = Command::new(&args[0])
+        .args(&args[1..])
+        .output()
+        .context("running ping")?;
+    let wall = start.elapsed();
+    if !out.status.success() {
+        bail!("{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok((String::from_utf8_lossy(&out.stdout).into_owned(), wall))
+}
+
+/// Runs the ping under lotrace (JSON to stdout, ping's lines to stderr);
+/// returns ping's output, lotrace's summary and ping's wall time as
+/// lotrace measured it.
+fn run_lotrace(lotrace: &Path, flood: bool, n: u32) -> Result<(String, Value, Duration)> {
+    let args = ping_args(flood, n);
+    let out = Command::new(lotrace)
+        .args(["trace", "--format", "json"])
+        .args(&args)
+        .output()
+        .context("running lotrace")?;
+    if !out.status.success() {
+        bail!("lotrace failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let summary = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["type"] == "summary")
+        .context("no summary from lotrace")?;
+    let text = String::from_utf8_lossy(&out.stderr).into_owned();
+    // ping's own clock: the flood's "time" is what it spent pinging,
+    // without lotrace's start-up (loading the programs) or shutdown.
+    let ping_ms = text
+        .lines()
+        .find_map(|l| l.rsplit_once(", time "))
+        .and_then(|(_, t)| t.trim_end_matches("ms").parse::<u64>().ok())
+        .context("no time in ping's summary")?;
+    Ok((text, summary, Duration::from_millis(ping_ms)))
+}
+
+/// ping's own elapsed time for the untraced run, on the same clock.
+fn ping_time(text: &str) -> Result<Duration> {
+    text.lines()
+        .find_map(|l| l.rsplit_once(", time "))
+        .and_then(|(_, t)| t.trim_end_matches("ms").parse::<u64>().ok())
+        .map(Duration::from_millis)
+        .context("no time in ping's summary")
+}
+
+struct Bpftrace {
+    child: std::process::Child,
+}
+
+impl Bpftrace {
+    fn start(probes: &[String]) -> Result<Bpftrace> {
+        let script = format!("{} {{ @[probe] = count(); }}", probes.join(",\n"));
+        let mut child = Command::new("bpftrace")
+            .args(["-e", &script])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("running bpftrace")?;
+        let mut out = BufReader::new(child.stdout.take().context("stdout")?);
+        let mut line = String::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            line.clear();
+            if out.read_line(&mut line)? == 0 {
+                let mut err = String::new();
+                let _ = child.stderr.take().map(|mut e| e.read_to_string(&mut err));
+                bail!("bpftrace ended before attaching: {}", err.trim());
+            }
+            if line.starts_with("Attaching") {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("bpftrace did not attach within 60 s");
+            }
+        }
+        // "Attaching" is printed before the probes are: give it time.
+        std::thread::sleep(Duration::from_secs(2));
+        child.stdout = Some(out.into_inner());
+        Ok(Bpftrace { child })
+    }
+
+    /// Stops it; returns how many probe hits it counted, its CPU time and
+    /// peak RSS.
+    fn stop(mut self) -> Result<(u64, u64, u64)> {
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let mut text = String::new();
+        if let Some(mut o) = self.child.stdout.take() {
+            o.read_to_string(&mut text)?;
+        }
+        let (cpu, rss) = reap(self.child.id())?;
+        let hits = text
+            .lines()
+            .filter_map(|l| l.rsplit_once(": ")?.1.trim().parse::<u64>().ok())
+            .sum();
+        Ok((hits, cpu, rss))
+    }
+}
+
+/// CPU time (user + system) of a live process so far, from /proc.
+fn proc_cpu_ns(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(") ")?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // Fields 14 and 15 of stat(5), counted after the command name.
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Some(ticks * 1_000_000_000 / hz)
+}
+
+/// Waits for a child with wait4, returning its CPU time (ns) and peak RSS.
+fn reap(pid: u32) -> Result<(u64, u64)> {
+    let mut status = 0;
+    // SAFETY: rusage is plain data the kernel fills.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::wait4(pid as i32, &mut status, 0, &mut ru) };
+    if r < 0 {
+        bail!("wait4: {}", std::io::Error::last_os_error());
+    }
+    let tv = |t: libc::timeval| t.tv_sec as u64 * 1_000_000_000 + t.tv_usec as u64 * 1_000;
+    Ok((
+        tv(ru.ru_utime) + tv(ru.ru_stime),
+        ru.ru_maxrss.max(0) as u64,
+    ))
+}
+
+fn sample(mode: Mode, lotrace: &Path, probes: &[String], n: u32) -> Result<Sample> {
+    let mut s = Sample::default();
+    match mode {
+        Mode::Untraced => {
+            let (text, _) = run_ping(true, n)?;
+            let wall = ping_time(&text)?;
+            (s.flood_ns_per_ping, s.flood_avg_us) = parse_flood(&text, n, wall)?;
+            let (text, _) = run_ping(false, n)?;
+            (s.mean_ns, s.p99_ns) = parse_adaptive(&text)?;
+        }
+        Mode::Lotrace => {
+            let (text, sum, wall) = run_lotrace(lotrace, true, n)?;
+            (s.flood_ns_per_ping, s.flood_avg_us) = parse_flood(&text, n, wall)?;
+            let (text2, sum2, _) = run_lotrace(lotrace, false, n)?;
+            (s.mean_ns, s.p99_ns) = parse_adaptive(&text2)?;
+            for v in [&sum, &sum2] {
+                s.events += v["events"].as_u64().unwrap_or(0);
+                s.lost += v["lost_events"].as_u64().unwrap_or(0);
+                s.tracer_cpu_ns += v["lotrace"]["cpu_ns"].as_u64().unwrap_or(0);
+                s.tracer_wall_ns += v["lotrace"]["wall_ns"].as_u64().unwrap_or(0);
+                s.tracer_rss_kb = s
+                    .tracer_rss_kb
+                    .max(v["lotrace"]["max_rss_kb"].as_u64().unwrap_or(0));
+            }
+        }
+        Mode::Bpftrace => {
+            let bt = Bpftrace::start(probes)?;
+            let started = Instant::now();
+            let cpu0 = proc_cpu_ns(bt.child.id()).unwrap_or(0);
+            let flood = run_ping(true, n);
+            let adaptive = run_ping(false, n);
+            let cpu = proc_cpu_ns(bt.child.id()).unwrap_or(0).saturating_sub(cpu0);
+            let wall = started.elapsed();
+            let (hits, _, rss) = bt.stop()?;
+            let (text, _) = flood?;
+            let ping_wall = ping_time(&text)?;
+            (s.flood_ns_per_ping, s.flood_avg_us) = parse_flood(&text, n, ping_wall)?;
+            (s.mean_ns, s.p99_ns) = parse_adaptive(&adaptive?.0)?;
+            s.events = hits;
+            s.tracer_cpu_ns = cpu;
+            s.tracer_wall_ns = wall.as_nanos() as u64;
+            s.tracer_rss_kb = rss;
+        }
+    }
+    Ok(s)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v[v.len() / 2]
+}
+
+/// VmRSS of a process, kB.
+fn rss_kb(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// A long traced flood, its RSS sampled every second.
+fn long_run(lotrace: &Path, n: u32) -> Result<(Vec<u64>, Value)> {
+    let mut child = Command::new(lotrace)
+        .args(["trace", "--format", "json"])
+        .args(ping_args(true, n))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("running lotrace")?;
+    let pid = child.id();
+    let stdout = child.stdout.take().context("stdout")?;
+    // Read journeys as they stream, keeping only the summary.
+    let reader = std::thread::spawn(move || {
+        BufReader::new(stdout)
+            .lines()
+            .map_while(|l| l.ok())
+            .filter_map(|l| serde_json::from_str::<Value>(&l).ok())
+            .find(|v| v["type"] == "summary")
+    });
+    let mut rss = Vec::new();
+    // Bounded: a million pings take well under ten minutes traced.
+    let deadline = Instant::now() + Duration::from_secs(1200);
+    while child.try_wait()?.is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            bail!("the long run did not finish in 20 minutes");
+        }
+        if let Some(kb) = rss_kb(pid) {
+            rss.push(kb);
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let summary = reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("reader panicked"))?
+        .context("no summary from the long run")?;
+    Ok((rss, summary))
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    format!("{cpu}, {cpus} CPUs, kernel {kernel}")
+}
+
+pub fn run(lotrace: &Path, o: &BenchOptions) -> Result<()> {
+    let probes = bpftrace_probes(lotrace)?;
+    println!("xtask: bench on {}", machine());
+    println!(
+        "xtask: {} rounds of {} pings per run, interleaved; bpftrace counts {} probes",
+        o.rounds,
+        o.count,
+        probes.len()
+    );
+    let modes = [Mode::Untraced, Mode::Lotrace, Mode::Bpftrace];
+    let mut all: Vec<(u32, Mode, Sample)> = Vec::new();
+    for round in 1..=o.rounds {
+        for &m in &modes {
+            let s = sample(m, lotrace, &probes, o.count)
+                .with_context(|| format!("round {round}, {}", m.name()))?;
+            println!(
+                "xtask: round {round} {:<22} flood {:>7.0} ns/ping, adaptive mean {:>6.0} ns p99 {:>6.0} ns",
+                m.name(),
+                s.flood_ns_per_ping,
+                s.mean_ns,
+                s.p99_ns
+            );
+            all.push((round, m, s));
+        }
+    }
+
+    println!();
+    println!(
+        "| round | run | flood: time per ping | flood: ping's mean RTT | adaptive: mean RTT | adaptive: p99 RTT | events (lotrace) / probe hits (bpftrace) | events/s | lost | tracer CPU | tracer peak RSS |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    for (round, m, s) in &all {
+        let (ev, rate, lost, cpu, rss) = if *m == Mode::Untraced {
+            ("".into(), "".into(), "".into(), "".into(), "".into())
+        } else {
+            let secs = s.tracer_wall_ns as f64 / 1e9;
+            (
+                s.events.to_string(),
+                format!("{:.0}", s.events as f64 / secs.max(1e-9)),
+                if *m == Mode::Lotrace {
+                    s.lost.to_string()
+                } else {
+                    "n/a".into()
+                },
+                format!(
+                    "{:.0}% of a core",
+                    100.0 * s.tracer_cpu_ns as f64 / s.tracer_wall_ns.max(1) as f64
+                ),
+                format!("{} MiB", s.tracer_rss_kb / 1024),
+            )
+        };
+        println!(
+            "| {round} | {} | {:.2} µs | {:.0} µs | {:.2} µs | {:.2} µs | {ev} | {rate} | {lost} | {cpu} | {rss} |",
+            m.name(),
+            s.flood_ns_per_ping / 1000.0,
+            s.flood_avg_us,
+            s.mean_ns / 1000.0,
+            s.p99_ns / 1000.0,
+        );
+    }
+
+    // Added cost per ping, per round, against the untraced run of the same
+    // round; the ratio uses the medians over rounds.
+    let per = |m: Mode, f: fn(&Sample) -> f64| -> Vec<f64> {
+        (1..=o.rounds)
+            .map(|r| {
+                let get = |mm: Mode| {
+                    all.iter()
+                        .find(|(rr, x, _)| *rr == r && *x == mm)
+                        .map(|(_, _, s)| f(s))
+                        .unwrap_or(f64::NAN)
+                };
+                get(m) - get(Mode::Untraced)
+            })
+            .collect()
+    };
+    let flood_l = median(per(Mode::Lotrace, |s| s.flood_ns_per_ping));
+    let flood_b = median(per(Mode::Bpftrace, |s| s.flood_ns_per_ping));
+    let mean_l = median(per(Mode::Lotrace, |s| s.mean_ns));
+    let mean_b = median(per(Mode::Bpftrace, |s| s.mean_ns));
+    println!();
+    println!(
+        "added per ping (median over rounds): flood cycle lotrace +{:.2} µs, bpftrace +{:.2} µs, ratio {:.2}; adaptive mean RTT lotrace +{:.2} µs, bpftrace +{:.2} µs, ratio {:.2}",
+        flood_l / 1000.0,
+        flood_b / 1000.0,
+        flood_l / flood_b,
+        mean_l / 1000.0,
+        mean_b / 1000.0,
+        mean_l / mean_b
+    );
+
+    if o.long > 0 {
+        println!(
+            "xtask: long run: {} pings flooded under lotrace, RSS sampled every second",
+            o.long
+        );
+        let (rss, sum) = long_run(lotrace, o.long)?;
+        let n = rss.len();
+        let tenth = (n / 10).max(1);
+        let early = rss.iter().take(tenth).copied().max().unwrap_or(0);
+        let late = rss
+            .iter()
+            .skip(n.saturating_sub(tenth))
+            .copied()
+            .max()
+            .unwrap_or(0);
+        println!(
+            "long run: {} journeys, {} events, {} lost; RSS max {} MiB over the first tenth of the run, {} MiB over the last ({} samples); lotrace CPU {:.0}% of a core",
+            sum["journeys"],
+            sum["events"],
+            sum["lost_events"],
+            early / 1024,
+            late / 1024,
+            n,
+            100.0 * sum["lotrace"]["cpu_ns"].as_f64().unwrap_or(0.0)
+                / sum["lotrace"]["wall_ns"].as_f64().unwrap_or(1.0)
+        );
+    }
+    Ok(())
+}
