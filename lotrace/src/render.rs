@@ -452,18 +452,19 @@ pub fn where_time_goes(stats: &Stats) -> String {
         .iter()
         .map(|r| (r, (stats.rows[r].sum / n) as u64))
         .collect();
-    let total: u64 = per.iter().map(|(_, v)| v).sum();
+    // u128: sums and products of hostile (replayed) values must not wrap.
+    let total: u128 = per.iter().map(|(_, v)| *v as u128).sum();
     if total == 0 {
         return s;
     }
     let _ = writeln!(
         s,
         "\n   where the time goes (mean per journey, {} from first to last stage)",
-        fmt_ns(total)
+        fmt_ns(total.min(u64::MAX as u128) as u64)
     );
-    const WIDTH: u64 = 40;
+    const WIDTH: u128 = 40;
     for (r, v) in per {
-        let cells = (v * WIDTH * 8 / total) as usize;
+        let cells = (v as u128 * WIDTH * 8 / total) as usize;
         let mut bar = "█".repeat(cells / 8);
         if !cells.is_multiple_of(8) {
             bar.push(['▏', '▎', '▍', '▌', '▋', '▊', '▉'][cells % 8 - 1]);

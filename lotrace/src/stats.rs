@@ -52,7 +52,8 @@ fn bucket_high(b: usize) -> u64 {
     let e = b / SUB - 1 + SUB_BITS;
     let sub = (b % SUB) as u64;
     let low = (1u64 << e) | (sub << (e - SUB_BITS));
-    low + (1u64 << (e - SUB_BITS)) - 1
+    // Grouped so the top bucket's end (u64::MAX) does not overflow.
+    low + ((1u64 << (e - SUB_BITS)) - 1)
 }
 
 impl Histogram {
@@ -203,6 +204,17 @@ impl Stats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn extreme_values_stay_in_range() {
+        let mut h = Histogram::default();
+        for v in [0, 1, u64::MAX / 2, u64::MAX - 1, u64::MAX] {
+            h.record(v);
+        }
+        assert_eq!(h.quantile(1.0), Some(u64::MAX));
+        assert!(h.quantile(0.5).unwrap() >= u64::MAX / 2);
+        assert!(h.nonzero_buckets().iter().all(|(lo, hi, _)| lo <= hi));
+    }
     use crate::journey::{build_journey, tests::echo};
 
     #[test]
