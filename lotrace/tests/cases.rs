@@ -369,13 +369,7 @@ fn a_ksoftirqd_handoff_is_seen_for_real() {
         drop(load);
         let handed: Vec<Value> = journeys(&lines)
             .into_iter()
-            .filter(|j| {
-                j["legs"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .any(|l| l["softirq"]["context"] == "ksoftirqd")
-            })
+            .filter(|j| handed_off(j))
             .cloned()
             .collect();
         if !handed.is_empty() {

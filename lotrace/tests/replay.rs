@@ -104,13 +104,7 @@ fn a_recorded_ksoftirqd_handoff_replays() {
     let lines = json_lines(&out);
     let handed: Vec<_> = journeys(&lines)
         .into_iter()
-        .filter(|j| {
-            j["legs"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|l| l["softirq"]["context"] == "ksoftirqd")
-        })
+        .filter(|j| handed_off(j))
         .collect();
     assert_eq!(handed.len(), 2);
     assert_eq!(handed[0]["icmp_seq"], 108);

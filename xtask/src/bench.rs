@@ -344,13 +344,22 @@ fn long_run(lotrace: &Path, n: u32) -> Result<(Vec<u64>, Value)> {
         .context("running lotrace")?;
     let pid = child.id();
     let stdout = child.stdout.take().context("stdout")?;
-    // Read journeys as they stream, keeping only the summary.
+    // Read journeys as they stream, parsing only the summary: a reader
+    // slower than lotrace would block its output and so its draining.
     let reader = std::thread::spawn(move || {
-        BufReader::new(stdout)
-            .lines()
-            .map_while(|l| l.ok())
-            .filter_map(|l| serde_json::from_str::<Value>(&l).ok())
-            .find(|v| v["type"] == "summary")
+        let mut r = BufReader::new(stdout);
+        let mut line = Vec::new();
+        let mut summary = None;
+        while r.read_until(b'\n', &mut line).is_ok_and(|n| n > 0) {
+            if !line.starts_with(b"{\"type\":\"journey\"") {
+                summary = serde_json::from_slice::<Value>(&line)
+                    .ok()
+                    .filter(|v| v["type"] == "summary")
+                    .or(summary);
+            }
+            line.clear();
+        }
+        summary
     });
     let mut rss = Vec::new();
     // Bounded: a million pings take well under ten minutes traced.

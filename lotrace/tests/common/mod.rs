@@ -89,3 +89,22 @@ pub fn in_order(got: &[&str], want: &[&str]) -> bool {
         .collect();
     pos.iter().all(|p| p.is_some()) && pos.windows(2).all(|w| w[0] < w[1])
 }
+
+/// The JSON lines of a run that must have succeeded.
+pub fn ok_json(out: &Output) -> Vec<Value> {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    json_lines(out)
+}
+
+/// Whether a leg of the journey was received in ksoftirqd.
+pub fn handed_off(j: &Value) -> bool {
+    j["legs"]
+        .as_array()
+        .expect("legs")
+        .iter()
+        .any(|l| l["softirq"]["context"] == "ksoftirqd")
+}
