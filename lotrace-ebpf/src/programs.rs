@@ -1,5 +1,6 @@
 use aya_ebpf::{
     EbpfContext,
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
         bpf_probe_read_kernel, bpf_probe_read_user,
@@ -242,7 +243,17 @@ fn emit<C: EbpfContext>(ctx: &C, key: &PktKey, e: Emit) {
         icmp_seq: key.icmp_seq,
         _pad1: [0; 6],
     });
-    entry.submit(0);
+    // Batching: lotrace is woken once a sixteenth of the ring is waiting
+    // (it also drains every 50 ms), not for every event. Each wake-up is
+    // an interrupt on the CPU the traced packet runs on.
+    let waiting = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
+    let size = EVENTS.query(BPF_RB_RING_SIZE as u64);
+    let flags = if waiting >= size / 16 {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    entry.submit(flags as u64);
 }
 
 #[inline(always)]
