@@ -278,11 +278,23 @@ fn at(stage: Stage, probe: ProbeId, skb: u64, len: u32, aux: u64) -> Emit {
 /// returns its key.
 #[inline(always)]
 fn skb_event<C: EbpfContext>(ctx: &C, skb: u64, stage: Stage, probe: ProbeId) -> Option<PktKey> {
+    skb_event_aux(ctx, skb, stage, probe, || 0)
+}
+
+/// `skb_event` with a stage-specific value, read only for tracked packets.
+#[inline(always)]
+fn skb_event_aux<C: EbpfContext>(
+    ctx: &C,
+    skb: u64,
+    stage: Stage,
+    probe: ProbeId,
+    aux: impl FnOnce() -> u64,
+) -> Option<PktKey> {
     let (key, len) = parse_skb(skb)?;
     if !is_tracked(&key) {
         return None;
     }
-    emit(ctx, &key, at(stage, probe, skb, len, 0));
+    emit(ctx, &key, at(stage, probe, skb, len, aux()));
     Some(key)
 }
 
@@ -489,18 +501,9 @@ pub fn tp_net_dev_queue(ctx: TracePointContext) -> u32 {
 /// matched by address (the driver may already have handed it on).
 #[inline(always)]
 fn on_xmit_start<C: EbpfContext>(ctx: &C, skb: u64, probe: ProbeId) {
-    let Some((key, len)) = parse_skb(skb) else {
-        return;
-    };
-    if !is_tracked(&key) {
-        return;
-    }
-    emit(
-        ctx,
-        &key,
-        at(Stage::LoopbackXmit, probe, skb, len, dev_name(skb)),
-    );
-    if let Some(st) = state() {
+    if let Some(key) = skb_event_aux(ctx, skb, Stage::LoopbackXmit, probe, || dev_name(skb))
+        && let Some(st) = state()
+    {
         st.xmit_skb = skb;
         st.xmit = key;
     }

@@ -90,7 +90,7 @@ fn short_probe(p: ProbeId, meta: &Meta) -> String {
     let label = meta.probe_label(p);
     match label.strip_prefix("tracepoint:") {
         Some(tp) => tp.rsplit(':').next().unwrap_or(tp).to_string(),
-        None => label,
+        None => label.into_owned(),
     }
 }
 
@@ -140,11 +140,15 @@ pub fn errno_words(e: i64) -> String {
     format!("{name} (error {e})")
 }
 
+/// A NUL-padded device name.
+fn dev_name(b: &[u8]) -> String {
+    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    String::from_utf8_lossy(&b[..end]).into_owned()
+}
+
 /// The device a packet is transmitted on, carried in the event's aux.
 pub fn xmit_dev(h: &Hop) -> String {
-    let b = h.aux.to_le_bytes();
-    let end = b.iter().position(|&c| c == 0).unwrap_or(8);
-    String::from_utf8_lossy(&b[..end]).into_owned()
+    dev_name(&h.aux.to_le_bytes())
 }
 
 /// The device a route lookup chose, carried in the event's skb and aux.
@@ -152,8 +156,7 @@ pub fn route_dev(h: &Hop) -> String {
     let mut b = [0u8; 16];
     b[..8].copy_from_slice(&h.skb.to_le_bytes());
     b[8..].copy_from_slice(&h.aux.to_le_bytes());
-    let end = b.iter().position(|&c| c == 0).unwrap_or(16);
-    String::from_utf8_lossy(&b[..end]).into_owned()
+    dev_name(&b)
 }
 
 fn softirq_words(s: &SoftirqWhere) -> String {
@@ -513,7 +516,7 @@ fn hop_out<'a>(h: &'a Hop, meta: &'a Meta, style: Style) -> HopOut<'a> {
         tgid: h.tgid,
         comm: &h.comm,
         context: h.context.name(),
-        probe: meta.probe_label_cow(h.probe),
+        probe: meta.probe_label(h.probe),
         detail: detail(h, meta),
         explain: style.explain.map(|lang| explain(h.stage, lang)),
     }

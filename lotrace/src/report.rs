@@ -101,21 +101,13 @@ impl Meta {
     }
 
     /// The label of a probe in this trace (`kprobe:__dev_queue_xmit`).
-    pub fn probe_label_cow(&self, p: ProbeId) -> std::borrow::Cow<'_, str> {
+    /// Borrowed from the trace's probe list: journeys ask once per event.
+    pub fn probe_label(&self, p: ProbeId) -> std::borrow::Cow<'_, str> {
         let info = p.info();
         match self.probes.iter().find(|r| r.program == info.program) {
             Some(r) => std::borrow::Cow::Borrowed(r.probe.as_str()),
             None => std::borrow::Cow::Owned(plan::nominal_label(info)),
         }
-    }
-
-    pub fn probe_label(&self, p: ProbeId) -> String {
-        let info = p.info();
-        self.probes
-            .iter()
-            .find(|r| r.program == info.program)
-            .map(|r| r.probe.clone())
-            .unwrap_or_else(|| plan::nominal_label(info))
     }
 
     pub fn drop_reason(&self, v: u64) -> String {

@@ -204,6 +204,7 @@ impl Stats {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::journey::{build_journey, tests::echo};
 
     #[test]
     fn extreme_values_stay_in_range() {
@@ -215,7 +216,6 @@ mod tests {
         assert!(h.quantile(0.5).unwrap() >= u64::MAX / 2);
         assert!(h.nonzero_buckets().iter().all(|(lo, hi, _)| lo <= hi));
     }
-    use crate::journey::{build_journey, tests::echo};
 
     #[test]
     fn buckets_are_monotonic_and_tight() {

@@ -39,6 +39,13 @@ impl Netns {
         ns
     }
 
+    /// `lotrace trace --format json --netns NAME ARGS...`.
+    fn trace(&self, args: &[&str]) -> (Vec<Value>, String) {
+        let mut all = vec!["--netns", self.0.as_str()];
+        all.extend_from_slice(args);
+        trace_json(&all)
+    }
+
     fn exec(&self, args: &[&str]) {
         let mut all = vec!["ip", "netns", "exec", &self.0];
         all.extend_from_slice(args);
@@ -134,17 +141,7 @@ fn localhost_says_where_its_address_comes_from() {
         "127.0.0.1 localhost\n::1 localhost\n",
     )
     .unwrap();
-    let (lines, err) = trace_json(&[
-        "--netns",
-        &ns.0,
-        "ping",
-        "-6",
-        "-c",
-        "2",
-        "-i",
-        "0.2",
-        "localhost",
-    ]);
+    let (lines, err) = ns.trace(&["ping", "-6", "-c", "2", "-i", "0.2", "localhost"]);
     assert!(
         err.contains(&format!("from /etc/netns/{}/hosts", ns.0)),
         "{err}"
@@ -171,16 +168,7 @@ fn a_local_non_loopback_address_goes_through_lo() {
     ]);
     ns.exec(&["ip", "addr", "add", "10.200.0.1/24", "dev", "lt0"]);
     ns.exec(&["ip", "link", "set", "lt0", "up"]);
-    let (lines, _) = trace_json(&[
-        "--netns",
-        &ns.0,
-        "ping",
-        "-c",
-        "2",
-        "-i",
-        "0.2",
-        "10.200.0.1",
-    ]);
+    let (lines, _) = ns.trace(&["ping", "-c", "2", "-i", "0.2", "10.200.0.1"]);
     // "Ping your own IP is the same as loopback": the address lives on
     // lt0, whose route the lookup finds, but the packet is sent on lo.
     answered(&lines, 2, "ipv4");
@@ -198,16 +186,7 @@ fn raw_and_datagram_sockets_are_told_apart() {
     }
     let ns = Netns::new("dgram");
     ns.exec(&["sysctl", "-qw", "net.ipv4.ping_group_range=0 2147483647"]);
-    let (lines, _) = trace_json(&[
-        "--netns",
-        &ns.0,
-        "ping",
-        "-c",
-        "2",
-        "-i",
-        "0.2",
-        "127.0.0.1",
-    ]);
+    let (lines, _) = ns.trace(&["ping", "-c", "2", "-i", "0.2", "127.0.0.1"]);
     answered(&lines, 2, "ipv4");
     for j in journeys(&lines) {
         assert_eq!(j["socket"], "datagram");
@@ -355,17 +334,7 @@ fn a_ksoftirqd_handoff_is_seen_for_real() {
             );
         }
         std::thread::sleep(Duration::from_millis(300));
-        let (lines, _) = trace_json(&[
-            "--netns",
-            &ns.0,
-            "ping",
-            "-q",
-            "-c",
-            "300",
-            "-i",
-            "0.01",
-            "127.0.0.1",
-        ]);
+        let (lines, _) = ns.trace(&["ping", "-q", "-c", "300", "-i", "0.01", "127.0.0.1"]);
         drop(load);
         let handed: Vec<Value> = journeys(&lines)
             .into_iter()

@@ -86,7 +86,11 @@ fn bpftrace_probes(lotrace: &Path) -> Result<Vec<String>> {
     Ok(probes)
 }
 
-fn parse_flood(text: &str, n: u32, wall: Duration) -> Result<(f64, f64)> {
+/// From a flood's output: time per ping (ns, ping's own clock: the time it
+/// spent pinging, without a tracer's start-up or shutdown) and ping's mean
+/// RTT (µs).
+fn parse_flood(text: &str, n: u32) -> Result<(f64, f64)> {
+    let wall = ping_time(text)?;
     let avg = text
         .lines()
         .find_map(|l| l.split_once("rtt min/avg/max/mdev = "))
@@ -130,25 +134,22 @@ fn ping_args(flood: bool, n: u32) -> Vec<String> {
     a
 }
 
-/// Runs the ping directly; returns its output and wall time.
-fn run_ping(flood: bool, n: u32) -> Result<(String, Duration)> {
+/// Runs the ping directly; returns its output.
+fn run_ping(flood: bool, n: u32) -> Result<String> {
     let args = ping_args(flood, n);
-    let start = Instant::now();
     let out = Command::new(&args[0])
         .args(&args[1..])
         .output()
         .context("running ping")?;
-    let wall = start.elapsed();
     if !out.status.success() {
         bail!("{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     }
-    Ok((String::from_utf8_lossy(&out.stdout).into_owned(), wall))
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Runs the ping under lotrace (JSON to stdout, ping's lines to stderr);
-/// returns ping's output, lotrace's summary and ping's wall time as
-/// lotrace measured it.
-fn run_lotrace(lotrace: &Path, flood: bool, n: u32) -> Result<(String, Value, Duration)> {
+/// returns ping's output and lotrace's summary.
+fn run_lotrace(lotrace: &Path, flood: bool, n: u32) -> Result<(String, Value)> {
     let args = ping_args(flood, n);
     let out = Command::new(lotrace)
         .args(["trace", "--format", "json"])
@@ -163,18 +164,10 @@ fn run_lotrace(lotrace: &Path, flood: bool, n: u32) -> Result<(String, Value, Du
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .find(|v| v["type"] == "summary")
         .context("no summary from lotrace")?;
-    let text = String::from_utf8_lossy(&out.stderr).into_owned();
-    // ping's own clock: the flood's "time" is what it spent pinging,
-    // without lotrace's start-up (loading the programs) or shutdown.
-    let ping_ms = text
-        .lines()
-        .find_map(|l| l.rsplit_once(", time "))
-        .and_then(|(_, t)| t.trim_end_matches("ms").parse::<u64>().ok())
-        .context("no time in ping's summary")?;
-    Ok((text, summary, Duration::from_millis(ping_ms)))
+    Ok((String::from_utf8_lossy(&out.stderr).into_owned(), summary))
 }
 
-/// ping's own elapsed time for the untraced run, on the same clock.
+/// The elapsed time ping reports in its summary line.
 fn ping_time(text: &str) -> Result<Duration> {
     text.lines()
         .find_map(|l| l.rsplit_once(", time "))
@@ -219,21 +212,20 @@ impl Bpftrace {
         Ok(Bpftrace { child })
     }
 
-    /// Stops it; returns how many probe hits it counted, its CPU time and
-    /// peak RSS.
-    fn stop(mut self) -> Result<(u64, u64, u64)> {
+    /// Stops it; returns how many probe hits it counted and its peak RSS.
+    fn stop(mut self) -> Result<(u64, u64)> {
         // SAFETY: kill has no memory-safety preconditions.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
         let mut text = String::new();
         if let Some(mut o) = self.child.stdout.take() {
             o.read_to_string(&mut text)?;
         }
-        let (cpu, rss) = reap(self.child.id())?;
+        let rss = reap(self.child.id())?;
         let hits = text
             .lines()
             .filter_map(|l| l.rsplit_once(": ")?.1.trim().parse::<u64>().ok())
             .sum();
-        Ok((hits, cpu, rss))
+        Ok((hits, rss))
     }
 }
 
@@ -249,8 +241,8 @@ fn proc_cpu_ns(pid: u32) -> Option<u64> {
     Some(ticks * 1_000_000_000 / hz)
 }
 
-/// Waits for a child with wait4, returning its CPU time (ns) and peak RSS.
-fn reap(pid: u32) -> Result<(u64, u64)> {
+/// Waits for a child with wait4, returning its peak RSS (kB).
+fn reap(pid: u32) -> Result<u64> {
     let mut status = 0;
     // SAFETY: rusage is plain data the kernel fills.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
@@ -258,27 +250,20 @@ fn reap(pid: u32) -> Result<(u64, u64)> {
     if r < 0 {
         bail!("wait4: {}", std::io::Error::last_os_error());
     }
-    let tv = |t: libc::timeval| t.tv_sec as u64 * 1_000_000_000 + t.tv_usec as u64 * 1_000;
-    Ok((
-        tv(ru.ru_utime) + tv(ru.ru_stime),
-        ru.ru_maxrss.max(0) as u64,
-    ))
+    Ok(ru.ru_maxrss.max(0) as u64)
 }
 
 fn sample(mode: Mode, lotrace: &Path, probes: &[String], n: u32) -> Result<Sample> {
     let mut s = Sample::default();
     match mode {
         Mode::Untraced => {
-            let (text, _) = run_ping(true, n)?;
-            let wall = ping_time(&text)?;
-            (s.flood_ns_per_ping, s.flood_avg_us) = parse_flood(&text, n, wall)?;
-            let (text, _) = run_ping(false, n)?;
-            (s.mean_ns, s.p99_ns) = parse_adaptive(&text)?;
+            (s.flood_ns_per_ping, s.flood_avg_us) = parse_flood(&run_ping(true, n)?, n)?;
+            (s.mean_ns, s.p99_ns) = parse_adaptive(&run_ping(false, n)?)?;
         }
         Mode::Lotrace => {
-            let (text, sum, wall) = run_lotrace(lotrace, true, n)?;
-            (s.flood_ns_per_ping, s.flood_avg_us) = parse_flood(&text, n, wall)?;
-            let (text2, sum2, _) = run_lotrace(lotrace, false, n)?;
+            let (text, sum) = run_lotrace(lotrace, true, n)?;
+            (s.flood_ns_per_ping, s.flood_avg_us) = parse_flood(&text, n)?;
+            let (text2, sum2) = run_lotrace(lotrace, false, n)?;
             (s.mean_ns, s.p99_ns) = parse_adaptive(&text2)?;
             for v in [&sum, &sum2] {
                 s.events += v["events"].as_u64().unwrap_or(0);
@@ -298,11 +283,9 @@ fn sample(mode: Mode, lotrace: &Path, probes: &[String], n: u32) -> Result<Sampl
             let adaptive = run_ping(false, n);
             let cpu = proc_cpu_ns(bt.child.id()).unwrap_or(0).saturating_sub(cpu0);
             let wall = started.elapsed();
-            let (hits, _, rss) = bt.stop()?;
-            let (text, _) = flood?;
-            let ping_wall = ping_time(&text)?;
-            (s.flood_ns_per_ping, s.flood_avg_us) = parse_flood(&text, n, ping_wall)?;
-            (s.mean_ns, s.p99_ns) = parse_adaptive(&adaptive?.0)?;
+            let (hits, rss) = bt.stop()?;
+            (s.flood_ns_per_ping, s.flood_avg_us) = parse_flood(&flood?, n)?;
+            (s.mean_ns, s.p99_ns) = parse_adaptive(&adaptive?)?;
             s.events = hits;
             s.tracer_cpu_ns = cpu;
             s.tracer_wall_ns = wall.as_nanos() as u64;
