@@ -415,7 +415,8 @@ pub fn build_journey(mut events: Vec<Event>, expected: &[Expected]) -> Journey {
             stage,
             probe,
             ts_ns: ev.ts_ns,
-            t_ns: ev.ts_ns as i64 - t0 as i64,
+            // In i128: a replayed file's timestamps may be anything.
+            t_ns: (ev.ts_ns as i128 - t0 as i128).clamp(i64::MIN as i128, i64::MAX as i128) as i64,
             delta_ns: ev.ts_ns - prev,
             cpu: ev.cpu,
             pid: ev.tid,
@@ -673,6 +674,16 @@ pub(crate) mod tests {
         assert_eq!(s.context, Context::SoftirqInline);
         assert_eq!(j.hops[0].t_ns, 0);
         assert_eq!(j.hops.last().unwrap().t_ns, 12500);
+    }
+
+    #[test]
+    fn timestamps_far_apart_do_not_overflow() {
+        // A replayed file is untrusted: its stages may be 2^64 ns apart.
+        let mut evs = echo(1, 0);
+        evs.last_mut().unwrap().ts_ns = u64::MAX;
+        let j = build_journey(evs, &expected_for(&all_probes()));
+        assert_eq!(j.hops.last().unwrap().t_ns, i64::MAX);
+        assert_eq!(j.total_ns, u64::MAX);
     }
 
     #[test]
