@@ -16,6 +16,9 @@ pub const ICMP_ECHOREPLY: u8 = 0;
 pub const ICMP_ECHO: u8 = 8;
 pub const ICMPV6_ECHO_REQUEST: u8 = 128;
 pub const ICMPV6_ECHO_REPLY: u8 = 129;
+/// Socket kinds, from `sk_type`.
+pub const SOCK_DGRAM: u32 = 2;
+pub const SOCK_RAW: u32 = 3;
 /// `NET_RX_SOFTIRQ` in `include/linux/interrupt.h`.
 pub const NET_RX_SOFTIRQ: u32 = 3;
 
@@ -206,7 +209,21 @@ pub struct Config {
     pub net_rx_probe: u8,
     /// Likewise for `process_backlog` (0: the napi_poll tracepoint).
     pub backlog_probe: u8,
+    /// Non-zero: aggregate in the kernel (see [`crate::agg`]) instead of
+    /// streaming events.
+    pub summary_only: u8,
+    /// The reply stage that ends an answered echo, for aggregation.
+    pub close_stage: u8,
+    pub _pad: [u8; 6],
+    /// Bit `p` of `ret_probes[p / 64]`: probe `p` observes a return.
+    pub ret_probes: [u64; 2],
+    /// [`crate::agg::seen_bit`]s every answered echo should have.
+    pub expect_leg: u64,
+    /// Stage bits (`1 << stage`) expected on either leg.
+    pub expect_any: u64,
 }
+
+const _: () = assert!(core::mem::size_of::<Config>() == 136);
 
 impl Config {
     pub const fn zeroed() -> Config {
@@ -221,6 +238,12 @@ impl Config {
             tp: [u16::MAX; TP_FIELD_COUNT],
             net_rx_probe: 0,
             backlog_probe: 0,
+            summary_only: 0,
+            close_stage: 0,
+            _pad: [0; 6],
+            ret_probes: [0; 2],
+            expect_leg: 0,
+            expect_any: 0,
         }
     }
 }

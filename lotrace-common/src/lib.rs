@@ -7,6 +7,7 @@
 //! [`catalog`] so that every fact about a stage has one home.
 #![no_std]
 
+pub mod agg;
 pub mod catalog;
 pub mod event;
 

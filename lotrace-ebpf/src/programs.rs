@@ -6,17 +6,18 @@ use aya_ebpf::{
         bpf_probe_read_kernel, bpf_probe_read_user,
     },
     macros::{fentry, fexit, kprobe, kretprobe, map, tracepoint},
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext, TracePointContext},
 };
 use aya_log_ebpf::{info, warn};
 use lotrace_common::{
     Config, CpuState, Event, PktKey, ProbeId, Stage, TpField,
+    agg::{self, Echo, RowAgg},
     catalog::counters,
     event::{
         AF_INET, AF_INET6, FLAG_NET_RX, FLAG_PACKET, ICMP_ECHO, ICMP_ECHOREPLY, ICMPV6_ECHO_REPLY,
-        ICMPV6_ECHO_REQUEST, IPPROTO_ICMP, IPPROTO_ICMPV6, NET_RX_SOFTIRQ, is_echo_reply,
-        is_echo_request,
+        ICMPV6_ECHO_REQUEST, IPPROTO_ICMP, IPPROTO_ICMPV6, NET_RX_SOFTIRQ, SOCK_DGRAM, SOCK_RAW,
+        is_echo_reply, is_echo_request,
     },
 };
 
@@ -52,6 +53,25 @@ static SOCKS: HashMap<u64, u8> = HashMap::with_max_entries(256, 0);
 /// Per thread: the echo request inside its current sendto().
 #[map]
 static SEND_CTX: HashMap<u32, PktKey> = HashMap::with_max_entries(1024, 0);
+
+/// `--summary-only`: each echo in flight, by family and sequence (not id:
+/// an ICMP datagram socket rewrites the id between the send and the
+/// packet, the sequence it keeps).
+#[map]
+static ECHOES: LruHashMap<u32, Echo> = LruHashMap::with_max_entries(agg::ECHOES_MAX, 0);
+
+/// `--summary-only`: per-row totals, per CPU.
+#[map]
+static AGG_ROWS: PerCpuArray<RowAgg> = PerCpuArray::with_max_entries(agg::ROWS as u32, 0);
+
+/// `--summary-only`: per-row histogram buckets, `row * BUCKETS + bucket`.
+#[map]
+static AGG_HIST: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries((agg::ROWS * agg::BUCKETS) as u32, 0);
+
+/// `--summary-only`: `agg::counters`.
+#[map]
+static AGG_COUNT: PerCpuArray<u64> = PerCpuArray::with_max_entries(agg::counters::COUNT, 0);
 
 /// Per thread: the echo reply its current recvmsg() copied out.
 #[map]
@@ -196,7 +216,169 @@ struct Emit {
 }
 
 #[inline(always)]
+fn config_u8(f: &u8) -> u8 {
+    unsafe { core::ptr::read_volatile(f) }
+}
+
+#[inline(always)]
+fn bump(counter: u32) {
+    if let Some(n) = AGG_COUNT.get_ptr_mut(counter) {
+        unsafe { *n += 1 };
+    }
+}
+
+/// Adds one value to an aggregation row.
+#[inline(always)]
+fn agg_record(row: usize, v: u64, t: i64) {
+    if let Some(r) = AGG_ROWS.get_ptr_mut(row as u32) {
+        let r = unsafe { &mut *r };
+        if r.count == 0 || v < r.min {
+            r.min = v;
+        }
+        if v > r.max {
+            r.max = v;
+        }
+        r.count += 1;
+        r.sum = r.sum.wrapping_add(v);
+        r.t_sum = r.t_sum.wrapping_add(t);
+    }
+    let b = agg::bucket(v);
+    if let Some(n) = AGG_HIST.get_ptr_mut((row * agg::BUCKETS + b) as u32) {
+        unsafe { *n += 1 };
+    }
+}
+
+/// `--summary-only`: what `emit` does instead of writing an event. Keeps
+/// the same per-stage statistics user space builds from journeys: the time
+/// since the echo's previous stage, per (leg, stage, return), and how the
+/// echo ended.
+#[inline(never)]
+fn aggregate(key: &PktKey, e: &Emit) {
+    let (stage, probe, ts, len, aux2) = (e.stage, e.probe, e.ts, e.len, e.aux2);
+    let reply = is_echo_reply(key.family, key.icmp_type);
+    if key.valid == 0 || !(reply || is_echo_request(key.family, key.icmp_type)) {
+        return;
+    }
+    let k = ((key.family as u32) << 16) | key.icmp_seq as u32;
+    let stage_n = stage as u8;
+    // A send starts the echo afresh: sequences wrap under a long flood.
+    let fresh = !reply && stage_n == Stage::Sendto as u8;
+    let existing = if fresh { None } else { ECHOES.get_ptr_mut(&k) };
+    let echo = match existing {
+        Some(p) => p,
+        None => {
+            let e = Echo {
+                first_ts: ts,
+                send_ts: if fresh { ts } else { 0 },
+                last_ts: ts,
+                seen: 0,
+                flags: 0,
+                _pad: 0,
+            };
+            if ECHOES.insert(&k, &e, 0).is_err() {
+                return;
+            }
+            bump(agg::counters::OPENED);
+            bump(if key.family == AF_INET6 {
+                agg::counters::IPV6
+            } else {
+                agg::counters::IPV4
+            });
+            match ECHOES.get_ptr_mut(&k) {
+                Some(p) => p,
+                None => return,
+            }
+        }
+    };
+    let echo = unsafe { &mut *echo };
+    let delta = ts.saturating_sub(echo.last_ts);
+    if ts > echo.last_ts {
+        echo.last_ts = ts;
+    }
+    let t0 = if echo.send_ts != 0 {
+        echo.send_ts
+    } else {
+        echo.first_ts
+    };
+    let p = probe as u32;
+    let rets = unsafe { core::ptr::read_volatile(&CONFIG.ret_probes) };
+    let word = if p >= 64 { rets[1] } else { rets[0] };
+    let at_return = (word >> (p & 63)) & 1 != 0;
+    agg_record(
+        agg::row(reply, stage_n, at_return),
+        delta,
+        ts.wrapping_sub(t0) as i64,
+    );
+    echo.seen |= agg::seen_bit(reply, stage_n);
+
+    if reply
+        && stage_n == Stage::NetifRx as u8
+        && echo.send_ts != 0
+        && echo.flags & agg::ECHO_RTT == 0
+    {
+        echo.flags |= agg::ECHO_RTT;
+        agg_record(agg::RTT_ROW, ts.saturating_sub(echo.send_ts), 0);
+    }
+    if !reply
+        && stage_n == Stage::DevQueueXmit as u8
+        && aux2 != 0
+        && echo.flags & agg::ECHO_SOCK == 0
+    {
+        echo.flags |= agg::ECHO_SOCK;
+        match aux2 {
+            SOCK_RAW => bump(agg::counters::SOCK_RAW),
+            SOCK_DGRAM => bump(agg::counters::SOCK_DGRAM),
+            _ => {}
+        }
+    }
+    let si = agg::ECHO_SOFTIRQ << reply as u32;
+    if stage_n == Stage::NetifReceiveSkb as u8 && echo.flags & si == 0 && in_softirq() {
+        echo.flags |= si;
+        let comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        bump(if comm.starts_with(b"ksoftirqd/") {
+            agg::counters::SOFTIRQ_KSOFTIRQD
+        } else {
+            agg::counters::SOFTIRQ_INLINE
+        });
+    }
+    if echo.flags & agg::ECHO_CLOSED != 0 {
+        return;
+    }
+    let close_stage = config_u8(&CONFIG.close_stage);
+    let ended = if reply && stage_n == close_stage {
+        let expect_leg = unsafe { core::ptr::read_volatile(&CONFIG.expect_leg) };
+        let expect_any = unsafe { core::ptr::read_volatile(&CONFIG.expect_any) };
+        // A stage expected on either leg: fold the legs' bits together.
+        let legs = echo.seen | (echo.seen >> lotrace_common::catalog::STAGE_COUNT);
+        let complete = expect_leg & !echo.seen == 0 && expect_any & !legs == 0;
+        agg_record(agg::TOTAL_ROW, ts.saturating_sub(echo.first_ts), 0);
+        Some(if complete {
+            agg::counters::ANSWERED
+        } else {
+            agg::counters::ANSWERED_INCOMPLETE
+        })
+    } else if !reply && stage_n == Stage::Drop as u8 {
+        Some(agg::counters::DROPPED)
+    } else if !reply && stage_n == Stage::Route as u8 && len != 0 {
+        Some(agg::counters::NO_ROUTE)
+    } else {
+        None
+    };
+    if let Some(c) = ended {
+        echo.flags |= agg::ECHO_CLOSED;
+        bump(c);
+    }
+}
+
+#[inline(always)]
 fn emit<C: EbpfContext>(ctx: &C, key: &PktKey, e: Emit) {
+    if let Some(n) = LOST.get_ptr_mut(counters::SUBMITTED_IDX) {
+        unsafe { *n += 1 };
+    }
+    if config_u8(&CONFIG.summary_only) != 0 {
+        aggregate(key, &e);
+        return;
+    }
     let (tgid, tid) = tgid_tid();
     let (mut flags, run) = match state() {
         Some(s) if s.in_net_rx != 0 => (FLAG_NET_RX, s.softirq_run),
@@ -204,9 +386,6 @@ fn emit<C: EbpfContext>(ctx: &C, key: &PktKey, e: Emit) {
     };
     if key.valid != 0 {
         flags |= FLAG_PACKET;
-    }
-    if let Some(n) = LOST.get_ptr_mut(counters::SUBMITTED_IDX) {
-        unsafe { *n += 1 };
     }
     let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
         if let Some(lost) = LOST.get_ptr_mut(counters::LOST_IDX) {

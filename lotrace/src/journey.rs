@@ -111,9 +111,7 @@ pub enum Outcome {
     Unanswered,
 }
 
-/// Socket kinds, from `sk_type`.
-pub const SOCK_DGRAM: u32 = 2;
-pub const SOCK_RAW: u32 = 3;
+pub use lotrace_common::event::{SOCK_DGRAM, SOCK_RAW};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Journey {

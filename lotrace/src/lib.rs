@@ -2,12 +2,13 @@
 //! stage, measured with eBPF.
 //!
 //! The pure parts (catalog in `lotrace-common`, [`journey`], [`stats`],
-//! [`record`], [`render`], [`session`]) take data and return data; only
+//! [`kagg`], [`record`], [`render`], [`session`]) take data and return data; only
 //! [`loader`] and [`trace`] touch the kernel.
 
 pub mod btf;
 pub mod compare;
 pub mod journey;
+pub mod kagg;
 pub mod loader;
 pub mod perfetto;
 pub mod pingout;

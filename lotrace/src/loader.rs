@@ -15,11 +15,14 @@ use aya::{
 };
 use lotrace_common::{
     Config, ProbeId, Stage,
+    agg::{self, RowAgg},
     catalog::{Backend, PROBES, TP_FIELDS, counters, maps},
 };
 
 use crate::{
     btf::KernelBtf,
+    journey::expected_for,
+    kagg::{self, KernelAgg},
     plan::{self, BackendChoice, Caps, Plan},
     tracefs,
 };
@@ -36,6 +39,9 @@ pub struct LoadOptions<'a> {
     pub backend: BackendChoice,
     /// Trace even when a forced backend cannot observe some stages.
     pub allow_missing: bool,
+    /// Aggregate per-stage statistics in the kernel instead of streaming
+    /// events (`--summary-only`).
+    pub summary_only: bool,
 }
 
 /// Everything lotrace holds in the kernel. Dropping it detaches every
@@ -145,6 +151,12 @@ fn load_object(config: &Config, ring_size: u32, verbose: bool) -> Result<Ebpf> {
         .map_max_entries(maps::EVENTS, ring_size)
         .load(OBJECT)
         .map_err(|e| anyhow!("the kernel refused lotrace's eBPF object: {e}"))
+}
+
+fn page_size() -> u32 {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if n > 0 { n as u32 } else { 4096 }
 }
 
 fn parse_btf(path: &Path) -> Result<Btf> {
@@ -268,6 +280,23 @@ impl Tracer {
         config.backlog_probe = plan
             .start_probe(Stage::ProcessBacklog)
             .map_or(0, |p| p as u8);
+        if opts.summary_only {
+            let covered: Vec<Stage> = plan
+                .stages
+                .iter()
+                .filter(|s| s.backend.is_some())
+                .map(|s| s.stage)
+                .collect();
+            let (leg, any) = kagg::expect_masks(&expected_for(&covered));
+            config.summary_only = 1;
+            config.expect_leg = leg;
+            config.expect_any = any;
+            config.close_stage = kagg::close_stage(&covered) as u8;
+            for p in PROBES.iter().filter(|p| p.at_return) {
+                let id = p.id as usize;
+                config.ret_probes[id / 64] |= 1 << (id % 64);
+            }
+        }
         let mut formats = BTreeMap::new();
         for (field, probe, name) in TP_FIELDS.iter() {
             let Some((cat, tp)) = probe.info().tracepoint() else {
@@ -287,7 +316,13 @@ impl Tracer {
             }
         }
 
-        let mut ebpf = load_object(&config, opts.ring_size, opts.verbose)?;
+        // Nothing is streamed when aggregating: the smallest ring will do.
+        let ring_size = if opts.summary_only {
+            page_size()
+        } else {
+            opts.ring_size
+        };
+        let mut ebpf = load_object(&config, ring_size, opts.verbose)?;
         let logger = if opts.verbose {
             aya_log::EbpfLogger::init(&mut ebpf).ok()
         } else {
@@ -427,6 +462,41 @@ impl Tracer {
                     .and_then(|v| v.trim().parse::<u64>().ok())
             })
             .sum()
+    }
+
+    /// What the programs aggregated (`--summary-only`), summed over CPUs.
+    pub fn aggregate(&self) -> Result<KernelAgg> {
+        let map = |name: &str| {
+            self.ebpf
+                .map(name)
+                .with_context(|| format!("{name} map missing"))
+        };
+        let rows: PerCpuArray<&MapData, RowAgg> = PerCpuArray::try_from(map(maps::AGG_ROWS)?)?;
+        let hist: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map(maps::AGG_HIST)?)?;
+        let count: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map(maps::AGG_COUNT)?)?;
+        let mut out = KernelAgg::default();
+        for c in 0..agg::counters::COUNT {
+            out.counters.push(count.get(&c, 0)?.iter().sum());
+        }
+        for r in 0..agg::ROWS {
+            let per_cpu: Vec<RowAgg> = rows.get(&(r as u32), 0)?.iter().copied().collect();
+            let mut data = kagg::RowData {
+                per_cpu,
+                buckets: Vec::new(),
+            };
+            // Only rows that saw something: a lookup per bucket is a
+            // system call.
+            if data.count() > 0 {
+                data.buckets = (0..agg::BUCKETS)
+                    .map(|b| {
+                        let i = (r * agg::BUCKETS + b) as u32;
+                        Ok(hist.get(&i, 0)?.iter().sum())
+                    })
+                    .collect::<Result<Vec<u64>>>()?;
+            }
+            out.rows.push(data);
+        }
+        Ok(out)
     }
 
     pub fn flush_logs(&mut self) {

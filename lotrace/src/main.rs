@@ -98,6 +98,13 @@ enum Cmd {
         /// FILE, to be shown again with `lotrace replay FILE`.
         #[arg(long, value_name = "FILE")]
         record: Option<PathBuf>,
+        /// Keep only the summary, aggregated inside the kernel: per-stage
+        /// histograms, RTT and outcomes, no journey per ping. For floods
+        /// and long runs: nothing is streamed, so tracing costs the packets
+        /// less and lotrace itself almost nothing. Echoes are told apart by
+        /// family and sequence number.
+        #[arg(long, conflicts_with_all = ["record", "perfetto", "ring_size"])]
+        summary_only: bool,
         /// The command to trace and its arguments, e.g. `ping -c 5 127.0.0.1`.
         #[arg(required = true, trailing_var_arg = true, value_name = "COMMAND")]
         command: Vec<String>,
@@ -162,6 +169,7 @@ fn options(
         ring_size: p.ring_size,
         btf: p.btf.clone(),
         verbose: p.verbose,
+        summary_only: false,
         run_as: if p.child_as_root {
             None
         } else {
@@ -198,9 +206,13 @@ fn main() -> ExitCode {
             output,
             probing,
             record,
+            summary_only,
             command,
-        } => runtime()
-            .and_then(|rt| rt.block_on(trace::run(options(command, &output, &probing, record)))),
+        } => runtime().and_then(|rt| {
+            let mut opts = options(command, &output, &probing, record);
+            opts.summary_only = summary_only;
+            rt.block_on(trace::run(opts))
+        }),
         Cmd::Compare {
             count,
             format,

@@ -378,9 +378,20 @@ pub fn summary_text(stats: &Stats, meta: &Meta, t: &Totals, style: Style) -> Str
     let _ = writeln!(
         s,
         "   {:<35} {}",
-        "journey: first→last stage",
+        if stats.in_kernel.is_some() {
+            "journey: first stage→reply received"
+        } else {
+            "journey: first→last stage"
+        },
         hist_cols(&stats.total)
     );
+    if let Some(o) = &stats.in_kernel {
+        let _ = writeln!(
+            s,
+            "\n   aggregated in the kernel (--summary-only): {} answered, {} answered with a stage unseen, {} dropped, {} without a route, {} unanswered when the trace ended",
+            o.answered, o.answered_incomplete, o.dropped, o.no_route, o.unfinished
+        );
+    }
     let _ = writeln!(
         s,
         "\n   NET_RX softirq per receive: {} inline (in the task that was running), {} in ksoftirqd",
@@ -653,6 +664,7 @@ pub fn summary_json(stats: &Stats, meta: &Meta, t: &Totals) -> Value {
         })),
         "discarded_events": t.discarded,
         "rtt": hist_json(&stats.rtt),
+        "in_kernel": stats.in_kernel,
         "softirq": {"inline": stats.softirq_inline, "ksoftirqd": stats.softirq_ksoftirqd},
         "stages": stages,
         "probes": probes,

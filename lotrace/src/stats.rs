@@ -3,14 +3,12 @@
 
 use std::collections::BTreeMap;
 
-use lotrace_common::Stage;
+use lotrace_common::{
+    Stage,
+    agg::{BUCKETS, bucket, bucket_high},
+};
 
 use crate::journey::{Context, Journey, Leg};
-
-/// Sub-buckets per power of two: percentiles are within 1/16 (6%).
-const SUB: u32 = 16;
-const SUB_BITS: u32 = 4;
-const BUCKETS: usize = (64 * SUB) as usize;
 
 #[derive(Clone, Debug)]
 pub struct Histogram {
@@ -33,30 +31,22 @@ impl Default for Histogram {
     }
 }
 
-fn bucket(v: u64) -> usize {
-    if v < SUB as u64 {
-        return v as usize;
-    }
-    let msb = 63 - v.leading_zeros();
-    let shift = msb - SUB_BITS;
-    let sub = ((v >> shift) as u32) & (SUB - 1);
-    ((msb - SUB_BITS + 1) * SUB + sub) as usize
-}
-
-/// The largest value that falls in bucket `b`.
-fn bucket_high(b: usize) -> u64 {
-    let b = b as u32;
-    if b < SUB {
-        return b as u64;
-    }
-    let e = b / SUB - 1 + SUB_BITS;
-    let sub = (b % SUB) as u64;
-    let low = (1u64 << e) | (sub << (e - SUB_BITS));
-    // Grouped so the top bucket's end (u64::MAX) does not overflow.
-    low + ((1u64 << (e - SUB_BITS)) - 1)
-}
-
 impl Histogram {
+    /// A histogram kept elsewhere (the kernel's, for `--summary-only`):
+    /// per-bucket counts in [`bucket`] order, and the totals.
+    pub fn from_parts(counts: Vec<u64>, sum: u128, min: u64, max: u64) -> Histogram {
+        let mut counts = counts;
+        counts.resize(BUCKETS, 0);
+        let count = counts.iter().sum();
+        Histogram {
+            counts: counts.into_boxed_slice(),
+            count,
+            sum,
+            min: if count == 0 { u64::MAX } else { min },
+            max,
+        }
+    }
+
     pub fn record(&mut self, v: u64) {
         self.counts[bucket(v)] += 1;
         self.count += 1;
@@ -143,6 +133,23 @@ pub struct Stats {
     /// Per row: summed time since the send and count, to order the rows
     /// the way packets met them on average.
     t_sum: BTreeMap<Row, (i128, u64)>,
+    /// Set when the statistics were aggregated in the kernel
+    /// (`--summary-only`) rather than built from journeys.
+    pub in_kernel: Option<KernelOutcomes>,
+}
+
+/// How the echoes aggregated in the kernel ended.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct KernelOutcomes {
+    /// Answered with every expected stage seen.
+    pub answered: u64,
+    /// Answered, but an expected stage was not seen.
+    pub answered_incomplete: u64,
+    pub dropped: u64,
+    pub no_route: u64,
+    /// Not answered (or forgotten, past the in-flight limit) when the
+    /// trace ended.
+    pub unfinished: u64,
 }
 
 impl Stats {
@@ -187,6 +194,13 @@ impl Stats {
             t.0 += h.t_ns as i128;
             t.1 += 1;
         }
+    }
+
+    /// Adds a row measured elsewhere, with its summed time since the send.
+    pub fn set_row(&mut self, row: Row, h: Histogram, t_sum: i128) {
+        let n = h.count;
+        self.rows.insert(row, h);
+        self.t_sum.insert(row, (t_sum, n));
     }
 
     /// The rows in the order packets met them, by mean time since the send.

@@ -45,6 +45,8 @@ pub struct TraceOptions {
     pub verbose: bool,
     /// Run the command with this uid and gid instead of lotrace's.
     pub run_as: Option<(u32, u32)>,
+    /// Aggregate in the kernel and print only the summary.
+    pub summary_only: bool,
 }
 
 impl TraceOptions {
@@ -63,6 +65,7 @@ impl TraceOptions {
             btf: self.btf.clone(),
             verbose: self.verbose,
             run_as: self.run_as,
+            summary_only: self.summary_only,
         }
     }
 }
@@ -383,6 +386,7 @@ pub async fn run_session(opts: TraceOptions, quiet: bool) -> Result<Finished> {
         verbose: opts.verbose,
         backend: opts.backend,
         allow_missing: opts.allow_missing,
+        summary_only: opts.summary_only,
     })?;
     meta.set_probes(&tracer.plan, &tracer.attached);
     meta.drop_reasons = tracer.drop_reasons.clone();
@@ -575,6 +579,11 @@ pub async fn run_session(opts: TraceOptions, quiet: bool) -> Result<Finished> {
     session.record(&Record::Lost(lost));
     session.missed = Some(tracer.missed_runs());
     session.submitted = tracer.submitted_events().ok();
+    if opts.summary_only {
+        // Every event went into the kernel's aggregates: none was lost.
+        session.stats = crate::kagg::stats(&tracer.aggregate()?);
+        session.events = session.submitted.unwrap_or(0);
+    }
     let end = self_usage(started);
     session.usage = Some(render::Usage {
         cpu_ns: end.cpu_ns.saturating_sub(base.cpu_ns),

@@ -1,0 +1,215 @@
+//! In-kernel aggregation (`trace --summary-only`): instead of streaming one
+//! event per stage, the programs keep per-stage histograms themselves, so a
+//! flood costs the traced packets a few map updates and costs user space
+//! nothing. Both sides use the layout and the bucket function defined here,
+//! so a histogram read out of the kernel is the same one user space would
+//! have built from the events.
+
+use crate::catalog::STAGE_COUNT;
+
+/// Sub-buckets per power of two: percentiles are within 1/16 (6%).
+pub const SUB_BITS: u32 = 4;
+pub const SUB: u32 = 1 << SUB_BITS;
+/// Buckets of one histogram: every u64 has one.
+pub const BUCKETS: usize = (64 * SUB) as usize;
+
+/// The index of the most significant set bit of a non-zero value. Written
+/// out because the eBPF target has no count-leading-zeros instruction.
+#[inline(always)]
+pub const fn msb(mut v: u64) -> u32 {
+    let mut n = 0;
+    if v >> 32 != 0 {
+        v >>= 32;
+        n += 32;
+    }
+    if v >> 16 != 0 {
+        v >>= 16;
+        n += 16;
+    }
+    if v >> 8 != 0 {
+        v >>= 8;
+        n += 8;
+    }
+    if v >> 4 != 0 {
+        v >>= 4;
+        n += 4;
+    }
+    if v >> 2 != 0 {
+        v >>= 2;
+        n += 2;
+    }
+    if v >> 1 != 0 {
+        n += 1;
+    }
+    n
+}
+
+/// The log-linear bucket of a value: exact below `SUB`, then `SUB`
+/// buckets per power of two.
+#[inline(always)]
+pub const fn bucket(v: u64) -> usize {
+    if v < SUB as u64 {
+        return v as usize;
+    }
+    let m = msb(v);
+    let shift = m - SUB_BITS;
+    let sub = ((v >> shift) as u32) & (SUB - 1);
+    ((m - SUB_BITS + 1) * SUB + sub) as usize
+}
+
+/// The largest value that falls in bucket `b`.
+pub const fn bucket_high(b: usize) -> u64 {
+    let b = b as u32;
+    if b < SUB {
+        return b as u64;
+    }
+    let e = b / SUB - 1 + SUB_BITS;
+    let sub = (b % SUB) as u64;
+    let low = (1u64 << e) | (sub << (e - SUB_BITS));
+    // Grouped so the top bucket's end (u64::MAX) does not overflow.
+    low + ((1u64 << (e - SUB_BITS)) - 1)
+}
+
+/// Rows of per-stage statistics: (leg, stage, at the probe's return).
+pub const STAGE_ROWS: usize = 2 * STAGE_COUNT * 2;
+/// The kernel RTT: the request's sendto to the reply's netif_rx.
+pub const RTT_ROW: usize = STAGE_ROWS;
+/// The journey: its first stage to the reply's receive by ping.
+pub const TOTAL_ROW: usize = STAGE_ROWS + 1;
+pub const ROWS: usize = STAGE_ROWS + 2;
+
+#[inline(always)]
+pub const fn row(reply: bool, stage: u8, at_return: bool) -> usize {
+    (reply as usize * STAGE_COUNT + stage as usize) * 2 + at_return as usize
+}
+
+/// The inverse of [`row`] for stage rows: (reply, stage, at_return).
+pub const fn row_parts(r: usize) -> (bool, u8, bool) {
+    let at_return = r % 2 == 1;
+    let ls = r / 2;
+    (ls >= STAGE_COUNT, (ls % STAGE_COUNT) as u8, at_return)
+}
+
+/// The bit of a (leg, stage) in [`Echo::seen`] and `Config::expect_leg`.
+#[inline(always)]
+pub const fn seen_bit(reply: bool, stage: u8) -> u64 {
+    1u64 << (reply as u32 * STAGE_COUNT as u32 + stage as u32)
+}
+
+/// One row's totals on one CPU; the buckets are in a separate map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RowAgg {
+    pub count: u64,
+    pub sum: u64,
+    /// `u64::MAX` until the first value (a fresh map holds zeros, so the
+    /// programs treat `count == 0` as "no min yet").
+    pub min: u64,
+    pub max: u64,
+    /// Summed time since the echo's send, to order the rows the way
+    /// packets met them.
+    pub t_sum: i64,
+}
+
+/// What the programs remember of one echo (request and reply) while it is
+/// in flight.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Echo {
+    pub first_ts: u64,
+    /// The request's sendto, 0 if unseen.
+    pub send_ts: u64,
+    pub last_ts: u64,
+    /// [`seen_bit`]s of the stages met so far.
+    pub seen: u64,
+    /// `ECHO_*` flags.
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+/// The echo's outcome is counted; later stages still add to the rows.
+pub const ECHO_CLOSED: u32 = 1 << 0;
+pub const ECHO_RTT: u32 = 1 << 1;
+pub const ECHO_SOCK: u32 = 1 << 2;
+/// The request's (`<< 0`) or reply's (`<< 1`) softirq receive is counted.
+pub const ECHO_SOFTIRQ: u32 = 1 << 3;
+
+/// Slots of the per-CPU `AGG_COUNT` map.
+pub mod counters {
+    /// Echoes the programs started following.
+    pub const OPENED: u32 = 0;
+    /// Answered with every expected stage seen.
+    pub const ANSWERED: u32 = 1;
+    /// Answered, but some expected stage was not seen.
+    pub const ANSWERED_INCOMPLETE: u32 = 2;
+    /// The request was dropped.
+    pub const DROPPED: u32 = 3;
+    /// The request's route lookup failed.
+    pub const NO_ROUTE: u32 = 4;
+    pub const IPV4: u32 = 5;
+    pub const IPV6: u32 = 6;
+    pub const SOCK_RAW: u32 = 7;
+    pub const SOCK_DGRAM: u32 = 8;
+    /// Receives whose NET_RX softirq ran inline, or in ksoftirqd.
+    pub const SOFTIRQ_INLINE: u32 = 9;
+    pub const SOFTIRQ_KSOFTIRQD: u32 = 10;
+    pub const COUNT: u32 = 11;
+}
+
+/// Echoes followed at once; the oldest is forgotten past this.
+pub const ECHOES_MAX: u32 = 16384;
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain `repr(C)` data without padding holes.
+    unsafe impl aya::Pod for super::RowAgg {}
+    unsafe impl aya::Pod for super::Echo {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn msb_matches_leading_zeros() {
+        for v in (0..64)
+            .map(|s| 1u64 << s)
+            .chain([3, 5, 1000, u64::MAX, 12345678901])
+        {
+            assert_eq!(msb(v), 63 - v.leading_zeros(), "{v}");
+        }
+    }
+
+    #[test]
+    fn buckets_cover_their_values() {
+        for v in [
+            0u64,
+            1,
+            15,
+            16,
+            17,
+            31,
+            32,
+            1000,
+            123456,
+            u64::MAX / 3,
+            u64::MAX,
+        ] {
+            let b = bucket(v);
+            assert!(b < BUCKETS);
+            assert!(bucket_high(b) >= v, "{v}");
+            if b > 0 {
+                assert!(bucket_high(b - 1) < v, "{v}");
+            }
+        }
+    }
+
+    #[test]
+    fn rows_round_trip() {
+        for r in 0..STAGE_ROWS {
+            let (reply, stage, ret) = row_parts(r);
+            assert_eq!(row(reply, stage, ret), r);
+        }
+        assert!(seen_bit(true, (STAGE_COUNT - 1) as u8) < 1 << 63);
+    }
+}
