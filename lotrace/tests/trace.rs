@@ -242,6 +242,90 @@ fn a_concurrent_flood_adds_nothing() {
     assert_eq!(summary(&lines)["journeys"], 5);
 }
 
+/// (leg, stage, at_return) → count, from a JSON summary.
+fn summary_rows(s: &Value) -> std::collections::BTreeMap<(String, String, bool), u64> {
+    s["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                (
+                    r["leg"].as_str().unwrap().to_string(),
+                    r["stage"].as_str().unwrap().to_string(),
+                    r["at_return"].as_bool().unwrap(),
+                ),
+                r["count"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn summary_only_aggregates_in_the_kernel_what_the_stream_shows() {
+    require_root();
+    let _k = kernel_lock();
+    let before = lotrace_programs();
+    let ping = ["ping", "-c", "5", "-i", "0.2", "127.0.0.1"];
+    let streamed = ok_json(&lotrace(
+        &[&["trace", "--format", "json"][..], &ping[..]].concat(),
+    ));
+    let lines = ok_json(&lotrace(
+        &[
+            &["trace", "--summary-only", "--format", "json"][..],
+            &ping[..],
+        ]
+        .concat(),
+    ));
+    assert!(journeys(&lines).is_empty(), "no journey is streamed");
+    let s = summary(&lines);
+    assert_eq!(s["journeys"], 5, "{s}");
+    assert_eq!(s["incomplete"], 0, "{s}");
+    assert_eq!(s["in_kernel"]["answered"], 5, "{s}");
+    assert_eq!(s["rtt"]["count"], 5);
+    assert_eq!(s["lost_events"], 0);
+    assert_eq!(s["events"], s["submitted_events"]);
+    assert_eq!(s["softirq"], summary(&streamed)["softirq"]);
+    // The same rows, each met as often, as the journeys give.
+    assert_eq!(summary_rows(s), summary_rows(summary(&streamed)));
+
+    // A flood: every echo is counted, none is streamed, sequences do not
+    // get mixed up.
+    let out = lotrace(&[
+        "trace",
+        "--summary-only",
+        "--format",
+        "json",
+        "ping",
+        "-q",
+        "-f",
+        "-c",
+        "20000",
+        "-w",
+        "60",
+        "127.0.0.1",
+    ]);
+    let lines = ok_json(&out);
+    let s = summary(&lines);
+    let k = &s["in_kernel"];
+    assert_eq!(s["journeys"], 20000, "{s}");
+    assert_eq!(
+        k["answered"].as_u64().unwrap() + k["answered_incomplete"].as_u64().unwrap(),
+        20000,
+        "{s}"
+    );
+    let rows = summary_rows(s);
+    assert_eq!(rows[&("request".into(), "sendto".into(), false)], 20000);
+    assert_eq!(s["rtt"]["count"], 20000);
+
+    let after = lotrace_programs();
+    assert!(
+        after.is_subset(&before),
+        "left loaded: {:?}",
+        after.difference(&before)
+    );
+}
+
 #[test]
 fn text_output_shows_timelines_and_the_summary() {
     require_root();

@@ -26,6 +26,8 @@ pub struct BenchOptions {
 enum Mode {
     Untraced,
     Lotrace,
+    /// `lotrace trace --summary-only`: aggregated in the kernel.
+    Summary,
     Bpftrace,
 }
 
@@ -34,6 +36,7 @@ impl Mode {
         match self {
             Mode::Untraced => "untraced",
             Mode::Lotrace => "lotrace",
+            Mode::Summary => "lotrace --summary-only",
             Mode::Bpftrace => "bpftrace (count only)",
         }
     }
@@ -149,10 +152,11 @@ fn run_ping(flood: bool, n: u32) -> Result<String> {
 
 /// Runs the ping under lotrace (JSON to stdout, ping's lines to stderr);
 /// returns ping's output and lotrace's summary.
-fn run_lotrace(lotrace: &Path, flood: bool, n: u32) -> Result<(String, Value)> {
+fn run_lotrace(lotrace: &Path, extra: &[&str], flood: bool, n: u32) -> Result<(String, Value)> {
     let args = ping_args(flood, n);
     let out = Command::new(lotrace)
         .args(["trace", "--format", "json"])
+        .args(extra)
         .args(&args)
         .output()
         .context("running lotrace")?;
@@ -260,10 +264,15 @@ fn sample(mode: Mode, lotrace: &Path, probes: &[String], n: u32) -> Result<Sampl
             (s.flood_ns_per_ping, s.flood_avg_us) = parse_flood(&run_ping(true, n)?, n)?;
             (s.mean_ns, s.p99_ns) = parse_adaptive(&run_ping(false, n)?)?;
         }
-        Mode::Lotrace => {
-            let (text, sum) = run_lotrace(lotrace, true, n)?;
+        Mode::Lotrace | Mode::Summary => {
+            let extra: &[&str] = if mode == Mode::Summary {
+                &["--summary-only"]
+            } else {
+                &[]
+            };
+            let (text, sum) = run_lotrace(lotrace, extra, true, n)?;
             (s.flood_ns_per_ping, s.flood_avg_us) = parse_flood(&text, n)?;
-            let (text2, sum2) = run_lotrace(lotrace, false, n)?;
+            let (text2, sum2) = run_lotrace(lotrace, extra, false, n)?;
             (s.mean_ns, s.p99_ns) = parse_adaptive(&text2)?;
             for v in [&sum, &sum2] {
                 s.events += v["events"].as_u64().unwrap_or(0);
@@ -317,9 +326,10 @@ fn rss_kb(pid: u32) -> Option<u64> {
 }
 
 /// A long traced flood, its RSS sampled every second.
-fn long_run(lotrace: &Path, n: u32) -> Result<(Vec<u64>, Value)> {
+fn long_run(lotrace: &Path, extra: &[&str], n: u32) -> Result<(Vec<u64>, Value)> {
     let mut child = Command::new(lotrace)
         .args(["trace", "--format", "json"])
+        .args(extra)
         .args(ping_args(true, n))
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -389,7 +399,7 @@ pub fn run(lotrace: &Path, o: &BenchOptions) -> Result<()> {
         o.count,
         probes.len()
     );
-    let modes = [Mode::Untraced, Mode::Lotrace, Mode::Bpftrace];
+    let modes = [Mode::Untraced, Mode::Lotrace, Mode::Summary, Mode::Bpftrace];
     let mut all: Vec<(u32, Mode, Sample)> = Vec::new();
     for round in 1..=o.rounds {
         for &m in &modes {
@@ -419,7 +429,7 @@ pub fn run(lotrace: &Path, o: &BenchOptions) -> Result<()> {
             (
                 s.events.to_string(),
                 format!("{:.0}", s.events as f64 / secs.max(1e-9)),
-                if *m == Mode::Lotrace {
+                if *m != Mode::Bpftrace {
                     s.lost.to_string()
                 } else {
                     "n/a".into()
@@ -456,27 +466,41 @@ pub fn run(lotrace: &Path, o: &BenchOptions) -> Result<()> {
             })
             .collect()
     };
-    let flood_l = median(per(Mode::Lotrace, |s| s.flood_ns_per_ping));
     let flood_b = median(per(Mode::Bpftrace, |s| s.flood_ns_per_ping));
-    let mean_l = median(per(Mode::Lotrace, |s| s.mean_ns));
     let mean_b = median(per(Mode::Bpftrace, |s| s.mean_ns));
+    let p99_b = median(per(Mode::Bpftrace, |s| s.p99_ns));
     println!();
-    println!(
-        "added per ping (median over rounds): flood cycle lotrace +{:.2} µs, bpftrace +{:.2} µs, ratio {:.2}; adaptive mean RTT lotrace +{:.2} µs, bpftrace +{:.2} µs, ratio {:.2}",
-        flood_l / 1000.0,
-        flood_b / 1000.0,
-        flood_l / flood_b,
-        mean_l / 1000.0,
-        mean_b / 1000.0,
-        mean_l / mean_b
-    );
-
-    if o.long > 0 {
+    for m in [Mode::Lotrace, Mode::Summary] {
+        let flood = median(per(m, |s| s.flood_ns_per_ping));
+        let mean = median(per(m, |s| s.mean_ns));
+        let p99 = median(per(m, |s| s.p99_ns));
         println!(
-            "xtask: long run: {} pings flooded under lotrace, RSS sampled every second",
-            o.long
+            "added per ping (median over rounds), {} vs bpftrace: flood cycle +{:.2} vs +{:.2} µs, ratio {:.2}; adaptive mean RTT +{:.2} vs +{:.2} µs, ratio {:.2}; adaptive p99 +{:.2} vs +{:.2} µs",
+            m.name(),
+            flood / 1000.0,
+            flood_b / 1000.0,
+            flood / flood_b,
+            mean / 1000.0,
+            mean_b / 1000.0,
+            mean / mean_b,
+            p99 / 1000.0,
+            p99_b / 1000.0,
         );
-        let (rss, sum) = long_run(lotrace, o.long)?;
+    }
+
+    for (m, extra) in [
+        (Mode::Lotrace, &[][..]),
+        (Mode::Summary, &["--summary-only"][..]),
+    ] {
+        if o.long == 0 {
+            break;
+        }
+        println!(
+            "xtask: long run: {} pings flooded under {}, RSS sampled every second",
+            o.long,
+            m.name()
+        );
+        let (rss, sum) = long_run(lotrace, extra, o.long)?;
         let n = rss.len();
         let tenth = (n / 10).max(1);
         let early = rss.iter().take(tenth).copied().max().unwrap_or(0);
@@ -487,7 +511,8 @@ pub fn run(lotrace: &Path, o: &BenchOptions) -> Result<()> {
             .max()
             .unwrap_or(0);
         println!(
-            "long run: {} journeys, {} events, {} lost; RSS max {} MiB over the first tenth of the run, {} MiB over the last ({} samples); lotrace CPU {:.0}% of a core",
+            "long run, {}: {} journeys, {} events, {} lost; RSS max {} MiB over the first tenth of the run, {} MiB over the last ({} samples); lotrace CPU {:.0}% of a core",
+            m.name(),
             sum["journeys"],
             sum["events"],
             sum["lost_events"],
