@@ -96,19 +96,50 @@ pub const fn seen_bit(reply: bool, stage: u8) -> u64 {
     1u64 << (reply as u32 * STAGE_COUNT as u32 + stage as u32)
 }
 
-/// One row's totals on one CPU; the buckets are in a separate map.
+/// One row on one CPU: its totals and its histogram, in one map value so
+/// that a stage costs the packet one lookup and user space one read per row.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RowAgg {
     pub count: u64,
     pub sum: u64,
-    /// `u64::MAX` until the first value (a fresh map holds zeros, so the
-    /// programs treat `count == 0` as "no min yet").
+    /// Meaningful only when `count > 0` (a fresh map holds zeros).
     pub min: u64,
     pub max: u64,
     /// Summed time since the echo's send, to order the rows the way
     /// packets met them.
     pub t_sum: i64,
+    /// Counts per [`bucket`].
+    pub buckets: [u64; BUCKETS],
+}
+
+impl RowAgg {
+    pub const fn zeroed() -> RowAgg {
+        RowAgg {
+            count: 0,
+            sum: 0,
+            min: 0,
+            max: 0,
+            t_sum: 0,
+            buckets: [0; BUCKETS],
+        }
+    }
+
+    /// Adds one value (`t`: its time since the echo's send).
+    #[inline(always)]
+    pub fn record(&mut self, v: u64, t: i64) {
+        if self.count == 0 || v < self.min {
+            self.min = v;
+        }
+        if v > self.max {
+            self.max = v;
+        }
+        self.count += 1;
+        self.sum = self.sum.wrapping_add(v);
+        self.t_sum = self.t_sum.wrapping_add(t);
+        // Masked so the verifier sees the index in bounds.
+        self.buckets[bucket(v) & (BUCKETS - 1)] += 1;
+    }
 }
 
 /// What the programs remember of one echo (request and reply) while it is
@@ -116,6 +147,7 @@ pub struct RowAgg {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Echo {
+    /// 0: the slot is free.
     pub first_ts: u64,
     /// The request's sendto, 0 if unseen.
     pub send_ts: u64,
@@ -156,8 +188,14 @@ pub mod counters {
     pub const COUNT: u32 = 11;
 }
 
-/// Echoes followed at once; the oldest is forgotten past this.
-pub const ECHOES_MAX: u32 = 16384;
+/// Slots of the `ECHOES` array: one per family and sequence number.
+pub const ECHOES_MAX: u32 = 2 << 16;
+
+/// The `ECHOES` slot of an echo.
+#[inline(always)]
+pub const fn echo_slot(ipv6: bool, seq: u16) -> u32 {
+    ((ipv6 as u32) << 16) | seq as u32
+}
 
 #[cfg(feature = "user")]
 mod pod {
@@ -211,5 +249,17 @@ mod tests {
             assert_eq!(row(reply, stage, ret), r);
         }
         assert!(seen_bit(true, (STAGE_COUNT - 1) as u8) < 1 << 63);
+        assert!(echo_slot(true, u16::MAX) < ECHOES_MAX);
+    }
+
+    #[test]
+    fn a_row_records_totals_and_buckets() {
+        let mut r = RowAgg::zeroed();
+        for v in [500, 100, u64::MAX] {
+            r.record(v, 7);
+        }
+        assert_eq!((r.count, r.min, r.max, r.t_sum), (3, 100, u64::MAX, 21));
+        assert_eq!(r.buckets.iter().sum::<u64>(), 3);
+        assert_eq!(r.buckets[bucket(u64::MAX)], 1);
     }
 }

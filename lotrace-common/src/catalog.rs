@@ -662,7 +662,6 @@ pub mod maps {
     pub const CONFIG: &str = "CONFIG";
     pub const ECHOES: &str = "ECHOES";
     pub const AGG_ROWS: &str = "AGG_ROWS";
-    pub const AGG_HIST: &str = "AGG_HIST";
     pub const AGG_COUNT: &str = "AGG_COUNT";
 }
 

@@ -6,7 +6,7 @@ use aya_ebpf::{
         bpf_probe_read_kernel, bpf_probe_read_user,
     },
     macros::{fentry, fexit, kprobe, kretprobe, map, tracepoint},
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
     programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext, TracePointContext},
 };
 use aya_log_ebpf::{info, warn};
@@ -56,18 +56,14 @@ static SEND_CTX: HashMap<u32, PktKey> = HashMap::with_max_entries(1024, 0);
 
 /// `--summary-only`: each echo in flight, by family and sequence (not id:
 /// an ICMP datagram socket rewrites the id between the send and the
-/// packet, the sequence it keeps).
+/// packet, the sequence it keeps). An array: a lookup is an index, with no
+/// hashing, locking or allocation on the packet's path.
 #[map]
-static ECHOES: LruHashMap<u32, Echo> = LruHashMap::with_max_entries(agg::ECHOES_MAX, 0);
+static ECHOES: Array<Echo> = Array::with_max_entries(agg::ECHOES_MAX, 0);
 
-/// `--summary-only`: per-row totals, per CPU.
+/// `--summary-only`: per-row totals and histograms, per CPU.
 #[map]
 static AGG_ROWS: PerCpuArray<RowAgg> = PerCpuArray::with_max_entries(agg::ROWS as u32, 0);
-
-/// `--summary-only`: per-row histogram buckets, `row * BUCKETS + bucket`.
-#[map]
-static AGG_HIST: PerCpuArray<u64> =
-    PerCpuArray::with_max_entries((agg::ROWS * agg::BUCKETS) as u32, 0);
 
 /// `--summary-only`: `agg::counters`.
 #[map]
@@ -231,20 +227,7 @@ fn bump(counter: u32) {
 #[inline(always)]
 fn agg_record(row: usize, v: u64, t: i64) {
     if let Some(r) = AGG_ROWS.get_ptr_mut(row as u32) {
-        let r = unsafe { &mut *r };
-        if r.count == 0 || v < r.min {
-            r.min = v;
-        }
-        if v > r.max {
-            r.max = v;
-        }
-        r.count += 1;
-        r.sum = r.sum.wrapping_add(v);
-        r.t_sum = r.t_sum.wrapping_add(t);
-    }
-    let b = agg::bucket(v);
-    if let Some(n) = AGG_HIST.get_ptr_mut((row * agg::BUCKETS + b) as u32) {
-        unsafe { *n += 1 };
+        unsafe { (*r).record(v, t) };
     }
 }
 
@@ -259,38 +242,30 @@ fn aggregate(key: &PktKey, e: &Emit) {
     if key.valid == 0 || !(reply || is_echo_request(key.family, key.icmp_type)) {
         return;
     }
-    let k = ((key.family as u32) << 16) | key.icmp_seq as u32;
+    let ipv6 = key.family == AF_INET6;
+    let Some(echo) = ECHOES.get_ptr_mut(agg::echo_slot(ipv6, key.icmp_seq)) else {
+        return;
+    };
+    let echo = unsafe { &mut *echo };
     let stage_n = stage as u8;
     // A send starts the echo afresh: sequences wrap under a long flood.
     let fresh = !reply && stage_n == Stage::Sendto as u8;
-    let existing = if fresh { None } else { ECHOES.get_ptr_mut(&k) };
-    let echo = match existing {
-        Some(p) => p,
-        None => {
-            let e = Echo {
-                first_ts: ts,
-                send_ts: if fresh { ts } else { 0 },
-                last_ts: ts,
-                seen: 0,
-                flags: 0,
-                _pad: 0,
-            };
-            if ECHOES.insert(&k, &e, 0).is_err() {
-                return;
-            }
-            bump(agg::counters::OPENED);
-            bump(if key.family == AF_INET6 {
-                agg::counters::IPV6
-            } else {
-                agg::counters::IPV4
-            });
-            match ECHOES.get_ptr_mut(&k) {
-                Some(p) => p,
-                None => return,
-            }
-        }
-    };
-    let echo = unsafe { &mut *echo };
+    if fresh || echo.first_ts == 0 {
+        *echo = Echo {
+            first_ts: ts,
+            send_ts: if fresh { ts } else { 0 },
+            last_ts: ts,
+            seen: 0,
+            flags: 0,
+            _pad: 0,
+        };
+        bump(agg::counters::OPENED);
+        bump(if ipv6 {
+            agg::counters::IPV6
+        } else {
+            agg::counters::IPV4
+        });
+    }
     let delta = ts.saturating_sub(echo.last_ts);
     if ts > echo.last_ts {
         echo.last_ts = ts;

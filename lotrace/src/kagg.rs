@@ -12,38 +12,31 @@ use crate::{
     stats::{Histogram, KernelOutcomes, Row, Stats},
 };
 
-/// One aggregation row as read from the kernel: its totals on each CPU and
-/// its buckets summed over CPUs.
-#[derive(Clone, Debug, Default)]
-pub struct RowData {
-    pub per_cpu: Vec<RowAgg>,
-    pub buckets: Vec<u64>,
+/// One aggregation row's totals and histogram on each CPU, merged.
+fn histogram(per_cpu: &[RowAgg]) -> (Histogram, i128) {
+    let live = || per_cpu.iter().filter(|r| r.count > 0);
+    let mut buckets = vec![0u64; agg::BUCKETS];
+    for r in live() {
+        for (b, n) in buckets.iter_mut().zip(r.buckets.iter()) {
+            *b += n;
+        }
+    }
+    let sum = live().map(|r| r.sum as u128).sum();
+    let min = live().map(|r| r.min).min().unwrap_or(u64::MAX);
+    let max = live().map(|r| r.max).max().unwrap_or(0);
+    let t_sum = live().map(|r| r.t_sum as i128).sum();
+    (Histogram::from_parts(buckets, sum, min, max), t_sum)
 }
 
-impl RowData {
-    pub fn count(&self) -> u64 {
-        self.per_cpu.iter().map(|r| r.count).sum()
-    }
-
-    fn histogram(&self) -> (Histogram, i128) {
-        let live = || self.per_cpu.iter().filter(|r| r.count > 0);
-        let sum = live().map(|r| r.sum as u128).sum();
-        let min = live().map(|r| r.min).min().unwrap_or(u64::MAX);
-        let max = live().map(|r| r.max).max().unwrap_or(0);
-        let t_sum = live().map(|r| r.t_sum as i128).sum();
-        (
-            Histogram::from_parts(self.buckets.clone(), sum, min, max),
-            t_sum,
-        )
-    }
+fn count(per_cpu: &[RowAgg]) -> u64 {
+    per_cpu.iter().map(|r| r.count).sum()
 }
 
 /// Everything read out of the aggregation maps.
 #[derive(Clone, Debug, Default)]
 pub struct KernelAgg {
-    /// Indexed by aggregation row (see [`agg::row`]); rows never written
-    /// may be left empty.
-    pub rows: Vec<RowData>,
+    /// Per aggregation row (see [`agg::row`]), its value on each CPU.
+    pub rows: Vec<Vec<RowAgg>>,
     /// `agg::counters`, summed over CPUs.
     pub counters: Vec<u64>,
 }
@@ -57,14 +50,14 @@ impl KernelAgg {
 pub fn stats(k: &KernelAgg) -> Stats {
     let mut s = Stats::default();
     for (i, data) in k.rows.iter().enumerate().take(agg::STAGE_ROWS) {
-        if data.count() == 0 {
+        if count(data) == 0 {
             continue;
         }
         let (reply, stage, at_return) = agg::row_parts(i);
         let Some(stage) = Stage::from_u8(stage) else {
             continue;
         };
-        let (h, t_sum) = data.histogram();
+        let (h, t_sum) = histogram(data);
         let leg = if reply { Leg::Reply } else { Leg::Request };
         s.set_row(
             Row {
@@ -77,10 +70,10 @@ pub fn stats(k: &KernelAgg) -> Stats {
         );
     }
     if let Some(d) = k.rows.get(agg::RTT_ROW) {
-        s.rtt = d.histogram().0;
+        s.rtt = histogram(d).0;
     }
     if let Some(d) = k.rows.get(agg::TOTAL_ROW) {
-        s.total = d.histogram().0;
+        s.total = histogram(d).0;
     }
     let opened = k.counter(counters::OPENED);
     let o = KernelOutcomes {
@@ -139,39 +132,24 @@ pub fn close_stage(covered: &[Stage]) -> Stage {
 mod tests {
     use super::*;
     use crate::journey::ALWAYS;
-    use lotrace_common::agg::{BUCKETS, bucket, row};
+    use lotrace_common::agg::row;
 
-    fn row_data(cpus: &[&[u64]], t: i64) -> RowData {
-        let mut buckets = vec![0; BUCKETS];
-        let per_cpu = cpus
-            .iter()
+    fn row_data(cpus: &[&[u64]], t: i64) -> Vec<RowAgg> {
+        cpus.iter()
             .map(|vals| {
-                let mut r = RowAgg {
-                    min: u64::MAX,
-                    ..Default::default()
-                };
+                let mut r = RowAgg::zeroed();
                 for &v in *vals {
-                    buckets[bucket(v)] += 1;
-                    r.count += 1;
-                    r.sum += v;
-                    r.min = r.min.min(v);
-                    r.max = r.max.max(v);
-                    r.t_sum += t;
-                }
-                if r.count == 0 {
-                    // A fresh per-CPU slot is all zeros.
-                    r.min = 0;
+                    r.record(v, t);
                 }
                 r
             })
-            .collect();
-        RowData { per_cpu, buckets }
+            .collect()
     }
 
     #[test]
     fn kernel_rows_become_the_streamed_statistics() {
         let mut k = KernelAgg {
-            rows: vec![RowData::default(); agg::ROWS],
+            rows: vec![Vec::new(); agg::ROWS],
             counters: vec![0; counters::COUNT as usize],
         };
         let send = row(false, Stage::Sendto as u8, false);

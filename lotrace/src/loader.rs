@@ -145,10 +145,19 @@ pub fn capabilities(btf: &KernelBtf) -> Caps {
 
 fn load_object(config: &Config, ring_size: u32, verbose: bool) -> Result<Ebpf> {
     let level: u8 = if verbose { u8::MAX } else { 0 };
-    EbpfLoader::new()
+    let mut loader = EbpfLoader::new();
+    loader
         .override_global(maps::CONFIG, config, true)
         .override_global(aya_log::LEVEL, &level, false)
-        .map_max_entries(maps::EVENTS, ring_size)
+        .map_max_entries(maps::EVENTS, ring_size);
+    if config.summary_only == 0 {
+        // The aggregation maps are per CPU and large: allocate them only
+        // when they are used.
+        for m in [maps::ECHOES, maps::AGG_ROWS] {
+            loader.map_max_entries(m, 1);
+        }
+    }
+    loader
         .load(OBJECT)
         .map_err(|e| anyhow!("the kernel refused lotrace's eBPF object: {e}"))
 }
@@ -464,7 +473,7 @@ impl Tracer {
             .sum()
     }
 
-    /// What the programs aggregated (`--summary-only`), summed over CPUs.
+    /// What the programs aggregated (`--summary-only`).
     pub fn aggregate(&self) -> Result<KernelAgg> {
         let map = |name: &str| {
             self.ebpf
@@ -472,29 +481,13 @@ impl Tracer {
                 .with_context(|| format!("{name} map missing"))
         };
         let rows: PerCpuArray<&MapData, RowAgg> = PerCpuArray::try_from(map(maps::AGG_ROWS)?)?;
-        let hist: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map(maps::AGG_HIST)?)?;
         let count: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map(maps::AGG_COUNT)?)?;
         let mut out = KernelAgg::default();
         for c in 0..agg::counters::COUNT {
             out.counters.push(count.get(&c, 0)?.iter().sum());
         }
-        for r in 0..agg::ROWS {
-            let per_cpu: Vec<RowAgg> = rows.get(&(r as u32), 0)?.iter().copied().collect();
-            let mut data = kagg::RowData {
-                per_cpu,
-                buckets: Vec::new(),
-            };
-            // Only rows that saw something: a lookup per bucket is a
-            // system call.
-            if data.count() > 0 {
-                data.buckets = (0..agg::BUCKETS)
-                    .map(|b| {
-                        let i = (r * agg::BUCKETS + b) as u32;
-                        Ok(hist.get(&i, 0)?.iter().sum())
-                    })
-                    .collect::<Result<Vec<u64>>>()?;
-            }
-            out.rows.push(data);
+        for r in 0..agg::ROWS as u32 {
+            out.rows.push(rows.get(&r, 0)?.iter().copied().collect());
         }
         Ok(out)
     }
