@@ -143,24 +143,19 @@ fn parse_skb(skb: u64) -> Option<(PktKey, u32)> {
     if nh == u16::MAX || head == 0 {
         return None;
     }
-    let len: u32 = read_kernel(skb + off_len).unwrap_or(0);
+    // The length only goes into streamed events: aggregation skips the read.
+    let len: u32 = if config_u8(&CONFIG.summary_only) != 0 {
+        0
+    } else {
+        read_kernel(skb + off_len).unwrap_or(0)
+    };
     let ip = head + nh as u64;
-    let first: u8 = read_kernel(ip)?;
-    let (family, icmp_at) = match first >> 4 {
-        4 => {
-            let proto: u8 = read_kernel(ip + 9)?;
-            if proto != IPPROTO_ICMP {
-                return None;
-            }
-            (AF_INET, ip + ((first & 0x0f) as u64) * 4)
-        }
-        6 => {
-            let next: u8 = read_kernel(ip + 6)?;
-            if next != IPPROTO_ICMPV6 {
-                return None;
-            }
-            (AF_INET6, ip + 40)
-        }
+    // One read covers what both IP versions need: the version, IPv4's
+    // protocol (byte 9) and IPv6's next header (byte 6).
+    let iph: [u8; 10] = read_kernel(ip)?;
+    let (family, icmp_at) = match iph[0] >> 4 {
+        4 if iph[9] == IPPROTO_ICMP => (AF_INET, ip + ((iph[0] & 0x0f) as u64) * 4),
+        6 if iph[6] == IPPROTO_ICMPV6 => (AF_INET6, ip + 40),
         _ => return None,
     };
     let hdr: [u8; 8] = read_kernel(icmp_at)?;
