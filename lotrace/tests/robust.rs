@@ -232,6 +232,17 @@ fn bad_inputs_each_give_one_line() {
         ),
         (&["nonsense"], "'nonsense'"),
         (
+            &[
+                "trace",
+                "--summary-only",
+                "--record",
+                "/tmp/x",
+                "ping",
+                "127.0.0.1",
+            ],
+            "cannot be used with",
+        ),
+        (
             &["trace", "no-such-command-lotrace"],
             "command not found: no-such-command-lotrace",
         ),
