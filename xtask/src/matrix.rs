@@ -18,8 +18,8 @@ const CARD: &[&str] = &[
 pub const BACKENDS: &[&str] = &["kprobe", "fentry", "tracepoint"];
 pub const PINGS: usize = 3;
 
-/// The lotrace invocations of one guest: the probe table, then one trace
-/// per backend.
+/// The lotrace invocations of one guest: the probe table, one trace per
+/// backend, then one aggregated in the kernel (`--summary-only`).
 pub fn runs() -> Vec<Vec<String>> {
     let mut runs = vec![vec!["probes".to_string(), "--format".into(), "json".into()]];
     for b in BACKENDS {
@@ -40,6 +40,21 @@ pub fn runs() -> Vec<Vec<String>> {
             .collect(),
         );
     }
+    runs.push(
+        [
+            "trace",
+            "--summary-only",
+            "--format",
+            "json",
+            "ping",
+            "-c",
+            "3",
+            "127.0.0.1",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect(),
+    );
     runs
 }
 
@@ -167,13 +182,47 @@ pub fn check_trace(run: &Run, backend: &str) -> Result<()> {
     Ok(())
 }
 
+/// The in-kernel aggregation: every echo answered with every stage, the
+/// rows there, nothing streamed.
+pub fn check_summary_only(run: &Run) -> Result<()> {
+    ensure!(run.exit == 0, "lotrace trace exited with {}", run.exit);
+    let lines = json_lines(run)?;
+    ensure!(
+        lines.iter().all(|v| v["type"] != "journey"),
+        "journeys were streamed"
+    );
+    let s = lines
+        .iter()
+        .find(|v| v["type"] == "summary")
+        .context("no summary")?;
+    ensure!(s["journeys"] == PINGS as u64, "journeys: {}", s["journeys"]);
+    ensure!(
+        s["in_kernel"]["answered"] == PINGS as u64,
+        "outcomes: {}",
+        s["in_kernel"]
+    );
+    ensure!(s["rtt"]["count"] == PINGS as u64, "rtt: {}", s["rtt"]);
+    let stages: Vec<&str> = s["stages"]
+        .as_array()
+        .context("stages")?
+        .iter()
+        .filter_map(|r| r["stage"].as_str())
+        .collect();
+    for stage in CARD {
+        ensure!(stages.contains(stage), "no {stage} row: {stages:?}");
+    }
+    Ok(())
+}
+
 pub fn check_guest(series: &str, results: &[Run]) -> Result<()> {
-    if results.len() != BACKENDS.len() + 1 {
+    if results.len() != BACKENDS.len() + 2 {
         bail!("{series}: {} results", results.len());
     }
     check_probes(&results[0]).with_context(|| format!("{series}: lotrace probes"))?;
     for (b, r) in BACKENDS.iter().zip(&results[1..]) {
         check_trace(r, b).with_context(|| format!("{series}: --backend {b}"))?;
     }
+    check_summary_only(&results[BACKENDS.len() + 1])
+        .with_context(|| format!("{series}: --summary-only"))?;
     Ok(())
 }
