@@ -16,6 +16,20 @@ pub const ICMP_ECHOREPLY: u8 = 0;
 pub const ICMP_ECHO: u8 = 8;
 pub const ICMPV6_ECHO_REQUEST: u8 = 128;
 pub const ICMPV6_ECHO_REPLY: u8 = 129;
+/// Bytes read at once from `skb->network_header` to get `skb->head` too.
+pub const SKB_WINDOW: usize = 32;
+
+/// Where the 8 bytes of `skb->head` start in a `SKB_WINDOW`-byte read at
+/// `skb->network_header`, if they are inside it (the header offsets sit
+/// just before `head` in every layout so far: 12 to 16 bytes apart).
+pub const fn head_in_window(off_nh: u64, off_head: u64) -> Option<usize> {
+    if off_head > off_nh && off_head - off_nh + 8 <= SKB_WINDOW as u64 {
+        Some((off_head - off_nh) as usize)
+    } else {
+        None
+    }
+}
+
 /// Socket kinds, from `sk_type`.
 pub const SOCK_DGRAM: u32 = 2;
 pub const SOCK_RAW: u32 = 3;
@@ -283,6 +297,28 @@ pub struct CpuState {
     pub xmit: PktKey,
     /// The tracked packet inside `netif_rx` (see `in_tracked_netif_rx`).
     pub netif_rx: PktKey,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn head_is_inside_the_window_or_read_apart() {
+        for nh in [0u64, 180, 200] {
+            for gap in 0..64u64 {
+                match head_in_window(nh, nh + gap) {
+                    Some(i) => {
+                        assert_eq!(i as u64, gap);
+                        assert!(gap > 0 && i + 8 <= SKB_WINDOW);
+                        assert_eq!(i & (SKB_WINDOW - 1), i, "the mask must not move it");
+                    }
+                    None => assert!(gap == 0 || gap + 8 > SKB_WINDOW as u64),
+                }
+            }
+            assert_eq!(head_in_window(nh + 8, nh), None);
+        }
+    }
 }
 
 #[cfg(feature = "user")]

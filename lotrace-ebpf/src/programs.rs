@@ -6,7 +6,7 @@ use aya_ebpf::{
         bpf_probe_read_kernel, bpf_probe_read_user,
     },
     macros::{fentry, fexit, kprobe, kretprobe, map, tracepoint},
-    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext, TracePointContext},
 };
 use aya_log_ebpf::{info, warn};
@@ -16,8 +16,8 @@ use lotrace_common::{
     catalog::counters,
     event::{
         AF_INET, AF_INET6, FLAG_NET_RX, FLAG_PACKET, ICMP_ECHO, ICMP_ECHOREPLY, ICMPV6_ECHO_REPLY,
-        ICMPV6_ECHO_REQUEST, IPPROTO_ICMP, IPPROTO_ICMPV6, NET_RX_SOFTIRQ, SOCK_DGRAM, SOCK_RAW,
-        is_echo_reply, is_echo_request,
+        ICMPV6_ECHO_REQUEST, IPPROTO_ICMP, IPPROTO_ICMPV6, NET_RX_SOFTIRQ, SKB_WINDOW, SOCK_DGRAM,
+        SOCK_RAW, head_in_window, is_echo_reply, is_echo_request,
     },
 };
 
@@ -45,15 +45,16 @@ static TARGETS: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0);
 /// Non-zero at `track_key` for the ids of echo requests the targets sent.
 /// An array, not a hash: every skb stage asks, and an index costs less.
 #[map]
-static TRACKED: Array<u8> = Array::with_max_entries(2 << 16, 0);
+static TRACKED: Array<u8> = Array::with_max_entries(agg::ECHOES_MAX, 0);
 
 /// Sockets (`struct sock *`) the targets sent echo requests on.
 #[map]
 static SOCKS: HashMap<u64, u8> = HashMap::with_max_entries(256, 0);
 
-/// Per thread: the echo request inside its current sendto().
+/// Per thread: the echo request inside its current sendto() (see
+/// `set_ctx`).
 #[map]
-static SEND_CTX: HashMap<u32, PktKey> = HashMap::with_max_entries(1024, 0);
+static SEND_CTX: LruHashMap<u32, PktKey> = LruHashMap::with_max_entries(1024, 0);
 
 /// `--summary-only`: each echo in flight, by family and sequence (not id:
 /// an ICMP datagram socket rewrites the id between the send and the
@@ -70,9 +71,40 @@ static AGG_ROWS: PerCpuArray<RowAgg> = PerCpuArray::with_max_entries(agg::ROWS a
 #[map]
 static AGG_COUNT: PerCpuArray<u64> = PerCpuArray::with_max_entries(agg::counters::COUNT, 0);
 
-/// Per thread: the echo reply its current recvmsg() copied out.
+/// Per thread: the echo reply its current recvmsg() copied out (see
+/// `set_ctx`).
 #[map]
-static RECV_CTX: HashMap<u32, PktKey> = HashMap::with_max_entries(1024, 0);
+static RECV_CTX: LruHashMap<u32, PktKey> = LruHashMap::with_max_entries(1024, 0);
+
+/// Sets a thread's context. A thread keeps its slot between system calls
+/// (marked invalid, not deleted): writing through the pointer costs the
+/// packet no allocation, as a delete and re-insert per echo would. The map
+/// is LRU so that the slots of threads gone are reused.
+#[inline(always)]
+fn set_ctx(map: &LruHashMap<u32, PktKey>, tid: u32, key: &PktKey) {
+    match map.get_ptr_mut(&tid) {
+        Some(p) => unsafe { *p = *key },
+        None => {
+            let _ = map.insert(&tid, key, 0);
+        }
+    }
+}
+
+/// A thread's context, if set.
+#[inline(always)]
+fn get_ctx(map: &LruHashMap<u32, PktKey>, tid: u32) -> Option<PktKey> {
+    let k = unsafe { *map.get_ptr(&tid)? };
+    (k.valid != 0).then_some(k)
+}
+
+/// Clears a thread's context; returns what it was.
+#[inline(always)]
+fn take_ctx(map: &LruHashMap<u32, PktKey>, tid: u32) -> Option<PktKey> {
+    let p = map.get_ptr_mut(&tid)?;
+    let k = unsafe { *p };
+    unsafe { (*p).valid = 0 };
+    (k.valid != 0).then_some(k)
+}
 
 #[inline(always)]
 fn tp_offset(field: TpField) -> Option<usize> {
@@ -109,7 +141,8 @@ fn is_target(tgid: u32) -> bool {
 
 #[inline(always)]
 fn track_key(key: &PktKey) -> u32 {
-    (((key.family == AF_INET6) as u32) << 16) | key.icmp_id as u32
+    // The same family-and-16-bit-number indexing as the echo slots.
+    agg::echo_slot(key.family == AF_INET6, key.icmp_id)
 }
 
 #[inline(always)]
@@ -129,6 +162,15 @@ fn track(k: u32) -> bool {
     }
 }
 
+/// Remembers a socket of the targets. Looked up first: updating an
+/// existing hash element costs an allocation, and every send asks.
+#[inline(always)]
+fn learn_sock(sk: u64) {
+    if unsafe { SOCKS.get(&sk) }.is_none() {
+        let _ = SOCKS.insert(&sk, &1, 0);
+    }
+}
+
 #[inline(always)]
 fn read_kernel<T>(addr: u64) -> Option<T> {
     unsafe { bpf_probe_read_kernel(addr as *const T) }.ok()
@@ -136,6 +178,23 @@ fn read_kernel<T>(addr: u64) -> Option<T> {
 
 /// Reads the ICMP/ICMPv6 echo header of an skb at the offsets the loader
 /// found in BTF. `None` for anything that is not an echo request or reply.
+/// `skb->head` and `skb->network_header`. They are a few bytes apart in
+/// every layout so far (the header offsets sit just before `head`): one
+/// read of both when so, two otherwise.
+#[inline(always)]
+fn skb_head_nh(skb: u64, off_head: u64, off_nh: u64) -> Option<(u64, u16)> {
+    if let Some(i) = head_in_window(off_nh, off_head) {
+        let buf: [u8; SKB_WINDOW] = read_kernel(skb + off_nh)?;
+        // Masked (and bounds-checked by the slice) so the verifier sees
+        // the 8 bytes inside the buffer.
+        let i = i & (SKB_WINDOW - 1);
+        let mut h = [0u8; 8];
+        h.copy_from_slice(&buf[i..i + 8]);
+        return Some((u64::from_le_bytes(h), u16::from_le_bytes([buf[0], buf[1]])));
+    }
+    Some((read_kernel(skb + off_head)?, read_kernel(skb + off_nh)?))
+}
+
 #[inline(always)]
 fn parse_skb(skb: u64) -> Option<(PktKey, u32)> {
     if skb == 0 {
@@ -151,8 +210,7 @@ fn parse_skb(skb: u64) -> Option<(PktKey, u32)> {
     if off_head == 0 {
         return None;
     }
-    let head: u64 = read_kernel(skb + off_head)?;
-    let nh: u16 = read_kernel(skb + off_nh)?;
+    let (head, nh) = skb_head_nh(skb, off_head, off_nh)?;
     if nh == u16::MAX || head == 0 {
         return None;
     }
@@ -487,7 +545,7 @@ pub fn tp_sys_enter_sendto(ctx: TracePointContext) -> u32 {
     let Some(key) = echo_key(family, &hdr) else {
         return 0;
     };
-    let _ = SEND_CTX.insert(&tid, &key, 0);
+    set_ctx(&SEND_CTX, tid, &key);
     // Track the id now: the IP output path runs before dev_queue_xmit.
     track(track_key(&key));
     emit(
@@ -502,7 +560,7 @@ pub fn tp_sys_enter_sendto(ctx: TracePointContext) -> u32 {
 pub fn tp_sys_exit_sendto(_ctx: TracePointContext) -> u32 {
     let (tgid, tid) = tgid_tid();
     if is_target(tgid) {
-        let _ = SEND_CTX.remove(&tid);
+        let _ = take_ctx(&SEND_CTX, tid);
     }
     0
 }
@@ -514,11 +572,11 @@ fn on_sock_sendmsg<C: EbpfContext>(ctx: &C, probe: ProbeId, sk: u64, ret: Option
     if !is_target(tgid) {
         return;
     }
-    let Some(key) = (unsafe { SEND_CTX.get(&tid) }).copied() else {
+    let Some(key) = get_ctx(&SEND_CTX, tid) else {
         return;
     };
     if sk != 0 {
-        let _ = SOCKS.insert(&sk, &1, 0);
+        learn_sock(sk);
     }
     let r = ret.unwrap_or(0);
     emit(
@@ -553,8 +611,8 @@ fn on_route<C: EbpfContext>(ctx: &C, probe: ProbeId, tb: u32, err: i32, dev: [u8
         if !is_target(tgid) {
             return;
         }
-        match unsafe { SEND_CTX.get(&tid) } {
-            Some(k) => *k,
+        match get_ctx(&SEND_CTX, tid) {
+            Some(k) => k,
             None => return,
         }
     };
@@ -630,7 +688,7 @@ fn on_dev_queue<C: EbpfContext>(ctx: &C, skb: u64, probe: ProbeId) {
                 && let Some(sk) = read_kernel::<u64>(skb + off)
                 && sk != 0
             {
-                let _ = SOCKS.insert(&sk, &1, 0);
+                learn_sock(sk);
                 // Raw or datagram ICMP socket: the report says which.
                 let t_off = unsafe { core::ptr::read_volatile(&CONFIG.sk_type) } as u64;
                 if t_off != 0 {
@@ -989,7 +1047,7 @@ fn on_copy<C: EbpfContext>(ctx: &C, skb: u64, probe: ProbeId, len: i64) {
     if !is_tracked(&key) || !is_echo_reply(key.family, key.icmp_type) {
         return;
     }
-    let _ = RECV_CTX.insert(&tid, &key, 0);
+    set_ctx(&RECV_CTX, tid, &key);
     emit(
         ctx,
         &key,
@@ -1013,10 +1071,9 @@ fn on_recv_exit<C: EbpfContext>(ctx: &C, probe: ProbeId, ret: i64) {
     if !is_target(tgid) {
         return;
     }
-    let Some(key) = (unsafe { RECV_CTX.get(&tid) }).copied() else {
+    let Some(key) = take_ctx(&RECV_CTX, tid) else {
         return;
     };
-    let _ = RECV_CTX.remove(&tid);
     emit(
         ctx,
         &key,
