@@ -129,6 +129,55 @@ fn signals_leave_nothing_attached_and_no_orphan() {
 }
 
 #[test]
+fn sigint_ends_an_aggregated_trace_with_what_the_kernel_counted() {
+    require_root();
+    let _k = kernel_lock();
+    let before = lotrace_programs();
+    let child = Command::new(BIN)
+        .args([
+            "trace",
+            "--summary-only",
+            "--format",
+            "json",
+            "ping",
+            "-i",
+            "0.05",
+            "-w",
+            "60",
+            "127.0.0.1",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Nothing is streamed: wait for ping to run under the probes instead.
+    eventually("ping to start", Duration::from_secs(30), || {
+        children(child.id()).len() == 1 && lotrace_programs().len() > before.len()
+    });
+    std::thread::sleep(Duration::from_millis(600));
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{:?}", out.status);
+    let lines = json_lines(&out);
+    let s = summary(&lines);
+    let n = s["journeys"].as_u64().unwrap();
+    assert!(n >= 3, "{s}");
+    let k = &s["in_kernel"];
+    // The echo in flight when ping was stopped may be unanswered; no
+    // other may be.
+    assert!(k["unfinished"].as_u64().unwrap() <= 1, "{s}");
+    assert_eq!(
+        k["answered"].as_u64().unwrap() + k["unfinished"].as_u64().unwrap(),
+        n,
+        "{s}"
+    );
+    eventually("programs to go", Duration::from_secs(5), || {
+        lotrace_programs().is_subset(&before)
+    });
+}
+
+#[test]
 fn the_child_ending_ends_the_trace_with_a_summary() {
     require_root();
     let _k = kernel_lock();
