@@ -106,10 +106,16 @@ fn take_ctx(map: &LruHashMap<u32, PktKey>, tid: u32) -> Option<PktKey> {
     (k.valid != 0).then_some(k)
 }
 
+/// A field of CONFIG. Volatile: the loader rewrites CONFIG, so the
+/// compiler must not fold it.
+#[inline(always)]
+fn config<T: Copy>(f: &T) -> T {
+    unsafe { core::ptr::read_volatile(f) }
+}
+
 #[inline(always)]
 fn tp_offset(field: TpField) -> Option<usize> {
-    // Volatile: the loader rewrites CONFIG, so the compiler must not fold it.
-    let off = unsafe { core::ptr::read_volatile(&CONFIG.tp[field as usize]) };
+    let off = config(&CONFIG.tp[field as usize]);
     if off == u16::MAX {
         None
     } else {
@@ -200,13 +206,11 @@ fn parse_skb(skb: u64) -> Option<(PktKey, u32)> {
     if skb == 0 {
         return None;
     }
-    let (off_head, off_nh, off_len) = unsafe {
-        (
-            core::ptr::read_volatile(&CONFIG.skb_head) as u64,
-            core::ptr::read_volatile(&CONFIG.skb_network_header) as u64,
-            core::ptr::read_volatile(&CONFIG.skb_len) as u64,
-        )
-    };
+    let (off_head, off_nh, off_len) = (
+        config(&CONFIG.skb_head) as u64,
+        config(&CONFIG.skb_network_header) as u64,
+        config(&CONFIG.skb_len) as u64,
+    );
     if off_head == 0 {
         return None;
     }
@@ -215,7 +219,7 @@ fn parse_skb(skb: u64) -> Option<(PktKey, u32)> {
         return None;
     }
     // The length only goes into streamed events: aggregation skips the read.
-    let len: u32 = if config_u8(&CONFIG.summary_only) != 0 {
+    let len: u32 = if config(&CONFIG.summary_only) != 0 {
         0
     } else {
         read_kernel(skb + off_len).unwrap_or(0)
@@ -278,11 +282,6 @@ struct Emit {
 }
 
 #[inline(always)]
-fn config_u8(f: &u8) -> u8 {
-    unsafe { core::ptr::read_volatile(f) }
-}
-
-#[inline(always)]
 fn bump(counter: u32) {
     if let Some(n) = AGG_COUNT.get_ptr_mut(counter) {
         unsafe { *n += 1 };
@@ -342,7 +341,7 @@ fn aggregate(key: &PktKey, e: &Emit) {
         echo.first_ts
     };
     let p = probe as u32;
-    let rets = unsafe { core::ptr::read_volatile(&CONFIG.ret_probes) };
+    let rets = config(&CONFIG.ret_probes);
     let word = if p >= 64 { rets[1] } else { rets[0] };
     let at_return = (word >> (p & 63)) & 1 != 0;
     agg_record(
@@ -385,10 +384,10 @@ fn aggregate(key: &PktKey, e: &Emit) {
     if echo.flags & agg::ECHO_CLOSED != 0 {
         return;
     }
-    let close_stage = config_u8(&CONFIG.close_stage);
+    let close_stage = config(&CONFIG.close_stage);
     let ended = if reply && stage_n == close_stage {
-        let expect_leg = unsafe { core::ptr::read_volatile(&CONFIG.expect_leg) };
-        let expect_any = unsafe { core::ptr::read_volatile(&CONFIG.expect_any) };
+        let expect_leg = config(&CONFIG.expect_leg);
+        let expect_any = config(&CONFIG.expect_any);
         // A stage expected on either leg: fold the legs' bits together.
         let legs = echo.seen | (echo.seen >> lotrace_common::catalog::STAGE_COUNT);
         let complete = expect_leg & !echo.seen == 0 && expect_any & !legs == 0;
@@ -416,7 +415,7 @@ fn emit<C: EbpfContext>(ctx: &C, key: &PktKey, e: Emit) {
     if let Some(n) = LOST.get_ptr_mut(counters::SUBMITTED_IDX) {
         unsafe { *n += 1 };
     }
-    if config_u8(&CONFIG.summary_only) != 0 {
+    if config(&CONFIG.summary_only) != 0 {
         aggregate(key, &e);
         return;
     }
@@ -649,12 +648,10 @@ pub fn tp_fib6_table_lookup(ctx: TracePointContext) -> u32 {
 /// The first 8 bytes of the name of the device an skb is on.
 #[inline(always)]
 fn dev_name(skb: u64) -> u64 {
-    let (off_dev, off_name) = unsafe {
-        (
-            core::ptr::read_volatile(&CONFIG.skb_dev) as u64,
-            core::ptr::read_volatile(&CONFIG.dev_name) as u64,
-        )
-    };
+    let (off_dev, off_name) = (
+        config(&CONFIG.skb_dev) as u64,
+        config(&CONFIG.dev_name) as u64,
+    );
     if off_dev == 0 {
         return 0;
     }
@@ -683,14 +680,14 @@ fn on_dev_queue<C: EbpfContext>(ctx: &C, skb: u64, probe: ProbeId) {
             }
             // The reply is delivered to this socket, possibly before the
             // send returns: learn it now.
-            let off = unsafe { core::ptr::read_volatile(&CONFIG.skb_sk) } as u64;
+            let off = config(&CONFIG.skb_sk) as u64;
             if off != 0
                 && let Some(sk) = read_kernel::<u64>(skb + off)
                 && sk != 0
             {
                 learn_sock(sk);
                 // Raw or datagram ICMP socket: the report says which.
-                let t_off = unsafe { core::ptr::read_volatile(&CONFIG.sk_type) } as u64;
+                let t_off = config(&CONFIG.sk_type) as u64;
                 if t_off != 0 {
                     sock_type = read_kernel::<u16>(sk + t_off).unwrap_or(0) as u32;
                 }
@@ -802,12 +799,6 @@ pub fn tp_softirq_raise(ctx: TracePointContext) -> u32 {
     0
 }
 
-#[inline(always)]
-fn cfg_u8(v: &u8) -> u8 {
-    // Volatile: the loader rewrites CONFIG, so the compiler must not fold it.
-    unsafe { core::ptr::read_volatile(v) }
-}
-
 #[tracepoint]
 pub fn tp_softirq_entry(ctx: TracePointContext) -> u32 {
     if field::<u32>(&ctx, TpField::SoftirqEntryVec) != Some(NET_RX_SOFTIRQ) {
@@ -858,7 +849,7 @@ pub fn tp_softirq_exit(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let Some(st) = state() else { return 0 };
-    if cfg_u8(&CONFIG.net_rx_probe) == 0 {
+    if config(&CONFIG.net_rx_probe) == 0 {
         net_rx_end(&ctx, ProbeId::SoftirqExit, st.softirq_entry_ts);
     }
     st.in_net_rx = 0;
@@ -953,7 +944,7 @@ fn on_receive_skb<C: EbpfContext>(ctx: &C, skb: u64, probe: ProbeId) {
     if st.in_net_rx != 0 {
         if st.entry_emitted == 0 {
             st.entry_emitted = 1;
-            let fn_probe = cfg_u8(&CONFIG.net_rx_probe);
+            let fn_probe = config(&CONFIG.net_rx_probe);
             if fn_probe == 0 {
                 emit_start(
                     ctx,
@@ -966,7 +957,7 @@ fn on_receive_skb<C: EbpfContext>(ctx: &C, skb: u64, probe: ProbeId) {
                 emit_start(ctx, &key, st.fn_entry_ts, Stage::NetRxAction, fn_probe);
             }
         }
-        let backlog_probe = cfg_u8(&CONFIG.backlog_probe);
+        let backlog_probe = config(&CONFIG.backlog_probe);
         if backlog_probe != 0 && st.backlog_emitted == 0 && st.backlog_entry_ts != 0 {
             st.backlog_emitted = 1;
             emit_start(
