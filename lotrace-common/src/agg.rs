@@ -219,7 +219,8 @@ mod tests {
     }
 
     #[test]
-    fn buckets_cover_their_values() {
+    fn buckets_are_ordered_tight_and_cover_their_values() {
+        let mut last = 0;
         for v in [
             0u64,
             1,
@@ -228,14 +229,20 @@ mod tests {
             17,
             31,
             32,
+            100,
             1000,
-            123456,
+            123_456,
+            9_999_999,
             u64::MAX / 3,
             u64::MAX,
         ] {
             let b = bucket(v);
             assert!(b < BUCKETS);
-            assert!(bucket_high(b) >= v, "{v}");
+            assert!(b >= last, "bucket order at {v}");
+            last = b;
+            let high = bucket_high(b);
+            assert!(high >= v, "{v} above its bucket's high {high}");
+            assert!(high - v <= v / 16 + 1, "{v}: bucket too wide ({high})");
             if b > 0 {
                 assert!(bucket_high(b - 1) < v, "{v}");
             }

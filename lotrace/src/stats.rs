@@ -34,8 +34,7 @@ impl Default for Histogram {
 impl Histogram {
     /// A histogram kept elsewhere (the kernel's, for `--summary-only`):
     /// per-bucket counts in [`bucket`] order, and the totals.
-    pub fn from_parts(counts: Vec<u64>, sum: u128, min: u64, max: u64) -> Histogram {
-        let mut counts = counts;
+    pub fn from_parts(mut counts: Vec<u64>, sum: u128, min: u64, max: u64) -> Histogram {
         counts.resize(BUCKETS, 0);
         let count = counts.iter().sum();
         Histogram {
@@ -147,8 +146,8 @@ pub struct KernelOutcomes {
     pub answered_incomplete: u64,
     pub dropped: u64,
     pub no_route: u64,
-    /// Not answered (or forgotten, past the in-flight limit) when the
-    /// trace ended.
+    /// Not answered when the trace ended, or when a later send with the
+    /// same sequence number took its slot.
     pub unfinished: u64,
 }
 
@@ -229,32 +228,6 @@ mod tests {
         assert_eq!(h.quantile(1.0), Some(u64::MAX));
         assert!(h.quantile(0.5).unwrap() >= u64::MAX / 2);
         assert!(h.nonzero_buckets().iter().all(|(lo, hi, _)| lo <= hi));
-    }
-
-    #[test]
-    fn buckets_are_monotonic_and_tight() {
-        let mut last = 0;
-        for v in [
-            0u64,
-            1,
-            15,
-            16,
-            17,
-            31,
-            32,
-            100,
-            1000,
-            123_456,
-            9_999_999,
-            u64::MAX / 3,
-        ] {
-            let b = bucket(v);
-            assert!(b >= last, "bucket order at {v}");
-            last = b;
-            let high = bucket_high(b);
-            assert!(high >= v, "{v} above its bucket's high {high}");
-            assert!(high - v <= v / 16 + 1, "{v}: bucket too wide ({high})");
-        }
     }
 
     #[test]

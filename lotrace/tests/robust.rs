@@ -51,11 +51,14 @@ fn eventually(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
 
 /// Starts an unbounded ping under lotrace and waits for its first journey;
 /// returns lotrace, ping's pid and the first journey's line.
-fn start_tracing(env: &[(&str, &str)]) -> (Child, u32, BufReader<std::process::ChildStdout>) {
-    let mut child = Command::new(BIN)
+/// `lotrace trace OPTIONS --format json` of a ping every 50 ms (at most
+/// 60 s), its JSON on a pipe.
+fn spawn_ping_trace(options: &[&str], env: &[(&str, &str)]) -> Child {
+    Command::new(BIN)
         .envs(env.iter().copied())
+        .arg("trace")
+        .args(options)
         .args([
-            "trace",
             "--format",
             "json",
             "ping",
@@ -68,7 +71,11 @@ fn start_tracing(env: &[(&str, &str)]) -> (Child, u32, BufReader<std::process::C
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+fn start_tracing(env: &[(&str, &str)]) -> (Child, u32, BufReader<std::process::ChildStdout>) {
+    let mut child = spawn_ping_trace(&[], env);
     let mut out = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     // The first journey proves the probes are attached and events flow.
@@ -133,23 +140,7 @@ fn sigint_ends_an_aggregated_trace_with_what_the_kernel_counted() {
     require_root();
     let _k = kernel_lock();
     let before = lotrace_programs();
-    let child = Command::new(BIN)
-        .args([
-            "trace",
-            "--summary-only",
-            "--format",
-            "json",
-            "ping",
-            "-i",
-            "0.05",
-            "-w",
-            "60",
-            "127.0.0.1",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let child = spawn_ping_trace(&["--summary-only"], &[]);
     // Nothing is streamed: wait for ping to run under the probes instead.
     eventually("ping to start", Duration::from_secs(30), || {
         children(child.id()).len() == 1 && lotrace_programs().len() > before.len()

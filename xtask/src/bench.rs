@@ -40,6 +40,14 @@ impl Mode {
             Mode::Bpftrace => "bpftrace (count only)",
         }
     }
+
+    /// The options `lotrace trace` runs with in this mode.
+    fn lotrace_options(self) -> &'static [&'static str] {
+        match self {
+            Mode::Summary => &["--summary-only"],
+            _ => &[],
+        }
+    }
 }
 
 /// One configuration in one round.
@@ -265,11 +273,7 @@ fn sample(mode: Mode, lotrace: &Path, probes: &[String], n: u32) -> Result<Sampl
             (s.mean_ns, s.p99_ns) = parse_adaptive(&run_ping(false, n)?)?;
         }
         Mode::Lotrace | Mode::Summary => {
-            let extra: &[&str] = if mode == Mode::Summary {
-                &["--summary-only"]
-            } else {
-                &[]
-            };
+            let extra = mode.lotrace_options();
             let (text, sum) = run_lotrace(lotrace, extra, true, n)?;
             (s.flood_ns_per_ping, s.flood_avg_us) = parse_flood(&text, n)?;
             let (text2, sum2) = run_lotrace(lotrace, extra, false, n)?;
@@ -488,19 +492,16 @@ pub fn run(lotrace: &Path, o: &BenchOptions) -> Result<()> {
         );
     }
 
-    for (m, extra) in [
-        (Mode::Lotrace, &[][..]),
-        (Mode::Summary, &["--summary-only"][..]),
-    ] {
-        if o.long == 0 {
-            break;
-        }
+    for m in [Mode::Lotrace, Mode::Summary]
+        .into_iter()
+        .filter(|_| o.long > 0)
+    {
         println!(
             "xtask: long run: {} pings flooded under {}, RSS sampled every second",
             o.long,
             m.name()
         );
-        let (rss, sum) = long_run(lotrace, extra, o.long)?;
+        let (rss, sum) = long_run(lotrace, m.lotrace_options(), o.long)?;
         let n = rss.len();
         let tenth = (n / 10).max(1);
         let early = rss.iter().take(tenth).copied().max().unwrap_or(0);

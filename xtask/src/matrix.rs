@@ -23,39 +23,20 @@ pub const PINGS: usize = 3;
 pub fn runs() -> Vec<Vec<String>> {
     let mut runs = vec![vec!["probes".to_string(), "--format".into(), "json".into()]];
     for b in BACKENDS {
-        runs.push(
-            [
-                "trace",
-                "--backend",
-                b,
-                "--format",
-                "json",
-                "ping",
-                "-c",
-                "3",
-                "127.0.0.1",
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
-        );
+        runs.push(trace_run(&["--backend", b]));
     }
-    runs.push(
-        [
-            "trace",
-            "--summary-only",
-            "--format",
-            "json",
-            "ping",
-            "-c",
-            "3",
-            "127.0.0.1",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect(),
-    );
+    runs.push(trace_run(&["--summary-only"]));
     runs
+}
+
+/// `trace OPTIONS --format json ping -c 3 127.0.0.1`.
+fn trace_run(options: &[&str]) -> Vec<String> {
+    ["trace"]
+        .iter()
+        .chain(options)
+        .chain(&["--format", "json", "ping", "-c", "3", "127.0.0.1"])
+        .map(|s| s.to_string())
+        .collect()
 }
 
 fn json_lines(run: &Run) -> Result<Vec<Value>> {
