@@ -142,41 +142,22 @@ impl RowAgg {
     }
 }
 
-/// What the programs remember of one echo (request and reply) while it is
-/// in flight.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Echo {
-    /// 0: the slot is free.
-    pub first_ts: u64,
-    /// The request's sendto, 0 if unseen.
-    pub send_ts: u64,
-    pub last_ts: u64,
-    /// [`seen_bit`]s of the stages met so far.
-    pub seen: u64,
-    /// `ECHO_*` flags.
-    pub flags: u32,
-    pub _pad: u32,
-}
-
-/// The echo's outcome is counted; later stages still add to the rows.
-pub const ECHO_CLOSED: u32 = 1 << 0;
-pub const ECHO_RTT: u32 = 1 << 1;
-pub const ECHO_SOCK: u32 = 1 << 2;
-/// The request's (`<< 0`) or reply's (`<< 1`) softirq receive is counted.
-pub const ECHO_SOFTIRQ: u32 = 1 << 3;
+pub use crate::journey::Echo;
 
 /// Slots of the per-CPU `AGG_COUNT` map.
 pub mod counters {
     /// Echoes the programs started following.
     pub const OPENED: u32 = 0;
-    /// Answered with every expected stage seen.
+    /// Answered: the reply reached ping (see `journey::answers`).
     pub const ANSWERED: u32 = 1;
-    /// Answered, but some expected stage was not seen.
-    pub const ANSWERED_INCOMPLETE: u32 = 2;
-    /// The request was dropped.
+    /// Answered, and every expected stage was seen by the close stage.
+    pub const COMPLETE: u32 = 2;
+    /// The request was dropped, and (so far) not answered. Outcome
+    /// counters move: an echo leaves this one when it is answered after
+    /// all, so a CPU's slot may wrap below zero; only the sum over CPUs,
+    /// added with wrapping, is meaningful.
     pub const DROPPED: u32 = 3;
-    /// The request's route lookup failed.
+    /// A request route lookup failed, and (so far) nothing outweighed it.
     pub const NO_ROUTE: u32 = 4;
     pub const IPV4: u32 = 5;
     pub const IPV6: u32 = 6;

@@ -7,22 +7,10 @@ use std::collections::BTreeMap;
 use lotrace_common::{
     Event, ProbeId, Stage,
     event::{AF_INET, AF_INET6, FLAG_NET_RX, FLAG_PACKET, is_echo_reply, is_echo_request},
+    journey::{ECHO_SOCK, Echo, End, Masks, Obs, Ran, Rules, still_expected},
 };
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Leg {
-    Request,
-    Reply,
-}
-
-impl Leg {
-    pub fn name(self) -> &'static str {
-        match self {
-            Leg::Request => "request",
-            Leg::Reply => "reply",
-        }
-    }
-}
+pub use lotrace_common::journey::{ALWAYS, Expected, Leg};
 
 /// Where an event ran.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -46,12 +34,18 @@ impl Context {
     }
 
     fn of(ev: &Event) -> Context {
-        if ev.flags & FLAG_NET_RX == 0 {
-            Context::Task
-        } else if ev.comm_str().starts_with("ksoftirqd/") {
-            Context::Ksoftirqd
-        } else {
-            Context::SoftirqInline
+        match Ran::of(ev.flags & FLAG_NET_RX != 0, &ev.comm) {
+            Ran::Task => Context::Task,
+            Ran::SoftirqInline => Context::SoftirqInline,
+            Ran::Ksoftirqd => Context::Ksoftirqd,
+        }
+    }
+
+    fn ran(&self) -> Ran {
+        match self {
+            Context::Task => Ran::Task,
+            Context::SoftirqInline => Ran::SoftirqInline,
+            Context::Ksoftirqd => Ran::Ksoftirqd,
         }
     }
 }
@@ -78,6 +72,25 @@ pub struct Hop {
     pub skb: u64,
     pub aux: u64,
     pub aux2: u32,
+}
+
+impl Hop {
+    /// What the journey's meaning needs of this hop.
+    pub fn obs(&self) -> Obs {
+        Obs {
+            reply: self.leg == Leg::Reply,
+            stage: self.stage as u8,
+            at_return: self.probe.info().at_return,
+            ts: self.ts_ns,
+            route_err: self.stage == Stage::Route && self.len != 0,
+            sock_type: if self.stage == Stage::DevQueueXmit {
+                self.aux2
+            } else {
+                0
+            },
+            ran: self.context.ran(),
+        }
+    }
 }
 
 /// Where the NET_RX softirq that received a leg ran.
@@ -165,48 +178,9 @@ pub fn family_name(family: u8) -> &'static str {
     }
 }
 
-/// A stage every echo journey passes through, when something observes it.
-/// `None` as leg: at least one of the two legs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Expected {
-    pub leg: Option<Leg>,
-    pub stage: Stage,
-}
-
-const fn ex(leg: Option<Leg>, stage: Stage) -> Expected {
-    Expected { leg, stage }
-}
-
-/// Stages that are always there on a loopback echo. Stages that depend on
-/// timing (softirq raise, the wake-up of a sleeping ping) or on the socket
-/// kind are not listed.
-pub static ALWAYS: &[Expected] = &[
-    ex(Some(Leg::Request), Stage::Sendto),
-    ex(Some(Leg::Request), Stage::SockSendmsg),
-    ex(Some(Leg::Request), Stage::Route),
-    ex(Some(Leg::Request), Stage::IpOutput),
-    ex(Some(Leg::Request), Stage::DevQueueXmit),
-    ex(Some(Leg::Request), Stage::LoopbackXmit),
-    ex(Some(Leg::Request), Stage::NetifRx),
-    ex(None, Stage::NetRxAction),
-    ex(Some(Leg::Request), Stage::NetifReceiveSkb),
-    ex(Some(Leg::Request), Stage::IpRcv),
-    ex(Some(Leg::Request), Stage::IcmpRcv),
-    ex(Some(Leg::Reply), Stage::IcmpReply),
-    ex(Some(Leg::Reply), Stage::DevQueueXmit),
-    ex(Some(Leg::Reply), Stage::LoopbackXmit),
-    ex(Some(Leg::Reply), Stage::NetifRx),
-    ex(Some(Leg::Reply), Stage::NetifReceiveSkb),
-    ex(Some(Leg::Reply), Stage::SockDeliver),
-    ex(Some(Leg::Reply), Stage::CopyToUser),
-    ex(Some(Leg::Reply), Stage::Recvmsg),
-];
-
 /// The expected stages among those observed.
 pub fn expected_for(covered: &[Stage]) -> Vec<Expected> {
-    ALWAYS
-        .iter()
-        .filter(|e| covered.contains(&e.stage))
+    lotrace_common::journey::expected_for(covered)
         .copied()
         .collect()
 }
@@ -430,14 +404,21 @@ pub fn build_journey(mut events: Vec<Event>, expected: &[Expected]) -> Journey {
         prev = ev.ts_ns;
     }
     let total_ns = hops.last().map(|h| h.ts_ns - first.ts_ns).unwrap_or(0);
-    let reply_rx = hops
-        .iter()
-        .find(|h| h.leg == Leg::Reply && h.stage == Stage::NetifRx)
-        .map(|h| h.ts_ns);
-    let rtt_ns = match (send_ts, reply_rx) {
-        (Some(s), Some(r)) if r >= s => Some(r - s),
-        _ => None,
+    // The journey's meaning, decided as the programs decide it.
+    let rules = Rules {
+        close_stage: u8::MAX,
+        expect: Masks::default(),
     };
+    let mut echo = Echo::default();
+    let (mut rtt_ns, mut sock_type) = (None, 0);
+    for h in &hops {
+        let had_sock = echo.flags & ECHO_SOCK != 0;
+        let fx = echo.observe(&h.obs(), first.family == AF_INET6, &rules);
+        rtt_ns = rtt_ns.or(fx.rtt);
+        if !had_sock && echo.flags & ECHO_SOCK != 0 {
+            sock_type = h.aux2;
+        }
+    }
     let has = |leg: Option<Leg>, stage: Stage| {
         hops.iter()
             .any(|h| h.stage == stage && leg.is_none_or(|l| l == h.leg))
@@ -494,63 +475,29 @@ pub fn build_journey(mut events: Vec<Event>, expected: &[Expected]) -> Journey {
         })
     };
     let softirq = [softirq_of(Leg::Request), softirq_of(Leg::Reply)];
-    let answered = hops
-        .iter()
-        .any(|h| h.leg == Leg::Reply && matches!(h.stage, Stage::Recvmsg | Stage::CopyToUser));
-    let request_drop = hops
-        .iter()
-        .position(|h| h.leg == Leg::Request && h.stage == Stage::Drop);
-    let route_err = hops
-        .iter()
-        .find(|h| h.leg == Leg::Request && h.stage == Stage::Route && h.len != 0);
-    let outcome = if answered {
-        Outcome::Answered
-    } else if let Some(i) = request_drop {
-        Outcome::Dropped {
-            reason: hops[i].aux,
-            after: hops[..i]
+    let end = echo.end();
+    let outcome = match end {
+        End::Answered => Outcome::Answered,
+        End::Dropped { after } => Outcome::Dropped {
+            reason: hops
                 .iter()
-                .rev()
-                .find(|h| h.leg == Leg::Request && h.stage != Stage::Free)
-                .map(|h| h.stage),
-        }
-    } else if let Some(r) = route_err {
-        Outcome::NoRoute { err: r.len as i32 }
-    } else {
-        Outcome::Unanswered
-    };
-    // A dropped or unroutable echo never reaches the later stages: only
-    // those up to where it stopped are expected.
-    let expected: Vec<Expected> = match &outcome {
-        Outcome::Dropped { after, .. } => {
-            let stop = expected
+                .find(|h| h.leg == Leg::Request && h.stage == Stage::Drop)
+                .map_or(0, |h| h.aux),
+            after,
+        },
+        End::NoRoute => Outcome::NoRoute {
+            err: hops
                 .iter()
-                .position(|e| e.leg == Some(Leg::Request) && Some(e.stage) == *after);
-            expected
-                .iter()
-                .take(stop.map_or(0, |i| i + 1))
-                .filter(|e| e.leg == Some(Leg::Request))
-                .copied()
-                .collect()
-        }
-        Outcome::NoRoute { .. } => expected
-            .iter()
-            .filter(|e| {
-                e.leg == Some(Leg::Request) && matches!(e.stage, Stage::Sendto | Stage::Route)
-            })
-            .copied()
-            .collect(),
-        _ => expected.to_vec(),
+                .find(|h| h.leg == Leg::Request && h.obs().route_err)
+                .map_or(0, |h| h.len as i32),
+        },
+        End::Unanswered => Outcome::Unanswered,
     };
     let missing = expected
         .iter()
-        .filter(|e| !has(e.leg, e.stage))
+        .filter(|e| still_expected(e, &end) && !has(e.leg, e.stage))
         .map(|e| (e.leg, e.stage))
         .collect();
-    let sock_type = hops
-        .iter()
-        .find(|h| h.leg == Leg::Request && h.stage == Stage::DevQueueXmit && h.aux2 != 0)
-        .map_or(0, |h| h.aux2);
     Journey {
         family: first.family,
         icmp_id: first.icmp_id,

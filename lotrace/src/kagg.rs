@@ -8,7 +8,7 @@ use lotrace_common::{
 };
 
 use crate::{
-    journey::{Expected, Leg},
+    journey::Leg,
     stats::{Histogram, KernelOutcomes, Row, Stats},
 };
 
@@ -76,9 +76,11 @@ pub fn stats(k: &KernelAgg) -> Stats {
         s.total = histogram(d).0;
     }
     let opened = k.counter(counters::OPENED);
+    let answered = k.counter(counters::ANSWERED);
+    let complete = k.counter(counters::COMPLETE);
     let o = KernelOutcomes {
-        answered: k.counter(counters::ANSWERED),
-        answered_incomplete: k.counter(counters::ANSWERED_INCOMPLETE),
+        answered: complete,
+        answered_incomplete: answered.saturating_sub(complete),
         dropped: k.counter(counters::DROPPED),
         no_route: k.counter(counters::NO_ROUTE),
         unfinished: 0,
@@ -109,29 +111,9 @@ pub fn stats(k: &KernelAgg) -> Stats {
     s
 }
 
-/// The expected stages as the programs check them: (leg bits, stage bits
-/// expected on either leg).
-pub fn expect_masks(expected: &[Expected]) -> (u64, u64) {
-    expected.iter().fold((0, 0), |(leg, any), e| match e.leg {
-        Some(l) => (leg | agg::seen_bit(l == Leg::Reply, e.stage as u8), any),
-        None => (leg, any | 1u64 << e.stage as u8),
-    })
-}
-
-/// The reply stage that ends an answered echo: ping's recvmsg returning,
-/// else the copy to it.
-pub fn close_stage(covered: &[Stage]) -> Stage {
-    if covered.contains(&Stage::Recvmsg) || !covered.contains(&Stage::CopyToUser) {
-        Stage::Recvmsg
-    } else {
-        Stage::CopyToUser
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::journey::ALWAYS;
     use lotrace_common::agg::row;
 
     fn row_data(cpus: &[&[u64]], t: i64) -> Vec<RowAgg> {
@@ -158,8 +140,8 @@ mod tests {
         k.rows[rx] = row_data(&[&[300, 500], &[], &[400]], 9000);
         k.rows[agg::RTT_ROW] = row_data(&[&[9000], &[10_000, 11_000]], 0);
         k.counters[counters::OPENED as usize] = 5;
-        k.counters[counters::ANSWERED as usize] = 2;
-        k.counters[counters::ANSWERED_INCOMPLETE as usize] = 1;
+        k.counters[counters::ANSWERED as usize] = 3;
+        k.counters[counters::COMPLETE as usize] = 2;
         k.counters[counters::DROPPED as usize] = 1;
         k.counters[counters::IPV4 as usize] = 5;
         k.counters[counters::SOCK_DGRAM as usize] = 4;
@@ -187,28 +169,279 @@ mod tests {
         assert!(!s.sockets.contains_key("raw"));
         assert_eq!(s.softirq_ksoftirqd, 3);
     }
+}
 
-    #[test]
-    fn masks_cover_each_expected_stage_once() {
-        let (leg, any) = expect_masks(ALWAYS);
-        let legged = ALWAYS.iter().filter(|e| e.leg.is_some()).count();
-        assert_eq!(leg.count_ones() as usize, legged);
-        assert_eq!(any, 1 << Stage::NetRxAction as u8);
-        assert_ne!(
-            leg & agg::seen_bit(true, Stage::Recvmsg as u8),
-            0,
-            "the reply's recvmsg is expected"
+/// The same event streams through both views of the journey's meaning: the
+/// journey builder (streamed) and the programs' aggregation (`Effects`
+/// applied to arrays as the programs apply them to their maps).
+#[cfg(test)]
+mod same_meaning {
+    use std::collections::BTreeMap;
+
+    use lotrace_common::{
+        Event, ProbeId, Stage,
+        event::{AF_INET6, FLAG_NET_RX, SOCK_DGRAM, SOCK_RAW, is_echo_reply},
+        journey::{Echo, Obs, Ran, Rules, Sink},
+    };
+
+    use super::*;
+    use crate::{
+        journey::{JourneyBuilder, Outcome, expected_for, tests::echo, tests::ev},
+        stats::Stats,
+    };
+
+    /// One CPU's maps.
+    struct Arrays {
+        rows: Vec<RowAgg>,
+        counters: Vec<u64>,
+    }
+
+    impl Sink for Arrays {
+        fn record(&mut self, row: usize, v: u64, since_send: i64) {
+            self.rows[row].record(v, since_send);
+        }
+        fn add(&mut self, counter: u32, n: u64) {
+            let c = &mut self.counters[counter as usize];
+            *c = c.wrapping_add(n);
+        }
+    }
+
+    fn covered() -> Vec<Stage> {
+        let mut c: Vec<Stage> = lotrace_common::catalog::PROBES
+            .iter()
+            .filter(|p| p.tracepoint().is_some())
+            .filter_map(|p| p.stage)
+            .collect();
+        c.dedup();
+        c
+    }
+
+    /// The programs' view: each event as it happens, on its CPU.
+    fn in_kernel(events: &[Event]) -> KernelAgg {
+        let rules = Rules::for_covered(&covered());
+        let mut cpus: BTreeMap<u32, Arrays> = BTreeMap::new();
+        let mut echoes: BTreeMap<(bool, u16), Echo> = BTreeMap::new();
+        let mut sorted = events.to_vec();
+        sorted.sort_by_key(|e| e.ts_ns);
+        for e in &sorted {
+            let stage = Stage::from_u8(e.stage).unwrap();
+            let probe = ProbeId::from_u8(e.probe).unwrap();
+            let ipv6 = e.family == AF_INET6;
+            let obs = Obs {
+                reply: is_echo_reply(e.family, e.icmp_type),
+                stage: e.stage,
+                at_return: probe.info().at_return,
+                ts: e.ts_ns,
+                route_err: stage == Stage::Route && e.len != 0,
+                sock_type: if stage == Stage::DevQueueXmit {
+                    e.aux2
+                } else {
+                    0
+                },
+                ran: Ran::of(e.flags & FLAG_NET_RX != 0, &e.comm),
+            };
+            let sink = cpus.entry(e.cpu).or_insert_with(|| Arrays {
+                rows: vec![RowAgg::zeroed(); agg::ROWS],
+                counters: vec![0; counters::COUNT as usize],
+            });
+            echoes
+                .entry((ipv6, e.icmp_seq))
+                .or_default()
+                .observe(&obs, ipv6, &rules)
+                .apply(sink);
+        }
+        let mut k = KernelAgg {
+            rows: vec![Vec::new(); agg::ROWS],
+            counters: vec![0; counters::COUNT as usize],
+        };
+        for a in cpus.values() {
+            for (r, v) in a.rows.iter().enumerate() {
+                k.rows[r].push(*v);
+            }
+            for (c, v) in a.counters.iter().enumerate() {
+                k.counters[c] = k.counters[c].wrapping_add(*v);
+            }
+        }
+        k
+    }
+
+    /// The streamed view: journeys built, then counted.
+    fn streamed(events: &[Event]) -> (Stats, KernelOutcomes) {
+        let mut b = JourneyBuilder::new(expected_for(&covered()), 1_000_000_000);
+        let mut journeys = Vec::new();
+        for e in events {
+            journeys.extend(b.push(*e));
+        }
+        journeys.extend(b.finish());
+        let mut s = Stats::default();
+        let mut o = KernelOutcomes::default();
+        for j in &journeys {
+            s.add(j);
+            match j.outcome {
+                Outcome::Answered if j.complete() => o.answered += 1,
+                Outcome::Answered => o.answered_incomplete += 1,
+                Outcome::Dropped { .. } => o.dropped += 1,
+                Outcome::NoRoute { .. } => o.no_route += 1,
+                Outcome::Unanswered => o.unfinished += 1,
+            }
+        }
+        (s, o)
+    }
+
+    fn assert_same(name: &str, events: &[Event]) -> KernelOutcomes {
+        let (want, outcomes) = streamed(events);
+        let got = stats(&in_kernel(events));
+        assert_eq!(got.in_kernel, Some(outcomes), "{name}: outcomes");
+        assert_eq!(got.journeys, want.journeys, "{name}: journeys");
+        assert_eq!(got.order(), want.order(), "{name}: row order");
+        for (row, h) in &want.rows {
+            let k = &got.rows[row];
+            assert_eq!(
+                (k.count, k.sum, k.min, k.max),
+                (h.count, h.sum, h.min, h.max),
+                "{name}: {} {}",
+                row.leg.name(),
+                row.label()
+            );
+            assert_eq!(k.nonzero_buckets(), h.nonzero_buckets(), "{name}");
+        }
+        assert_eq!(got.rows.len(), want.rows.len(), "{name}: rows");
+        let rtt = |s: &Stats| (s.rtt.count, s.rtt.sum, s.rtt.min, s.rtt.max);
+        assert_eq!(rtt(&got), rtt(&want), "{name}: RTT");
+        assert_eq!(
+            (got.softirq_inline, got.softirq_ksoftirqd),
+            (want.softirq_inline, want.softirq_ksoftirqd),
+            "{name}: softirq"
         );
-        assert_eq!(leg & agg::seen_bit(false, Stage::Recvmsg as u8), 0);
+        assert_eq!(got.sockets, want.sockets, "{name}: sockets");
+        assert_eq!(got.families, want.families, "{name}: families");
+        outcomes
+    }
+
+    fn without(mut evs: Vec<Event>, stage: Stage, reply: bool) -> Vec<Event> {
+        evs.retain(|e| !(e.stage == stage as u8 && is_echo_reply(e.family, e.icmp_type) == reply));
+        evs
+    }
+
+    /// Only the request leg, up to (and not including) `stop`.
+    fn request_until(seq: u16, base: u64, stop: Stage) -> Vec<Event> {
+        echo(seq, base)
+            .into_iter()
+            .filter(|e| !is_echo_reply(e.family, e.icmp_type))
+            .take_while(|e| e.stage != stop as u8)
+            .collect()
     }
 
     #[test]
-    fn answered_at_recvmsg_or_else_at_the_copy() {
-        assert_eq!(close_stage(&Stage::ALL), Stage::Recvmsg);
-        assert_eq!(
-            close_stage(&[Stage::Sendto, Stage::CopyToUser]),
-            Stage::CopyToUser
+    fn both_views_agree_on_every_kind_of_echo() {
+        let at = |seq: u16| 1_000_000 + seq as u64 * 100_000;
+        let mut all = Vec::new();
+        let mut expect = KernelOutcomes::default();
+        let mut case = |name: &str, evs: Vec<Event>, o: KernelOutcomes| {
+            assert_eq!(assert_same(name, &evs), o, "{name}");
+            all.extend(evs);
+            expect.answered += o.answered;
+            expect.answered_incomplete += o.answered_incomplete;
+            expect.dropped += o.dropped;
+            expect.no_route += o.no_route;
+            expect.unfinished += o.unfinished;
+        };
+        let one = |f: fn(&mut KernelOutcomes)| {
+            let mut o = KernelOutcomes::default();
+            f(&mut o);
+            o
+        };
+        case("answered", echo(1, at(1)), one(|o| o.answered = 1));
+        case(
+            "answered, a lost event",
+            without(echo(2, at(2)), Stage::SockDeliver, true),
+            one(|o| o.answered_incomplete = 1),
         );
-        assert_eq!(close_stage(&[Stage::Sendto]), Stage::Recvmsg);
+        case(
+            "answered, its recvmsg unseen",
+            without(echo(3, at(3)), Stage::Recvmsg, true),
+            one(|o| o.answered_incomplete = 1),
+        );
+        let mut dropped = request_until(4, at(4), Stage::NetifReceiveSkb);
+        dropped.push(ev(at(4) + 4100, Stage::Drop, ProbeId::KfreeSkb, false, 4));
+        case("dropped", dropped, one(|o| o.dropped = 1));
+        // A clone of the request dropped on the way (a tap), the echo
+        // answered all the same.
+        let mut clone = echo(5, at(5));
+        clone.push(ev(at(5) + 4100, Stage::Drop, ProbeId::KfreeSkb, false, 5));
+        case("clone dropped, answered", clone, one(|o| o.answered = 1));
+        // A lookup that missed one table before another matched.
+        let mut missed = echo(6, at(6));
+        let mut miss = ev(at(6) + 800, Stage::Route, ProbeId::FibTableLookup, false, 6);
+        miss.len = (-11i32) as u32;
+        missed.push(miss);
+        case("a table missed, answered", missed, one(|o| o.answered = 1));
+        let mut unroutable = request_until(7, at(7), Stage::Route);
+        let mut fail = ev(at(7) + 900, Stage::Route, ProbeId::FibTableLookup, false, 7);
+        fail.len = (-101i32) as u32;
+        unroutable.push(fail);
+        case("no route", unroutable, one(|o| o.no_route = 1));
+        let mut both = unroutable_then_dropped(8, at(8));
+        case(
+            "no route, then dropped",
+            std::mem::take(&mut both),
+            one(|o| o.dropped = 1),
+        );
+        // A table missed and a clone dropped: the answer overrules both.
+        let mut overruled = echo(13, at(13));
+        let mut miss = ev(
+            at(13) + 800,
+            Stage::Route,
+            ProbeId::FibTableLookup,
+            false,
+            13,
+        );
+        miss.len = (-11i32) as u32;
+        overruled.push(miss);
+        overruled.push(ev(at(13) + 4100, Stage::Drop, ProbeId::KfreeSkb, false, 13));
+        case(
+            "missed, dropped, answered",
+            overruled,
+            one(|o| o.answered = 1),
+        );
+        case(
+            "unanswered",
+            request_until(9, at(9), Stage::SockSendmsg),
+            one(|o| o.unfinished = 1),
+        );
+        let mut handed = echo(10, at(10));
+        for e in handed.iter_mut().filter(|e| e.flags & FLAG_NET_RX != 0) {
+            e.comm = *b"ksoftirqd/2\0\0\0\0\0";
+        }
+        case("ksoftirqd", handed, one(|o| o.answered = 1));
+        let mut raw = echo(11, at(11));
+        let mut dgram = echo(12, at(12));
+        for (evs, kind) in [(&mut raw, SOCK_RAW), (&mut dgram, SOCK_DGRAM)] {
+            for e in evs
+                .iter_mut()
+                .filter(|e| e.stage == Stage::DevQueueXmit as u8)
+            {
+                e.aux2 = kind;
+            }
+        }
+        case("raw socket", raw, one(|o| o.answered = 1));
+        case("datagram socket", dgram, one(|o| o.answered = 1));
+        // All of them at once, interleaved as on a busy machine.
+        assert_eq!(assert_same("all", &all), expect);
+    }
+
+    fn unroutable_then_dropped(seq: u16, base: u64) -> Vec<Event> {
+        let mut evs = request_until(seq, base, Stage::Route);
+        let mut fail = ev(
+            base + 900,
+            Stage::Route,
+            ProbeId::FibTableLookup,
+            false,
+            seq,
+        );
+        fail.len = (-11i32) as u32;
+        evs.push(fail);
+        evs.push(ev(base + 1500, Stage::Drop, ProbeId::KfreeSkb, false, seq));
+        evs
     }
 }

@@ -17,12 +17,12 @@ use lotrace_common::{
     Config, ProbeId, Stage,
     agg::{self, RowAgg},
     catalog::{Backend, PROBES, TP_FIELDS, counters, maps},
+    journey::Rules,
 };
 
 use crate::{
     btf::KernelBtf,
-    journey::expected_for,
-    kagg::{self, KernelAgg},
+    kagg::KernelAgg,
     plan::{self, BackendChoice, Caps, Plan},
     tracefs,
 };
@@ -296,11 +296,11 @@ impl Tracer {
                 .filter(|s| s.backend.is_some())
                 .map(|s| s.stage)
                 .collect();
-            let (leg, any) = kagg::expect_masks(&expected_for(&covered));
+            let rules = Rules::for_covered(&covered);
             config.summary_only = 1;
-            config.expect_leg = leg;
-            config.expect_any = any;
-            config.close_stage = kagg::close_stage(&covered) as u8;
+            config.expect_leg = rules.expect.leg;
+            config.expect_any = rules.expect.any;
+            config.close_stage = rules.close_stage;
             for p in PROBES.iter().filter(|p| p.at_return) {
                 let id = p.id as usize;
                 config.ret_probes[id / 64] |= 1 << (id % 64);
@@ -484,7 +484,13 @@ impl Tracer {
         let count: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map(maps::AGG_COUNT)?)?;
         let mut out = KernelAgg::default();
         for c in 0..agg::counters::COUNT {
-            out.counters.push(count.get(&c, 0)?.iter().sum());
+            // Outcome slots move per CPU (see agg::counters): wrapping sum.
+            out.counters.push(
+                count
+                    .get(&c, 0)?
+                    .iter()
+                    .fold(0u64, |a, n| a.wrapping_add(*n)),
+            );
         }
         for r in 0..agg::ROWS as u32 {
             out.rows.push(rows.get(&r, 0)?.iter().copied().collect());

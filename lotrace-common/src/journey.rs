@@ -1,0 +1,521 @@
+//! What a journey means: which stages an echo always passes, what its RTT
+//! spans, when it counts as answered, dropped or unroutable, and where its
+//! NET_RX softirq ran.
+//!
+//! Both views run this code. The journey builder (user space) folds a whole
+//! journey's events through [`Echo::observe`] once they are in; the
+//! programs (`--summary-only`) call it on each event as it happens and apply
+//! the returned [`Effects`] to their maps. The outcome is therefore decided
+//! by one rule in one place, and a host test feeds the same streams to both.
+
+use crate::{
+    agg::{self, counters},
+    catalog::{STAGE_COUNT, Stage},
+};
+
+/// The direction of a packet within an echo.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Leg {
+    Request,
+    Reply,
+}
+
+impl Leg {
+    pub fn name(self) -> &'static str {
+        match self {
+            Leg::Request => "request",
+            Leg::Reply => "reply",
+        }
+    }
+
+    pub const fn of(reply: bool) -> Leg {
+        if reply { Leg::Reply } else { Leg::Request }
+    }
+}
+
+/// A stage every echo journey passes through, when something observes it.
+/// `None` as leg: at least one of the two legs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Expected {
+    pub leg: Option<Leg>,
+    pub stage: Stage,
+}
+
+const fn ex(leg: Option<Leg>, stage: Stage) -> Expected {
+    Expected { leg, stage }
+}
+
+/// Stages that are always there on a loopback echo. Stages that depend on
+/// timing (softirq raise, the wake-up of a sleeping ping) or on the socket
+/// kind are not listed.
+pub static ALWAYS: &[Expected] = &[
+    ex(Some(Leg::Request), Stage::Sendto),
+    ex(Some(Leg::Request), Stage::SockSendmsg),
+    ex(Some(Leg::Request), Stage::Route),
+    ex(Some(Leg::Request), Stage::IpOutput),
+    ex(Some(Leg::Request), Stage::DevQueueXmit),
+    ex(Some(Leg::Request), Stage::LoopbackXmit),
+    ex(Some(Leg::Request), Stage::NetifRx),
+    ex(None, Stage::NetRxAction),
+    ex(Some(Leg::Request), Stage::NetifReceiveSkb),
+    ex(Some(Leg::Request), Stage::IpRcv),
+    ex(Some(Leg::Request), Stage::IcmpRcv),
+    ex(Some(Leg::Reply), Stage::IcmpReply),
+    ex(Some(Leg::Reply), Stage::DevQueueXmit),
+    ex(Some(Leg::Reply), Stage::LoopbackXmit),
+    ex(Some(Leg::Reply), Stage::NetifRx),
+    ex(Some(Leg::Reply), Stage::NetifReceiveSkb),
+    ex(Some(Leg::Reply), Stage::SockDeliver),
+    ex(Some(Leg::Reply), Stage::CopyToUser),
+    ex(Some(Leg::Reply), Stage::Recvmsg),
+];
+
+/// The expected stages among those this trace observes.
+pub fn expected_for(covered: &[Stage]) -> impl Iterator<Item = &'static Expected> + '_ {
+    ALWAYS.iter().filter(|e| covered.contains(&e.stage))
+}
+
+/// The RTT starts when ping hands the request to the kernel; a send also
+/// starts the echo afresh (sequences wrap under a long flood).
+pub const fn starts_rtt(reply: bool, stage: u8) -> bool {
+    !reply && stage == Stage::Sendto as u8
+}
+
+/// The RTT ends when the reply is queued for receive (the kernel's own
+/// view; ping's RTT adds its wake-up and copy).
+pub const fn ends_rtt(reply: bool, stage: u8) -> bool {
+    reply && stage == Stage::NetifRx as u8
+}
+
+/// The kernel RTT, when the reply came after the send.
+pub const fn rtt(send_ts: u64, reply_rx_ts: u64) -> Option<u64> {
+    if reply_rx_ts >= send_ts {
+        Some(reply_rx_ts - send_ts)
+    } else {
+        None
+    }
+}
+
+/// A reply that reached ping's copy or its receive call answered the echo.
+pub const fn answers(reply: bool, stage: u8) -> bool {
+    reply && (stage == Stage::CopyToUser as u8 || stage == Stage::Recvmsg as u8)
+}
+
+/// A request-leg drop stops the echo, unless it is answered after all.
+pub const fn drops(reply: bool, stage: u8) -> bool {
+    !reply && stage == Stage::Drop as u8
+}
+
+/// The reply stage that ends an answered echo: ping's receive call
+/// returning, else (when that is not observed) the copy to it.
+pub const fn close_stage(has_recvmsg: bool, has_copy: bool) -> Stage {
+    if has_recvmsg || !has_copy {
+        Stage::Recvmsg
+    } else {
+        Stage::CopyToUser
+    }
+}
+
+/// Where a receive's NET_RX softirq ran: the softirq thread has a name of
+/// its own; anything else ran inline on the back of the current task.
+pub fn is_ksoftirqd(comm: &[u8]) -> bool {
+    comm.starts_with(b"ksoftirqd/")
+}
+
+/// The context an event ran in, as far as the journey's meaning goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ran {
+    /// In a task, outside the NET_RX softirq.
+    Task,
+    SoftirqInline,
+    Ksoftirqd,
+}
+
+impl Ran {
+    pub fn of(in_net_rx: bool, comm: &[u8]) -> Ran {
+        if !in_net_rx {
+            Ran::Task
+        } else if is_ksoftirqd(comm) {
+            Ran::Ksoftirqd
+        } else {
+            Ran::SoftirqInline
+        }
+    }
+}
+
+/// Whether `e` is still expected of a journey that ended as `end`: a
+/// dropped echo only up to the request stage after which it was dropped, in
+/// kernel order; an unroutable one only up to its route lookup.
+pub fn still_expected(e: &Expected, end: &End) -> bool {
+    match end {
+        End::Answered | End::Unanswered => true,
+        End::Dropped { after } => {
+            e.leg == Some(Leg::Request) && after.is_some_and(|a| e.stage <= a)
+        }
+        End::NoRoute => {
+            e.leg == Some(Leg::Request) && matches!(e.stage, Stage::Sendto | Stage::Route)
+        }
+    }
+}
+
+/// How an echo ended, by precedence: an answer outweighs a drop seen on
+/// the way (a clone's), a drop outweighs a failed lookup (another table may
+/// have matched).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum End {
+    Answered,
+    /// A request-leg skb was dropped after this request stage.
+    Dropped {
+        after: Option<Stage>,
+    },
+    /// A request route lookup returned an error.
+    NoRoute,
+    Unanswered,
+}
+
+/// The expected stages as bit masks (see [`agg::seen_bit`]): those of one
+/// leg, and those expected on either leg.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Masks {
+    pub leg: u64,
+    pub any: u64,
+}
+
+impl Masks {
+    pub fn of<'a>(expected: impl IntoIterator<Item = &'a Expected>) -> Masks {
+        expected
+            .into_iter()
+            .fold(Masks::default(), |m, e| match e.leg {
+                Some(l) => Masks {
+                    leg: m.leg | agg::seen_bit(l == Leg::Reply, e.stage as u8),
+                    ..m
+                },
+                None => Masks {
+                    any: m.any | 1u64 << e.stage as u8,
+                    ..m
+                },
+            })
+    }
+
+    /// Every expected stage is among `seen` ([`agg::seen_bit`]s).
+    #[inline(always)]
+    pub const fn met_by(&self, seen: u64) -> bool {
+        // A stage expected on either leg: fold the legs' bits together.
+        let legs = seen | (seen >> STAGE_COUNT);
+        self.leg & !seen == 0 && self.any & !legs == 0
+    }
+}
+
+/// What the meaning needs of one event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Obs {
+    pub reply: bool,
+    pub stage: u8,
+    pub at_return: bool,
+    pub ts: u64,
+    /// A route lookup that returned an error.
+    pub route_err: bool,
+    /// The sending socket's kind, as the transmit stages read it (0: not
+    /// read here).
+    pub sock_type: u32,
+    pub ran: Ran,
+}
+
+/// What a followed echo remembers between its events: the programs keep
+/// one per family and sequence in a map, the journey builder one per
+/// journey while it folds.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Echo {
+    pub first_ts: u64,
+    /// The request's sendto, if `ECHO_SENT`.
+    pub send_ts: u64,
+    pub last_ts: u64,
+    /// [`agg::seen_bit`]s of the stages met so far.
+    pub seen: u64,
+    /// `ECHO_*` flags.
+    pub flags: u32,
+    /// The last request stage seen before the first request drop, plus one
+    /// (0: none).
+    pub drop_after: u8,
+    pub _pad: [u8; 3],
+}
+
+/// The echo's close stage was met; later stages still add to the rows.
+pub const ECHO_CLOSED: u32 = 1 << 0;
+pub const ECHO_RTT: u32 = 1 << 1;
+pub const ECHO_SOCK: u32 = 1 << 2;
+/// The request's (`<< 0`) or reply's (`<< 1`) first receive was seen.
+pub const ECHO_SOFTIRQ: u32 = 1 << 3;
+pub const ECHO_ANSWERED: u32 = 1 << 5;
+pub const ECHO_DROPPED: u32 = 1 << 6;
+pub const ECHO_NO_ROUTE: u32 = 1 << 7;
+/// The slot holds an echo (a zeroed map slot does not).
+pub const ECHO_OPEN: u32 = 1 << 8;
+/// `send_ts` is the request's sendto.
+pub const ECHO_SENT: u32 = 1 << 9;
+
+/// No counter.
+pub const NONE: u32 = u32::MAX;
+
+/// What one event changes in the aggregated statistics: the programs apply
+/// it to their maps, the host test to arrays. Counters are `agg::counters`
+/// slots; a decrement moves an echo out of an outcome a later event
+/// overruled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Effects {
+    /// The echo starts here: count it under this family counter.
+    pub opened: u32,
+    /// The stage row and its value (time since the echo's previous stage),
+    /// with the time since the send.
+    pub row: usize,
+    pub delta: u64,
+    pub since_send: i64,
+    pub rtt: Option<u64>,
+    /// First stage to the close stage, once.
+    pub total: Option<u64>,
+    pub socket: u32,
+    pub softirq: u32,
+    /// The outcome counter this event moves the echo into, and the ones
+    /// it moves it out of.
+    pub count: u32,
+    pub uncount: u32,
+    pub uncount2: u32,
+    /// The echo met its close stage with every expected stage seen
+    /// (`counters::COMPLETE`).
+    pub complete: bool,
+}
+
+/// Where aggregated statistics are kept: the programs' per-CPU maps, or a
+/// test's arrays.
+pub trait Sink {
+    /// Adds a value to a row (see `agg::row`), with its time since the send.
+    fn record(&mut self, row: usize, v: u64, since_send: i64);
+    /// Adds `n` (wrapping: -1 moves an echo out of an outcome) to a counter.
+    fn add(&mut self, counter: u32, n: u64);
+}
+
+impl Effects {
+    /// Applies the effects to the statistics, the same way everywhere.
+    #[inline(always)]
+    pub fn apply<S: Sink>(&self, sink: &mut S) {
+        if self.opened != NONE {
+            sink.add(counters::OPENED, 1);
+            sink.add(self.opened, 1);
+        }
+        sink.record(self.row, self.delta, self.since_send);
+        if let Some(rtt) = self.rtt {
+            sink.record(agg::RTT_ROW, rtt, 0);
+        }
+        if let Some(total) = self.total {
+            sink.record(agg::TOTAL_ROW, total, 0);
+        }
+        for c in [self.socket, self.softirq, self.count] {
+            if c != NONE {
+                sink.add(c, 1);
+            }
+        }
+        for c in [self.uncount, self.uncount2] {
+            if c != NONE {
+                sink.add(c, u64::MAX);
+            }
+        }
+        if self.complete {
+            sink.add(counters::COMPLETE, 1);
+        }
+    }
+}
+
+/// The configuration of [`Echo::observe`]: what this trace can see.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rules {
+    pub close_stage: u8,
+    pub expect: Masks,
+}
+
+impl Rules {
+    /// The rules of a trace that observes the `covered` stages.
+    pub fn for_covered(covered: &[Stage]) -> Rules {
+        Rules {
+            close_stage: close_stage(
+                covered.contains(&Stage::Recvmsg),
+                covered.contains(&Stage::CopyToUser),
+            ) as u8,
+            expect: Masks::of(expected_for(covered)),
+        }
+    }
+}
+
+impl Echo {
+    /// Takes one event of the echo, in time order, and says what it
+    /// changes. `ipv6` picks the family counter of a new echo.
+    #[inline(always)]
+    pub fn observe(&mut self, o: &Obs, ipv6: bool, rules: &Rules) -> Effects {
+        let mut fx = Effects {
+            opened: NONE,
+            row: agg::row(o.reply, o.stage, o.at_return),
+            delta: 0,
+            since_send: 0,
+            rtt: None,
+            total: None,
+            socket: NONE,
+            softirq: NONE,
+            count: NONE,
+            uncount: NONE,
+            uncount2: NONE,
+            complete: false,
+        };
+        let fresh = starts_rtt(o.reply, o.stage);
+        if fresh || self.flags & ECHO_OPEN == 0 {
+            *self = Echo {
+                first_ts: o.ts,
+                send_ts: o.ts,
+                last_ts: o.ts,
+                flags: if fresh {
+                    ECHO_OPEN | ECHO_SENT
+                } else {
+                    ECHO_OPEN
+                },
+                ..Echo::default()
+            };
+            fx.opened = if ipv6 { counters::IPV6 } else { counters::IPV4 };
+        }
+        fx.delta = o.ts.saturating_sub(self.last_ts);
+        if o.ts > self.last_ts {
+            self.last_ts = o.ts;
+        }
+        // Before its send is seen, times count from the first stage.
+        let t0 = self.send_ts;
+        fx.since_send = o.ts.wrapping_sub(t0) as i64;
+        self.seen |= agg::seen_bit(o.reply, o.stage);
+
+        let reply = o.reply;
+        let stage = o.stage;
+        if ends_rtt(reply, stage) && self.flags & ECHO_SENT != 0 && self.flags & ECHO_RTT == 0 {
+            self.flags |= ECHO_RTT;
+            fx.rtt = rtt(self.send_ts, o.ts);
+        }
+        if !reply
+            && stage == Stage::DevQueueXmit as u8
+            && o.sock_type != 0
+            && self.flags & ECHO_SOCK == 0
+        {
+            self.flags |= ECHO_SOCK;
+            fx.socket = match o.sock_type {
+                crate::event::SOCK_RAW => counters::SOCK_RAW,
+                crate::event::SOCK_DGRAM => counters::SOCK_DGRAM,
+                _ => NONE,
+            };
+        }
+        // Where the leg's first receive ran.
+        let si = ECHO_SOFTIRQ << reply as u32;
+        if stage == Stage::NetifReceiveSkb as u8 && self.flags & si == 0 {
+            self.flags |= si;
+            fx.softirq = match o.ran {
+                Ran::Task => NONE,
+                Ran::SoftirqInline => counters::SOFTIRQ_INLINE,
+                Ran::Ksoftirqd => counters::SOFTIRQ_KSOFTIRQD,
+            };
+        }
+
+        let answered = self.flags & ECHO_ANSWERED != 0;
+        let dropped = self.flags & ECHO_DROPPED != 0;
+        let no_route = self.flags & ECHO_NO_ROUTE != 0;
+        if answers(reply, stage) {
+            if !answered {
+                self.flags = (self.flags | ECHO_ANSWERED) & !(ECHO_DROPPED | ECHO_NO_ROUTE);
+                fx.count = counters::ANSWERED;
+                if dropped {
+                    fx.uncount = counters::DROPPED;
+                }
+                if no_route {
+                    fx.uncount2 = counters::NO_ROUTE;
+                }
+            }
+        } else if drops(reply, stage) {
+            if !answered && !dropped {
+                self.flags = (self.flags | ECHO_DROPPED) & !ECHO_NO_ROUTE;
+                fx.count = counters::DROPPED;
+                if no_route {
+                    fx.uncount = counters::NO_ROUTE;
+                }
+            }
+        } else if !reply
+            && stage == Stage::Route as u8
+            && o.route_err
+            && !answered
+            && !dropped
+            && !no_route
+        {
+            self.flags |= ECHO_NO_ROUTE;
+            fx.count = counters::NO_ROUTE;
+        }
+        // The stage after which a drop happened: the last request stage
+        // before it, frees aside.
+        if !reply && !dropped && stage != Stage::Free as u8 && !drops(reply, stage) {
+            self.drop_after = stage + 1;
+        }
+        if reply && stage == rules.close_stage && self.flags & ECHO_CLOSED == 0 {
+            self.flags |= ECHO_CLOSED;
+            fx.total = Some(o.ts.saturating_sub(self.first_ts));
+            fx.complete = rules.expect.met_by(self.seen);
+        }
+        fx
+    }
+
+    /// How the echo has ended so far.
+    pub fn end(&self) -> End {
+        if self.flags & ECHO_ANSWERED != 0 {
+            End::Answered
+        } else if self.flags & ECHO_DROPPED != 0 {
+            End::Dropped {
+                after: self.drop_after.checked_sub(1).and_then(Stage::from_u8),
+            }
+        } else if self.flags & ECHO_NO_ROUTE != 0 {
+            End::NoRoute
+        } else {
+            End::Unanswered
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks_cover_each_expected_stage_once() {
+        let m = Masks::of(ALWAYS);
+        let legged = ALWAYS.iter().filter(|e| e.leg.is_some()).count();
+        assert_eq!(m.leg.count_ones() as usize, legged);
+        assert_eq!(m.any, 1 << Stage::NetRxAction as u8);
+        assert_ne!(
+            m.leg & agg::seen_bit(true, Stage::Recvmsg as u8),
+            0,
+            "the reply's recvmsg is expected"
+        );
+        assert_eq!(m.leg & agg::seen_bit(false, Stage::Recvmsg as u8), 0);
+    }
+
+    #[test]
+    fn answered_at_recvmsg_or_else_at_the_copy() {
+        let close = |c: &[Stage]| Rules::for_covered(c).close_stage;
+        assert_eq!(close(&Stage::ALL), Stage::Recvmsg as u8);
+        assert_eq!(
+            close(&[Stage::Sendto, Stage::CopyToUser]),
+            Stage::CopyToUser as u8
+        );
+        assert_eq!(close(&[Stage::Sendto]), Stage::Recvmsg as u8);
+    }
+
+    #[test]
+    fn either_leg_satisfies_a_stage_expected_on_either() {
+        let m = Masks::of(&[Expected {
+            leg: None,
+            stage: Stage::NetRxAction,
+        }]);
+        assert!(!m.met_by(0));
+        assert!(m.met_by(agg::seen_bit(true, Stage::NetRxAction as u8)));
+        assert!(m.met_by(agg::seen_bit(false, Stage::NetRxAction as u8)));
+    }
+}
