@@ -9,10 +9,10 @@ use lotrace_common::{
 };
 
 use crate::{
-    emit::Emit,
     filter::in_softirq,
     kernel::{CONFIG, config},
     maps::{AGG_COUNT, AGG_ROWS, ECHOES},
+    seen::Seen,
 };
 
 #[inline(always)]
@@ -35,7 +35,7 @@ fn agg_record(row: usize, v: u64, t: i64) {
 /// since the echo's previous stage, per (leg, stage, return), and how the
 /// echo ended.
 #[inline(never)]
-pub(crate) fn aggregate(key: &PktKey, e: &Emit) {
+pub(crate) fn aggregate(key: &PktKey, e: &Seen) {
     let (stage, probe, ts, len, aux2) = (e.stage, e.probe, e.ts, e.len, e.aux2);
     let reply = is_echo_reply(key.family, key.icmp_type);
     if key.valid == 0 || !(reply || is_echo_request(key.family, key.icmp_type)) {

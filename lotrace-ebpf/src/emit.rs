@@ -17,25 +17,15 @@ use lotrace_common::{
 use crate::{
     aggregate::aggregate,
     filter::{is_tracked, parse_skb, tgid_tid},
-    kernel::{CONFIG, config, now},
+    kernel::{CONFIG, config},
     maps::{EVENTS, LOST, state},
+    seen::{Seen, at},
 };
-
-/// One observation of a stage, before the task and CPU are added.
-pub(crate) struct Emit {
-    pub(crate) ts: u64,
-    pub(crate) stage: Stage,
-    pub(crate) probe: ProbeId,
-    pub(crate) skb: u64,
-    pub(crate) len: u32,
-    pub(crate) aux: u64,
-    pub(crate) aux2: u32,
-}
 
 /// Counts the event as submitted, then streams it, or aggregates it with
 /// `--summary-only`.
 #[inline(always)]
-pub(crate) fn emit<C: EbpfContext>(ctx: &C, key: &PktKey, e: Emit) {
+pub(crate) fn emit<C: EbpfContext>(ctx: &C, key: &PktKey, e: Seen) {
     if let Some(n) = LOST.get_ptr_mut(counters::SUBMITTED_IDX) {
         unsafe { *n += 1 };
     }
@@ -99,20 +89,6 @@ pub(crate) fn emit<C: EbpfContext>(ctx: &C, key: &PktKey, e: Emit) {
     entry.submit(flags as u64);
 }
 
-/// An observation now.
-#[inline(always)]
-pub(crate) fn at(stage: Stage, probe: ProbeId, skb: u64, len: u32, aux: u64) -> Emit {
-    Emit {
-        ts: now(),
-        stage,
-        probe,
-        skb,
-        len,
-        aux,
-        aux2: 0,
-    }
-}
-
 /// An skb stage: emits if the skb is one of the traced echo packets and
 /// returns its key.
 #[inline(always)]
@@ -152,7 +128,7 @@ pub(crate) fn emit_start<C: EbpfContext>(ctx: &C, key: &PktKey, ts: u64, stage: 
     emit(
         ctx,
         key,
-        Emit {
+        Seen {
             ts,
             stage,
             probe,

@@ -15,8 +15,8 @@
 //! - `filter`: which processes and packets are traced, and how a packet
 //!   is recognised;
 //! - `kernel`: reads of kernel memory at the offsets the loader found;
-//! - `emit` and `aggregate`: what a stage does once it has seen a packet,
-//!   streamed or aggregated (`--summary-only`);
+//! - `seen`, `emit` and `aggregate`: what a stage saw of a packet, and
+//!   what becomes of it: streamed, or aggregated (`--summary-only`);
 //! - `maps`: the state shared by all of them.
 //!
 //! [`Event`]: lotrace_common::Event
@@ -35,6 +35,8 @@ mod kernel;
 mod maps;
 #[cfg(target_arch = "bpf")]
 mod programs;
+#[cfg(target_arch = "bpf")]
+mod seen;
 #[cfg(target_arch = "bpf")]
 mod stages;
 

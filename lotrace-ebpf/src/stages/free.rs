@@ -5,9 +5,10 @@ use aya_ebpf::programs::TracePointContext;
 use lotrace_common::{ProbeId, Stage, TpField};
 
 use crate::{
-    emit::{at, emit, skb_event},
+    emit::{emit, skb_event},
     filter::{in_softirq, is_target, is_tracked, parse_skb, tgid_tid},
     kernel::field,
+    seen::at,
 };
 
 /// Raw ICMP sockets each get a clone of every echo packet, and another

@@ -6,10 +6,11 @@ use aya_ebpf::{EbpfContext, programs::TracePointContext};
 use lotrace_common::{ProbeId, Stage, TpField, event::is_echo_request};
 
 use crate::{
-    emit::{at, emit, emit_start, skb_event},
+    emit::{emit, emit_start, skb_event},
     filter::{is_tracked, parse_skb, reply_of},
     kernel::{CONFIG, config, field},
     maps::state,
+    seen::at,
 };
 
 /// The skb goes on the backlog queue; a NET_RX raise until netif_rx

@@ -5,10 +5,11 @@ use aya_ebpf::{EbpfContext, programs::TracePointContext};
 use lotrace_common::{ProbeId, Stage, TpField, event::is_echo_reply};
 
 use crate::{
-    emit::{at, emit},
+    emit::emit,
     filter::{is_target, is_tracked, parse_skb, set_ctx, take_ctx, tgid_tid},
     kernel::field,
     maps::RECV_CTX,
+    seen::at,
 };
 
 /// recvmsg copies a reply out: the traced command's recvmsg then returns it.

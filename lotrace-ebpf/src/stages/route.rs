@@ -5,10 +5,11 @@ use aya_ebpf::{EbpfContext, programs::TracePointContext};
 use lotrace_common::{ProbeId, Stage, TpField, event::is_echo_request};
 
 use crate::{
-    emit::{at, emit},
+    emit::emit,
     filter::{get_ctx, is_target, reply_of, tgid_tid},
     kernel::field,
     maps::{SEND_CTX, state},
+    seen::at,
 };
 
 #[inline(always)]

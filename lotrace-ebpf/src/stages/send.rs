@@ -8,12 +8,13 @@ use lotrace_common::{
 };
 
 use crate::{
-    emit::{at, emit},
+    emit::emit,
     filter::{
         echo_key, get_ctx, is_target, learn_sock, set_ctx, take_ctx, tgid_tid, track, track_key,
     },
     kernel::field,
     maps::SEND_CTX,
+    seen::at,
 };
 
 #[inline(always)]

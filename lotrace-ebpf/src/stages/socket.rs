@@ -5,10 +5,11 @@ use aya_ebpf::{EbpfContext, programs::TracePointContext};
 use lotrace_common::{ProbeId, Stage, TpField};
 
 use crate::{
-    emit::{at, emit},
+    emit::emit,
     filter::is_target,
     kernel::field,
     maps::{SOCKS, state},
+    seen::at,
 };
 
 /// Delivery to a socket: only the traced command's sockets count (raw

@@ -6,9 +6,10 @@ use aya_ebpf::{EbpfContext, programs::TracePointContext};
 use lotrace_common::{ProbeId, Stage, TpField, event::NET_RX_SOFTIRQ};
 
 use crate::{
-    emit::{Emit, at, emit},
+    emit::emit,
     kernel::{CONFIG, config, field, now},
     maps::state,
+    seen::{Seen, at},
 };
 
 #[inline(always)]
@@ -55,7 +56,7 @@ fn net_rx_end<C: EbpfContext>(ctx: &C, probe: ProbeId, started: u64) {
     emit(
         ctx,
         &key,
-        Emit {
+        Seen {
             ts: t,
             stage: Stage::NetRxAction,
             probe,

@@ -6,12 +6,13 @@ use aya_log_ebpf::info;
 use lotrace_common::{ProbeId, Stage, TpField, event::is_echo_request};
 
 use crate::{
-    emit::{at, emit, skb_event, skb_event_aux},
+    emit::{emit, skb_event, skb_event_aux},
     filter::{
         in_softirq, is_target, is_tracked, learn_sock, parse_skb, tgid_tid, track, track_key,
     },
     kernel::{CONFIG, config, dev_name, field, read_kernel},
     maps::state,
+    seen::at,
 };
 
 /// ip_output and ip6_output.
