@@ -240,16 +240,23 @@ pub use crate::probes::{
 ///   the filter's state and are always attached).
 /// - `group` and flags: see [`ProbeInfo::group`]; `at_return` and
 ///   `required` set the [`ProbeInfo`] fields of those names.
-/// - `handler`: the function in `lotrace-ebpf/src/stages/` the program
-///   calls with its context, its [`ProbeId`] and the fields or arguments
-///   above, in order.
+/// - `handler`: the function the program calls with its context, its
+///   [`ProbeId`] and the fields or arguments above, in order; a path in
+///   the eBPF crate (`lotrace-ebpf/src/stages/`, or `filter` for the
+///   filter's own state).
 ///
 /// Lines are grouped by stage in the order a packet meets them; within a
 /// stage, tracepoints first, then kprobes, then fentry.
+///
+/// `probe_table!(m)` invokes `m!` with one record a line, in table order:
+///
+/// ```text
+/// [Id n program kind target [Field name ..] [index ..] Stage group [flag ..] handler]
+/// ```
 #[macro_export]
 macro_rules! probe_table {
     ($expand:ident) => {
-        $expand! {
+        $crate::probe_table! { @lines $expand
             // The filter's own state: the traced command's children, and
             // the end of its sendto (which clears its send context).
             SchedProcessFork     = 21: tp_sched_process_fork      tracepoint(sched:sched_process_fork)            {ForkParentPid: parent_pid, ForkChildPid: child_pid} -> _ 0 required => filter::sched_process_fork;
@@ -361,6 +368,16 @@ macro_rules! probe_table {
             ConsumeSkb           = 19: tp_consume_skb             tracepoint(skb:consume_skb)                     {ConsumeSkbSkb: skbaddr}                      -> Free 0                    => free::consume_skb;
             KfreeSkb             = 20: tp_kfree_skb               tracepoint(skb:kfree_skb)                       {KfreeSkbSkb: skbaddr, KfreeReason: reason}   -> Drop 0                    => free::kfree_skb;
         }
+    };
+    (@lines $expand:ident $(
+        $id:ident = $n:literal : $program:ident $kind:ident $target:tt
+        $( { $($field:ident : $fname:ident),* } )?
+        $( ( $($arg:ident : $argn:literal),* ) )?
+        -> $stage:tt $group:literal $($flag:ident)* => $handler:path ;
+    )*) => {
+        $expand! {$(
+            [$id $n $program $kind $target [$($($field $fname)*)?] [$($($argn)*)?] $stage $group [$($flag)*] $handler]
+        )*}
     };
 }
 

@@ -184,14 +184,12 @@ macro_rules! probe_stage {
     };
 }
 
-/// Expands the probe table into the catalog's types and rows; see
-/// [`crate::probe_table`] for a line's parts.
+/// Expands the probe table's records into the catalog's types and rows;
+/// see [`crate::probe_table`] for a line's parts.
 macro_rules! probe_catalog {
     ($(
-        $id:ident = $n:literal : $program:ident $kind:ident $target:tt
-        $( { $($field:ident : $fname:ident),* } )?
-        $( ( $($arg:ident : $argn:literal),* ) )?
-        -> $stage:tt $group:literal $($flag:ident)* => $handler:path ;
+        [$id:ident $n:literal $program:ident $kind:ident $target:tt [$($field:ident $fname:ident)*]
+         [$($argn:literal)*] $stage:tt $group:literal [$($flag:ident)*] $handler:path]
     )*) => {
         /// One eBPF program: an attach point and what it observes. The
         /// values are stored in record files: they never change.
@@ -221,15 +219,15 @@ macro_rules! probe_catalog {
         #[repr(u8)]
         #[derive(Clone, Copy, Debug, PartialEq, Eq)]
         pub enum TpField {
-            $($($($field,)*)?)*
+            $($($field,)*)*
         }
 
-        pub const TP_FIELD_COUNT: usize = [$($($(TpField::$field,)*)?)*].len();
+        pub const TP_FIELD_COUNT: usize = [$($(TpField::$field,)*)*].len();
 
         /// For each [`TpField`], in order: the probe whose tracepoint
         /// holds it and the field's name in the `format` file.
         pub static TP_FIELDS: [(TpField, ProbeId, &str); TP_FIELD_COUNT] = [
-            $($($((TpField::$field, ProbeId::$id, stringify!($fname)),)*)?)*
+            $($((TpField::$field, ProbeId::$id, stringify!($fname)),)*)*
         ];
     };
 }

@@ -53,15 +53,13 @@ macro_rules! program {
     };
 }
 
-/// The whole table: a line's grammar is described at `probe_table!`.
+/// The whole table, one record a line (see `probe_table!`).
 macro_rules! programs {
     ($(
-        $id:ident = $n:literal : $program:ident $kind:ident $target:tt
-        $( { $($field:ident : $fname:ident),* } )?
-        $( ( $($arg:ident : $argn:literal),* ) )?
-        -> $stage:tt $group:literal $($flag:ident)* => $handler:path ;
+        [$id:ident $n:literal $program:ident $kind:ident $target:tt [$($field:ident $fname:ident)*]
+         [$($argn:literal)*] $stage:tt $group:literal [$($flag:ident)*] $handler:path]
     )*) => {
-        $(program!($kind $id $program [$($($field)*)?] [$($($argn)*)?] $handler);)*
+        $(program!($kind $id $program [$($field)*] [$($argn)*] $handler);)*
     };
 }
 
