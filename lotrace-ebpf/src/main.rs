@@ -1,5 +1,6 @@
-//! lotrace's eBPF programs: one small handler per tracepoint, all writing
-//! one [`Event`] shape into one ring buffer.
+//! lotrace's eBPF programs: one small program per line of the probe table
+//! (`lotrace_common::probe_table!`), all writing one [`Event`] shape into
+//! one ring buffer.
 //!
 //! Only the traced command's echo packets produce events. The filter works
 //! in two steps: the command's processes are listed in `TARGETS` (the
@@ -8,11 +9,36 @@
 //! parses the packet and drops anything that is not an echo with a tracked
 //! id. Stages that see no skb (route lookup, softirq, socket, wake-up) are
 //! attributed through per-task or per-CPU context set by the stages that do.
+//!
+//! - `programs`: the programs, generated from the probe table;
+//! - `stages/`: their handlers, one module per family of stages;
+//! - `filter`: which processes and packets are traced, and how a packet
+//!   is recognised;
+//! - `kernel`: reads of kernel memory at the offsets the loader found;
+//! - `seen`, `emit` and `aggregate`: what a stage saw of a packet, and
+//!   what becomes of it: streamed, or aggregated (`--summary-only`);
+//! - `maps`: the state shared by all of them.
+//!
+//! [`Event`]: lotrace_common::Event
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 #[cfg(target_arch = "bpf")]
+mod aggregate;
+#[cfg(target_arch = "bpf")]
+mod emit;
+#[cfg(target_arch = "bpf")]
+mod filter;
+#[cfg(target_arch = "bpf")]
+mod kernel;
+#[cfg(target_arch = "bpf")]
+mod maps;
+#[cfg(target_arch = "bpf")]
 mod programs;
+#[cfg(target_arch = "bpf")]
+mod seen;
+#[cfg(target_arch = "bpf")]
+mod stages;
 
 #[cfg(not(target_arch = "bpf"))]
 fn main() {}

@@ -1,0 +1,141 @@
+//! What a stage does once it has seen one of the traced packets: one
+//! [`Event`] into the ring buffer, or, with `--summary-only`, an update of
+//! the in-kernel aggregates instead.
+
+use aya_ebpf::{
+    EbpfContext,
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE},
+    helpers::{bpf_get_current_comm, bpf_get_smp_processor_id},
+};
+use aya_log_ebpf::warn;
+use lotrace_common::{
+    Event, PktKey, ProbeId, Stage,
+    catalog::counters,
+    event::{FLAG_NET_RX, FLAG_PACKET},
+};
+
+use crate::{
+    aggregate::aggregate,
+    filter::{is_tracked, parse_skb, tgid_tid},
+    kernel::{CONFIG, config},
+    maps::{EVENTS, LOST, state},
+    seen::{Seen, at},
+};
+
+/// Counts the event as submitted, then streams it, or aggregates it with
+/// `--summary-only`.
+#[inline(always)]
+pub(crate) fn emit<C: EbpfContext>(ctx: &C, key: &PktKey, e: Seen) {
+    if let Some(n) = LOST.get_ptr_mut(counters::SUBMITTED_IDX) {
+        unsafe { *n += 1 };
+    }
+    if config(&CONFIG.summary_only) != 0 {
+        aggregate(key, &e);
+        return;
+    }
+    let (tgid, tid) = tgid_tid();
+    let (mut flags, run) = match state() {
+        Some(s) if s.in_net_rx != 0 => (FLAG_NET_RX, s.softirq_run),
+        _ => (0, 0),
+    };
+    if key.valid != 0 {
+        flags |= FLAG_PACKET;
+    }
+    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
+        if let Some(lost) = LOST.get_ptr_mut(counters::LOST_IDX) {
+            let n = unsafe {
+                *lost += 1;
+                *lost
+            };
+            // Diagnostics only, and only at powers of two so a full ring
+            // cannot flood the log ring too.
+            if n & (n - 1) == 0 {
+                warn!(ctx, "ring buffer full: {} events lost on this CPU", n);
+            }
+        }
+        return;
+    };
+    entry.write(Event {
+        ts_ns: e.ts,
+        skb: e.skb,
+        aux: e.aux,
+        tid,
+        tgid,
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        cpu: unsafe { bpf_get_smp_processor_id() },
+        len: e.len,
+        softirq_run: run,
+        aux2: e.aux2,
+        stage: e.stage as u8,
+        probe: e.probe as u8,
+        flags,
+        family: key.family,
+        icmp_type: key.icmp_type,
+        _pad0: 0,
+        icmp_id: key.icmp_id,
+        icmp_seq: key.icmp_seq,
+        _pad1: [0; 6],
+    });
+    // Batching: lotrace is woken once a sixteenth of the ring is waiting
+    // (it also drains every 50 ms), not for every event. Each wake-up is
+    // an interrupt on the CPU the traced packet runs on.
+    let waiting = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
+    let size = EVENTS.query(BPF_RB_RING_SIZE as u64);
+    let flags = if waiting >= size / 16 {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    entry.submit(flags as u64);
+}
+
+/// An skb stage: emits if the skb is one of the traced echo packets and
+/// returns its key.
+#[inline(always)]
+pub(crate) fn skb_event<C: EbpfContext>(
+    ctx: &C,
+    skb: u64,
+    stage: Stage,
+    probe: ProbeId,
+) -> Option<PktKey> {
+    skb_event_aux(ctx, skb, stage, probe, || 0)
+}
+
+/// `skb_event` with a stage-specific value, read only for tracked packets.
+#[inline(always)]
+pub(crate) fn skb_event_aux<C: EbpfContext>(
+    ctx: &C,
+    skb: u64,
+    stage: Stage,
+    probe: ProbeId,
+    aux: impl FnOnce() -> u64,
+) -> Option<PktKey> {
+    let (key, len) = parse_skb(skb)?;
+    if !is_tracked(&key) {
+        return None;
+    }
+    emit(ctx, &key, at(stage, probe, skb, len, aux()));
+    Some(key)
+}
+
+/// The start of a softirq run or a backlog poll, reported once it is known
+/// to carry a tracked packet: at that packet's `netif_receive_skb`.
+#[inline(always)]
+pub(crate) fn emit_start<C: EbpfContext>(ctx: &C, key: &PktKey, ts: u64, stage: Stage, probe: u8) {
+    let Some(probe) = ProbeId::from_u8(probe) else {
+        return;
+    };
+    emit(
+        ctx,
+        key,
+        Seen {
+            ts,
+            stage,
+            probe,
+            skb: 0,
+            len: 0,
+            aux: 0,
+            aux2: 0,
+        },
+    );
+}

@@ -1,0 +1,184 @@
+//! Which processes and packets are traced: the traced command's processes
+//! (`TARGETS`), the echo ids they sent (`TRACKED`), their sockets
+//! (`SOCKS`), and how an skb is recognised as one of those echoes.
+
+use aya_ebpf::{helpers::bpf_get_current_pid_tgid, maps::LruHashMap, programs::TracePointContext};
+use lotrace_common::{
+    PktKey, ProbeId, TpField, agg,
+    event::{
+        AF_INET, AF_INET6, ICMP_ECHO, ICMP_ECHOREPLY, ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST,
+        IPPROTO_ICMP, IPPROTO_ICMPV6,
+    },
+};
+
+use crate::{
+    kernel::{CONFIG, config, field, read_kernel, skb_head_nh},
+    maps::{SOCKS, TARGETS, TRACKED, state},
+};
+
+/// Sets a thread's context. A thread keeps its slot between system calls
+/// (marked invalid, not deleted): writing through the pointer costs the
+/// packet no allocation, as a delete and re-insert per echo would. The map
+/// is LRU so that the slots of threads gone are reused.
+#[inline(always)]
+pub(crate) fn set_ctx(map: &LruHashMap<u32, PktKey>, tid: u32, key: &PktKey) {
+    match map.get_ptr_mut(&tid) {
+        Some(p) => unsafe { *p = *key },
+        None => {
+            let _ = map.insert(&tid, key, 0);
+        }
+    }
+}
+
+/// A thread's context, if set.
+#[inline(always)]
+pub(crate) fn get_ctx(map: &LruHashMap<u32, PktKey>, tid: u32) -> Option<PktKey> {
+    let k = unsafe { *map.get_ptr(&tid)? };
+    (k.valid != 0).then_some(k)
+}
+
+/// Clears a thread's context; returns what it was.
+#[inline(always)]
+pub(crate) fn take_ctx(map: &LruHashMap<u32, PktKey>, tid: u32) -> Option<PktKey> {
+    let p = map.get_ptr_mut(&tid)?;
+    let k = unsafe { *p };
+    unsafe { (*p).valid = 0 };
+    (k.valid != 0).then_some(k)
+}
+
+#[inline(always)]
+pub(crate) fn tgid_tid() -> (u32, u32) {
+    let v = bpf_get_current_pid_tgid();
+    ((v >> 32) as u32, v as u32)
+}
+
+#[inline(always)]
+pub(crate) fn is_target(tgid: u32) -> bool {
+    unsafe { TARGETS.get(&tgid) }.is_some()
+}
+
+#[inline(always)]
+pub(crate) fn track_key(key: &PktKey) -> u32 {
+    // The same family-and-16-bit-number indexing as the echo slots.
+    agg::echo_slot(key.family == AF_INET6, key.icmp_id)
+}
+
+#[inline(always)]
+pub(crate) fn is_tracked(key: &PktKey) -> bool {
+    key.valid != 0 && TRACKED.get(track_key(key)).is_some_and(|v| *v != 0)
+}
+
+/// Starts tracking an id; true if it was not tracked yet.
+#[inline(always)]
+pub(crate) fn track(k: u32) -> bool {
+    match TRACKED.get_ptr_mut(k) {
+        Some(v) if unsafe { *v } == 0 => {
+            unsafe { *v = 1 };
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Remembers a socket of the targets. Looked up first: updating an
+/// existing hash element costs an allocation, and every send asks.
+#[inline(always)]
+pub(crate) fn learn_sock(sk: u64) {
+    if unsafe { SOCKS.get(&sk) }.is_none() {
+        let _ = SOCKS.insert(&sk, &1, 0);
+    }
+}
+
+/// Inside the NET_RX softirq on this CPU.
+#[inline(always)]
+pub(crate) fn in_softirq() -> bool {
+    state().map(|s| s.in_net_rx != 0).unwrap_or(false)
+}
+
+/// Reads the ICMP/ICMPv6 echo header of an skb at the offsets the loader
+/// found in BTF. `None` for anything that is not an echo request or reply.
+#[inline(always)]
+pub(crate) fn parse_skb(skb: u64) -> Option<(PktKey, u32)> {
+    if skb == 0 {
+        return None;
+    }
+    let (off_head, off_nh, off_len) = (
+        config(&CONFIG.skb_head) as u64,
+        config(&CONFIG.skb_network_header) as u64,
+        config(&CONFIG.skb_len) as u64,
+    );
+    if off_head == 0 {
+        return None;
+    }
+    let (head, nh) = skb_head_nh(skb, off_head, off_nh)?;
+    if nh == u16::MAX || head == 0 {
+        return None;
+    }
+    // The length only goes into streamed events: aggregation skips the read.
+    let len: u32 = if config(&CONFIG.summary_only) != 0 {
+        0
+    } else {
+        read_kernel(skb + off_len).unwrap_or(0)
+    };
+    let ip = head + nh as u64;
+    // One read covers what both IP versions need: the version, IPv4's
+    // protocol (byte 9) and IPv6's next header (byte 6).
+    let iph: [u8; 10] = read_kernel(ip)?;
+    let (family, icmp_at) = match iph[0] >> 4 {
+        4 if iph[9] == IPPROTO_ICMP => (AF_INET, ip + ((iph[0] & 0x0f) as u64) * 4),
+        6 if iph[6] == IPPROTO_ICMPV6 => (AF_INET6, ip + 40),
+        _ => return None,
+    };
+    let hdr: [u8; 8] = read_kernel(icmp_at)?;
+    let key = echo_key(family, &hdr)?;
+    Some((key, len))
+}
+
+#[inline(always)]
+pub(crate) fn echo_key(family: u8, hdr: &[u8; 8]) -> Option<PktKey> {
+    let t = hdr[0];
+    let echo = match family {
+        AF_INET => t == ICMP_ECHO || t == ICMP_ECHOREPLY,
+        _ => t == ICMPV6_ECHO_REQUEST || t == ICMPV6_ECHO_REPLY,
+    };
+    if !echo {
+        return None;
+    }
+    Some(PktKey {
+        icmp_id: u16::from_be_bytes([hdr[4], hdr[5]]),
+        icmp_seq: u16::from_be_bytes([hdr[6], hdr[7]]),
+        family,
+        icmp_type: t,
+        valid: 1,
+        delivered: 0,
+    })
+}
+
+/// The reply that answers `req` (same id and sequence).
+#[inline(always)]
+pub(crate) fn reply_of(req: &PktKey) -> PktKey {
+    let mut k = *req;
+    k.icmp_type = if req.family == AF_INET6 {
+        ICMPV6_ECHO_REPLY
+    } else {
+        ICMP_ECHOREPLY
+    };
+    k.delivered = 0;
+    k
+}
+
+/// A traced process forks: its child is traced too.
+#[inline(always)]
+pub(crate) fn sched_process_fork(
+    ctx: &TracePointContext,
+    _probe: ProbeId,
+    parent: TpField,
+    child: TpField,
+) {
+    let (Some(parent), Some(child)) = (field::<i32>(ctx, parent), field::<i32>(ctx, child)) else {
+        return;
+    };
+    if is_target(parent as u32) {
+        let _ = TARGETS.insert(&(child as u32), &1, 0);
+    }
+}

@@ -1,0 +1,86 @@
+//! Reads of kernel memory and of tracepoint records, at the offsets the
+//! loader found in the running kernel's BTF and tracefs (no kernel layout
+//! is compiled in).
+
+use aya_ebpf::{
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
+    programs::TracePointContext,
+};
+use lotrace_common::{
+    Config, TpField,
+    event::{SKB_WINDOW, head_in_window},
+};
+
+/// Offsets filled in by the loader (see `Config`).
+#[unsafe(no_mangle)]
+pub(crate) static CONFIG: Config = Config::zeroed();
+
+/// A field of CONFIG. Volatile: the loader rewrites CONFIG, so the
+/// compiler must not fold it.
+#[inline(always)]
+pub(crate) fn config<T: Copy>(f: &T) -> T {
+    unsafe { core::ptr::read_volatile(f) }
+}
+
+#[inline(always)]
+fn tp_offset(field: TpField) -> Option<usize> {
+    let off = config(&CONFIG.tp[field as usize]);
+    if off == u16::MAX {
+        None
+    } else {
+        Some(off as usize)
+    }
+}
+
+/// A field of the tracepoint's record; `None` when this kernel's event has
+/// no such field.
+#[inline(always)]
+pub(crate) fn field<T>(ctx: &TracePointContext, f: TpField) -> Option<T> {
+    let off = tp_offset(f)?;
+    unsafe { ctx.read_at::<T>(off) }.ok()
+}
+
+#[inline(always)]
+pub(crate) fn read_kernel<T>(addr: u64) -> Option<T> {
+    unsafe { bpf_probe_read_kernel(addr as *const T) }.ok()
+}
+
+#[inline(always)]
+pub(crate) fn now() -> u64 {
+    unsafe { bpf_ktime_get_ns() }
+}
+
+/// `skb->head` and `skb->network_header`. They are a few bytes apart in
+/// every layout so far (the header offsets sit just before `head`): one
+/// read of both when so, two otherwise.
+#[inline(always)]
+pub(crate) fn skb_head_nh(skb: u64, off_head: u64, off_nh: u64) -> Option<(u64, u16)> {
+    if let Some(i) = head_in_window(off_nh, off_head) {
+        let buf: [u8; SKB_WINDOW] = read_kernel(skb + off_nh)?;
+        // Masked (and bounds-checked by the slice) so the verifier sees
+        // the 8 bytes inside the buffer.
+        let i = i & (SKB_WINDOW - 1);
+        let mut h = [0u8; 8];
+        h.copy_from_slice(&buf[i..i + 8]);
+        return Some((u64::from_le_bytes(h), u16::from_le_bytes([buf[0], buf[1]])));
+    }
+    Some((read_kernel(skb + off_head)?, read_kernel(skb + off_nh)?))
+}
+
+/// The first 8 bytes of the name of the device an skb is on.
+#[inline(always)]
+pub(crate) fn dev_name(skb: u64) -> u64 {
+    let (off_dev, off_name) = (
+        config(&CONFIG.skb_dev) as u64,
+        config(&CONFIG.dev_name) as u64,
+    );
+    if off_dev == 0 {
+        return 0;
+    }
+    match read_kernel::<u64>(skb + off_dev) {
+        Some(dev) if dev != 0 => read_kernel::<[u8; 8]>(dev + off_name)
+            .map(u64::from_le_bytes)
+            .unwrap_or(0),
+        _ => 0,
+    }
+}

@@ -1,0 +1,73 @@
+//! The maps the programs share with each other and with the loader (which
+//! knows them by the names in `lotrace_common::catalog::maps`).
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+};
+use lotrace_common::{
+    CpuState, PktKey,
+    agg::{self, Echo, RowAgg},
+};
+
+/// The loader resizes it (`--ring-size`).
+#[map]
+pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+
+/// Per CPU: [LOST_IDX] failed ring-buffer reservations, [SUBMITTED_IDX]
+/// events the probes tried to emit, so that received + lost = submitted
+/// can be checked.
+///
+/// [LOST_IDX]: lotrace_common::catalog::counters::LOST_IDX
+/// [SUBMITTED_IDX]: lotrace_common::catalog::counters::SUBMITTED_IDX
+#[map]
+pub(crate) static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
+
+#[map]
+pub(crate) static STATE: PerCpuArray<CpuState> = PerCpuArray::with_max_entries(1, 0);
+
+/// Thread-group ids of the traced command and its descendants.
+#[map]
+pub(crate) static TARGETS: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0);
+
+/// Non-zero at `track_key` for the ids of echo requests the targets sent.
+/// An array, not a hash: every skb stage asks, and an index costs less.
+#[map]
+pub(crate) static TRACKED: Array<u8> = Array::with_max_entries(agg::ECHOES_MAX, 0);
+
+/// Sockets (`struct sock *`) the targets sent echo requests on.
+#[map]
+pub(crate) static SOCKS: HashMap<u64, u8> = HashMap::with_max_entries(256, 0);
+
+/// Per thread: the echo request inside its current sendto() (see
+/// `filter::set_ctx`).
+#[map]
+pub(crate) static SEND_CTX: LruHashMap<u32, PktKey> = LruHashMap::with_max_entries(1024, 0);
+
+/// `--summary-only`: each echo in flight, by family and sequence (not id:
+/// an ICMP datagram socket rewrites the id between the send and the
+/// packet, the sequence it keeps). An array: a lookup is an index, with no
+/// hashing, locking or allocation on the packet's path.
+#[map]
+pub(crate) static ECHOES: Array<Echo> = Array::with_max_entries(agg::ECHOES_MAX, 0);
+
+/// `--summary-only`: per-row totals and histograms, per CPU.
+#[map]
+pub(crate) static AGG_ROWS: PerCpuArray<RowAgg> =
+    PerCpuArray::with_max_entries(agg::ROWS as u32, 0);
+
+/// `--summary-only`: `agg::counters`.
+#[map]
+pub(crate) static AGG_COUNT: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(agg::counters::COUNT, 0);
+
+/// Per thread: the echo reply its current recvmsg() copied out (see
+/// `filter::set_ctx`).
+#[map]
+pub(crate) static RECV_CTX: LruHashMap<u32, PktKey> = LruHashMap::with_max_entries(1024, 0);
+
+/// This CPU's state between probes.
+#[inline(always)]
+pub(crate) fn state() -> Option<&'static mut CpuState> {
+    STATE.get_ptr_mut(0).map(|p| unsafe { &mut *p })
+}

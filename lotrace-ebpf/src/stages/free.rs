@@ -1,0 +1,52 @@
+//! The skb's end: freed after use (consume_skb) or dropped (kfree_skb,
+//! with the kernel's reason).
+
+use aya_ebpf::programs::TracePointContext;
+use lotrace_common::{ProbeId, Stage, TpField};
+
+use crate::{
+    emit::{emit, skb_event},
+    filter::{in_softirq, is_target, is_tracked, parse_skb, tgid_tid},
+    kernel::field,
+    seen::at,
+};
+
+/// Raw ICMP sockets each get a clone of every echo packet, and another
+/// ping frees its clones in its own system calls: in task context only the
+/// traced processes' frees belong to a journey.
+#[inline(always)]
+fn free_is_ours() -> bool {
+    in_softirq() || is_target(tgid_tid().0)
+}
+
+#[inline(always)]
+pub(crate) fn consume_skb(ctx: &TracePointContext, probe: ProbeId, skbaddr: TpField) {
+    if free_is_ours()
+        && let Some(skb) = field::<u64>(ctx, skbaddr)
+    {
+        let _ = skb_event(ctx, skb, Stage::Free, probe);
+    }
+}
+
+#[inline(always)]
+pub(crate) fn kfree_skb(
+    ctx: &TracePointContext,
+    probe: ProbeId,
+    skbaddr: TpField,
+    reason: TpField,
+) {
+    if !free_is_ours() {
+        return;
+    }
+    let Some(skb) = field::<u64>(ctx, skbaddr) else {
+        return;
+    };
+    let Some((key, len)) = parse_skb(skb) else {
+        return;
+    };
+    if !is_tracked(&key) {
+        return;
+    }
+    let reason = field::<u32>(ctx, reason).unwrap_or(0);
+    emit(ctx, &key, at(Stage::Drop, probe, skb, len, reason as u64));
+}

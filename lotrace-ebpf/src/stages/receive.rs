@@ -1,0 +1,123 @@
+//! The receive path: netif_rx puts the skb on the backlog, the softirq
+//! hands it to netif_receive_skb, IP and ICMP take it, and the kernel
+//! answers the echo request (the reply leg begins there).
+
+use aya_ebpf::{EbpfContext, programs::TracePointContext};
+use lotrace_common::{ProbeId, Stage, TpField, event::is_echo_request};
+
+use crate::{
+    emit::{emit, emit_start, skb_event},
+    filter::{is_tracked, parse_skb, reply_of},
+    kernel::{CONFIG, config, field},
+    maps::state,
+    seen::at,
+};
+
+/// The skb goes on the backlog queue; a NET_RX raise until netif_rx
+/// returns is this packet's.
+#[inline(always)]
+pub(crate) fn netif_rx<C: EbpfContext>(ctx: &C, probe: ProbeId, skb: u64) {
+    if let Some(key) = skb_event(ctx, skb, Stage::NetifRx, probe)
+        && let Some(st) = state()
+    {
+        st.in_tracked_netif_rx = 1;
+        st.netif_rx = key;
+    }
+}
+
+#[inline(always)]
+pub(crate) fn netif_rx_entry(ctx: &TracePointContext, probe: ProbeId, skbaddr: TpField) {
+    if let Some(skb) = field::<u64>(ctx, skbaddr) {
+        netif_rx(ctx, probe, skb);
+    }
+}
+
+#[inline(always)]
+pub(crate) fn netif_rx_exit(_ctx: &TracePointContext, _probe: ProbeId, _ret: TpField) {
+    if let Some(st) = state() {
+        st.in_tracked_netif_rx = 0;
+    }
+}
+
+#[inline(always)]
+pub(crate) fn netif_receive_skb<C: EbpfContext>(ctx: &C, probe: ProbeId, skb: u64) {
+    let Some(st) = state() else { return };
+    let Some((mut key, len)) = parse_skb(skb) else {
+        // Any other packet ends the attribution to the previous echo.
+        st.rx.valid = 0;
+        return;
+    };
+    if !is_tracked(&key) {
+        st.rx.valid = 0;
+        return;
+    }
+    key.delivered = 0;
+    st.rx = key;
+    if st.in_net_rx != 0 {
+        if st.entry_emitted == 0 {
+            st.entry_emitted = 1;
+            let fn_probe = config(&CONFIG.net_rx_probe);
+            if fn_probe == 0 {
+                emit_start(
+                    ctx,
+                    &key,
+                    st.softirq_entry_ts,
+                    Stage::NetRxAction,
+                    ProbeId::SoftirqEntry as u8,
+                );
+            } else if st.fn_entry_ts != 0 {
+                emit_start(ctx, &key, st.fn_entry_ts, Stage::NetRxAction, fn_probe);
+            }
+        }
+        let backlog_probe = config(&CONFIG.backlog_probe);
+        if backlog_probe != 0 && st.backlog_emitted == 0 && st.backlog_entry_ts != 0 {
+            st.backlog_emitted = 1;
+            emit_start(
+                ctx,
+                &key,
+                st.backlog_entry_ts,
+                Stage::ProcessBacklog,
+                backlog_probe,
+            );
+        }
+        st.last = key;
+        st.poll_pending = 1;
+    }
+    emit(ctx, &key, at(Stage::NetifReceiveSkb, probe, skb, len, 0));
+}
+
+#[inline(always)]
+pub(crate) fn netif_receive_skb_tp(ctx: &TracePointContext, probe: ProbeId, skbaddr: TpField) {
+    if let Some(skb) = field::<u64>(ctx, skbaddr) {
+        netif_receive_skb(ctx, probe, skb);
+    }
+}
+
+/// ip_rcv and ipv6_rcv.
+#[inline(always)]
+pub(crate) fn ip_rcv<C: EbpfContext>(ctx: &C, probe: ProbeId, skb: u64) {
+    let _ = skb_event(ctx, skb, Stage::IpRcv, probe);
+}
+
+/// icmp_rcv and icmpv6_rcv.
+#[inline(always)]
+pub(crate) fn icmp_rcv<C: EbpfContext>(ctx: &C, probe: ProbeId, skb: u64) {
+    let _ = skb_event(ctx, skb, Stage::IcmpRcv, probe);
+}
+
+/// The kernel answers a tracked echo request (icmp_echo, icmp_reply,
+/// icmpv6_echo_reply): the reply leg begins.
+#[inline(always)]
+pub(crate) fn icmp_echo<C: EbpfContext>(ctx: &C, probe: ProbeId, skb: u64) {
+    let Some((key, len)) = parse_skb(skb) else {
+        return;
+    };
+    if !is_tracked(&key) || !is_echo_request(key.family, key.icmp_type) {
+        return;
+    }
+    emit(
+        ctx,
+        &reply_of(&key),
+        at(Stage::IcmpReply, probe, skb, len, 0),
+    );
+}

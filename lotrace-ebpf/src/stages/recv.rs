@@ -1,0 +1,70 @@
+//! ping's receive: recvmsg (or recvfrom) copies the reply out of the
+//! socket's queue and returns it.
+
+use aya_ebpf::{EbpfContext, programs::TracePointContext};
+use lotrace_common::{ProbeId, Stage, TpField, event::is_echo_reply};
+
+use crate::{
+    emit::emit,
+    filter::{is_target, is_tracked, parse_skb, set_ctx, take_ctx, tgid_tid},
+    kernel::field,
+    maps::RECV_CTX,
+    seen::at,
+};
+
+/// recvmsg copies a reply out: the traced command's recvmsg then returns it.
+#[inline(always)]
+fn copy<C: EbpfContext>(ctx: &C, skb: u64, probe: ProbeId, len: i64) {
+    let (tgid, tid) = tgid_tid();
+    if !is_target(tgid) {
+        return;
+    }
+    let Some((key, _)) = parse_skb(skb) else {
+        return;
+    };
+    if !is_tracked(&key) || !is_echo_reply(key.family, key.icmp_type) {
+        return;
+    }
+    set_ctx(&RECV_CTX, tid, &key);
+    emit(
+        ctx,
+        &key,
+        at(Stage::CopyToUser, probe, skb, len.max(0) as u32, 0),
+    );
+}
+
+#[inline(always)]
+pub(crate) fn skb_copy_datagram_iovec(
+    ctx: &TracePointContext,
+    probe: ProbeId,
+    skbaddr: TpField,
+    len: TpField,
+) {
+    if let Some(skb) = field::<u64>(ctx, skbaddr) {
+        let len = field::<i32>(ctx, len).unwrap_or(0);
+        copy(ctx, skb, probe, len as i64);
+    }
+}
+
+#[inline(always)]
+pub(crate) fn skb_copy_datagram_iter<C: EbpfContext>(ctx: &C, probe: ProbeId, skb: u64, len: u64) {
+    copy(ctx, skb, probe, len as i32 as i64);
+}
+
+/// The receive system call returns the reply its copy took out.
+#[inline(always)]
+pub(crate) fn sys_exit_recv(ctx: &TracePointContext, probe: ProbeId, ret: TpField) {
+    let ret = field::<i64>(ctx, ret).unwrap_or(0);
+    let (tgid, tid) = tgid_tid();
+    if !is_target(tgid) {
+        return;
+    }
+    let Some(key) = take_ctx(&RECV_CTX, tid) else {
+        return;
+    };
+    emit(
+        ctx,
+        &key,
+        at(Stage::Recvmsg, probe, 0, ret.max(0) as u32, ret as u64),
+    );
+}

@@ -1,0 +1,98 @@
+//! The send: ping's sendto() and the socket layer's sendmsg. The request is
+//! recognised here from the user's buffer and its id tracked.
+
+use aya_ebpf::{EbpfContext, helpers::bpf_probe_read_user, programs::TracePointContext};
+use lotrace_common::{
+    ProbeId, Stage, TpField,
+    event::{AF_INET, AF_INET6, ICMP_ECHO, ICMPV6_ECHO_REQUEST},
+};
+
+use crate::{
+    emit::emit,
+    filter::{
+        echo_key, get_ctx, is_target, learn_sock, set_ctx, take_ctx, tgid_tid, track, track_key,
+    },
+    kernel::field,
+    maps::SEND_CTX,
+    seen::at,
+};
+
+#[inline(always)]
+pub(crate) fn sys_enter_sendto(
+    ctx: &TracePointContext,
+    probe: ProbeId,
+    buff: TpField,
+    len: TpField,
+) {
+    let (tgid, tid) = tgid_tid();
+    if !is_target(tgid) {
+        return;
+    }
+    let Some(buf) = field::<u64>(ctx, buff) else {
+        return;
+    };
+    let len = field::<u64>(ctx, len).unwrap_or(0);
+    let Ok(hdr) = (unsafe { bpf_probe_read_user(buf as *const [u8; 8]) }) else {
+        return;
+    };
+    // The message is the ICMP header and payload; its type tells the family.
+    let family = match hdr[0] {
+        ICMP_ECHO => AF_INET,
+        ICMPV6_ECHO_REQUEST => AF_INET6,
+        _ => return,
+    };
+    let Some(key) = echo_key(family, &hdr) else {
+        return;
+    };
+    set_ctx(&SEND_CTX, tid, &key);
+    // Track the id now: the IP output path runs before dev_queue_xmit.
+    track(track_key(&key));
+    emit(ctx, &key, at(Stage::Sendto, probe, 0, len as u32, 0));
+}
+
+#[inline(always)]
+pub(crate) fn sys_exit_sendto(_ctx: &TracePointContext, _probe: ProbeId, _ret: TpField) {
+    let (tgid, tid) = tgid_tid();
+    if is_target(tgid) {
+        let _ = take_ctx(&SEND_CTX, tid);
+    }
+}
+
+/// The socket layer's send, seen inside the traced command's sendto.
+#[inline(always)]
+fn sock_sendmsg<C: EbpfContext>(ctx: &C, probe: ProbeId, sk: u64, ret: Option<i64>) {
+    let (tgid, tid) = tgid_tid();
+    if !is_target(tgid) {
+        return;
+    }
+    let Some(key) = get_ctx(&SEND_CTX, tid) else {
+        return;
+    };
+    if sk != 0 {
+        learn_sock(sk);
+    }
+    let r = ret.unwrap_or(0);
+    emit(
+        ctx,
+        &key,
+        at(Stage::SockSendmsg, probe, 0, r.max(0) as u32, r as u64),
+    );
+}
+
+#[inline(always)]
+pub(crate) fn sock_send_length(ctx: &TracePointContext, probe: ProbeId, sk: TpField, ret: TpField) {
+    let sk = field::<u64>(ctx, sk).unwrap_or(0);
+    let ret = field::<i32>(ctx, ret).unwrap_or(0);
+    sock_sendmsg(ctx, probe, sk, Some(ret as i64));
+}
+
+/// The family's sendmsg starts (its socket is learnt at dev_queue_xmit).
+#[inline(always)]
+pub(crate) fn sendmsg<C: EbpfContext>(ctx: &C, probe: ProbeId, _sock: u64) {
+    sock_sendmsg(ctx, probe, 0, None);
+}
+
+#[inline(always)]
+pub(crate) fn sendmsg_return<C: EbpfContext>(ctx: &C, probe: ProbeId, ret: i64) {
+    sock_sendmsg(ctx, probe, 0, Some(ret));
+}

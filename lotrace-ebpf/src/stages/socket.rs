@@ -1,0 +1,50 @@
+//! Delivery to ping's socket and ping's wake-up. Neither sees an skb: both
+//! are attributed to the echo the softirq is handling on this CPU.
+
+use aya_ebpf::{EbpfContext, programs::TracePointContext};
+use lotrace_common::{ProbeId, Stage, TpField};
+
+use crate::{
+    emit::emit,
+    filter::is_target,
+    kernel::field,
+    maps::{SOCKS, state},
+    seen::at,
+};
+
+/// Delivery to a socket: only the traced command's sockets count (raw
+/// sockets all get a copy of every ICMP packet).
+#[inline(always)]
+pub(crate) fn raw_rcv<C: EbpfContext>(ctx: &C, probe: ProbeId, sk: u64) {
+    let Some(st) = state() else { return };
+    if st.rx.valid == 0 || sk == 0 || unsafe { SOCKS.get(&sk) }.is_none() {
+        return;
+    }
+    st.rx.delivered = 1;
+    let key = st.rx;
+    emit(ctx, &key, at(Stage::SockDeliver, probe, 0, 0, sk));
+}
+
+#[inline(always)]
+pub(crate) fn sk_data_ready(ctx: &TracePointContext, probe: ProbeId, skaddr: TpField) {
+    if let Some(sk) = field::<u64>(ctx, skaddr) {
+        raw_rcv(ctx, probe, sk);
+    }
+}
+
+#[inline(always)]
+pub(crate) fn sched_wakeup(ctx: &TracePointContext, probe: ProbeId, pid: TpField) {
+    let Some(st) = state() else { return };
+    if st.rx.valid == 0 || st.rx.delivered == 0 {
+        return;
+    }
+    let Some(pid) = field::<i32>(ctx, pid) else {
+        return;
+    };
+    if !is_target(pid as u32) {
+        return;
+    }
+    st.rx.delivered = 0;
+    let key = st.rx;
+    emit(ctx, &key, at(Stage::Wakeup, probe, 0, 0, pid as u64));
+}

@@ -1,0 +1,114 @@
+//! The transmit path: IP output, the device layer, where a traced
+//! command's echo request starts being tracked, and the loopback driver.
+
+use aya_ebpf::{EbpfContext, programs::TracePointContext};
+use aya_log_ebpf::info;
+use lotrace_common::{ProbeId, Stage, TpField, event::is_echo_request};
+
+use crate::{
+    emit::{emit, skb_event, skb_event_aux},
+    filter::{
+        in_softirq, is_target, is_tracked, learn_sock, parse_skb, tgid_tid, track, track_key,
+    },
+    kernel::{CONFIG, config, dev_name, field, read_kernel},
+    maps::state,
+    seen::at,
+};
+
+/// ip_output and ip6_output.
+#[inline(always)]
+pub(crate) fn ip_output<C: EbpfContext>(ctx: &C, probe: ProbeId, skb: u64) {
+    let _ = skb_event(ctx, skb, Stage::IpOutput, probe);
+}
+
+/// An skb entering the device layer: where a traced command's echo
+/// request starts being tracked, and where its socket is learnt.
+#[inline(always)]
+pub(crate) fn dev_queue_xmit<C: EbpfContext>(ctx: &C, probe: ProbeId, skb: u64) {
+    let Some((key, len)) = parse_skb(skb) else {
+        return;
+    };
+    let mut sock_type = 0u32;
+    if is_echo_request(key.family, key.icmp_type) {
+        let (tgid, _) = tgid_tid();
+        let k = track_key(&key);
+        if !in_softirq() && is_target(tgid) {
+            if track(k) {
+                info!(ctx, "tracking echo id {} of tgid {}", key.icmp_id, tgid);
+            }
+            // The reply is delivered to this socket, possibly before the
+            // send returns: learn it now.
+            let off = config(&CONFIG.skb_sk) as u64;
+            if off != 0
+                && let Some(sk) = read_kernel::<u64>(skb + off)
+                && sk != 0
+            {
+                learn_sock(sk);
+                // Raw or datagram ICMP socket: the report says which.
+                let t_off = config(&CONFIG.sk_type) as u64;
+                if t_off != 0 {
+                    sock_type = read_kernel::<u16>(sk + t_off).unwrap_or(0) as u32;
+                }
+            }
+        }
+    }
+    if !is_tracked(&key) {
+        return;
+    }
+    let mut e = at(Stage::DevQueueXmit, probe, skb, len, dev_name(skb));
+    e.aux2 = sock_type;
+    emit(ctx, &key, e);
+}
+
+#[inline(always)]
+pub(crate) fn net_dev_queue(ctx: &TracePointContext, probe: ProbeId, skbaddr: TpField) {
+    if let Some(skb) = field::<u64>(ctx, skbaddr) {
+        dev_queue_xmit(ctx, probe, skb);
+    }
+}
+
+/// The driver's transmit starts: remember the skb so that its end can be
+/// matched by address (the driver may already have handed it on).
+#[inline(always)]
+pub(crate) fn loopback_xmit<C: EbpfContext>(ctx: &C, probe: ProbeId, skb: u64) {
+    if let Some(key) = skb_event_aux(ctx, skb, Stage::LoopbackXmit, probe, || dev_name(skb))
+        && let Some(st) = state()
+    {
+        st.xmit_skb = skb;
+        st.xmit = key;
+    }
+}
+
+/// The driver's transmit returns; `skb` is 0 when the probe cannot see it.
+#[inline(always)]
+fn xmit_end<C: EbpfContext>(ctx: &C, skb: u64, probe: ProbeId, rc: i64) {
+    let Some(st) = state() else { return };
+    if st.xmit_skb == 0 || (skb != 0 && st.xmit_skb != skb) {
+        return;
+    }
+    let key = st.xmit;
+    let skb = st.xmit_skb;
+    st.xmit_skb = 0;
+    emit(ctx, &key, at(Stage::LoopbackXmit, probe, skb, 0, rc as u64));
+}
+
+#[inline(always)]
+pub(crate) fn loopback_xmit_return<C: EbpfContext>(ctx: &C, probe: ProbeId, rc: i64) {
+    xmit_end(ctx, 0, probe, rc);
+}
+
+#[inline(always)]
+pub(crate) fn net_dev_start_xmit(ctx: &TracePointContext, probe: ProbeId, skbaddr: TpField) {
+    if let Some(skb) = field::<u64>(ctx, skbaddr) {
+        loopback_xmit(ctx, probe, skb);
+    }
+}
+
+#[inline(always)]
+pub(crate) fn net_dev_xmit(ctx: &TracePointContext, probe: ProbeId, skbaddr: TpField, rc: TpField) {
+    let skb = field::<u64>(ctx, skbaddr).unwrap_or(0);
+    if skb != 0 {
+        let rc = field::<i32>(ctx, rc).unwrap_or(0);
+        xmit_end(ctx, skb, probe, rc as i64);
+    }
+}
