@@ -4,9 +4,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use lotrace::{
-    record,
-    render::{self, Style, Totals},
-    session::Session,
+    model::{record, session::Session},
+    output::render::{self, Style, Totals},
 };
 
 fuzz_target!(|data: &[u8]| {

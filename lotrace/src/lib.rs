@@ -1,27 +1,14 @@
 //! lotrace: where a ping's time goes inside the Linux kernel, stage by
 //! stage, measured with eBPF.
 //!
-//! The pure parts (catalog in `lotrace-common`, [`journey`], [`stats`],
-//! [`kagg`], [`record`], [`render`], [`session`]) take data and return data; only
-//! [`loader`] and [`trace`] touch the kernel.
+//! Layers whose imports point one way: [`cmd`] (the subcommands) uses
+//! [`output`] and [`kernel`]; [`output`] renders the [`model`]; [`kernel`]
+//! feeds the [`model`]; the model depends on `lotrace-common` alone.
 
-pub mod btf;
-pub mod compare;
-pub mod journey;
-pub mod kagg;
-pub mod loader;
-pub mod perfetto;
-pub mod pingout;
-pub mod plan;
-pub mod probes;
-pub mod record;
-pub mod render;
-pub mod replay;
-pub mod report;
-pub mod session;
-pub mod stats;
-pub mod trace;
-pub mod tracefs;
+pub mod cmd;
+pub mod kernel;
+pub mod model;
+pub mod output;
 
 /// How journeys and the summary are printed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

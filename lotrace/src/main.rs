@@ -3,12 +3,10 @@ use std::{path::PathBuf, process::ExitCode};
 use clap::{Args, Parser, Subcommand};
 use lotrace::{
     Format,
-    btf::VMLINUX_BTF,
-    compare,
-    plan::BackendChoice,
-    probes,
-    render::{Lang, Style},
-    replay, trace,
+    cmd::{compare, probes, replay, trace},
+    kernel::btf::VMLINUX_BTF,
+    model::plan::BackendChoice,
+    output::render::{Lang, Style},
 };
 
 /// Trace a ping's journey through the Linux kernel with eBPF, stage by

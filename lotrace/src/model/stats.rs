@@ -8,7 +8,7 @@ use lotrace_common::{
     agg::{BUCKETS, bucket, bucket_high},
 };
 
-use crate::journey::{Context, Journey, Leg};
+use crate::model::journey::{Context, Journey, Leg};
 
 #[derive(Clone, Debug)]
 pub struct Histogram {
@@ -173,7 +173,7 @@ impl Stats {
         {
             *self
                 .xmit_devs
-                .entry(crate::render::xmit_dev(h))
+                .entry(crate::output::render::xmit_dev(h))
                 .or_default() += 1;
         }
         for w in j.softirq.iter().flatten() {
@@ -217,7 +217,7 @@ impl Stats {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::journey::{build_journey, tests::echo};
+    use crate::model::journey::{build_journey, tests::echo};
 
     #[test]
     fn extreme_values_stay_in_range() {

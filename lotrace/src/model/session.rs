@@ -7,11 +7,11 @@ use std::collections::BTreeMap;
 use lotrace_common::Event;
 
 use crate::{
-    journey::{Journey, JourneyBuilder, expected_for},
-    pingout::{PingLine, parse_line},
-    record::Record,
-    report::Meta,
-    stats::Stats,
+    model::journey::{Journey, JourneyBuilder, expected_for},
+    model::meta::Meta,
+    model::pingout::{PingLine, parse_line},
+    model::record::Record,
+    model::stats::Stats,
 };
 
 /// A journey is closed when none of its events has been seen for this long.
@@ -40,7 +40,7 @@ pub struct Session {
     /// Events the probes tried to emit, when known.
     pub submitted: Option<u64>,
     /// lotrace's own cost, for a live trace.
-    pub usage: Option<crate::render::Usage>,
+    pub usage: Option<crate::output::render::Usage>,
 }
 
 impl Session {

@@ -9,10 +9,10 @@ use serde_json::{Value, json};
 
 use crate::{
     Format,
-    btf::KernelBtf,
-    loader,
-    plan::{self, Avail, BackendChoice, Caps, Plan},
-    tracefs,
+    kernel::btf::KernelBtf,
+    kernel::loader,
+    kernel::tracefs,
+    model::plan::{self, Avail, BackendChoice, Caps, Plan},
 };
 
 pub fn run(btf_path: &Path, format: Format) -> Result<i32> {

@@ -8,9 +8,9 @@ use serde_json::{Value, json};
 
 use crate::{
     Format,
-    render::fmt_ns,
-    stats::{Row, Stats},
-    trace::{self, TraceOptions},
+    cmd::trace::{self, TraceOptions},
+    model::stats::{Row, Stats},
+    output::render::fmt_ns,
 };
 
 /// One target's traced run.
@@ -207,7 +207,7 @@ pub async fn run(opts: CompareOptions) -> Result<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::journey::{build_journey, tests::echo};
+    use crate::model::journey::{build_journey, tests::echo};
 
     #[test]
     fn side_by_side_marks_the_slow_cells() {

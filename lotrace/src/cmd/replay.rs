@@ -6,15 +6,15 @@ use anyhow::{Context as _, Result};
 
 use crate::{
     Format,
-    record::{self, Record},
-    session::Session,
-    trace::Printer,
+    cmd::trace::Printer,
+    model::record::{self, Record},
+    model::session::Session,
 };
 
 pub fn run(
     path: &Path,
     format: Format,
-    style: crate::render::Style,
+    style: crate::output::render::Style,
     perfetto: Option<&Path>,
 ) -> Result<i32> {
     let f = std::fs::File::open(path)
@@ -23,7 +23,7 @@ pub fn run(
         .with_context(|| format!("cannot replay {}", path.display()))?;
     let mut printer = Printer::new(format, style);
     printer.perfetto = perfetto
-        .map(crate::perfetto::PerfettoWriter::create)
+        .map(crate::output::perfetto::PerfettoWriter::create)
         .transpose()?;
     let mut meta = rec.meta.clone();
     let mut session = Session::new(&meta);

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use lotrace_common::{ProbeId, Stage, catalog::PROBES};
 use serde::{Deserialize, Serialize};
 
-use crate::plan::{self, Plan};
+use crate::model::plan::{self, Plan};
 
 /// One probe that was attached.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -121,7 +121,7 @@ impl Meta {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::{BackendChoice, Caps, plan};
+    use crate::model::plan::{BackendChoice, Caps, plan};
 
     #[test]
     fn records_what_was_attached_and_what_is_missing() {

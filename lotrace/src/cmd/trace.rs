@@ -21,12 +21,12 @@ use tokio::{
 
 use crate::{
     Format,
-    loader::{LoadOptions, Tracer},
-    pingout,
-    record::{self, Record, Trailer},
-    render::{self, Totals},
-    report::Meta,
-    session::{Done, Session},
+    kernel::loader::{LoadOptions, Tracer},
+    model::meta::Meta,
+    model::pingout,
+    model::record::{self, Record, Trailer},
+    model::session::{Done, Session},
+    output::render::{self, Totals},
 };
 
 pub struct TraceOptions {
@@ -36,7 +36,7 @@ pub struct TraceOptions {
     pub perfetto: Option<PathBuf>,
     /// Run the command in this named network namespace (`ip netns`).
     pub netns: Option<String>,
-    pub backend: crate::plan::BackendChoice,
+    pub backend: crate::model::plan::BackendChoice,
     pub allow_missing: bool,
     pub format: Format,
     pub record: Option<PathBuf>,
@@ -252,7 +252,7 @@ impl Drop for RecordFile {
 pub struct Printer {
     pub format: Format,
     pub style: render::Style,
-    pub perfetto: Option<crate::perfetto::PerfettoWriter>,
+    pub perfetto: Option<crate::output::perfetto::PerfettoWriter>,
     /// Print nothing (the caller renders the session itself).
     pub quiet: bool,
     pub out: std::io::BufWriter<std::io::Stdout>,
@@ -366,7 +366,7 @@ pub async fn run_session(opts: TraceOptions, quiet: bool) -> Result<Finished> {
         .map(|(src, _)| PathBuf::from(src.to_string_lossy().into_owned()))
         .unwrap_or_else(|| PathBuf::from("/etc/hosts"));
     let (target, resolution) = check_target(&opts.command, &hosts_path)?;
-    crate::loader::preflight()?;
+    crate::kernel::loader::preflight()?;
     if let Some(r) = &resolution {
         eprintln!("lotrace: {r}");
     }
@@ -377,7 +377,7 @@ pub async fn run_session(opts: TraceOptions, quiet: bool) -> Result<Finished> {
         target,
         resolution,
         netns: opts.netns.clone(),
-        backend: crate::loader::backend_arg(opts.backend).to_string(),
+        backend: crate::kernel::loader::backend_arg(opts.backend).to_string(),
         ..Default::default()
     };
     let mut tracer = Tracer::load(&LoadOptions {
@@ -393,7 +393,7 @@ pub async fn run_session(opts: TraceOptions, quiet: bool) -> Result<Finished> {
     let perfetto = opts
         .perfetto
         .as_deref()
-        .map(crate::perfetto::PerfettoWriter::create)
+        .map(crate::output::perfetto::PerfettoWriter::create)
         .transpose()?;
     let mut recfile = match &opts.record {
         Some(p) => Some(RecordFile::create(p, &meta)?),
@@ -581,7 +581,7 @@ pub async fn run_session(opts: TraceOptions, quiet: bool) -> Result<Finished> {
     session.submitted = tracer.submitted_events().ok();
     if opts.summary_only {
         // Every event went into the kernel's aggregates: none was lost.
-        session.stats = crate::kagg::stats(&tracer.aggregate()?);
+        session.stats = crate::model::kagg::stats(&tracer.aggregate()?);
         session.events = session.submitted.unwrap_or(0);
     }
     let end = self_usage(started);

@@ -8,8 +8,8 @@ use lotrace_common::{
 };
 
 use crate::{
-    journey::{Expected, Leg},
-    stats::{Histogram, KernelOutcomes, Row, Stats},
+    model::journey::{Expected, Leg},
+    model::stats::{Histogram, KernelOutcomes, Row, Stats},
 };
 
 /// One aggregation row's totals and histogram on each CPU, merged.
@@ -131,7 +131,7 @@ pub fn close_stage(covered: &[Stage]) -> Stage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::journey::ALWAYS;
+    use crate::model::journey::ALWAYS;
     use lotrace_common::agg::row;
 
     fn row_data(cpus: &[&[u64]], t: i64) -> Vec<RowAgg> {

@@ -20,11 +20,11 @@ use lotrace_common::{
 };
 
 use crate::{
-    btf::KernelBtf,
-    journey::expected_for,
-    kagg::{self, KernelAgg},
-    plan::{self, BackendChoice, Caps, Plan},
-    tracefs,
+    kernel::btf::KernelBtf,
+    kernel::tracefs,
+    model::journey::expected_for,
+    model::kagg::{self, KernelAgg},
+    model::plan::{self, BackendChoice, Caps, Plan},
 };
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lotrace"));

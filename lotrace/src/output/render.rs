@@ -7,10 +7,10 @@ use lotrace_common::{ProbeId, Stage};
 use serde_json::{Value, json};
 
 use crate::{
-    journey::{Context, Hop, Journey, Leg, Outcome, SoftirqWhere},
-    report::Meta,
-    session::Done,
-    stats::{Histogram, Stats},
+    model::journey::{Context, Hop, Journey, Leg, Outcome, SoftirqWhere},
+    model::meta::Meta,
+    model::session::Done,
+    model::stats::{Histogram, Stats},
 };
 
 /// The language of stage explanations.
@@ -675,8 +675,8 @@ pub fn summary_json(stats: &Stats, meta: &Meta, t: &Totals) -> Value {
 mod tests {
     use super::*;
     use crate::{
-        journey::{build_journey, tests::echo},
-        plan::{BackendChoice, Caps, plan},
+        model::journey::{build_journey, tests::echo},
+        model::plan::{BackendChoice, Caps, plan},
     };
     use lotrace_common::catalog::PROBES;
 
