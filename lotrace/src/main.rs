@@ -2,11 +2,10 @@ use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Args, Parser, Subcommand};
 use lotrace::{
-    Format,
     cmd::{compare, probes, replay, trace},
     kernel::btf::VMLINUX_BTF,
     model::plan::BackendChoice,
-    output::render::{Lang, Style},
+    output::{Format, Lang, Style},
 };
 
 /// Trace a ping's journey through the Linux kernel with eBPF, stage by

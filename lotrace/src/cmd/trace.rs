@@ -2,7 +2,6 @@
 //! journeys. With the loader, the only code that touches the kernel.
 
 use std::{
-    io::Write,
     net::ToSocketAddrs,
     os::unix::process::ExitStatusExt,
     path::{Path, PathBuf},
@@ -20,18 +19,17 @@ use tokio::{
 };
 
 use crate::{
-    Format,
     kernel::loader::{LoadOptions, Tracer},
     model::meta::Meta,
     model::pingout,
     model::record::{self, Record, Trailer},
-    model::session::{Done, Session},
-    output::render::{self, Totals},
+    model::session::{Done, Session, Usage},
+    output::{Format, Style, perfetto::PerfettoWriter, printer::Printer},
 };
 
 pub struct TraceOptions {
     pub command: Vec<String>,
-    pub style: render::Style,
+    pub style: Style,
     /// Also write a Perfetto (Chrome JSON) trace here.
     pub perfetto: Option<PathBuf>,
     /// Run the command in this named network namespace (`ip netns`).
@@ -248,96 +246,6 @@ impl Drop for RecordFile {
     }
 }
 
-/// Prints journeys and the summary in the chosen format.
-pub struct Printer {
-    pub format: Format,
-    pub style: render::Style,
-    pub perfetto: Option<crate::output::perfetto::PerfettoWriter>,
-    /// Print nothing (the caller renders the session itself).
-    pub quiet: bool,
-    pub out: std::io::BufWriter<std::io::Stdout>,
-}
-
-impl Printer {
-    pub fn new(format: Format, style: render::Style) -> Printer {
-        Printer {
-            format,
-            style,
-            perfetto: None,
-            quiet: false,
-            out: std::io::BufWriter::new(std::io::stdout()),
-        }
-    }
-
-    /// A line the traced command printed: to stdout as it was, except in
-    /// JSON mode where stdout is reserved for JSON.
-    pub fn child_line(&mut self, line: &str) -> Result<()> {
-        if self.quiet {
-            return Ok(());
-        }
-        match self.format {
-            Format::Text => writeln!(self.out, "{line}")?,
-            Format::Json => eprintln!("{line}"),
-        }
-        Ok(())
-    }
-
-    pub fn journeys(&mut self, done: &[Done], meta: &Meta) -> Result<()> {
-        for d in done {
-            if let Some(p) = self.perfetto.as_mut() {
-                p.journey(&d.journey, meta)?;
-            }
-            if self.quiet {
-                continue;
-            }
-            match self.format {
-                Format::Text => write!(self.out, "{}", render::journey_text(d, meta, self.style))?,
-                Format::Json => writeln!(
-                    self.out,
-                    "{}",
-                    render::journey_json_line(d, meta, self.style)
-                )?,
-            }
-        }
-        Ok(())
-    }
-
-    pub fn summary(&mut self, s: &Session, meta: &Meta) -> Result<()> {
-        if self.quiet {
-            if let Some(p) = self.perfetto.take() {
-                p.finish()?;
-            }
-            return Ok(());
-        }
-        let t = Totals {
-            events: s.events,
-            lost: s.lost,
-            discarded: s.discarded(),
-            missed: s.missed,
-            submitted: s.submitted,
-            usage: s.usage,
-        };
-        match self.format {
-            Format::Text => write!(
-                self.out,
-                "{}",
-                render::summary_text(&s.stats, meta, &t, self.style)
-            )?,
-            Format::Json => writeln!(self.out, "{}", render::summary_json(&s.stats, meta, &t))?,
-        }
-        self.out.flush()?;
-        if let Some(p) = self.perfetto.take() {
-            p.finish()?;
-        }
-        Ok(())
-    }
-
-    pub fn flush(&mut self) -> Result<()> {
-        self.out.flush()?;
-        Ok(())
-    }
-}
-
 /// Runs the trace; returns the exit code lotrace should end with.
 pub async fn run(opts: TraceOptions) -> Result<i32> {
     Ok(run_session(opts, false).await?.code)
@@ -393,7 +301,7 @@ pub async fn run_session(opts: TraceOptions, quiet: bool) -> Result<Finished> {
     let perfetto = opts
         .perfetto
         .as_deref()
-        .map(crate::output::perfetto::PerfettoWriter::create)
+        .map(PerfettoWriter::create)
         .transpose()?;
     let mut recfile = match &opts.record {
         Some(p) => Some(RecordFile::create(p, &meta)?),
@@ -585,7 +493,7 @@ pub async fn run_session(opts: TraceOptions, quiet: bool) -> Result<Finished> {
         session.events = session.submitted.unwrap_or(0);
     }
     let end = self_usage(started);
-    session.usage = Some(render::Usage {
+    session.usage = Some(Usage {
         cpu_ns: end.cpu_ns.saturating_sub(base.cpu_ns),
         max_rss_kb: end.max_rss_kb,
         wall_ns: end.wall_ns.saturating_sub(base.wall_ns),
@@ -637,12 +545,12 @@ fn drain(
 }
 
 /// lotrace's own CPU time (user + system) and peak RSS so far.
-fn self_usage(started: std::time::Instant) -> render::Usage {
+fn self_usage(started: std::time::Instant) -> Usage {
     // SAFETY: getrusage writes into the zeroed struct we own.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
     let tv = |t: libc::timeval| t.tv_sec as u64 * 1_000_000_000 + t.tv_usec as u64 * 1_000;
-    render::Usage {
+    Usage {
         cpu_ns: tv(ru.ru_utime) + tv(ru.ru_stime),
         max_rss_kb: ru.ru_maxrss.max(0) as u64,
         wall_ns: started.elapsed().as_nanos() as u64,

@@ -173,7 +173,7 @@ impl Stats {
         {
             *self
                 .xmit_devs
-                .entry(crate::output::render::xmit_dev(h))
+                .entry(crate::output::words::xmit_dev(h))
                 .or_default() += 1;
         }
         for w in j.softirq.iter().flatten() {

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use crate::{
     model::journey::{Journey, Leg},
     model::meta::Meta,
-    output::render::detail,
+    output::words::detail,
 };
 
 /// The trace events of one journey (pure), plus the metadata events for
