@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::model::detail::StageDetail;
 use lotrace_common::{
     Event, ProbeId, Stage,
     event::{AF_INET, AF_INET6, FLAG_NET_RX, FLAG_PACKET, is_echo_reply, is_echo_request},
@@ -74,10 +75,8 @@ pub struct Hop {
     pub comm: String,
     pub context: Context,
     pub softirq_run: u32,
-    pub len: u32,
-    pub skb: u64,
-    pub aux: u64,
-    pub aux2: u32,
+    /// What the event said besides time and place, decoded once.
+    pub detail: Option<StageDetail>,
 }
 
 /// Where the NET_RX softirq that received a leg ran.
@@ -408,6 +407,7 @@ pub fn build_journey(mut events: Vec<Event>, expected: &[Expected]) -> Journey {
         else {
             continue;
         };
+        let at_return = probe.info().at_return;
         hops.push(Hop {
             leg: leg_of(ev),
             stage,
@@ -422,10 +422,7 @@ pub fn build_journey(mut events: Vec<Event>, expected: &[Expected]) -> Journey {
             comm: ev.comm_str().to_string(),
             context: Context::of(ev),
             softirq_run: ev.softirq_run,
-            len: ev.len,
-            skb: ev.skb,
-            aux: ev.aux,
-            aux2: ev.aux2,
+            detail: StageDetail::decode(ev, stage, at_return),
         });
         prev = ev.ts_ns;
     }
@@ -502,20 +499,29 @@ pub fn build_journey(mut events: Vec<Event>, expected: &[Expected]) -> Journey {
         .position(|h| h.leg == Leg::Request && h.stage == Stage::Drop);
     let route_err = hops
         .iter()
-        .find(|h| h.leg == Leg::Request && h.stage == Stage::Route && h.len != 0);
+        .filter(|h| h.leg == Leg::Request)
+        .find_map(|h| match h.detail {
+            Some(StageDetail::Route {
+                next_hop: Err(err), ..
+            }) => Some(err),
+            _ => None,
+        });
     let outcome = if answered {
         Outcome::Answered
     } else if let Some(i) = request_drop {
         Outcome::Dropped {
-            reason: hops[i].aux,
+            reason: match hops[i].detail {
+                Some(StageDetail::Drop { reason }) => reason,
+                _ => 0,
+            },
             after: hops[..i]
                 .iter()
                 .rev()
                 .find(|h| h.leg == Leg::Request && h.stage != Stage::Free)
                 .map(|h| h.stage),
         }
-    } else if let Some(r) = route_err {
-        Outcome::NoRoute { err: r.len as i32 }
+    } else if let Some(err) = route_err {
+        Outcome::NoRoute { err }
     } else {
         Outcome::Unanswered
     };
@@ -549,8 +555,12 @@ pub fn build_journey(mut events: Vec<Event>, expected: &[Expected]) -> Journey {
         .collect();
     let sock_type = hops
         .iter()
-        .find(|h| h.leg == Leg::Request && h.stage == Stage::DevQueueXmit && h.aux2 != 0)
-        .map_or(0, |h| h.aux2);
+        .filter(|h| h.leg == Leg::Request && h.stage == Stage::DevQueueXmit)
+        .find_map(|h| match h.detail {
+            Some(StageDetail::Transmit { sock_type, .. }) if sock_type != 0 => Some(sock_type),
+            _ => None,
+        })
+        .unwrap_or(0);
     Journey {
         family: first.family,
         icmp_id: first.icmp_id,
