@@ -170,7 +170,7 @@ fn options(
         run_as: if p.child_as_root {
             None
         } else {
-            trace::sudo_user()
+            lotrace::cmd::child::sudo_user()
         },
     }
 }

@@ -2,6 +2,7 @@
 //! file or the traced command), runs the model over it and prints through
 //! the output layer.
 
+pub mod child;
 pub mod compare;
 pub mod probes;
 pub mod replay;

@@ -6,7 +6,7 @@ use std::path::Path;
 use anyhow::Result;
 
 use crate::{
-    kernel::{btf::KernelBtf, loader, tracefs},
+    kernel::{self, btf::KernelBtf, caps, tracefs},
     model::plan::{self, BackendChoice},
     output::{
         Format,
@@ -17,15 +17,13 @@ use crate::{
 
 pub fn run(btf_path: &Path, format: Format) -> Result<i32> {
     let btf = KernelBtf::open(btf_path)?;
-    if loader::is_root() && tracefs::ensure_mounted()? {
+    if kernel::is_root() && tracefs::ensure_mounted()? {
         eprintln!("lotrace: mounted tracefs at {}", tracefs::TRACEFS);
     }
-    let mut caps = loader::capabilities(&btf);
-    loader::probe_fentry(&mut caps, btf_path);
+    let mut caps = caps::capabilities(&btf);
+    caps::probe_fentry(&mut caps, btf_path);
     let plan = plan::plan(&caps, BackendChoice::Auto);
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default();
+    let kernel = kernel::release();
     let out = match format {
         Format::Text => text(&caps, &plan, &kernel),
         Format::Json => format!("{}\n", json(&caps, &plan, &kernel)),

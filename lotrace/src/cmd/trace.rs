@@ -1,27 +1,28 @@
 //! `lotrace trace`: runs a command under the probes and streams its
-//! journeys. With the loader, the only code that touches the kernel.
+//! journeys as they close, then the summary.
 
 use std::{
-    net::ToSocketAddrs,
-    os::unix::process::ExitStatusExt,
     path::{Path, PathBuf},
-    process::{ExitStatus, Stdio},
+    process::ExitStatus,
     time::Duration,
 };
 
-use anyhow::{Context as _, Result, anyhow, bail};
+use anyhow::{Context as _, Result, anyhow};
 use lotrace_common::Event;
 use tokio::{
     io::{AsyncBufReadExt, BufReader, Interest, unix::AsyncFd},
-    process::Command,
     signal::unix::{SignalKind, signal},
     time::{Instant, interval, sleep_until},
 };
 
 use crate::{
-    kernel::loader::{LoadOptions, Tracer},
+    cmd::child::{Child, exit_code, exit_words, forward},
+    kernel::{
+        self,
+        loader::{LoadOptions, Tracer},
+    },
+    model::kagg,
     model::meta::Meta,
-    model::pingout,
     model::record::{self, Record, Trailer},
     model::session::{Done, Session, Usage},
     output::{Format, Style, perfetto::PerfettoWriter, printer::Printer},
@@ -66,142 +67,6 @@ impl TraceOptions {
             summary_only: self.summary_only,
         }
     }
-}
-
-/// The user who invoked sudo, when lotrace runs as root through it.
-pub fn sudo_user() -> Option<(u32, u32)> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return None;
-    }
-    let uid: u32 = std::env::var("SUDO_UID").ok()?.parse().ok()?;
-    let gid: u32 = std::env::var("SUDO_GID").ok()?.parse().ok()?;
-    (uid != 0).then_some((uid, gid))
-}
-
-/// Finds `program` the way the shell would, so a missing command is
-/// reported before anything is loaded.
-pub fn resolve_program(program: &str) -> Result<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    let runnable = |p: &Path| {
-        p.metadata()
-            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-            .unwrap_or(false)
-    };
-    if program.contains('/') {
-        let p = PathBuf::from(program);
-        return if runnable(&p) {
-            Ok(p)
-        } else {
-            Err(anyhow!(
-                "command not found: {program} (no such executable file)"
-            ))
-        };
-    }
-    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
-    std::env::split_paths(&path)
-        .map(|d| d.join(program))
-        .find(|p| runnable(p))
-        .ok_or_else(|| {
-            let hint = if pingout::is_ping(program) {
-                " (install iputils-ping)"
-            } else {
-                ""
-            };
-            anyhow!("command not found: {program}: it is not on PATH{hint}")
-        })
-}
-
-/// For a ping, makes sure its target resolves before anything is loaded;
-/// returns it and, for a name, where its addresses come from.
-fn check_target(command: &[String], hosts_path: &Path) -> Result<(Option<String>, Option<String>)> {
-    if !pingout::is_ping(&command[0]) {
-        return Ok((None, None));
-    }
-    let Some(target) = pingout::ping_target(&command[1..]) else {
-        return Ok((None, None));
-    };
-    let hosts = std::fs::read_to_string(hosts_path).unwrap_or_default();
-    let listed: Vec<std::net::IpAddr> = pingout::hosts_lines(&hosts, &target)
-        .iter()
-        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
-        .collect();
-    let addrs: Vec<std::net::IpAddr> = if !listed.is_empty() {
-        listed
-    } else {
-        match (target.as_str(), 0u16).to_socket_addrs() {
-            Ok(a) => a.map(|a| a.ip()).collect(),
-            Err(e) => bail!("unknown host {target}: {e}"),
-        }
-    };
-    if addrs.is_empty() {
-        bail!("unknown host {target}: it resolves to no address");
-    }
-    if target.parse::<std::net::IpAddr>().is_ok() {
-        return Ok((Some(target), None));
-    }
-    let mut uniq: Vec<String> = Vec::new();
-    for a in &addrs {
-        if !uniq.contains(&a.to_string()) {
-            uniq.push(a.to_string());
-        }
-    }
-    let why = match pingout::hosts_lines(&hosts, &target) {
-        lines if !lines.is_empty() => {
-            format!("from {}: {}", hosts_path.display(), lines.join("; "))
-        }
-        _ => "from the resolver (not in /etc/hosts)".to_string(),
-    };
-    Ok((
-        Some(target.clone()),
-        Some(format!("{target} resolves to {} ({why})", uniq.join(", "))),
-    ))
-}
-
-/// Files `ip netns exec` would bind over /etc: (source, target).
-fn netns_etc(name: &str) -> Vec<(std::ffi::CString, std::ffi::CString)> {
-    let dir = Path::new("/etc/netns").join(name);
-    let Ok(rd) = std::fs::read_dir(&dir) else {
-        return Vec::new();
-    };
-    rd.filter_map(|e| e.ok())
-        .filter_map(|e| {
-            let src = std::ffi::CString::new(e.path().to_str()?).ok()?;
-            let dst = std::ffi::CString::new(format!("/etc/{}", e.file_name().to_str()?)).ok()?;
-            Some((src, dst))
-        })
-        .collect()
-}
-
-/// The network namespace `ip netns` calls `name`, opened.
-fn open_netns(name: &str) -> Result<std::fs::File> {
-    if name.contains('/') || name.is_empty() {
-        bail!("bad network namespace name {name:?}");
-    }
-    let path = Path::new("/run/netns").join(name);
-    std::fs::File::open(&path).map_err(|e| {
-        anyhow!(
-            "no network namespace {name} ({}: {e}); see `ip netns list`",
-            path.display()
-        )
-    })
-}
-
-fn kernel_release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into())
-}
-
-/// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`.
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: ts is a valid timespec to write into.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// A record file being written; removed unless the trace completes, so an
@@ -263,29 +128,19 @@ pub struct Finished {
 /// journeys nor the summary).
 pub async fn run_session(opts: TraceOptions, quiet: bool) -> Result<Finished> {
     let started = std::time::Instant::now();
-    let program = resolve_program(&opts.command[0])?;
-    let netns = opts.netns.as_deref().map(open_netns).transpose()?;
-    // Like `ip netns exec`, files in /etc/netns/NAME replace those in /etc
-    // for the command.
-    let etc_binds = opts.netns.as_deref().map(netns_etc).unwrap_or_default();
-    let hosts_path = etc_binds
-        .iter()
-        .find(|(_, dst)| dst.as_bytes() == b"/etc/hosts")
-        .map(|(src, _)| PathBuf::from(src.to_string_lossy().into_owned()))
-        .unwrap_or_else(|| PathBuf::from("/etc/hosts"));
-    let (target, resolution) = check_target(&opts.command, &hosts_path)?;
-    crate::kernel::loader::preflight()?;
-    if let Some(r) = &resolution {
+    let child = Child::prepare(&opts.command, opts.netns.as_deref(), opts.run_as)?;
+    kernel::preflight()?;
+    if let Some(r) = &child.resolution {
         eprintln!("lotrace: {r}");
     }
 
     let mut meta = Meta {
-        kernel: kernel_release(),
+        kernel: kernel::release(),
         command: opts.command.clone(),
-        target,
-        resolution,
+        target: child.target.clone(),
+        resolution: child.resolution.clone(),
         netns: opts.netns.clone(),
-        backend: crate::kernel::loader::backend_arg(opts.backend).to_string(),
+        backend: opts.backend.name().to_string(),
         ..Default::default()
     };
     let mut tracer = Tracer::load(&LoadOptions {
@@ -317,75 +172,11 @@ pub async fn run_session(opts: TraceOptions, quiet: bool) -> Result<Finished> {
     // not even its first packet can be missed.
     let me = std::process::id();
     tracer.add_target(me)?;
-    let mut cmd = Command::new(&program);
-    cmd.arg0(&opts.command[0])
-        .args(&opts.command[1..])
-        .stdin(Stdio::inherit())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true);
-    let run_as = opts.run_as;
-    let netns_fd = netns.as_ref().map(|f| {
-        use std::os::fd::AsRawFd;
-        f.as_raw_fd()
-    });
-    // SAFETY: prctl, setns, unshare and mount are async-signal-safe; the
-    // fd and strings stay alive in the parent until the child is spawned.
-    unsafe {
-        cmd.pre_exec(move || {
-            // The child must not outlive lotrace.
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            if let Some(fd) = netns_fd
-                && libc::setns(fd, libc::CLONE_NEWNET) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            if !etc_binds.is_empty() {
-                if libc::unshare(libc::CLONE_NEWNS) != 0
-                    || libc::mount(
-                        std::ptr::null(),
-                        c"/".as_ptr(),
-                        std::ptr::null(),
-                        libc::MS_SLAVE | libc::MS_REC,
-                        std::ptr::null(),
-                    ) != 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
-                for (src, dst) in &etc_binds {
-                    if libc::mount(
-                        src.as_ptr(),
-                        dst.as_ptr(),
-                        std::ptr::null(),
-                        libc::MS_BIND,
-                        std::ptr::null(),
-                    ) != 0
-                    {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-            }
-            // Last, once the namespace and mounts that need root are set:
-            // the invoking user's identity. Changing it clears the death
-            // signal, so it is set again.
-            if let Some((uid, gid)) = run_as {
-                let groups = [gid];
-                if libc::setgroups(1, groups.as_ptr()) != 0
-                    || libc::setgid(gid) != 0
-                    || libc::setuid(uid) != 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            }
-            Ok(())
-        });
-    }
-    let spawned = cmd.spawn();
+    let spawned = child.command().spawn();
     let removed = tracer.remove_target(me);
-    let mut child = spawned.with_context(|| format!("cannot run {}", opts.command[0]))?;
+    let mut proc = spawned.with_context(|| format!("cannot run {}", opts.command[0]))?;
     removed?;
-    let pid = child
+    let pid = proc
         .id()
         .context("child exited before it could be traced")?;
     // lotrace's cost is counted from here: loading the programs is not
@@ -397,7 +188,7 @@ pub async fn run_session(opts: TraceOptions, quiet: bool) -> Result<Finished> {
     printer.perfetto = perfetto;
     printer.quiet = quiet;
     let mut session = Session::new(&meta);
-    let mut lines = BufReader::new(child.stdout.take().context("child stdout")?).lines();
+    let mut lines = BufReader::new(proc.stdout.take().context("child stdout")?).lines();
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut tick = interval(Duration::from_millis(50));
@@ -419,17 +210,12 @@ pub async fn run_session(opts: TraceOptions, quiet: bool) -> Result<Finished> {
             line = lines.next_line(), if stdout_open => {
                 match line {
                     Ok(Some(text)) => {
-                        printer.child_line(&text)?;
-                        if let Some(r) = recfile.as_mut() {
-                            r.record(&Record::Line { ts_ns: monotonic_ns(), text: text.clone() })?;
-                        }
-                        session.line(&text);
-                        session.update_target(&mut meta);
+                        child_line(&text, &mut printer, &mut recfile, &mut session, &mut meta)?;
                     }
                     _ => stdout_open = false,
                 }
             }
-            st = child.wait() => break st?,
+            st = proc.wait() => break st?,
             _ = sigint.recv() => {
                 forward(pid, libc::SIGINT);
                 kill_at.get_or_insert(Instant::now() + Duration::from_secs(3));
@@ -452,7 +238,7 @@ pub async fn run_session(opts: TraceOptions, quiet: bool) -> Result<Finished> {
                     if let Some(r) = recfile.as_mut() { r.record(&Record::Lost(lost))?; }
                     session.record(&Record::Lost(lost));
                 }
-                let done = session.ready(monotonic_ns());
+                let done = session.ready(kernel::monotonic_ns());
                 printer.journeys(&done, &meta)?;
                 printer.flush()?;
             }
@@ -466,12 +252,7 @@ pub async fn run_session(opts: TraceOptions, quiet: bool) -> Result<Finished> {
         tokio::select! {
             line = lines.next_line() => match line {
                 Ok(Some(text)) => {
-                    printer.child_line(&text)?;
-                    if let Some(r) = recfile.as_mut() {
-                        r.record(&Record::Line { ts_ns: monotonic_ns(), text: text.clone() })?;
-                    }
-                    session.line(&text);
-                    session.update_target(&mut meta);
+                    child_line(&text, &mut printer, &mut recfile, &mut session, &mut meta)?;
                 }
                 _ => stdout_open = false,
             },
@@ -489,7 +270,7 @@ pub async fn run_session(opts: TraceOptions, quiet: bool) -> Result<Finished> {
     session.submitted = tracer.submitted_events().ok();
     if opts.summary_only {
         // Every event went into the kernel's aggregates: none was lost.
-        session.stats = crate::model::kagg::stats(&tracer.aggregate()?);
+        session.stats = kagg::stats(&tracer.aggregate()?);
         session.events = session.submitted.unwrap_or(0);
     }
     let end = self_usage(started);
@@ -512,17 +293,32 @@ pub async fn run_session(opts: TraceOptions, quiet: bool) -> Result<Finished> {
     }
     drop(ring);
     drop(tracer);
-    let code = match (status.code(), status.signal()) {
-        (Some(c), _) => c,
-        (None, Some(sig)) if sig == libc::SIGINT || sig == libc::SIGTERM => 0,
-        (None, Some(sig)) => 128 + sig,
-        _ => 1,
-    };
     Ok(Finished {
-        code,
+        code: exit_code(status),
         session,
         meta,
     })
+}
+
+/// A line the command printed: passed on, recorded, and read for ping's
+/// RTT and the address it resolved.
+fn child_line(
+    text: &str,
+    printer: &mut Printer,
+    recfile: &mut Option<RecordFile>,
+    session: &mut Session,
+    meta: &mut Meta,
+) -> Result<()> {
+    printer.child_line(text)?;
+    if let Some(r) = recfile.as_mut() {
+        r.record(&Record::Line {
+            ts_ns: kernel::monotonic_ns(),
+            text: text.to_string(),
+        })?;
+    }
+    session.line(text);
+    session.update_target(meta);
+    Ok(())
 }
 
 /// Takes every event in the ring into the session (and the record file);
@@ -555,17 +351,4 @@ fn self_usage(started: std::time::Instant) -> Usage {
         max_rss_kb: ru.ru_maxrss.max(0) as u64,
         wall_ns: started.elapsed().as_nanos() as u64,
     }
-}
-
-fn exit_words(s: ExitStatus) -> String {
-    match (s.code(), s.signal()) {
-        (Some(c), _) => c.to_string(),
-        (None, Some(sig)) => format!("signal {sig}"),
-        _ => "unknown".into(),
-    }
-}
-
-fn forward(pid: u32, sig: i32) {
-    // SAFETY: kill has no memory-safety preconditions.
-    unsafe { libc::kill(pid as i32, sig) };
 }

@@ -1,35 +1,32 @@
-//! Loads the embedded eBPF object into the running kernel and attaches its
-//! probes. With the trace command, the only part of lotrace that touches
-//! the kernel.
+//! Loads the embedded eBPF object into the running kernel, attaches the
+//! plan's probes, and reads the programs' maps and counters.
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    path::Path,
-};
+use std::{collections::BTreeMap, path::Path};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
-    Btf, Ebpf, EbpfLoader, Endianness,
+    Btf, Ebpf,
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::{FEntry, FExit, KProbe, TracePoint},
 };
 use lotrace_common::{
-    Config, ProbeId, Stage,
+    ProbeId, Stage,
     agg::{self, RowAgg},
-    catalog::{Backend, PROBES, TP_FIELDS, counters, maps},
+    catalog::{Backend, counters, maps},
 };
 
 use crate::{
-    kernel::btf::KernelBtf,
-    kernel::tracefs,
-    model::journey::expected_for,
-    model::kagg::{self, KernelAgg},
-    model::plan::{self, BackendChoice, Caps, Plan},
+    kernel::{
+        btf::KernelBtf,
+        caps, config,
+        object::{load_object, page_size, parse_btf, refusal},
+        tracefs,
+    },
+    model::{
+        kagg::KernelAgg,
+        plan::{self, BackendChoice, Plan},
+    },
 };
-
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lotrace"));
-
-const KPROBE_PMU: &str = "/sys/bus/event_source/devices/kprobe";
 
 pub struct LoadOptions<'a> {
     pub btf_path: &'a Path,
@@ -55,183 +52,6 @@ pub struct Tracer {
     pub drop_reasons: BTreeMap<u64, String>,
 }
 
-/// Checks that nothing needed is missing before anything is loaded.
-pub fn preflight() -> Result<()> {
-    if !is_root() {
-        bail!(
-            "tracing needs root (to load eBPF programs): run it with sudo, or through `cargo xtask run`"
-        );
-    }
-    Ok(())
-}
-
-pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
-/// The kernel functions the catalog may probe.
-fn catalog_functions() -> BTreeSet<&'static str> {
-    PROBES
-        .iter()
-        .flat_map(|p| p.functions().iter().copied())
-        .collect()
-}
-
-/// Names among `wanted` listed in a symbol file's lines: the first word that
-/// matches, ignoring a trailing `[module]`.
-fn names_in(text: &str, column: usize, wanted: &BTreeSet<&str>) -> BTreeSet<String> {
-    text.lines()
-        .filter_map(|l| l.split_whitespace().nth(column))
-        .filter(|n| wanted.contains(n))
-        .map(str::to_string)
-        .collect()
-}
-
-/// What this kernel allows, as far as can be seen without loading anything;
-/// fentry is checked by [`probe_fentry`].
-pub fn capabilities(btf: &KernelBtf) -> Caps {
-    let wanted = catalog_functions();
-    let tracefs_state = if Path::new(tracefs::TRACEFS).join("events").is_dir() {
-        Ok(())
-    } else if is_root() {
-        Err("tracefs is not mounted".to_string())
-    } else {
-        Err("not checked: tracefs is not mounted or not readable without root".to_string())
-    };
-    let tracepoints = PROBES
-        .iter()
-        .filter_map(|p| p.tracepoint())
-        .filter(|(c, n)| tracefs::tracepoint_exists(c, n))
-        .map(|(c, n)| format!("{c}:{n}"))
-        .collect();
-    let kprobe = if Path::new(KPROBE_PMU).exists() {
-        Ok(())
-    } else {
-        Err(format!(
-            "this kernel is built without CONFIG_KPROBES (no kprobe PMU at {KPROBE_PMU})"
-        ))
-    };
-    // Symbol lines: `address type name [module]`; only functions (t/T).
-    let kallsyms = std::fs::read_to_string("/proc/kallsyms")
-        .map(|t| {
-            t.lines()
-                .filter(|l| matches!(l.split_whitespace().nth(1), Some("t" | "T")))
-                .filter_map(|l| l.split_whitespace().nth(2))
-                .filter(|n| wanted.contains(n))
-                .map(str::to_string)
-                .collect()
-        })
-        .unwrap_or_default();
-    let btf_funcs = wanted
-        .iter()
-        .filter(|f| btf.has_func(f))
-        .map(|f| f.to_string())
-        .collect();
-    let traceable =
-        std::fs::read_to_string(Path::new(tracefs::TRACEFS).join("available_filter_functions"))
-            .ok()
-            .map(|t| names_in(&t, 0, &wanted));
-    Caps {
-        tracefs: tracefs_state,
-        tracepoints,
-        kprobe,
-        fentry: Err("not checked: loading a test program needs root".into()),
-        kallsyms,
-        btf_funcs,
-        traceable,
-    }
-}
-
-fn load_object(config: &Config, ring_size: u32, verbose: bool) -> Result<Ebpf> {
-    let level: u8 = if verbose { u8::MAX } else { 0 };
-    let mut loader = EbpfLoader::new();
-    loader
-        .override_global(maps::CONFIG, config, true)
-        .override_global(aya_log::LEVEL, &level, false)
-        .map_max_entries(maps::EVENTS, ring_size);
-    if config.summary_only == 0 {
-        // The aggregation maps are per CPU and large: allocate them only
-        // when they are used.
-        for m in [maps::ECHOES, maps::AGG_ROWS] {
-            loader.map_max_entries(m, 1);
-        }
-    }
-    loader
-        .load(OBJECT)
-        .map_err(|e| anyhow!("the kernel refused lotrace's eBPF object: {e}"))
-}
-
-fn page_size() -> u32 {
-    // SAFETY: sysconf has no preconditions.
-    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if n > 0 { n as u32 } else { 4096 }
-}
-
-fn parse_btf(path: &Path) -> Result<Btf> {
-    Btf::parse_file(path, Endianness::default())
-        .map_err(|e| anyhow!("cannot parse kernel BTF {}: {e}", path.display()))
-}
-
-/// Words for why the kernel refused a program.
-fn refusal(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut src: Option<&dyn std::error::Error> = Some(e);
-    while let Some(err) = src {
-        if let Some(io) = err.downcast_ref::<std::io::Error>()
-            && let Some(code) = io.raw_os_error()
-        {
-            let name = match code {
-                libc::EPERM => "EPERM",
-                libc::EACCES => "EACCES",
-                libc::EINVAL => "EINVAL",
-                libc::ENOENT => "ENOENT",
-                libc::EOPNOTSUPP | 524 => "EOPNOTSUPP",
-                _ => "error",
-            };
-            return if name == "error" {
-                format!("the kernel refused to load the program ({io})")
-            } else {
-                format!("the kernel refused to load the program ({name})")
-            };
-        }
-        src = err.source();
-    }
-    format!("the kernel refused to load the program ({e})")
-}
-
-/// Can fentry programs be loaded here? Loads one, on a function the kernel
-/// has, in a throwaway copy of the object.
-pub fn probe_fentry(caps: &mut Caps, btf_path: &Path) {
-    if !is_root() {
-        return;
-    }
-    let Some((program, function)) = PROBES
-        .iter()
-        .filter(|p| p.backend() == Backend::Fentry && !p.at_return)
-        .find_map(|p| {
-            p.functions()
-                .iter()
-                .find(|f| caps.btf_funcs.contains(**f))
-                .map(|f| (p.program, *f))
-        })
-    else {
-        caps.fentry = Err("no probed function is in the kernel's BTF".into());
-        return;
-    };
-    let result = (|| -> Result<(), String> {
-        let btf = parse_btf(btf_path).map_err(|e| e.to_string())?;
-        let mut ebpf = load_object(&Config::zeroed(), 4096, false).map_err(|e| e.to_string())?;
-        let prog: &mut FEntry = ebpf
-            .program_mut(program)
-            .ok_or("program missing")?
-            .try_into()
-            .map_err(|e: aya::programs::ProgramError| e.to_string())?;
-        prog.load(function, &btf).map_err(|e| refusal(&e))?;
-        Ok(())
-    })();
-    caps.fentry = result;
-}
-
 impl Tracer {
     pub fn load(opts: &LoadOptions) -> Result<Tracer> {
         let btf = KernelBtf::open(opts.btf_path)?;
@@ -242,20 +62,17 @@ impl Tracer {
         if tracefs::ensure_mounted()? {
             eprintln!("lotrace: mounted tracefs at {}", tracefs::TRACEFS);
         }
-        let mut caps = capabilities(&btf);
+        let mut caps = caps::capabilities(&btf);
         if matches!(opts.backend, BackendChoice::Auto | BackendChoice::Fentry) {
-            probe_fentry(&mut caps, opts.btf_path);
+            caps::probe_fentry(&mut caps, opts.btf_path);
         } else {
-            caps.fentry = Err(format!(
-                "not tried: --backend {}",
-                backend_arg(opts.backend)
-            ));
+            caps.fentry = Err(format!("not tried: --backend {}", opts.backend.name()));
         }
         let plan = plan::plan(&caps, opts.backend);
         if !plan.errors.is_empty() && !opts.allow_missing {
             bail!(
                 "--backend {} cannot observe {}; use another backend, or --allow-missing to trace without those stages",
-                backend_arg(opts.backend),
+                opts.backend.name(),
                 plan.errors_line()
             );
         }
@@ -277,54 +94,7 @@ impl Tracer {
             );
         }
 
-        let mut config = Config::zeroed();
-        config.skb_head = skb.head;
-        config.skb_network_header = skb.network_header;
-        config.skb_len = skb.len;
-        config.skb_sk = skb.sk;
-        config.sk_type = skb.sk_type;
-        config.skb_dev = skb.dev;
-        config.dev_name = skb.dev_name;
-        config.net_rx_probe = plan.start_probe(Stage::NetRxAction).map_or(0, |p| p as u8);
-        config.backlog_probe = plan
-            .start_probe(Stage::ProcessBacklog)
-            .map_or(0, |p| p as u8);
-        if opts.summary_only {
-            let covered: Vec<Stage> = plan
-                .stages
-                .iter()
-                .filter(|s| s.backend.is_some())
-                .map(|s| s.stage)
-                .collect();
-            let (leg, any) = kagg::expect_masks(&expected_for(&covered));
-            config.summary_only = 1;
-            config.expect_leg = leg;
-            config.expect_any = any;
-            config.close_stage = kagg::close_stage(&covered) as u8;
-            for p in PROBES.iter().filter(|p| p.at_return) {
-                let id = p.id as usize;
-                config.ret_probes[id / 64] |= 1 << (id % 64);
-            }
-        }
-        let mut formats = BTreeMap::new();
-        for (field, probe, name) in TP_FIELDS.iter() {
-            let Some((cat, tp)) = probe.info().tracepoint() else {
-                continue;
-            };
-            if !tracefs::tracepoint_exists(cat, tp) {
-                continue;
-            }
-            let offsets = match formats.entry((cat, tp)) {
-                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::btree_map::Entry::Vacant(e) => {
-                    e.insert(tracefs::field_offsets(cat, tp)?)
-                }
-            };
-            if let Some(off) = offsets.get(*name) {
-                config.tp[*field as usize] = *off;
-            }
-        }
-
+        let config = config::build(&skb, &plan, opts.summary_only)?;
         // Nothing is streamed when aggregating: the smallest ring will do.
         let ring_size = if opts.summary_only {
             page_size()
@@ -496,14 +266,5 @@ impl Tracer {
         if let Some(l) = self.logger.as_mut() {
             l.flush();
         }
-    }
-}
-
-pub fn backend_arg(b: BackendChoice) -> &'static str {
-    match b {
-        BackendChoice::Auto => "auto",
-        BackendChoice::Fentry => "fentry",
-        BackendChoice::Kprobe => "kprobe",
-        BackendChoice::Tracepoint => "tracepoint",
     }
 }

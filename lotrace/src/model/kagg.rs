@@ -8,7 +8,7 @@ use lotrace_common::{
 };
 
 use crate::{
-    model::journey::{Expected, Leg},
+    model::journey::{Expected, Leg, expected_for},
     model::stats::{Histogram, KernelOutcomes, Row, Stats},
 };
 
@@ -109,9 +109,30 @@ pub fn stats(k: &KernelAgg) -> Stats {
     s
 }
 
+/// What the programs must know to aggregate journeys as the model builds
+/// them: the expected stages, and the stage that ends an answered echo.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AggSettings {
+    /// Per leg, the stages expected (see [`agg::seen_bit`]).
+    pub expect_leg: u64,
+    /// Stages expected on either leg.
+    pub expect_any: u64,
+    pub close_stage: Stage,
+}
+
+/// The settings for a trace that observes `covered`.
+pub fn settings(covered: &[Stage]) -> AggSettings {
+    let (expect_leg, expect_any) = expect_masks(&expected_for(covered));
+    AggSettings {
+        expect_leg,
+        expect_any,
+        close_stage: close_stage(covered),
+    }
+}
+
 /// The expected stages as the programs check them: (leg bits, stage bits
 /// expected on either leg).
-pub fn expect_masks(expected: &[Expected]) -> (u64, u64) {
+fn expect_masks(expected: &[Expected]) -> (u64, u64) {
     expected.iter().fold((0, 0), |(leg, any), e| match e.leg {
         Some(l) => (leg | agg::seen_bit(l == Leg::Reply, e.stage as u8), any),
         None => (leg, any | 1u64 << e.stage as u8),
@@ -120,7 +141,7 @@ pub fn expect_masks(expected: &[Expected]) -> (u64, u64) {
 
 /// The reply stage that ends an answered echo: ping's recvmsg returning,
 /// else the copy to it.
-pub fn close_stage(covered: &[Stage]) -> Stage {
+fn close_stage(covered: &[Stage]) -> Stage {
     if covered.contains(&Stage::Recvmsg) || !covered.contains(&Stage::CopyToUser) {
         Stage::Recvmsg
     } else {

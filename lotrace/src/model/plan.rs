@@ -67,6 +67,16 @@ pub enum BackendChoice {
 }
 
 impl BackendChoice {
+    /// As given on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendChoice::Auto => "auto",
+            BackendChoice::Fentry => "fentry",
+            BackendChoice::Kprobe => "kprobe",
+            BackendChoice::Tracepoint => "tracepoint",
+        }
+    }
+
     fn order(self) -> &'static [Backend] {
         match self {
             BackendChoice::Auto => &[Backend::Fentry, Backend::Kprobe, Backend::Tracepoint],
@@ -228,6 +238,15 @@ impl Plan {
             .map(|(why, stages)| format!("{} ({why})", stages.join(", ")))
             .collect::<Vec<_>>()
             .join("; ")
+    }
+
+    /// The stages some chosen probe observes.
+    pub fn covered(&self) -> Vec<Stage> {
+        self.stages
+            .iter()
+            .filter(|s| s.backend.is_some())
+            .map(|s| s.stage)
+            .collect()
     }
 
     pub fn stage(&self, stage: Stage) -> &StagePlan {
