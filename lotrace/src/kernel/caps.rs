@@ -17,7 +17,10 @@ use crate::{
         object::{load_object, parse_btf, refusal},
         tracefs,
     },
-    model::plan::Caps,
+    model::{
+        plan::Caps,
+        unavailable::{RootOnly, Unavailable},
+    },
 };
 
 const KPROBE_PMU: &str = "/sys/bus/event_source/devices/kprobe";
@@ -47,9 +50,9 @@ pub fn capabilities(btf: &KernelBtf) -> Caps {
     let tracefs_state = if Path::new(tracefs::TRACEFS).join("events").is_dir() {
         Ok(())
     } else if is_root() {
-        Err("tracefs is not mounted".to_string())
+        Err(Unavailable::TracefsNotMounted)
     } else {
-        Err("not checked: tracefs is not mounted or not readable without root".to_string())
+        Err(Unavailable::NeedsRoot(RootOnly::Tracefs))
     };
     let tracepoints = PROBES
         .iter()
@@ -60,9 +63,7 @@ pub fn capabilities(btf: &KernelBtf) -> Caps {
     let kprobe = if Path::new(KPROBE_PMU).exists() {
         Ok(())
     } else {
-        Err(format!(
-            "this kernel is built without CONFIG_KPROBES (no kprobe PMU at {KPROBE_PMU})"
-        ))
+        Err(Unavailable::NoKprobePmu { pmu: KPROBE_PMU })
     };
     // Symbol lines: `address type name [module]`; only functions (t/T).
     let kallsyms = std::fs::read_to_string("/proc/kallsyms")
@@ -88,7 +89,7 @@ pub fn capabilities(btf: &KernelBtf) -> Caps {
         tracefs: tracefs_state,
         tracepoints,
         kprobe,
-        fentry: Err("not checked: loading a test program needs root".into()),
+        fentry: Err(Unavailable::NeedsRoot(RootOnly::FentryLoad)),
         kallsyms,
         btf_funcs,
         traceable,
@@ -111,19 +112,27 @@ pub fn probe_fentry(caps: &mut Caps, btf_path: &Path) {
                 .map(|f| (p.program, *f))
         })
     else {
-        caps.fentry = Err("no probed function is in the kernel's BTF".into());
+        caps.fentry = Err(Unavailable::NoFentryTarget);
         return;
     };
-    let result = (|| -> Result<(), String> {
-        let btf = parse_btf(btf_path).map_err(|e| e.to_string())?;
-        let mut ebpf = load_object(&Config::zeroed(), 4096, false).map_err(|e| e.to_string())?;
+    let failed = |e: &dyn std::fmt::Display| Unavailable::CheckFailed(e.to_string());
+    let result = (|| -> Result<(), Unavailable> {
+        let btf = parse_btf(btf_path).map_err(|e| failed(&e))?;
+        let mut ebpf = load_object(&Config::zeroed(), 4096, false).map_err(|e| failed(&e))?;
         let prog: &mut FEntry = ebpf
             .program_mut(program)
-            .ok_or("program missing")?
+            .ok_or_else(|| failed(&"program missing"))?
             .try_into()
-            .map_err(|e: aya::programs::ProgramError| e.to_string())?;
-        prog.load(function, &btf).map_err(|e| refusal(&e))?;
+            .map_err(|e: aya::programs::ProgramError| failed(&e))?;
+        prog.load(function, &btf)
+            .map_err(|e| Unavailable::Refused(refusal(&e)))?;
         Ok(())
     })();
+    if let Err(why) = &result {
+        log::info!("fentry is not usable: {why}");
+        if let Some(log) = why.refusal().and_then(|r| r.log()) {
+            log::info!("the verifier's log for {program} on {function}:\n{log}");
+        }
+    }
     caps.fentry = result;
 }

@@ -3,11 +3,11 @@
 
 use std::{collections::BTreeMap, path::Path};
 
-use anyhow::{Context as _, Result, anyhow, bail};
+use anyhow::{Context as _, Result, bail};
 use aya::{
     Btf, Ebpf,
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
-    programs::{FEntry, FExit, KProbe, TracePoint},
+    programs::{FEntry, FExit, KProbe, ProgramError, TracePoint},
 };
 use lotrace_common::{
     ProbeId, Stage,
@@ -25,6 +25,7 @@ use crate::{
     model::{
         kagg::KernelAgg,
         plan::{self, BackendChoice, Plan},
+        unavailable::Unavailable,
     },
 };
 
@@ -66,7 +67,9 @@ impl Tracer {
         if matches!(opts.backend, BackendChoice::Auto | BackendChoice::Fentry) {
             caps::probe_fentry(&mut caps, opts.btf_path);
         } else {
-            caps.fentry = Err(format!("not tried: --backend {}", opts.backend.name()));
+            caps.fentry = Err(Unavailable::NotTried {
+                backend: opts.backend.name(),
+            });
         }
         let plan = plan::plan(&caps, opts.backend);
         if !plan.errors.is_empty() && !opts.allow_missing {
@@ -145,28 +148,27 @@ impl Tracer {
             .ebpf
             .program_mut(info.program)
             .with_context(|| format!("program {} missing from the object", info.program))?;
+        let refused = |e: ProgramError| Unavailable::Refused(refusal(&e));
         match (info.backend(), info.at_return) {
             (Backend::Tracepoint, _) => {
                 let (cat, name) = info.tracepoint().expect("tracepoint");
                 let p: &mut TracePoint = prog.try_into()?;
-                p.load().map_err(|e| anyhow!(refusal(&e)))?;
+                p.load().map_err(refused)?;
                 p.attach(cat, name)?;
             }
             (Backend::Kprobe, _) => {
                 let p: &mut KProbe = prog.try_into()?;
-                p.load().map_err(|e| anyhow!(refusal(&e)))?;
+                p.load().map_err(refused)?;
                 p.attach(target, 0)?;
             }
             (Backend::Fentry, false) => {
                 let p: &mut FEntry = prog.try_into()?;
-                p.load(target, btf.context("BTF")?)
-                    .map_err(|e| anyhow!(refusal(&e)))?;
+                p.load(target, btf.context("BTF")?).map_err(refused)?;
                 p.attach()?;
             }
             (Backend::Fentry, true) => {
                 let p: &mut FExit = prog.try_into()?;
-                p.load(target, btf.context("BTF")?)
-                    .map_err(|e| anyhow!(refusal(&e)))?;
+                p.load(target, btf.context("BTF")?).map_err(refused)?;
                 p.attach()?;
             }
         }

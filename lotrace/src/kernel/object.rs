@@ -4,8 +4,10 @@
 use std::path::Path;
 
 use anyhow::{Result, anyhow};
-use aya::{Btf, Ebpf, EbpfLoader, Endianness};
+use aya::{Btf, Ebpf, EbpfLoader, Endianness, programs::ProgramError};
 use lotrace_common::{Config, catalog::maps};
+
+use crate::model::unavailable::Refusal;
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lotrace"));
 
@@ -39,28 +41,28 @@ pub fn parse_btf(path: &Path) -> Result<Btf> {
         .map_err(|e| anyhow!("cannot parse kernel BTF {}: {e}", path.display()))
 }
 
-/// Words for why the kernel refused a program.
-pub fn refusal(e: &(dyn std::error::Error + 'static)) -> String {
+/// The kernel's answer to a program it would not load: the errno (found
+/// wherever it sits in the error's chain) and the verifier's log.
+pub fn refusal(e: &ProgramError) -> Refusal {
+    let verifier_log = match e {
+        ProgramError::LoadError { verifier_log, .. } => verifier_log.to_string(),
+        _ => String::new(),
+    };
+    let mut errno = None;
     let mut src: Option<&dyn std::error::Error> = Some(e);
     while let Some(err) = src {
-        if let Some(io) = err.downcast_ref::<std::io::Error>()
-            && let Some(code) = io.raw_os_error()
+        if let Some(code) = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.raw_os_error())
         {
-            let name = match code {
-                libc::EPERM => "EPERM",
-                libc::EACCES => "EACCES",
-                libc::EINVAL => "EINVAL",
-                libc::ENOENT => "ENOENT",
-                libc::EOPNOTSUPP | 524 => "EOPNOTSUPP",
-                _ => "error",
-            };
-            return if name == "error" {
-                format!("the kernel refused to load the program ({io})")
-            } else {
-                format!("the kernel refused to load the program ({name})")
-            };
+            errno = Some(code);
+            break;
         }
         src = err.source();
     }
-    format!("the kernel refused to load the program ({e})")
+    Refusal {
+        errno,
+        message: e.to_string(),
+        verifier_log,
+    }
 }

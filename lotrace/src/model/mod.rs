@@ -11,3 +11,4 @@ pub mod plan;
 pub mod record;
 pub mod session;
 pub mod stats;
+pub mod unavailable;

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeSet;
 
+use crate::model::unavailable::Unavailable;
 use lotrace_common::{
     ProbeId, Stage,
     catalog::{Backend, PROBES, ProbeInfo},
@@ -12,13 +13,13 @@ use lotrace_common::{
 #[derive(Clone, Debug)]
 pub struct Caps {
     /// `Err(why)` when tracefs cannot be read.
-    pub tracefs: Result<(), String>,
+    pub tracefs: Result<(), Unavailable>,
     /// Tracepoints present, as `category:name`.
     pub tracepoints: BTreeSet<String>,
     /// `Err(why)` when kprobes cannot be used at all.
-    pub kprobe: Result<(), String>,
+    pub kprobe: Result<(), Unavailable>,
     /// `Err(why)` when fentry programs cannot be used at all.
-    pub fentry: Result<(), String>,
+    pub fentry: Result<(), Unavailable>,
     /// Functions in /proc/kallsyms (kprobe targets).
     pub kallsyms: BTreeSet<String>,
     /// Functions described in the kernel's BTF (fentry needs their types).
@@ -33,7 +34,7 @@ pub struct Caps {
 pub enum Avail {
     /// Usable, attached to this tracepoint or function.
     Yes(String),
-    No(String),
+    No(Unavailable),
 }
 
 impl Avail {
@@ -47,8 +48,8 @@ impl Default for Caps {
         Caps {
             tracefs: Ok(()),
             tracepoints: BTreeSet::new(),
-            kprobe: Err("not checked".into()),
-            fentry: Err("not checked".into()),
+            kprobe: Err(Unavailable::NotChecked),
+            fentry: Err(Unavailable::NotChecked),
             kallsyms: BTreeSet::new(),
             btf_funcs: BTreeSet::new(),
             traceable: None,
@@ -124,7 +125,10 @@ impl Caps {
                 if self.tracepoints.contains(&tp) {
                     Avail::Yes(tp)
                 } else {
-                    Avail::No(format!("this kernel has no tracepoint {tp}"))
+                    Avail::No(Unavailable::NoTracepoint {
+                        category: cat,
+                        name,
+                    })
                 }
             }
             Backend::Kprobe => {
@@ -137,10 +141,7 @@ impl Caps {
                     .find(|f| self.kallsyms.contains(**f))
                 {
                     Some(f) => Avail::Yes(f.to_string()),
-                    None => Avail::No(format!(
-                        "no function {} in /proc/kallsyms (inlined or renamed on this kernel)",
-                        info.functions().join(" or ")
-                    )),
+                    None => Avail::No(Unavailable::NotInKallsyms(info.functions())),
                 }
             }
             Backend::Fentry => {
@@ -149,15 +150,10 @@ impl Caps {
                 }
                 let fns = info.functions();
                 let Some(f) = fns.iter().find(|f| self.btf_funcs.contains(**f)) else {
-                    return Avail::No(format!(
-                        "no function {} in the kernel's BTF",
-                        fns.join(" or ")
-                    ));
+                    return Avail::No(Unavailable::NotInBtf(fns));
                 };
                 match &self.traceable {
-                    Some(t) if !t.contains(*f) => Avail::No(format!(
-                        "{f} cannot be traced (not in available_filter_functions)"
-                    )),
+                    Some(t) if !t.contains(*f) => Avail::No(Unavailable::NotTraceable(f)),
                     _ => Avail::Yes(f.to_string()),
                 }
             }
@@ -364,6 +360,7 @@ pub fn plan(caps: &Caps, choice: BackendChoice) -> Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::unavailable::Refusal;
 
     fn all_tracepoints() -> BTreeSet<String> {
         PROBES
@@ -385,8 +382,14 @@ mod tests {
         Caps {
             tracefs: Ok(()),
             tracepoints: all_tracepoints(),
-            kprobe: Err("this kernel is built without CONFIG_KPROBES".into()),
-            fentry: Err("the kernel refused to load the program (EPERM)".into()),
+            kprobe: Err(Unavailable::NoKprobePmu {
+                pmu: "/nonexistent",
+            }),
+            fentry: Err(Unavailable::Refused(Refusal {
+                errno: Some(libc::EPERM),
+                message: String::new(),
+                verifier_log: String::new(),
+            })),
             kallsyms: all_functions(),
             btf_funcs: all_functions(),
             traceable: None,
@@ -487,6 +490,9 @@ mod tests {
             .iter()
             .find(|c| c.probe == ProbeId::FeNetRxAction)
             .unwrap();
-        assert!(matches!(&fe.avail, Avail::No(w) if w.contains("available_filter_functions")));
+        assert_eq!(
+            fe.avail,
+            Avail::No(Unavailable::NotTraceable("net_rx_action"))
+        );
     }
 }

@@ -89,6 +89,7 @@ pub(crate) mod testdata {
         meta::Meta,
         plan::{BackendChoice, Caps, plan},
         session::Done,
+        unavailable::Unavailable,
     };
 
     pub(crate) fn meta() -> Meta {
@@ -99,7 +100,9 @@ pub(crate) mod testdata {
                 .filter_map(|p| p.tracepoint())
                 .map(|(c, n)| format!("{c}:{n}"))
                 .collect(),
-            kprobe: Err("this kernel is built without CONFIG_KPROBES".into()),
+            kprobe: Err(Unavailable::NoKprobePmu {
+                pmu: "/nonexistent",
+            }),
             ..Caps::default()
         };
         let p = plan(&caps, BackendChoice::Auto);

@@ -6,13 +6,16 @@ use std::fmt::Write as _;
 use lotrace_common::catalog::Backend;
 use serde_json::{Value, json};
 
-use crate::model::plan::{self, Avail, Caps, Plan};
+use crate::model::{
+    plan::{self, Avail, Caps, Plan},
+    unavailable::Unavailable,
+};
 
-fn backend_state(caps: &Caps, b: Backend) -> Result<(), String> {
+fn backend_state(caps: &Caps, b: Backend) -> &Result<(), Unavailable> {
     match b {
-        Backend::Fentry => caps.fentry.clone(),
-        Backend::Kprobe => caps.kprobe.clone(),
-        Backend::Tracepoint => caps.tracefs.clone(),
+        Backend::Fentry => &caps.fentry,
+        Backend::Kprobe => &caps.kprobe,
+        Backend::Tracepoint => &caps.tracefs,
     }
 }
 
@@ -47,7 +50,7 @@ pub fn text(caps: &Caps, plan: &Plan, kernel: &str) -> String {
             let (ok, note) = match (&c.avail, c.chosen) {
                 (Avail::Yes(_), true) => ("yes", "← auto".to_string()),
                 (Avail::Yes(_), false) => ("yes", String::new()),
-                (Avail::No(why), _) => ("no", why.clone()),
+                (Avail::No(why), _) => ("no", why.to_string()),
             };
             let _ = writeln!(s, "{stage:<18} {:<44} {ok:<4} {note}", candidate_label(c));
         }
@@ -64,7 +67,7 @@ pub fn json(caps: &Caps, plan: &Plan, kernel: &str) -> Value {
         .map(|b| {
             let v = match backend_state(caps, *b) {
                 Ok(()) => json!({"available": true, "why": null}),
-                Err(why) => json!({"available": false, "why": why}),
+                Err(why) => json!({"available": false, "why": why.to_string()}),
             };
             (b.name().to_string(), v)
         })
@@ -82,7 +85,7 @@ pub fn json(caps: &Caps, plan: &Plan, kernel: &str) -> Value {
                     "backend": c.probe.info().backend().name(),
                     "at_return": c.probe.info().at_return,
                     "available": c.avail.ok(),
-                    "why": match &c.avail { Avail::No(w) => Some(w.clone()), _ => None },
+                    "why": match &c.avail { Avail::No(w) => Some(w.to_string()), _ => None },
                     "chosen": c.chosen,
                 })).collect::<Vec<_>>(),
             })
@@ -94,7 +97,7 @@ pub fn json(caps: &Caps, plan: &Plan, kernel: &str) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::plan::BackendChoice;
+    use crate::model::{plan::BackendChoice, unavailable::Refusal};
     use lotrace_common::catalog::PROBES;
 
     fn host() -> Caps {
@@ -105,8 +108,14 @@ mod tests {
                 .filter_map(|p| p.tracepoint())
                 .map(|(c, n)| format!("{c}:{n}"))
                 .collect(),
-            kprobe: Err("this kernel is built without CONFIG_KPROBES".into()),
-            fentry: Err("the kernel refused to load the program (EPERM)".into()),
+            kprobe: Err(Unavailable::NoKprobePmu {
+                pmu: "/nonexistent",
+            }),
+            fentry: Err(Unavailable::Refused(Refusal {
+                errno: Some(libc::EPERM),
+                message: String::new(),
+                verifier_log: String::new(),
+            })),
             ..Caps::default()
         }
     }
