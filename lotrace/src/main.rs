@@ -4,7 +4,7 @@ use clap::{Args, Parser, Subcommand};
 use lotrace::{
     cmd::{compare, probes, replay, trace},
     kernel::btf::VMLINUX_BTF,
-    model::plan::BackendChoice,
+    model::{plan::BackendChoice, unavailable::Unavailable},
     output::{Format, Lang, Style},
 };
 
@@ -246,6 +246,7 @@ fn main() -> ExitCode {
             if is_broken_pipe(&e) {
                 return ExitCode::SUCCESS;
             }
+            print_verifier_log(&e, verbose);
             eprintln!("lotrace: error: {e:#}");
             ExitCode::FAILURE
         }
@@ -278,6 +279,37 @@ fn usage_error(e: clap::Error) -> ExitCode {
         .trim_start_matches("error: ");
     eprintln!("lotrace: error: {first} (see `lotrace --help`)");
     ExitCode::from(2)
+}
+
+/// Lines of a rejected program's verifier log shown without `-v`: its
+/// verdict is at the end.
+const VERIFIER_TAIL: usize = 20;
+
+/// The kernel's own words on a program it refused, before the one-line
+/// error: the end of the verifier's log, or all of it with `-v`.
+fn print_verifier_log(e: &anyhow::Error, verbose: bool) {
+    let Some(refusal) = e
+        .chain()
+        .find_map(|c| c.downcast_ref::<Unavailable>())
+        .and_then(Unavailable::refusal)
+    else {
+        return;
+    };
+    let (lines, total) = refusal.log_lines((!verbose).then_some(VERIFIER_TAIL));
+    if lines.is_empty() {
+        return;
+    }
+    if lines.len() < total {
+        eprintln!(
+            "lotrace: the verifier's log, last {} of {total} lines (-v shows all):",
+            lines.len()
+        );
+    } else {
+        eprintln!("lotrace: the verifier's log:");
+    }
+    for l in lines {
+        eprintln!("    {l}");
+    }
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {

@@ -83,7 +83,11 @@ impl Refusal {
 
 impl fmt::Display for Refusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let who = "the kernel refused to load the program";
+        let who = if self.by_verifier() {
+            "the verifier rejected the program"
+        } else {
+            "the kernel refused to load the program"
+        };
         match self.errno {
             Some(code) => match errno_name(code) {
                 Some(name) => write!(f, "{who} ({name})"),
@@ -212,6 +216,10 @@ mod tests {
             .join("\n");
         let r = refusal(Some(libc::EACCES), &format!("{log}\n"));
         assert!(r.by_verifier());
+        assert_eq!(
+            Unavailable::Refused(r.clone()).to_string(),
+            "the verifier rejected the program (EACCES)"
+        );
         let (tail, total) = r.log_lines(Some(20));
         assert_eq!((tail.len(), total), (20, 30));
         assert_eq!(tail[0], "11: R1 invalid mem access");
