@@ -57,13 +57,29 @@ impl Default for Caps {
     }
 }
 
-/// How the user asked probes to be chosen.
+/// How the user asked probes to be chosen. The variants' documentation is
+/// `--backend`'s help.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum BackendChoice {
-    /// Per stage: fentry, else kprobe, else tracepoint.
+    /// Per stage, the best probe this kernel allows: fentry, else kprobe,
+    /// else the stage's tracepoint. Works wherever tracefs does; a stage
+    /// nothing can observe is reported as missing.
     Auto,
+    /// fentry/fexit (BPF trampolines): the cheapest per event, with typed
+    /// arguments. Needs kernel BTF, the function tracer (the function in
+    /// available_filter_functions) and a kernel that lets tracing programs
+    /// load (lockdown and some VMs refuse them). Stages with no function
+    /// probe keep their tracepoints.
     Fentry,
+    /// kprobe/kretprobe: a breakpoint on the kernel function; needs
+    /// CONFIG_KPROBES and the function in /proc/kallsyms (not inlined).
+    /// Costs more per event than fentry. Stages with no function probe
+    /// keep their tracepoints.
     Kprobe,
+    /// Tracepoints only: stable, present on every kernel with tracefs, no
+    /// BTF needed. Stages without a tracepoint (ip_output, ip_rcv,
+    /// icmp_rcv, icmp_reply) are not observed, and each event pays for the
+    /// tracepoint's record being built before the program runs.
     Tracepoint,
 }
 

@@ -24,6 +24,7 @@ pub enum Format {
 /// The language of stage explanations.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Lang {
+    /// English.
     #[default]
     En,
     /// 中文, the language of the article lotrace grew from.
