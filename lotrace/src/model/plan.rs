@@ -374,7 +374,7 @@ pub fn plan(caps: &Caps, choice: BackendChoice) -> Plan {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::model::unavailable::Refusal;
 
@@ -394,7 +394,7 @@ mod tests {
     }
 
     /// This host: tracepoints only.
-    fn host() -> Caps {
+    pub(crate) fn host() -> Caps {
         Caps {
             tracefs: Ok(()),
             tracepoints: all_tracepoints(),

@@ -83,29 +83,15 @@ pub fn write_stdout(s: &str) -> std::io::Result<()> {
 /// renderers' tests.
 #[cfg(test)]
 pub(crate) mod testdata {
-    use lotrace_common::catalog::PROBES;
-
     use crate::model::{
         journey::{build_journey, tests::echo},
         meta::Meta,
-        plan::{BackendChoice, Caps, plan},
+        plan::{BackendChoice, plan, tests::host},
         session::Done,
-        unavailable::Unavailable,
     };
 
     pub(crate) fn meta() -> Meta {
-        let caps = Caps {
-            tracefs: Ok(()),
-            tracepoints: PROBES
-                .iter()
-                .filter_map(|p| p.tracepoint())
-                .map(|(c, n)| format!("{c}:{n}"))
-                .collect(),
-            kprobe: Err(Unavailable::NoKprobePmu {
-                pmu: "/nonexistent",
-            }),
-            ..Caps::default()
-        };
+        let caps = host();
         let p = plan(&caps, BackendChoice::Auto);
         let mut m = Meta {
             kernel: "6.18.0".into(),

@@ -97,28 +97,7 @@ pub fn json(caps: &Caps, plan: &Plan, kernel: &str) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{plan::BackendChoice, unavailable::Refusal};
-    use lotrace_common::catalog::PROBES;
-
-    fn host() -> Caps {
-        Caps {
-            tracefs: Ok(()),
-            tracepoints: PROBES
-                .iter()
-                .filter_map(|p| p.tracepoint())
-                .map(|(c, n)| format!("{c}:{n}"))
-                .collect(),
-            kprobe: Err(Unavailable::NoKprobePmu {
-                pmu: "/nonexistent",
-            }),
-            fentry: Err(Unavailable::Refused(Refusal {
-                errno: Some(libc::EPERM),
-                message: String::new(),
-                verifier_log: String::new(),
-            })),
-            ..Caps::default()
-        }
-    }
+    use crate::model::plan::{BackendChoice, tests::host};
 
     #[test]
     fn text_explains_each_candidate() {
