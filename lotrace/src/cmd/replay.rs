@@ -5,8 +5,10 @@ use std::path::Path;
 use anyhow::{Context as _, Result};
 
 use crate::{
-    model::record::{self, Record},
-    model::session::Session,
+    model::{
+        record::{self, Record},
+        session::Session,
+    },
     output::{Format, Style, perfetto::PerfettoWriter, printer::Printer},
 };
 

@@ -21,10 +21,13 @@ use crate::{
         self,
         loader::{LoadOptions, Tracer},
     },
-    model::kagg,
-    model::meta::Meta,
-    model::record::{self, Record, Trailer},
-    model::session::{Done, Session, Usage},
+    model::{
+        kagg,
+        meta::Meta,
+        plan::BackendChoice,
+        record::{self, Record, Trailer},
+        session::{Done, Session, Usage},
+    },
     output::{Format, Style, perfetto::PerfettoWriter, printer::Printer},
 };
 
@@ -35,7 +38,7 @@ pub struct TraceOptions {
     pub perfetto: Option<PathBuf>,
     /// Run the command in this named network namespace (`ip netns`).
     pub netns: Option<String>,
-    pub backend: crate::model::plan::BackendChoice,
+    pub backend: BackendChoice,
     pub allow_missing: bool,
     pub format: Format,
     pub record: Option<PathBuf>,

@@ -7,9 +7,9 @@ use lotrace_common::{
     agg::{self, RowAgg, counters},
 };
 
-use crate::{
-    model::journey::{Expected, Leg, expected_for},
-    model::stats::{Histogram, KernelOutcomes, Row, Stats},
+use crate::model::{
+    journey::{Expected, Leg, expected_for},
+    stats::{Histogram, KernelOutcomes, Row, Stats},
 };
 
 /// One aggregation row's totals and histogram on each CPU, merged.

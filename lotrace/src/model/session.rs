@@ -6,12 +6,12 @@ use std::collections::BTreeMap;
 
 use lotrace_common::Event;
 
-use crate::{
-    model::journey::{Journey, JourneyBuilder, expected_for},
-    model::meta::Meta,
-    model::pingout::{PingLine, parse_line},
-    model::record::Record,
-    model::stats::Stats,
+use crate::model::{
+    journey::{Journey, JourneyBuilder, expected_for},
+    meta::Meta,
+    pingout::{PingLine, parse_line},
+    record::Record,
+    stats::Stats,
 };
 
 /// A journey is closed when none of its events has been seen for this long.

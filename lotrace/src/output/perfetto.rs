@@ -12,8 +12,10 @@ use anyhow::{Context as _, Result};
 use serde_json::{Value, json};
 
 use crate::{
-    model::journey::{Journey, Leg},
-    model::meta::Meta,
+    model::{
+        journey::{Journey, Leg},
+        meta::Meta,
+    },
     output::words::detail,
 };
 
