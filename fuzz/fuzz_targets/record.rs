@@ -4,9 +4,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use lotrace::{
-    record,
-    render::{self, Style, Totals},
-    session::Session,
+    model::{record, session::Session},
+    output::{Style, json, text},
 };
 
 fuzz_target!(|data: &[u8]| {
@@ -22,15 +21,10 @@ fuzz_target!(|data: &[u8]| {
     done.extend(session.finish());
     let style = Style::default();
     for d in &done {
-        let _ = render::journey_text(d, &meta, style);
-        let _ = render::journey_json_line(d, &meta, style);
+        let _ = text::journey_text(d, &meta, style);
+        let _ = json::journey_json_line(d, &meta, style);
     }
-    let t = Totals {
-        events: session.events,
-        lost: session.lost,
-        discarded: session.discarded(),
-        ..Default::default()
-    };
-    let _ = render::summary_text(&session.stats, &meta, &t, style);
-    let _ = render::summary_json(&session.stats, &meta, &t);
+    let t = session.totals();
+    let _ = text::summary_text(&session.stats, &meta, &t, style);
+    let _ = json::summary_json(&session.stats, &meta, &t);
 });

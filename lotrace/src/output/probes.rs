@@ -1,44 +1,21 @@
-//! `lotrace probes`: every stage, each candidate probe, whether this kernel
-//! allows it (and why not), and what `--backend auto` would choose.
+//! `probes`: every stage, each candidate probe, whether this kernel allows
+//! it and why not, and what `--backend auto` chooses.
 
-use std::{fmt::Write as _, path::Path};
+use std::fmt::Write as _;
 
-use anyhow::Result;
 use lotrace_common::catalog::Backend;
 use serde_json::{Value, json};
 
-use crate::{
-    Format,
-    btf::KernelBtf,
-    loader,
-    plan::{self, Avail, BackendChoice, Caps, Plan},
-    tracefs,
+use crate::model::{
+    plan::{self, Avail, Caps, Plan},
+    unavailable::Unavailable,
 };
 
-pub fn run(btf_path: &Path, format: Format) -> Result<i32> {
-    let btf = KernelBtf::open(btf_path)?;
-    if loader::is_root() && tracefs::ensure_mounted()? {
-        eprintln!("lotrace: mounted tracefs at {}", tracefs::TRACEFS);
-    }
-    let mut caps = loader::capabilities(&btf);
-    loader::probe_fentry(&mut caps, btf_path);
-    let plan = plan::plan(&caps, BackendChoice::Auto);
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default();
-    let out = match format {
-        Format::Text => text(&caps, &plan, &kernel),
-        Format::Json => format!("{}\n", json(&caps, &plan, &kernel)),
-    };
-    crate::write_stdout(&out)?;
-    Ok(0)
-}
-
-fn backend_state(caps: &Caps, b: Backend) -> Result<(), String> {
+fn backend_state(caps: &Caps, b: Backend) -> &Result<(), Unavailable> {
     match b {
-        Backend::Fentry => caps.fentry.clone(),
-        Backend::Kprobe => caps.kprobe.clone(),
-        Backend::Tracepoint => caps.tracefs.clone(),
+        Backend::Fentry => &caps.fentry,
+        Backend::Kprobe => &caps.kprobe,
+        Backend::Tracepoint => &caps.tracefs,
     }
 }
 
@@ -73,7 +50,7 @@ pub fn text(caps: &Caps, plan: &Plan, kernel: &str) -> String {
             let (ok, note) = match (&c.avail, c.chosen) {
                 (Avail::Yes(_), true) => ("yes", "← auto".to_string()),
                 (Avail::Yes(_), false) => ("yes", String::new()),
-                (Avail::No(why), _) => ("no", why.clone()),
+                (Avail::No(why), _) => ("no", why.to_string()),
             };
             let _ = writeln!(s, "{stage:<18} {:<44} {ok:<4} {note}", candidate_label(c));
         }
@@ -90,7 +67,7 @@ pub fn json(caps: &Caps, plan: &Plan, kernel: &str) -> Value {
         .map(|b| {
             let v = match backend_state(caps, *b) {
                 Ok(()) => json!({"available": true, "why": null}),
-                Err(why) => json!({"available": false, "why": why}),
+                Err(why) => json!({"available": false, "why": why.to_string()}),
             };
             (b.name().to_string(), v)
         })
@@ -108,7 +85,7 @@ pub fn json(caps: &Caps, plan: &Plan, kernel: &str) -> Value {
                     "backend": c.probe.info().backend().name(),
                     "at_return": c.probe.info().at_return,
                     "available": c.avail.ok(),
-                    "why": match &c.avail { Avail::No(w) => Some(w.clone()), _ => None },
+                    "why": match &c.avail { Avail::No(w) => Some(w.to_string()), _ => None },
                     "chosen": c.chosen,
                 })).collect::<Vec<_>>(),
             })
@@ -120,21 +97,7 @@ pub fn json(caps: &Caps, plan: &Plan, kernel: &str) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lotrace_common::catalog::PROBES;
-
-    fn host() -> Caps {
-        Caps {
-            tracefs: Ok(()),
-            tracepoints: PROBES
-                .iter()
-                .filter_map(|p| p.tracepoint())
-                .map(|(c, n)| format!("{c}:{n}"))
-                .collect(),
-            kprobe: Err("this kernel is built without CONFIG_KPROBES".into()),
-            fentry: Err("the kernel refused to load the program (EPERM)".into()),
-            ..Caps::default()
-        }
-    }
+    use crate::model::plan::{BackendChoice, tests::host};
 
     #[test]
     fn text_explains_each_candidate() {

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::model::detail::StageDetail;
 use lotrace_common::{
     Event, ProbeId, Stage,
     event::{AF_INET, AF_INET6, FLAG_NET_RX, FLAG_PACKET, is_echo_reply, is_echo_request},
@@ -68,10 +69,8 @@ pub struct Hop {
     pub comm: String,
     pub context: Context,
     pub softirq_run: u32,
-    pub len: u32,
-    pub skb: u64,
-    pub aux: u64,
-    pub aux2: u32,
+    /// What the event said besides time and place, decoded once.
+    pub detail: Option<StageDetail>,
 }
 
 impl Hop {
@@ -82,11 +81,20 @@ impl Hop {
             stage: self.stage as u8,
             at_return: self.probe.info().at_return,
             ts: self.ts_ns,
-            route_err: self.stage == Stage::Route && self.len != 0,
-            sock_type: if self.stage == Stage::DevQueueXmit {
-                self.aux2
-            } else {
-                0
+            route_err: matches!(
+                self.detail,
+                Some(StageDetail::Route {
+                    next_hop: Err(_),
+                    ..
+                })
+            ),
+            sock_type: match self.detail {
+                Some(StageDetail::Transmit { sock_type, .. })
+                    if self.stage == Stage::DevQueueXmit =>
+                {
+                    sock_type
+                }
+                _ => 0,
             },
             ran: self.context.ran(),
         }
@@ -382,6 +390,7 @@ pub fn build_journey(mut events: Vec<Event>, expected: &[Expected]) -> Journey {
         else {
             continue;
         };
+        let at_return = probe.info().at_return;
         hops.push(Hop {
             leg: leg_of(ev),
             stage,
@@ -396,10 +405,7 @@ pub fn build_journey(mut events: Vec<Event>, expected: &[Expected]) -> Journey {
             comm: ev.comm_str().to_string(),
             context: Context::of(ev),
             softirq_run: ev.softirq_run,
-            len: ev.len,
-            skb: ev.skb,
-            aux: ev.aux,
-            aux2: ev.aux2,
+            detail: StageDetail::decode(ev, stage, at_return),
         });
         prev = ev.ts_ns;
     }
@@ -416,7 +422,7 @@ pub fn build_journey(mut events: Vec<Event>, expected: &[Expected]) -> Journey {
         let fx = echo.observe(&h.obs(), first.family == AF_INET6, &rules);
         rtt_ns = rtt_ns.or(fx.rtt);
         if !had_sock && echo.flags & ECHO_SOCK != 0 {
-            sock_type = h.aux2;
+            sock_type = h.obs().sock_type;
         }
     }
     let has = |leg: Option<Leg>, stage: Stage| {
@@ -481,15 +487,25 @@ pub fn build_journey(mut events: Vec<Event>, expected: &[Expected]) -> Journey {
         End::Dropped { after } => Outcome::Dropped {
             reason: hops
                 .iter()
-                .find(|h| h.leg == Leg::Request && h.stage == Stage::Drop)
-                .map_or(0, |h| h.aux),
+                .filter(|h| h.leg == Leg::Request)
+                .find_map(|h| match h.detail {
+                    Some(StageDetail::Drop { reason }) => Some(reason),
+                    _ => None,
+                })
+                .unwrap_or(0),
             after,
         },
         End::NoRoute => Outcome::NoRoute {
             err: hops
                 .iter()
-                .find(|h| h.leg == Leg::Request && h.obs().route_err)
-                .map_or(0, |h| h.len as i32),
+                .filter(|h| h.leg == Leg::Request)
+                .find_map(|h| match h.detail {
+                    Some(StageDetail::Route {
+                        next_hop: Err(err), ..
+                    }) => Some(err),
+                    _ => None,
+                })
+                .unwrap_or(0),
         },
         End::Unanswered => Outcome::Unanswered,
     };

@@ -12,9 +12,11 @@ use anyhow::{Context as _, Result};
 use serde_json::{Value, json};
 
 use crate::{
-    journey::{Journey, Leg},
-    render::detail,
-    report::Meta,
+    model::{
+        journey::{Journey, Leg},
+        meta::Meta,
+    },
+    output::words::detail,
 };
 
 /// The trace events of one journey (pure), plus the metadata events for
@@ -138,7 +140,7 @@ impl Drop for PerfettoWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::journey::{build_journey, tests::echo};
+    use crate::model::journey::{build_journey, tests::echo};
 
     #[test]
     fn slices_tracks_and_a_flow() {

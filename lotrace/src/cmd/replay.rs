@@ -5,26 +5,20 @@ use std::path::Path;
 use anyhow::{Context as _, Result};
 
 use crate::{
-    Format,
-    record::{self, Record},
-    session::Session,
-    trace::Printer,
+    model::{
+        record::{self, Record},
+        session::Session,
+    },
+    output::{Format, Style, perfetto::PerfettoWriter, printer::Printer},
 };
 
-pub fn run(
-    path: &Path,
-    format: Format,
-    style: crate::render::Style,
-    perfetto: Option<&Path>,
-) -> Result<i32> {
+pub fn run(path: &Path, format: Format, style: Style, perfetto: Option<&Path>) -> Result<i32> {
     let f = std::fs::File::open(path)
         .with_context(|| format!("cannot open the record file {}", path.display()))?;
     let rec = record::read(std::io::BufReader::new(f))
         .with_context(|| format!("cannot replay {}", path.display()))?;
     let mut printer = Printer::new(format, style);
-    printer.perfetto = perfetto
-        .map(crate::perfetto::PerfettoWriter::create)
-        .transpose()?;
+    printer.perfetto = perfetto.map(PerfettoWriter::create).transpose()?;
     let mut meta = rec.meta.clone();
     let mut session = Session::new(&meta);
     for r in &rec.records {

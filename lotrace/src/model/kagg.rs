@@ -7,7 +7,7 @@ use lotrace_common::{
     agg::{self, RowAgg, counters},
 };
 
-use crate::{
+use crate::model::{
     journey::Leg,
     stats::{Histogram, KernelOutcomes, Row, Stats},
 };
@@ -185,7 +185,7 @@ mod same_meaning {
     };
 
     use super::*;
-    use crate::{
+    use crate::model::{
         journey::{JourneyBuilder, Outcome, expected_for, tests::echo, tests::ev},
         stats::Stats,
     };

@@ -1,16 +1,13 @@
-//! `lotrace compare`: a short traced ping to each target, the stage tables
-//! side by side, differences marked.
+//! `compare`: the stage tables of several traced targets side by side,
+//! differences marked.
 
 use std::fmt::Write as _;
 
-use anyhow::Result;
 use serde_json::{Value, json};
 
 use crate::{
-    Format,
-    render::fmt_ns,
-    stats::{Row, Stats},
-    trace::{self, TraceOptions},
+    model::stats::{Row, Stats},
+    output::fmt_ns,
 };
 
 /// One target's traced run.
@@ -164,50 +161,10 @@ pub fn json(cols: &[Column]) -> Value {
     json!({"type": "compare", "targets": targets})
 }
 
-pub struct CompareOptions {
-    pub targets: Vec<String>,
-    pub count: u32,
-    pub format: Format,
-    pub template: TraceOptions,
-}
-
-pub async fn run(opts: CompareOptions) -> Result<i32> {
-    let mut cols = Vec::new();
-    for t in &opts.targets {
-        let mut o = opts.template.clone_for(vec![
-            "ping".into(),
-            "-c".into(),
-            opts.count.to_string(),
-            "-i".into(),
-            "0.2".into(),
-            t.clone(),
-        ]);
-        o.format = opts.format;
-        eprintln!("lotrace: tracing ping -c {} {t}", opts.count);
-        let f = trace::run_session(o, true).await?;
-        cols.push(Column {
-            target: t.clone(),
-            resolved: f.meta.target.clone(),
-            resolution: f.meta.resolution.clone(),
-            stats: f.session.stats,
-            exit: f.code,
-        });
-    }
-    crate::write_stdout(&match opts.format {
-        Format::Text => text(&cols),
-        Format::Json => format!("{}\n", json(&cols)),
-    })?;
-    Ok(if cols.iter().all(|c| c.exit == 0) {
-        0
-    } else {
-        1
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::journey::{build_journey, tests::echo};
+    use crate::model::journey::{build_journey, tests::echo};
 
     #[test]
     fn side_by_side_marks_the_slow_cells() {

@@ -6,11 +6,11 @@ use std::collections::BTreeMap;
 
 use lotrace_common::Event;
 
-use crate::{
+use crate::model::{
     journey::{Journey, JourneyBuilder, expected_for},
+    meta::Meta,
     pingout::{PingLine, parse_line},
     record::Record,
-    report::Meta,
     stats::Stats,
 };
 
@@ -40,7 +40,7 @@ pub struct Session {
     /// Events the probes tried to emit, when known.
     pub submitted: Option<u64>,
     /// lotrace's own cost, for a live trace.
-    pub usage: Option<crate::render::Usage>,
+    pub usage: Option<Usage>,
 }
 
 impl Session {
@@ -113,6 +113,18 @@ impl Session {
         self.builder.discarded
     }
 
+    /// What the summary shows besides the statistics.
+    pub fn totals(&self) -> Totals {
+        Totals {
+            events: self.events,
+            lost: self.lost,
+            discarded: self.discarded(),
+            missed: self.missed,
+            submitted: self.submitted,
+            usage: self.usage,
+        }
+    }
+
     fn done(&mut self, js: Vec<Journey>) -> Vec<Done> {
         js.into_iter()
             .map(|journey| {
@@ -125,4 +137,28 @@ impl Session {
             })
             .collect()
     }
+}
+
+/// Everything the summary shows besides the statistics.
+#[derive(Default)]
+pub struct Totals {
+    pub events: u64,
+    pub lost: u64,
+    pub discarded: u64,
+    /// Probe runs the kernel skipped; `None` when not known (a replay of
+    /// an older record).
+    pub missed: Option<u64>,
+    /// Events the probes tried to emit (received + lost).
+    pub submitted: Option<u64>,
+    /// lotrace's own CPU time and peak RSS, for a live trace.
+    pub usage: Option<Usage>,
+}
+
+/// What lotrace itself cost while the command ran (after the programs
+/// were loaded): CPU time and wall time, and its peak resident set.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Usage {
+    pub cpu_ns: u64,
+    pub max_rss_kb: u64,
+    pub wall_ns: u64,
 }

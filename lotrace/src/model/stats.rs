@@ -8,7 +8,10 @@ use lotrace_common::{
     agg::{BUCKETS, bucket, bucket_high},
 };
 
-use crate::journey::{Context, Journey, Leg};
+use crate::model::{
+    detail::StageDetail,
+    journey::{Context, Journey, Leg},
+};
 
 #[derive(Clone, Debug)]
 pub struct Histogram {
@@ -165,16 +168,18 @@ impl Stats {
         if let Some(k) = j.socket_name() {
             *self.sockets.entry(k).or_default() += 1;
         }
-        if let Some(h) = j
+        let dev = j
             .hops
             .iter()
-            .find(|h| h.leg == Leg::Request && h.stage == Stage::DevQueueXmit && h.aux != 0)
+            .filter(|h| h.leg == Leg::Request && h.stage == Stage::DevQueueXmit)
+            .find_map(|h| match h.detail {
+                Some(StageDetail::Transmit { dev, .. }) => dev,
+                _ => None,
+            });
+        if let Some(dev) = dev
             && self.xmit_devs.len() < 64
         {
-            *self
-                .xmit_devs
-                .entry(crate::render::xmit_dev(h))
-                .or_default() += 1;
+            *self.xmit_devs.entry(dev.to_string()).or_default() += 1;
         }
         for w in j.softirq.iter().flatten() {
             match w.context {
@@ -217,7 +222,7 @@ impl Stats {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::journey::{build_journey, tests::echo};
+    use crate::model::journey::{build_journey, tests::echo};
 
     #[test]
     fn extreme_values_stay_in_range() {

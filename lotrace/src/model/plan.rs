@@ -3,6 +3,7 @@
 
 use std::collections::BTreeSet;
 
+use crate::model::unavailable::Unavailable;
 use lotrace_common::{
     ProbeId, Stage,
     catalog::{Backend, PROBES, ProbeInfo},
@@ -12,13 +13,13 @@ use lotrace_common::{
 #[derive(Clone, Debug)]
 pub struct Caps {
     /// `Err(why)` when tracefs cannot be read.
-    pub tracefs: Result<(), String>,
+    pub tracefs: Result<(), Unavailable>,
     /// Tracepoints present, as `category:name`.
     pub tracepoints: BTreeSet<String>,
     /// `Err(why)` when kprobes cannot be used at all.
-    pub kprobe: Result<(), String>,
+    pub kprobe: Result<(), Unavailable>,
     /// `Err(why)` when fentry programs cannot be used at all.
-    pub fentry: Result<(), String>,
+    pub fentry: Result<(), Unavailable>,
     /// Functions in /proc/kallsyms (kprobe targets).
     pub kallsyms: BTreeSet<String>,
     /// Functions described in the kernel's BTF (fentry needs their types).
@@ -33,7 +34,7 @@ pub struct Caps {
 pub enum Avail {
     /// Usable, attached to this tracepoint or function.
     Yes(String),
-    No(String),
+    No(Unavailable),
 }
 
 impl Avail {
@@ -47,8 +48,8 @@ impl Default for Caps {
         Caps {
             tracefs: Ok(()),
             tracepoints: BTreeSet::new(),
-            kprobe: Err("not checked".into()),
-            fentry: Err("not checked".into()),
+            kprobe: Err(Unavailable::NotChecked),
+            fentry: Err(Unavailable::NotChecked),
             kallsyms: BTreeSet::new(),
             btf_funcs: BTreeSet::new(),
             traceable: None,
@@ -56,17 +57,43 @@ impl Default for Caps {
     }
 }
 
-/// How the user asked probes to be chosen.
+/// How the user asked probes to be chosen. The variants' documentation is
+/// `--backend`'s help.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum BackendChoice {
-    /// Per stage: fentry, else kprobe, else tracepoint.
+    /// Per stage, the best probe this kernel allows: fentry, else kprobe,
+    /// else the stage's tracepoint. Works wherever tracefs does; a stage
+    /// nothing can observe is reported as missing.
     Auto,
+    /// fentry/fexit (BPF trampolines): the cheapest per event, with typed
+    /// arguments. Needs kernel BTF, the function tracer (the function in
+    /// available_filter_functions) and a kernel that lets tracing programs
+    /// load (lockdown and some VMs refuse them). Stages with no function
+    /// probe keep their tracepoints.
     Fentry,
+    /// kprobe/kretprobe: a breakpoint on the kernel function; needs
+    /// CONFIG_KPROBES and the function in /proc/kallsyms (not inlined).
+    /// Costs more per event than fentry. Stages with no function probe
+    /// keep their tracepoints.
     Kprobe,
+    /// Tracepoints only: stable, present on every kernel with tracefs, no
+    /// BTF needed. Stages without a tracepoint (ip_output, ip_rcv,
+    /// icmp_rcv, icmp_reply) are not observed, and each event pays for the
+    /// tracepoint's record being built before the program runs.
     Tracepoint,
 }
 
 impl BackendChoice {
+    /// As given on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendChoice::Auto => "auto",
+            BackendChoice::Fentry => "fentry",
+            BackendChoice::Kprobe => "kprobe",
+            BackendChoice::Tracepoint => "tracepoint",
+        }
+    }
+
     fn order(self) -> &'static [Backend] {
         match self {
             BackendChoice::Auto => &[Backend::Fentry, Backend::Kprobe, Backend::Tracepoint],
@@ -114,7 +141,10 @@ impl Caps {
                 if self.tracepoints.contains(&tp) {
                     Avail::Yes(tp)
                 } else {
-                    Avail::No(format!("this kernel has no tracepoint {tp}"))
+                    Avail::No(Unavailable::NoTracepoint {
+                        category: cat,
+                        name,
+                    })
                 }
             }
             Backend::Kprobe => {
@@ -127,10 +157,7 @@ impl Caps {
                     .find(|f| self.kallsyms.contains(**f))
                 {
                     Some(f) => Avail::Yes(f.to_string()),
-                    None => Avail::No(format!(
-                        "no function {} in /proc/kallsyms (inlined or renamed on this kernel)",
-                        info.functions().join(" or ")
-                    )),
+                    None => Avail::No(Unavailable::NotInKallsyms(info.functions())),
                 }
             }
             Backend::Fentry => {
@@ -139,15 +166,10 @@ impl Caps {
                 }
                 let fns = info.functions();
                 let Some(f) = fns.iter().find(|f| self.btf_funcs.contains(**f)) else {
-                    return Avail::No(format!(
-                        "no function {} in the kernel's BTF",
-                        fns.join(" or ")
-                    ));
+                    return Avail::No(Unavailable::NotInBtf(fns));
                 };
                 match &self.traceable {
-                    Some(t) if !t.contains(*f) => Avail::No(format!(
-                        "{f} cannot be traced (not in available_filter_functions)"
-                    )),
+                    Some(t) if !t.contains(*f) => Avail::No(Unavailable::NotTraceable(f)),
                     _ => Avail::Yes(f.to_string()),
                 }
             }
@@ -228,6 +250,15 @@ impl Plan {
             .map(|(why, stages)| format!("{} ({why})", stages.join(", ")))
             .collect::<Vec<_>>()
             .join("; ")
+    }
+
+    /// The stages some chosen probe observes.
+    pub fn covered(&self) -> Vec<Stage> {
+        self.stages
+            .iter()
+            .filter(|s| s.backend.is_some())
+            .map(|s| s.stage)
+            .collect()
     }
 
     pub fn stage(&self, stage: Stage) -> &StagePlan {
@@ -343,8 +374,9 @@ pub fn plan(caps: &Caps, choice: BackendChoice) -> Plan {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use crate::model::unavailable::Refusal;
 
     fn all_tracepoints() -> BTreeSet<String> {
         PROBES
@@ -362,12 +394,18 @@ mod tests {
     }
 
     /// This host: tracepoints only.
-    fn host() -> Caps {
+    pub(crate) fn host() -> Caps {
         Caps {
             tracefs: Ok(()),
             tracepoints: all_tracepoints(),
-            kprobe: Err("this kernel is built without CONFIG_KPROBES".into()),
-            fentry: Err("the kernel refused to load the program (EPERM)".into()),
+            kprobe: Err(Unavailable::NoKprobePmu {
+                pmu: "/nonexistent",
+            }),
+            fentry: Err(Unavailable::Refused(Refusal {
+                errno: Some(libc::EPERM),
+                message: String::new(),
+                verifier_log: String::new(),
+            })),
             kallsyms: all_functions(),
             btf_funcs: all_functions(),
             traceable: None,
@@ -468,6 +506,9 @@ mod tests {
             .iter()
             .find(|c| c.probe == ProbeId::FeNetRxAction)
             .unwrap();
-        assert!(matches!(&fe.avail, Avail::No(w) if w.contains("available_filter_functions")));
+        assert_eq!(
+            fe.avail,
+            Avail::No(Unavailable::NotTraceable("net_rx_action"))
+        );
     }
 }

@@ -14,7 +14,7 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use lotrace_common::{Event, ProbeId, Stage, event::EVENT_SIZE};
 use serde::{Deserialize, Serialize};
 
-use crate::report::Meta;
+use crate::model::meta::Meta;
 
 pub const MAGIC: &[u8; 8] = b"LOTRACE1";
 const MAX_FRAME: u32 = 1 << 20;
@@ -195,7 +195,7 @@ pub fn decode(buf: &[u8]) -> Result<Recording> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::journey::tests::echo;
+    use crate::model::journey::tests::echo;
 
     fn sample() -> Vec<u8> {
         let meta = Meta {

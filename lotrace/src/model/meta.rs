@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use lotrace_common::{ProbeId, Stage, catalog::PROBES};
 use serde::{Deserialize, Serialize};
 
-use crate::plan::{self, Plan};
+use crate::model::plan::{self, Plan};
 
 /// One probe that was attached.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -121,7 +121,10 @@ impl Meta {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::{BackendChoice, Caps, plan};
+    use crate::model::{
+        plan::{BackendChoice, Caps, plan},
+        unavailable::Unavailable,
+    };
 
     #[test]
     fn records_what_was_attached_and_what_is_missing() {
@@ -133,7 +136,9 @@ mod tests {
                 .collect(),
             ..Caps::default()
         };
-        caps.kprobe = Err("no kprobes here".into());
+        caps.kprobe = Err(Unavailable::NoKprobePmu {
+            pmu: "/nonexistent",
+        });
         let p = plan(&caps, BackendChoice::Auto);
         let mut m = Meta::default();
         m.set_probes(&p, &p.labels());
@@ -148,7 +153,7 @@ mod tests {
         assert!(rx.backend.is_none());
         let why = rx.missing.as_deref().unwrap();
         assert!(
-            why.contains("no tracepoint net:netif_rx_entry") && why.contains("no kprobes here"),
+            why.contains("no tracepoint net:netif_rx_entry") && why.contains("CONFIG_KPROBES"),
             "{why}"
         );
         assert!(m.covered().contains(&Stage::DevQueueXmit));

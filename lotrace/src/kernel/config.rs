@@ -1,0 +1,68 @@
+//! The programs' `CONFIG` global: the kernel's layouts (from BTF and
+//! tracefs), the plan's choices, and what in-kernel aggregation must know
+//! of the journey.
+
+use std::collections::{BTreeMap, btree_map::Entry};
+
+use anyhow::Result;
+use lotrace_common::{
+    Config, Stage,
+    catalog::{PROBES, TP_FIELDS},
+    journey::Rules,
+};
+
+use crate::{
+    kernel::{btf::SkbOffsets, tracefs},
+    model::plan::Plan,
+};
+
+pub fn build(skb: &SkbOffsets, plan: &Plan, summary_only: bool) -> Result<Config> {
+    let mut config = Config::zeroed();
+    config.skb_head = skb.head;
+    config.skb_network_header = skb.network_header;
+    config.skb_len = skb.len;
+    config.skb_sk = skb.sk;
+    config.sk_type = skb.sk_type;
+    config.skb_dev = skb.dev;
+    config.dev_name = skb.dev_name;
+    config.net_rx_probe = plan.start_probe(Stage::NetRxAction).map_or(0, |p| p as u8);
+    config.backlog_probe = plan
+        .start_probe(Stage::ProcessBacklog)
+        .map_or(0, |p| p as u8);
+    if summary_only {
+        // The journey's meaning, as the programs need it.
+        let rules = Rules::for_covered(&plan.covered());
+        config.summary_only = 1;
+        config.expect_leg = rules.expect.leg;
+        config.expect_any = rules.expect.any;
+        config.close_stage = rules.close_stage;
+        for p in PROBES.iter().filter(|p| p.at_return) {
+            let id = p.id as usize;
+            config.ret_probes[id / 64] |= 1 << (id % 64);
+        }
+    }
+    tracepoint_fields(&mut config)?;
+    Ok(config)
+}
+
+/// The byte offsets of the tracepoint fields the programs read, from each
+/// tracepoint's format on this kernel.
+fn tracepoint_fields(config: &mut Config) -> Result<()> {
+    let mut formats = BTreeMap::new();
+    for (field, probe, name) in TP_FIELDS.iter() {
+        let Some((cat, tp)) = probe.info().tracepoint() else {
+            continue;
+        };
+        if !tracefs::tracepoint_exists(cat, tp) {
+            continue;
+        }
+        let offsets = match formats.entry((cat, tp)) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => e.insert(tracefs::field_offsets(cat, tp)?),
+        };
+        if let Some(off) = offsets.get(*name) {
+            config.tp[*field as usize] = *off;
+        }
+    }
+    Ok(())
+}

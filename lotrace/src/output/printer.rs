@@ -1,0 +1,96 @@
+//! The printer a trace and a replay share: journeys as they close, the
+//! traced command's lines, then the summary, in the chosen format, with a
+//! Perfetto trace alongside.
+
+use std::io::Write;
+
+use anyhow::Result;
+
+use crate::{
+    model::{
+        meta::Meta,
+        session::{Done, Session},
+    },
+    output::{Format, Style, json, perfetto::PerfettoWriter, text},
+};
+
+/// Prints journeys and the summary in the chosen format.
+pub struct Printer {
+    pub format: Format,
+    pub style: Style,
+    pub perfetto: Option<PerfettoWriter>,
+    /// Print nothing (the caller renders the session itself).
+    pub quiet: bool,
+    pub out: std::io::BufWriter<std::io::Stdout>,
+}
+
+impl Printer {
+    pub fn new(format: Format, style: Style) -> Printer {
+        Printer {
+            format,
+            style,
+            perfetto: None,
+            quiet: false,
+            out: std::io::BufWriter::new(std::io::stdout()),
+        }
+    }
+
+    /// A line the traced command printed: to stdout as it was, except in
+    /// JSON mode where stdout is reserved for JSON.
+    pub fn child_line(&mut self, line: &str) -> Result<()> {
+        if self.quiet {
+            return Ok(());
+        }
+        match self.format {
+            Format::Text => writeln!(self.out, "{line}")?,
+            Format::Json => eprintln!("{line}"),
+        }
+        Ok(())
+    }
+
+    pub fn journeys(&mut self, done: &[Done], meta: &Meta) -> Result<()> {
+        for d in done {
+            if let Some(p) = self.perfetto.as_mut() {
+                p.journey(&d.journey, meta)?;
+            }
+            if self.quiet {
+                continue;
+            }
+            match self.format {
+                Format::Text => write!(self.out, "{}", text::journey_text(d, meta, self.style))?,
+                Format::Json => {
+                    writeln!(self.out, "{}", json::journey_json_line(d, meta, self.style))?
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn summary(&mut self, s: &Session, meta: &Meta) -> Result<()> {
+        if self.quiet {
+            if let Some(p) = self.perfetto.take() {
+                p.finish()?;
+            }
+            return Ok(());
+        }
+        let t = s.totals();
+        match self.format {
+            Format::Text => write!(
+                self.out,
+                "{}",
+                text::summary_text(&s.stats, meta, &t, self.style)
+            )?,
+            Format::Json => writeln!(self.out, "{}", json::summary_json(&s.stats, meta, &t))?,
+        }
+        self.out.flush()?;
+        if let Some(p) = self.perfetto.take() {
+            p.finish()?;
+        }
+        Ok(())
+    }
+
+    pub fn flush(&mut self) -> Result<()> {
+        self.out.flush()?;
+        Ok(())
+    }
+}

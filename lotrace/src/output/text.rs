@@ -1,0 +1,341 @@
+//! Terminal text: a timeline per journey and the summary tables.
+
+use std::fmt::Write as _;
+
+use lotrace_common::ProbeId;
+
+use crate::{
+    model::{
+        journey::{Journey, Leg, Outcome},
+        meta::Meta,
+        session::{Done, Totals},
+        stats::{Histogram, Stats},
+    },
+    output::{
+        Style, explain, fmt_ns, fmt_signed,
+        hist::histograms,
+        words::{detail, outcome_words, softirq_words},
+    },
+};
+
+/// The probe column: a tracepoint's name, or a function probe's label.
+fn short_probe(p: ProbeId, meta: &Meta) -> String {
+    let label = meta.probe_label(p);
+    match label.strip_prefix("tracepoint:") {
+        Some(tp) => tp.rsplit(':').next().unwrap_or(tp).to_string(),
+        None => label.into_owned(),
+    }
+}
+
+fn target(meta: &Meta) -> &str {
+    meta.target.as_deref().unwrap_or("?")
+}
+
+/// One journey as a timeline.
+pub fn journey_text(d: &Done, meta: &Meta, style: Style) -> String {
+    let j = &d.journey;
+    let mut s = String::new();
+    let rtt = j
+        .rtt_ns
+        .map(|r| format!("kernel RTT {}", fmt_ns(r)))
+        .unwrap_or_else(|| "kernel RTT unknown".into());
+    let ping = d
+        .ping_rtt_ns
+        .map(|r| format!(" · ping said {}", fmt_ns(r)))
+        .unwrap_or_default();
+    let socket = j
+        .socket_name()
+        .map(|k| format!(" {k} socket"))
+        .unwrap_or_default();
+    let outcome = match j.outcome {
+        Outcome::Answered => String::new(),
+        ref o => format!(" ── {}", outcome_words(o, meta)),
+    };
+    let _ = writeln!(
+        s,
+        "── icmp_seq={} id={} {} {}{socket} ── {rtt}{ping}{outcome} ──",
+        j.icmp_seq,
+        j.icmp_id,
+        j.family_name(),
+        target(meta)
+    );
+    let _ = writeln!(
+        s,
+        "   {:<8} {:<26} {:>10} {:>11} {:>4}  {:<20} {:<9} probe",
+        "leg", "stage", "+prev", "since send", "cpu", "task", "context"
+    );
+    let mut explained = Vec::new();
+    for h in &j.hops {
+        let stage = if h.probe.info().at_return {
+            format!("{} ↩", h.stage.name())
+        } else {
+            h.stage.name().to_string()
+        };
+        let task = format!("{}/{}", h.comm, h.pid);
+        let mut line = format!(
+            "   {:<8} {:<26} {:>10} {:>11} {:>4}  {:<20} {:<9} {}",
+            h.leg.name(),
+            stage,
+            fmt_ns(h.delta_ns),
+            fmt_signed(h.t_ns),
+            h.cpu,
+            task,
+            h.context.name(),
+            short_probe(h.probe, meta)
+        );
+        if let Some(d) = detail(h, meta) {
+            let _ = write!(line, "  ({d})");
+        }
+        let _ = writeln!(s, "{}", line.trim_end());
+        if let Some(lang) = style.explain
+            && !explained.contains(&h.stage)
+        {
+            explained.push(h.stage);
+            let _ = writeln!(s, "{:>14}↳ {}", "", explain(h.stage, lang));
+        }
+    }
+    let mut notes = Vec::new();
+    for (i, leg) in [Leg::Request, Leg::Reply].iter().enumerate() {
+        if let Some(w) = &j.softirq[i] {
+            notes.push(format!("{} received {}", leg.name(), softirq_words(w)));
+        }
+    }
+    let _ = writeln!(
+        s,
+        "   total {} over {} stages; NET_RX: {}",
+        fmt_ns(j.total_ns),
+        j.hops.len(),
+        if notes.is_empty() {
+            "not seen".to_string()
+        } else {
+            notes.join(", ")
+        }
+    );
+    if !j.complete() {
+        let _ = writeln!(s, "   incomplete: missing {}", missing_words(j));
+    }
+    s
+}
+
+fn missing_words(j: &Journey) -> String {
+    j.missing
+        .iter()
+        .map(|(leg, st)| match leg {
+            Some(l) => format!("{}/{}", l.name(), st.name()),
+            None => st.name().to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn hist_cols(h: &Histogram) -> String {
+    let q = |x| h.quantile(x).map(fmt_ns).unwrap_or_default();
+    format!(
+        "{:>7} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        h.count,
+        if h.count > 0 {
+            fmt_ns(h.min)
+        } else {
+            String::new()
+        },
+        q(0.5),
+        q(0.9),
+        q(0.99),
+        if h.count > 0 {
+            fmt_ns(h.max)
+        } else {
+            String::new()
+        },
+    )
+}
+
+pub fn summary_text(stats: &Stats, meta: &Meta, t: &Totals, style: Style) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "\n═══ lotrace summary: {} journeys ({} incomplete), {} events, {} lost{} ═══",
+        stats.journeys,
+        stats.incomplete,
+        t.events,
+        t.lost,
+        match t.missed {
+            Some(m) if m > 0 => format!(", {m} probe runs skipped by the kernel"),
+            _ => String::new(),
+        }
+    );
+    if t.lost > 0 {
+        let _ = writeln!(
+            s,
+            "    {} events were lost (ring buffer full): journeys missing stages are marked incomplete; try a larger --ring-size",
+            t.lost
+        );
+    }
+    if let Some(m) = t.missed.filter(|&m| m > 0) {
+        let _ = writeln!(
+            s,
+            "    the kernel skipped {m} probe runs (for any packet, traced or not): it does not run an eBPF program while another one runs on the same CPU, as when an interrupt's softirq arrives during a probe; what they would have seen is unknown, and journeys missing stages are marked incomplete"
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\n   {:<8} {:<26} {:>7} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        "leg", "stage (time since previous)", "count", "min", "p50", "p90", "p99", "max"
+    );
+    for row in &stats.order() {
+        let h = &stats.rows[row];
+        let _ = writeln!(
+            s,
+            "   {:<8} {:<26} {}",
+            row.leg.name(),
+            row.label(),
+            hist_cols(h)
+        );
+    }
+    let _ = writeln!(
+        s,
+        "   {:<35} {}",
+        "kernel RTT: sendto→reply netif_rx",
+        hist_cols(&stats.rtt)
+    );
+    let _ = writeln!(
+        s,
+        "   {:<35} {}",
+        if stats.in_kernel.is_some() {
+            "journey: first stage→reply received"
+        } else {
+            "journey: first→last stage"
+        },
+        hist_cols(&stats.total)
+    );
+    if let Some(o) = &stats.in_kernel {
+        let _ = writeln!(
+            s,
+            "\n   aggregated in the kernel (--summary-only): {} answered, {} answered with a stage unseen, {} dropped, {} without a route, {} unanswered when the trace ended",
+            o.answered, o.answered_incomplete, o.dropped, o.no_route, o.unfinished
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\n   NET_RX softirq per receive: {} inline (in the task that was running), {} in ksoftirqd",
+        stats.softirq_inline, stats.softirq_ksoftirqd
+    );
+    let unseen: Vec<_> = meta.stages.iter().filter(|s| s.backend.is_none()).collect();
+    if !unseen.is_empty() {
+        let _ = writeln!(s, "\n   not observed on this kernel:");
+        for st in unseen {
+            let _ = writeln!(
+                s,
+                "     {:<18} {}",
+                st.stage,
+                st.missing.as_deref().unwrap_or_default()
+            );
+        }
+    }
+    if style.hist {
+        s.push_str(&histograms(stats));
+    }
+    s.push_str(&where_time_goes(stats));
+    s
+}
+
+/// The mean share of the journey each row accounts for, as bars.
+pub fn where_time_goes(stats: &Stats) -> String {
+    let mut s = String::new();
+    if stats.journeys == 0 {
+        return s;
+    }
+    let n = stats.journeys as u128;
+    let order = stats.order();
+    let per: Vec<_> = order
+        .iter()
+        .map(|r| (r, (stats.rows[r].sum / n) as u64))
+        .collect();
+    // u128: sums and products of hostile (replayed) values must not wrap.
+    let total: u128 = per.iter().map(|(_, v)| *v as u128).sum();
+    if total == 0 {
+        return s;
+    }
+    let _ = writeln!(
+        s,
+        "\n   where the time goes (mean per journey, {} from first to last stage)",
+        fmt_ns(total.min(u64::MAX as u128) as u64)
+    );
+    const WIDTH: u128 = 40;
+    for (r, v) in per {
+        let cells = (v as u128 * WIDTH * 8 / total) as usize;
+        let mut bar = "█".repeat(cells / 8);
+        if !cells.is_multiple_of(8) {
+            bar.push(['▏', '▎', '▍', '▌', '▋', '▊', '▉'][cells % 8 - 1]);
+        }
+        let _ = writeln!(
+            s,
+            "   {:<8} {:<26} {:<40} {:>5.1}% {:>10}",
+            r.leg.name(),
+            r.label(),
+            bar,
+            v as f64 * 100.0 / total as f64,
+            fmt_ns(v)
+        );
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        model::session::Totals,
+        output::{
+            Lang,
+            testdata::{done, meta},
+        },
+    };
+
+    #[test]
+    fn explanations_once_per_stage() {
+        let style = Style {
+            explain: Some(Lang::Zh),
+            hist: false,
+        };
+        let t = journey_text(&done(), &meta(), style);
+        assert!(t.contains("↳ 回环驱动"), "{t}");
+        let stages: std::collections::BTreeSet<_> =
+            done().journey.hops.iter().map(|h| h.stage).collect();
+        assert_eq!(t.matches("↳ ").count(), stages.len(), "each stage once");
+    }
+
+    #[test]
+    fn timeline_shows_every_hop() {
+        let t = journey_text(&done(), &meta(), Style::default());
+        assert!(t.contains("icmp_seq=1"));
+        assert!(t.contains("kernel RTT 6.40 µs · ping said 45.00 µs"));
+        assert_eq!(t.matches("\n   request ").count(), 11);
+        assert_eq!(t.matches("\n   reply ").count(), 10);
+        assert!(t.contains("loopback_xmit ↩"));
+        assert!(t.contains("inline in ping/100 on CPU 2"));
+        assert!(!t.contains("incomplete"));
+    }
+
+    #[test]
+    fn summary_lists_stages_and_what_was_not_observed() {
+        let mut st = Stats::default();
+        st.add(&done().journey);
+        let t = Totals {
+            events: 21,
+            ..Default::default()
+        };
+        let text = summary_text(
+            &st,
+            &meta(),
+            &t,
+            Style {
+                explain: None,
+                hist: true,
+            },
+        );
+        assert!(text.contains("where the time goes"));
+        assert!(text.contains("latency histograms"));
+        assert!(text.contains("not observed on this kernel"));
+        assert!(text.contains("ip_rcv"));
+    }
+}
