@@ -5,60 +5,65 @@
 //! ([`Stage`], [`ProbeId`], [`TpField`]); names, explanations and candidate
 //! functions are read by the command-line side.
 
-/// A named point of the journey, the same whichever probe observed it.
-/// The discriminant order is the order in which a packet meets the stages
-/// inside one leg.
-#[repr(u8)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Stage {
-    Sendto = 0,
-    SockSendmsg,
-    Route,
-    IpOutput,
-    DevQueueXmit,
-    LoopbackXmit,
-    NetifRx,
-    SoftirqRaise,
-    NetRxAction,
-    ProcessBacklog,
-    NetifReceiveSkb,
-    IpRcv,
-    IcmpRcv,
-    IcmpReply,
-    SockDeliver,
-    Wakeup,
-    CopyToUser,
-    Recvmsg,
-    Free,
-    Drop,
+/// Declares the stages: one entry each, in the order a packet meets them
+/// inside one leg. An entry is `Variant = id: "name", expect E, detail D,
+/// en "...", zh "...";`. The id is the number record files store: keep
+/// existing ones, add new ones at the end. `expect` says on which legs every
+/// loopback echo passes the stage ([`Expect`]), `detail` how its events
+/// carry their detail ([`DetailKind`]).
+macro_rules! stage_table {
+    ($(
+        $variant:ident = $id:literal: $name:literal, expect $expect:ident, detail $detail:ident,
+        en $en:literal,
+        zh $zh:literal;
+    )*) => {
+        /// A named point of the journey, the same whichever probe observed
+        /// it.
+        #[repr(u8)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub enum Stage {
+            $($variant = $id,)*
+        }
+
+        pub const STAGE_COUNT: usize = [$($id),*].len();
+
+        impl Stage {
+            /// Every stage, in table order.
+            pub const ALL: [Stage; STAGE_COUNT] = [$(Stage::$variant),*];
+        }
+
+        pub static STAGES: [StageInfo; STAGE_COUNT] = [$(
+            StageInfo {
+                stage: Stage::$variant,
+                name: $name,
+                explain: $en,
+                explain_zh: $zh,
+                expect: Expect::$expect,
+                detail: DetailKind::$detail,
+            },
+        )*];
+    };
 }
 
-pub const STAGE_COUNT: usize = 20;
+/// On which legs every loopback echo passes a stage, when something
+/// observes it; a journey that lacks an expected stage is incomplete.
+/// Stages that depend on timing (the softirq raise, the wake-up of a
+/// sleeping ping) or on the socket kind are `Never` expected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expect {
+    Never,
+    Request,
+    Reply,
+    /// On the reply leg, where the reply begins: the kernel builds it there,
+    /// so a reply meets this stage before the others.
+    ReplyOrigin,
+    /// On each leg.
+    Both,
+    /// On at least one of the two legs.
+    Either,
+}
 
 impl Stage {
-    pub const ALL: [Stage; STAGE_COUNT] = [
-        Stage::Sendto,
-        Stage::SockSendmsg,
-        Stage::Route,
-        Stage::IpOutput,
-        Stage::DevQueueXmit,
-        Stage::LoopbackXmit,
-        Stage::NetifRx,
-        Stage::SoftirqRaise,
-        Stage::NetRxAction,
-        Stage::ProcessBacklog,
-        Stage::NetifReceiveSkb,
-        Stage::IpRcv,
-        Stage::IcmpRcv,
-        Stage::IcmpReply,
-        Stage::SockDeliver,
-        Stage::Wakeup,
-        Stage::CopyToUser,
-        Stage::Recvmsg,
-        Stage::Free,
-        Stage::Drop,
-    ];
-
     pub fn from_u8(v: u8) -> Option<Stage> {
         Stage::ALL.get(v as usize).copied()
     }
@@ -113,152 +118,73 @@ pub struct StageInfo {
     pub explain: &'static str,
     /// The same in Chinese, the language of the article lotrace grew from.
     pub explain_zh: &'static str,
+    pub expect: Expect,
     /// What its events carry besides time and place.
     pub detail: DetailKind,
 }
 
-pub static STAGES: [StageInfo; STAGE_COUNT] = [
-    StageInfo {
-        stage: Stage::Sendto,
-        name: "sendto",
-        explain: "ping hands its ICMP echo request to the kernel with the sendto() system call.",
-        explain_zh: "ping 用 sendto() 系统调用把 ICMP 回显请求交给内核。",
-        detail: DetailKind::None,
-    },
-    StageInfo {
-        stage: Stage::SockSendmsg,
-        name: "sock_sendmsg",
-        explain: "The socket layer passes the message to the protocol (raw_sendmsg or ping_v4_sendmsg); on loopback the whole transmit, and often the receive too, happens before it returns.",
-        explain_zh: "套接字层把消息交给协议（raw_sendmsg 或 ping_v4_sendmsg）；在回环上，整个发送、往往连接收，都在它返回之前完成。",
-        detail: DetailKind::SyscallReturn,
-    },
-    StageInfo {
-        stage: Stage::Route,
-        name: "route",
-        explain: "The routing table is consulted: the local table matches 127.0.0.0/8 (or any address of this host) and picks the loopback device lo.",
-        explain_zh: "查路由表：local 表匹配 127.0.0.0/8（或本机的任何地址），选中回环设备 lo。",
-        detail: DetailKind::Route,
-    },
-    StageInfo {
-        stage: Stage::IpOutput,
-        name: "ip_output",
-        explain: "IP output: the header is finished, netfilter's OUTPUT and POSTROUTING hooks run and the neighbour layer adds the link header.",
-        explain_zh: "IP 输出：补全 IP 头，经过 netfilter 的 OUTPUT 和 POSTROUTING 钩子，邻居层加上链路层头。",
-        detail: DetailKind::None,
-    },
-    StageInfo {
-        stage: Stage::DevQueueXmit,
-        name: "dev_queue_xmit",
-        explain: "The packet is queued for transmission on the chosen device; lo has no qdisc, so it goes straight to the driver.",
-        explain_zh: "数据包进入所选设备的发送队列；lo 没有排队规则（qdisc），直接交给驱动。",
-        detail: DetailKind::Device,
-    },
-    StageInfo {
-        stage: Stage::LoopbackXmit,
-        name: "loopback_xmit",
-        explain: "The loopback driver, a 'fake NIC': instead of putting bytes on a wire it hands the same skb back to the receive path.",
-        explain_zh: "回环驱动，一块“假网卡”：它不把字节发到线路上，而是把同一个 skb 交回接收路径。",
-        detail: DetailKind::Device,
-    },
-    StageInfo {
-        stage: Stage::NetifRx,
-        name: "netif_rx",
-        explain: "netif_rx puts the skb on this CPU's backlog queue (enqueue_to_backlog), as a NIC's interrupt handler would.",
-        explain_zh: "netif_rx 把 skb 放进本 CPU 的 backlog 队列（enqueue_to_backlog），就像真网卡的中断处理程序那样。",
-        detail: DetailKind::None,
-    },
-    StageInfo {
-        stage: Stage::SoftirqRaise,
-        name: "softirq_raise",
-        explain: "The backlog was idle, so the NET_RX softirq is raised to process it later, at the next bottom-half opportunity.",
-        explain_zh: "backlog 原本空闲，于是触发 NET_RX 软中断，等下一个下半部时机再处理。",
-        detail: DetailKind::None,
-    },
-    StageInfo {
-        stage: Stage::NetRxAction,
-        name: "net_rx_action",
-        explain: "The NET_RX softirq runs: inline when bottom halves are re-enabled (often in ping's own task), or in ksoftirqd/N under load.",
-        explain_zh: "NET_RX 软中断运行：通常在重新打开下半部时就地运行（常常就在 ping 自己的任务里），负载高时交给 ksoftirqd/N。",
-        detail: DetailKind::RunTime,
-    },
-    StageInfo {
-        stage: Stage::ProcessBacklog,
-        name: "process_backlog",
-        explain: "The backlog's NAPI poll function takes packets off the per-CPU queue, up to its budget.",
-        explain_zh: "backlog 的 NAPI 轮询函数从本 CPU 队列里取出数据包，最多取到预算为止。",
-        detail: DetailKind::Polled,
-    },
-    StageInfo {
-        stage: Stage::NetifReceiveSkb,
-        name: "netif_receive_skb",
-        explain: "The core receive path hands the packet to the protocol registered for its type: IPv4 or IPv6.",
-        explain_zh: "核心接收路径把数据包交给它的协议处理函数：IPv4 或 IPv6。",
-        detail: DetailKind::None,
-    },
-    StageInfo {
-        stage: Stage::IpRcv,
-        name: "ip_rcv",
-        explain: "IP input: the header is checked, netfilter's PREROUTING and INPUT hooks run, and the packet is found to be for this host.",
-        explain_zh: "IP 输入：检查 IP 头，经过 netfilter 的 PREROUTING 和 INPUT 钩子，确认数据包是发给本机的。",
-        detail: DetailKind::None,
-    },
-    StageInfo {
-        stage: Stage::IcmpRcv,
-        name: "icmp_rcv",
-        explain: "The ICMP layer receives the message and dispatches on its type.",
-        explain_zh: "ICMP 层收下消息，按类型分发。",
-        detail: DetailKind::None,
-    },
-    StageInfo {
-        stage: Stage::IcmpReply,
-        name: "icmp_reply",
-        explain: "The kernel itself answers the echo request: it builds the echo reply and sends it back down the same stack.",
-        explain_zh: "内核自己回应回显请求：构造回显应答，沿同一个协议栈发回去。",
-        detail: DetailKind::None,
-    },
-    StageInfo {
-        stage: Stage::SockDeliver,
-        name: "sock_deliver",
-        explain: "The reply is queued on ping's socket (raw_rcv or ping_rcv) and the socket is told data is ready.",
-        explain_zh: "应答被放进 ping 的套接字接收队列（raw_rcv 或 ping_rcv），并通知套接字有数据可读。",
-        detail: DetailKind::None,
-    },
-    StageInfo {
-        stage: Stage::Wakeup,
-        name: "wakeup",
-        explain: "ping was asleep waiting for the reply and is woken; absent when ping was still running, as when the softirq ran inline in its own sendto.",
-        explain_zh: "ping 正在睡眠等待应答，被唤醒；如果 ping 当时还在运行（比如软中断就在它自己的 sendto 里运行），就没有这一步。",
-        detail: DetailKind::Woken,
-    },
-    StageInfo {
-        stage: Stage::CopyToUser,
-        name: "copy_to_user",
-        explain: "recvmsg copies the reply from the socket's queue into ping's buffer.",
-        explain_zh: "recvmsg 把应答从套接字队列复制到 ping 的缓冲区。",
-        detail: DetailKind::Bytes,
-    },
-    StageInfo {
-        stage: Stage::Recvmsg,
-        name: "recvmsg",
-        explain: "The receive system call (recvmsg, or recvfrom for busybox's ping) returns the reply to ping, which prints its line.",
-        explain_zh: "接收系统调用（recvmsg，busybox 的 ping 用 recvfrom）把应答返回给 ping，ping 打印出一行结果。",
-        detail: DetailKind::SyscallReturn,
-    },
-    StageInfo {
-        stage: Stage::Free,
-        name: "free",
-        explain: "The skb has done its job and is freed normally (consume_skb).",
-        explain_zh: "skb 完成了使命，被正常释放（consume_skb）。",
-        detail: DetailKind::None,
-    },
-    StageInfo {
-        stage: Stage::Drop,
-        name: "drop",
-        explain: "The skb is dropped (kfree_skb); the kernel records why.",
-        explain_zh: "skb 被丢弃（kfree_skb）；内核记录了原因。",
-        detail: DetailKind::DropReason,
-    },
-];
+stage_table! {
+    Sendto = 0: "sendto", expect Request, detail None,
+        en "ping hands its ICMP echo request to the kernel with the sendto() system call.",
+        zh "ping 用 sendto() 系统调用把 ICMP 回显请求交给内核。";
+    SockSendmsg = 1: "sock_sendmsg", expect Request, detail SyscallReturn,
+        en "The socket layer passes the message to the protocol (raw_sendmsg or ping_v4_sendmsg); on loopback the whole transmit, and often the receive too, happens before it returns.",
+        zh "套接字层把消息交给协议（raw_sendmsg 或 ping_v4_sendmsg）；在回环上，整个发送、往往连接收，都在它返回之前完成。";
+    Route = 2: "route", expect Request, detail Route,
+        en "The routing table is consulted: the local table matches 127.0.0.0/8 (or any address of this host) and picks the loopback device lo.",
+        zh "查路由表：local 表匹配 127.0.0.0/8（或本机的任何地址），选中回环设备 lo。";
+    IpOutput = 3: "ip_output", expect Request, detail None,
+        en "IP output: the header is finished, netfilter's OUTPUT and POSTROUTING hooks run and the neighbour layer adds the link header.",
+        zh "IP 输出：补全 IP 头，经过 netfilter 的 OUTPUT 和 POSTROUTING 钩子，邻居层加上链路层头。";
+    DevQueueXmit = 4: "dev_queue_xmit", expect Both, detail Device,
+        en "The packet is queued for transmission on the chosen device; lo has no qdisc, so it goes straight to the driver.",
+        zh "数据包进入所选设备的发送队列；lo 没有排队规则（qdisc），直接交给驱动。";
+    LoopbackXmit = 5: "loopback_xmit", expect Both, detail Device,
+        en "The loopback driver, a 'fake NIC': instead of putting bytes on a wire it hands the same skb back to the receive path.",
+        zh "回环驱动，一块“假网卡”：它不把字节发到线路上，而是把同一个 skb 交回接收路径。";
+    NetifRx = 6: "netif_rx", expect Both, detail None,
+        en "netif_rx puts the skb on this CPU's backlog queue (enqueue_to_backlog), as a NIC's interrupt handler would.",
+        zh "netif_rx 把 skb 放进本 CPU 的 backlog 队列（enqueue_to_backlog），就像真网卡的中断处理程序那样。";
+    SoftirqRaise = 7: "softirq_raise", expect Never, detail None,
+        en "The backlog was idle, so the NET_RX softirq is raised to process it later, at the next bottom-half opportunity.",
+        zh "backlog 原本空闲，于是触发 NET_RX 软中断，等下一个下半部时机再处理。";
+    NetRxAction = 8: "net_rx_action", expect Either, detail RunTime,
+        en "The NET_RX softirq runs: inline when bottom halves are re-enabled (often in ping's own task), or in ksoftirqd/N under load.",
+        zh "NET_RX 软中断运行：通常在重新打开下半部时就地运行（常常就在 ping 自己的任务里），负载高时交给 ksoftirqd/N。";
+    ProcessBacklog = 9: "process_backlog", expect Never, detail Polled,
+        en "The backlog's NAPI poll function takes packets off the per-CPU queue, up to its budget.",
+        zh "backlog 的 NAPI 轮询函数从本 CPU 队列里取出数据包，最多取到预算为止。";
+    NetifReceiveSkb = 10: "netif_receive_skb", expect Both, detail None,
+        en "The core receive path hands the packet to the protocol registered for its type: IPv4 or IPv6.",
+        zh "核心接收路径把数据包交给它的协议处理函数：IPv4 或 IPv6。";
+    IpRcv = 11: "ip_rcv", expect Request, detail None,
+        en "IP input: the header is checked, netfilter's PREROUTING and INPUT hooks run, and the packet is found to be for this host.",
+        zh "IP 输入：检查 IP 头，经过 netfilter 的 PREROUTING 和 INPUT 钩子，确认数据包是发给本机的。";
+    IcmpRcv = 12: "icmp_rcv", expect Request, detail None,
+        en "The ICMP layer receives the message and dispatches on its type.",
+        zh "ICMP 层收下消息，按类型分发。";
+    IcmpReply = 13: "icmp_reply", expect ReplyOrigin, detail None,
+        en "The kernel itself answers the echo request: it builds the echo reply and sends it back down the same stack.",
+        zh "内核自己回应回显请求：构造回显应答，沿同一个协议栈发回去。";
+    SockDeliver = 14: "sock_deliver", expect Reply, detail None,
+        en "The reply is queued on ping's socket (raw_rcv or ping_rcv) and the socket is told data is ready.",
+        zh "应答被放进 ping 的套接字接收队列（raw_rcv 或 ping_rcv），并通知套接字有数据可读。";
+    Wakeup = 15: "wakeup", expect Never, detail Woken,
+        en "ping was asleep waiting for the reply and is woken; absent when ping was still running, as when the softirq ran inline in its own sendto.",
+        zh "ping 正在睡眠等待应答，被唤醒；如果 ping 当时还在运行（比如软中断就在它自己的 sendto 里运行），就没有这一步。";
+    CopyToUser = 16: "copy_to_user", expect Reply, detail Bytes,
+        en "recvmsg copies the reply from the socket's queue into ping's buffer.",
+        zh "recvmsg 把应答从套接字队列复制到 ping 的缓冲区。";
+    Recvmsg = 17: "recvmsg", expect Reply, detail SyscallReturn,
+        en "The receive system call (recvmsg, or recvfrom for busybox's ping) returns the reply to ping, which prints its line.",
+        zh "接收系统调用（recvmsg，busybox 的 ping 用 recvfrom）把应答返回给 ping，ping 打印出一行结果。";
+    Free = 18: "free", expect Never, detail None,
+        en "The skb has done its job and is freed normally (consume_skb).",
+        zh "skb 完成了使命，被正常释放（consume_skb）。";
+    Drop = 19: "drop", expect Never, detail DropReason,
+        en "The skb is dropped (kfree_skb); the kernel records why.",
+        zh "skb 被丢弃（kfree_skb）；内核记录了原因。";
+}
 
 pub use crate::probes::{
     Backend, PROBE_COUNT, PROBES, ProbeId, ProbeInfo, ProbeKind, TP_FIELD_COUNT, TP_FIELDS, TpField,

@@ -10,7 +10,7 @@
 
 use crate::{
     agg::{self, counters},
-    catalog::{STAGE_COUNT, Stage},
+    catalog::{Expect, STAGE_COUNT, STAGES, Stage},
 };
 
 /// The direction of a packet within an echo.
@@ -41,38 +41,35 @@ pub struct Expected {
     pub stage: Stage,
 }
 
-const fn ex(leg: Option<Leg>, stage: Stage) -> Expected {
-    Expected { leg, stage }
+/// The stages every loopback echo passes, as the stage table declares
+/// them, in the order a journey meets them: the request leg's (with those
+/// expected on either leg, which a request meets first), then the reply
+/// leg's, from where the reply begins.
+pub fn always() -> impl Iterator<Item = Expected> {
+    let on = |pick: fn(Expect) -> Option<Option<Leg>>| {
+        STAGES.iter().filter_map(move |s| {
+            pick(s.expect).map(|leg| Expected {
+                leg,
+                stage: s.stage,
+            })
+        })
+    };
+    on(|e| match e {
+        Expect::Request | Expect::Both => Some(Some(Leg::Request)),
+        Expect::Either => Some(None),
+        _ => None,
+    })
+    .chain(on(|e| {
+        (e == Expect::ReplyOrigin).then_some(Some(Leg::Reply))
+    }))
+    .chain(on(|e| {
+        matches!(e, Expect::Reply | Expect::Both).then_some(Some(Leg::Reply))
+    }))
 }
 
-/// Stages that are always there on a loopback echo. Stages that depend on
-/// timing (softirq raise, the wake-up of a sleeping ping) or on the socket
-/// kind are not listed.
-pub static ALWAYS: &[Expected] = &[
-    ex(Some(Leg::Request), Stage::Sendto),
-    ex(Some(Leg::Request), Stage::SockSendmsg),
-    ex(Some(Leg::Request), Stage::Route),
-    ex(Some(Leg::Request), Stage::IpOutput),
-    ex(Some(Leg::Request), Stage::DevQueueXmit),
-    ex(Some(Leg::Request), Stage::LoopbackXmit),
-    ex(Some(Leg::Request), Stage::NetifRx),
-    ex(None, Stage::NetRxAction),
-    ex(Some(Leg::Request), Stage::NetifReceiveSkb),
-    ex(Some(Leg::Request), Stage::IpRcv),
-    ex(Some(Leg::Request), Stage::IcmpRcv),
-    ex(Some(Leg::Reply), Stage::IcmpReply),
-    ex(Some(Leg::Reply), Stage::DevQueueXmit),
-    ex(Some(Leg::Reply), Stage::LoopbackXmit),
-    ex(Some(Leg::Reply), Stage::NetifRx),
-    ex(Some(Leg::Reply), Stage::NetifReceiveSkb),
-    ex(Some(Leg::Reply), Stage::SockDeliver),
-    ex(Some(Leg::Reply), Stage::CopyToUser),
-    ex(Some(Leg::Reply), Stage::Recvmsg),
-];
-
 /// The expected stages among those this trace observes.
-pub fn expected_for(covered: &[Stage]) -> impl Iterator<Item = &'static Expected> + '_ {
-    ALWAYS.iter().filter(|e| covered.contains(&e.stage))
+pub fn expected_for(covered: &[Stage]) -> impl Iterator<Item = Expected> + '_ {
+    always().filter(|e| covered.contains(&e.stage))
 }
 
 /// The RTT starts when ping hands the request to the kernel; a send also
@@ -182,7 +179,7 @@ pub struct Masks {
 }
 
 impl Masks {
-    pub fn of<'a>(expected: impl IntoIterator<Item = &'a Expected>) -> Masks {
+    pub fn of(expected: impl IntoIterator<Item = Expected>) -> Masks {
         expected
             .into_iter()
             .fold(Masks::default(), |m, e| match e.leg {
@@ -481,12 +478,14 @@ impl Echo {
 
 #[cfg(test)]
 mod tests {
+    extern crate std;
+
     use super::*;
 
     #[test]
     fn masks_cover_each_expected_stage_once() {
-        let m = Masks::of(ALWAYS);
-        let legged = ALWAYS.iter().filter(|e| e.leg.is_some()).count();
+        let m = Masks::of(always());
+        let legged = always().filter(|e| e.leg.is_some()).count();
         assert_eq!(m.leg.count_ones() as usize, legged);
         assert_eq!(m.any, 1 << Stage::NetRxAction as u8);
         assert_ne!(
@@ -495,6 +494,35 @@ mod tests {
             "the reply's recvmsg is expected"
         );
         assert_eq!(m.leg & agg::seen_bit(false, Stage::Recvmsg as u8), 0);
+    }
+
+    #[test]
+    fn the_expected_stages_in_the_order_journeys_list_them() {
+        use Leg::{Reply as P, Request as Q};
+        use Stage as S;
+        let want = [
+            (Some(Q), S::Sendto),
+            (Some(Q), S::SockSendmsg),
+            (Some(Q), S::Route),
+            (Some(Q), S::IpOutput),
+            (Some(Q), S::DevQueueXmit),
+            (Some(Q), S::LoopbackXmit),
+            (Some(Q), S::NetifRx),
+            (None, S::NetRxAction),
+            (Some(Q), S::NetifReceiveSkb),
+            (Some(Q), S::IpRcv),
+            (Some(Q), S::IcmpRcv),
+            (Some(P), S::IcmpReply),
+            (Some(P), S::DevQueueXmit),
+            (Some(P), S::LoopbackXmit),
+            (Some(P), S::NetifRx),
+            (Some(P), S::NetifReceiveSkb),
+            (Some(P), S::SockDeliver),
+            (Some(P), S::CopyToUser),
+            (Some(P), S::Recvmsg),
+        ];
+        let got: std::vec::Vec<_> = always().map(|e| (e.leg, e.stage)).collect();
+        assert_eq!(got, want);
     }
 
     #[test]
@@ -510,7 +538,7 @@ mod tests {
 
     #[test]
     fn either_leg_satisfies_a_stage_expected_on_either() {
-        let m = Masks::of(&[Expected {
+        let m = Masks::of([Expected {
             leg: None,
             stage: Stage::NetRxAction,
         }]);

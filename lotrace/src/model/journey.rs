@@ -11,7 +11,7 @@ use lotrace_common::{
     journey::{ECHO_SOCK, Echo, End, Masks, Obs, Ran, Rules, still_expected},
 };
 
-pub use lotrace_common::journey::{ALWAYS, Expected, Leg};
+pub use lotrace_common::journey::{Expected, Leg};
 
 /// Where an event ran.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -188,9 +188,7 @@ pub fn family_name(family: u8) -> &'static str {
 
 /// The expected stages among those observed.
 pub fn expected_for(covered: &[Stage]) -> Vec<Expected> {
-    lotrace_common::journey::expected_for(covered)
-        .copied()
-        .collect()
+    lotrace_common::journey::expected_for(covered).collect()
 }
 
 type Key = (u8, u16, u16);
