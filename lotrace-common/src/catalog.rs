@@ -7,10 +7,11 @@
 
 /// Declares the stages: one entry each, in the order a packet meets them
 /// inside one leg. An entry is `Variant = id: "name", expect E, detail D,
-/// en "...", zh "...";`. The id is the number record files store: keep
-/// existing ones, add new ones at the end. `expect` says on which legs every
-/// loopback echo passes the stage ([`Expect`]), `detail` how its events
-/// carry their detail ([`DetailKind`]).
+/// en "...", zh "...";`. The id is the number events and record files
+/// carry: keep existing ones and give a new stage the next free one,
+/// wherever its entry sits. `expect` says on which legs every loopback echo
+/// passes the stage ([`Expect`]), `detail` how its events carry their
+/// detail ([`DetailKind`]).
 macro_rules! stage_table {
     ($(
         $variant:ident = $id:literal: $name:literal, expect $expect:ident, detail $detail:ident,
@@ -18,9 +19,10 @@ macro_rules! stage_table {
         zh $zh:literal;
     )*) => {
         /// A named point of the journey, the same whichever probe observed
-        /// it.
+        /// it. Stages compare in the order a packet meets them (the
+        /// table's), not by id.
         #[repr(u8)]
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
         pub enum Stage {
             $($variant = $id,)*
         }
@@ -28,11 +30,14 @@ macro_rules! stage_table {
         pub const STAGE_COUNT: usize = [$($id),*].len();
 
         impl Stage {
-            /// Every stage, in table order.
-            pub const ALL: [Stage; STAGE_COUNT] = [$(Stage::$variant),*];
+            /// Every stage, in id order.
+            pub const ALL: [Stage; STAGE_COUNT] = stages_by_id([$(Stage::$variant),*]);
+            /// Every stage, in the order a packet meets them.
+            pub const ORDER: [Stage; STAGE_COUNT] = [$(Stage::$variant),*];
         }
 
-        pub static STAGES: [StageInfo; STAGE_COUNT] = [$(
+        /// Indexed by id.
+        pub static STAGES: [StageInfo; STAGE_COUNT] = infos_by_id([$(
             StageInfo {
                 stage: Stage::$variant,
                 name: $name,
@@ -41,8 +46,65 @@ macro_rules! stage_table {
                 expect: Expect::$expect,
                 detail: DetailKind::$detail,
             },
-        )*];
+        )*]);
     };
+}
+
+/// The stages in id order. Fails the build if two share an id or the ids
+/// leave a gap.
+const fn stages_by_id<const N: usize>(order: [Stage; N]) -> [Stage; N] {
+    let mut out = order;
+    let mut filled = [false; N];
+    let mut i = 0;
+    while i < N {
+        let id = order[i] as usize;
+        assert!(id < N, "stage ids must run from 0 to the number of stages");
+        assert!(!filled[id], "two stages share an id");
+        filled[id] = true;
+        out[id] = order[i];
+        i += 1;
+    }
+    out
+}
+
+const fn infos_by_id<const N: usize>(rows: [StageInfo; N]) -> [StageInfo; N] {
+    let mut out = rows;
+    let mut i = 0;
+    while i < N {
+        out[rows[i].stage as usize] = rows[i];
+        i += 1;
+    }
+    out
+}
+
+/// Each stage's place in [`Stage::ORDER`], by id.
+const RANK: [u8; STAGE_COUNT] = {
+    let mut rank = [0u8; STAGE_COUNT];
+    let mut i = 0;
+    while i < STAGE_COUNT {
+        rank[Stage::ORDER[i] as usize] = i as u8;
+        i += 1;
+    }
+    rank
+};
+
+impl Stage {
+    /// Where a packet meets this stage within a leg, counted from 0.
+    pub const fn rank(self) -> u8 {
+        RANK[self as usize]
+    }
+}
+
+impl PartialOrd for Stage {
+    fn partial_cmp(&self, other: &Stage) -> Option<core::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Stage {
+    fn cmp(&self, other: &Stage) -> core::cmp::Ordering {
+        self.rank().cmp(&other.rank())
+    }
 }
 
 /// On which legs every loopback echo passes a stage, when something
@@ -109,7 +171,7 @@ pub enum DetailKind {
 }
 
 /// What the catalog knows of one stage.
-#[derive(Debug)]
+#[derive(Clone, Copy, Debug)]
 pub struct StageInfo {
     pub stage: Stage,
     /// The stage's name in reports and JSON.

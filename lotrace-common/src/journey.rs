@@ -10,7 +10,7 @@
 
 use crate::{
     agg::{self, counters},
-    catalog::{Expect, STAGE_COUNT, STAGES, Stage},
+    catalog::{Expect, STAGE_COUNT, Stage},
 };
 
 /// The direction of a packet within an echo.
@@ -47,7 +47,7 @@ pub struct Expected {
 /// leg's, from where the reply begins.
 pub fn always() -> impl Iterator<Item = Expected> {
     let on = |pick: fn(Expect) -> Option<Option<Leg>>| {
-        STAGES.iter().filter_map(move |s| {
+        Stage::ORDER.iter().map(|s| s.info()).filter_map(move |s| {
             pick(s.expect).map(|leg| Expected {
                 leg,
                 stage: s.stage,

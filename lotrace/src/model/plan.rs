@@ -296,7 +296,7 @@ pub fn plan(caps: &Caps, choice: BackendChoice) -> Plan {
         .collect();
     let mut stages = Vec::new();
     let mut errors = Vec::new();
-    for stage in Stage::ALL {
+    for stage in Stage::ORDER {
         let mut candidates: Vec<Candidate> = stage
             .probes()
             .map(|p| Candidate {
