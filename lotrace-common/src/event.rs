@@ -228,7 +228,7 @@ pub struct Config {
     pub summary_only: u8,
     /// The reply stage that ends an answered echo, for aggregation.
     pub close_stage: u8,
-    pub _pad: [u8; 6],
+    pub _pad: [u8; CONFIG_PAD],
     /// Bit `p` of `ret_probes[p / 64]`: probe `p` observes a return.
     pub ret_probes: [u64; 2],
     /// [`crate::agg::seen_bit`]s every answered echo should have.
@@ -237,7 +237,11 @@ pub struct Config {
     pub expect_any: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<Config>() == 136);
+/// Explicit padding before `ret_probes`, whatever the number of tracepoint
+/// fields: the loader writes `Config` as bytes, so it must have no hole.
+const CONFIG_HEAD: usize = 7 * 4 + 2 * TP_FIELD_COUNT + 4;
+pub const CONFIG_PAD: usize = (8 - CONFIG_HEAD % 8) % 8;
+const _: () = assert!(core::mem::size_of::<Config>() == CONFIG_HEAD + CONFIG_PAD + 4 * 8);
 
 impl Config {
     pub const fn zeroed() -> Config {
@@ -254,7 +258,7 @@ impl Config {
             backlog_probe: 0,
             summary_only: 0,
             close_stage: 0,
-            _pad: [0; 6],
+            _pad: [0; CONFIG_PAD],
             ret_probes: [0; 2],
             expect_leg: 0,
             expect_any: 0,
