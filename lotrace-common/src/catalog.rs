@@ -237,6 +237,9 @@ stage_table! {
     CopyToUser = 16: "copy_to_user", expect Reply, detail Bytes,
         en "recvmsg copies the reply from the socket's queue into ping's buffer.",
         zh "recvmsg 把应答从套接字队列复制到 ping 的缓冲区。";
+    SockRecvmsg = 20: "sock_recvmsg", expect Reply, detail SyscallReturn,
+        en "The socket layer's recvmsg returns: the protocol (raw_recvmsg or ping_recvmsg) has taken the reply off the socket's queue and copied it.",
+        zh "套接字层的 recvmsg 返回：协议（raw_recvmsg 或 ping_recvmsg）已经把应答从套接字队列取出并复制完毕。";
     Recvmsg = 17: "recvmsg", expect Reply, detail SyscallReturn,
         en "The receive system call (recvmsg, or recvfrom for busybox's ping) returns the reply to ping, which prints its line.",
         zh "接收系统调用（recvmsg，busybox 的 ping 用 recvfrom）把应答返回给 ping，ping 打印出一行结果。";
@@ -399,6 +402,14 @@ macro_rules! probe_table {
             FeCopyDatagram       = 59: fe_copy_datagram           fentry[skb_copy_datagram_iter]                  (skb: 0, len: 3)                              -> CopyToUser 0              => recv::skb_copy_datagram_iter;
 
             // busybox's ping receives with recvfrom.
+            // The socket layer's recvmsg returning; the family's recvmsg (an
+            // ops pointer, never inlined) for function probes.
+            SockRecvLength       = 76: tp_sock_recv_length        tracepoint(sock:sock_recv_length)               {SockRecvRet: ret}                            -> SockRecvmsg 0 at_return   => recv::sock_recv_length;
+            KrSockRecvmsg        = 77: kr_sock_recvmsg            kretprobe[inet_recvmsg]                                                                       -> SockRecvmsg 0             => recv::recvmsg_return;
+            KrInet6Recvmsg       = 78: kr_inet6_recvmsg           kretprobe[inet6_recvmsg]                                                                      -> SockRecvmsg 1             => recv::recvmsg_return;
+            FxSockRecvmsg        = 79: fx_sock_recvmsg            fexit[inet_recvmsg]                                                                           -> SockRecvmsg 0             => recv::recvmsg_return;
+            FxInet6Recvmsg       = 80: fx_inet6_recvmsg           fexit[inet6_recvmsg]                                                                          -> SockRecvmsg 1             => recv::recvmsg_return;
+
             SysExitRecvmsg       = 18: tp_sys_exit_recvmsg        tracepoint(syscalls:sys_exit_recvmsg)           {RecvmsgRet: ret}                             -> Recvmsg 0 at_return       => recv::sys_exit_recv;
             SysExitRecvfrom      = 60: tp_sys_exit_recvfrom       tracepoint(syscalls:sys_exit_recvfrom)          {RecvfromRet: ret}                            -> Recvmsg 1 at_return       => recv::sys_exit_recv;
 

@@ -519,6 +519,7 @@ mod tests {
             (Some(P), S::NetifReceiveSkb),
             (Some(P), S::SockDeliver),
             (Some(P), S::CopyToUser),
+            (Some(P), S::SockRecvmsg),
             (Some(P), S::Recvmsg),
         ];
         let got: std::vec::Vec<_> = always().map(|e| (e.leg, e.stage)).collect();

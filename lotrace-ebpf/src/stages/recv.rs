@@ -6,7 +6,7 @@ use lotrace_common::{ProbeId, Stage, TpField, event::is_echo_reply};
 
 use crate::{
     emit::emit,
-    filter::{is_target, is_tracked, parse_skb, set_ctx, take_ctx, tgid_tid},
+    filter::{get_ctx, is_target, is_tracked, parse_skb, set_ctx, take_ctx, tgid_tid},
     kernel::field,
     maps::RECV_CTX,
     seen::at,
@@ -49,6 +49,35 @@ pub(crate) fn skb_copy_datagram_iovec(
 #[inline(always)]
 pub(crate) fn skb_copy_datagram_iter<C: EbpfContext>(ctx: &C, probe: ProbeId, skb: u64, len: u64) {
     copy(ctx, skb, probe, len as i32 as i64);
+}
+
+/// The socket layer's recvmsg returns the reply its copy took out; the
+/// system call returns it next, so the context stays.
+#[inline(always)]
+fn sock_recvmsg<C: EbpfContext>(ctx: &C, probe: ProbeId, ret: i64) {
+    let (tgid, tid) = tgid_tid();
+    if !is_target(tgid) {
+        return;
+    }
+    let Some(key) = get_ctx(&RECV_CTX, tid) else {
+        return;
+    };
+    emit(
+        ctx,
+        &key,
+        at(Stage::SockRecvmsg, probe, 0, ret.max(0) as u32, ret as u64),
+    );
+}
+
+#[inline(always)]
+pub(crate) fn sock_recv_length(ctx: &TracePointContext, probe: ProbeId, ret: TpField) {
+    let ret = field::<i32>(ctx, ret).unwrap_or(0);
+    sock_recvmsg(ctx, probe, ret as i64);
+}
+
+#[inline(always)]
+pub(crate) fn recvmsg_return<C: EbpfContext>(ctx: &C, probe: ProbeId, ret: i64) {
+    sock_recvmsg(ctx, probe, ret);
 }
 
 /// The receive system call returns the reply its copy took out.

@@ -605,6 +605,7 @@ pub(crate) mod tests {
                 true,
                 seq,
             ),
+            ev(base + 12300, S::SockRecvmsg, P::SockRecvLength, true, seq),
             ev(base + 12500, S::Recvmsg, P::SysExitRecvmsg, true, seq),
         ]
     }
@@ -622,13 +623,13 @@ pub(crate) mod tests {
     fn builds_a_loopback_echo() {
         let j = build_journey(echo(1, 1_000_000), &expected_for(&all_probes()));
         assert_eq!(j.icmp_seq, 1);
-        assert_eq!(j.hops.len(), 21);
+        assert_eq!(j.hops.len(), 22);
         assert!(j.complete(), "missing {:?}", j.missing);
         assert_eq!(j.rtt_ns, Some(6400));
         assert_eq!(j.total_ns, 12500);
         assert_eq!(j.hops.iter().map(|h| h.delta_ns).sum::<u64>(), j.total_ns);
         assert_eq!(j.leg(Leg::Request).count(), 11);
-        assert_eq!(j.leg(Leg::Reply).count(), 10);
+        assert_eq!(j.leg(Leg::Reply).count(), 11);
         let s = j.softirq[0].as_ref().unwrap();
         assert_eq!(s.context, Context::SoftirqInline);
         assert_eq!(j.hops[0].t_ns, 0);

@@ -241,7 +241,7 @@ mod tests {
         assert_eq!(ev["t_ns"], 0);
         assert_eq!(ev["probe"], "tracepoint:syscalls:sys_enter_sendto");
         assert_eq!(ev["context"], "task");
-        assert_eq!(v["legs"][1]["events"].as_array().unwrap().len(), 10);
+        assert_eq!(v["legs"][1]["events"].as_array().unwrap().len(), 11);
         // One line of JSON per journey.
         assert!(!v.to_string().contains('\n'));
     }

@@ -310,7 +310,7 @@ mod tests {
         assert!(t.contains("icmp_seq=1"));
         assert!(t.contains("kernel RTT 6.40 µs · ping said 45.00 µs"));
         assert_eq!(t.matches("\n   request ").count(), 11);
-        assert_eq!(t.matches("\n   reply ").count(), 10);
+        assert_eq!(t.matches("\n   reply ").count(), 11);
         assert!(t.contains("loopback_xmit ↩"));
         assert!(t.contains("inline in ping/100 on CPU 2"));
         assert!(!t.contains("incomplete"));
