@@ -10,6 +10,7 @@
 pub mod agg;
 pub mod catalog;
 pub mod event;
+pub mod order;
 
 pub use catalog::{ProbeId, Stage, TpField};
 pub use event::{Config, CpuState, Event, PktKey};

@@ -11,32 +11,6 @@ use std::{
 use common::*;
 use serde_json::Value;
 
-const REQUEST_ORDER: &[&str] = &[
-    "sendto",
-    "route",
-    "dev_queue_xmit",
-    "loopback_xmit",
-    "netif_rx",
-    "netif_receive_skb",
-];
-const REPLY_ORDER: &[&str] = &[
-    "route",
-    "dev_queue_xmit",
-    "loopback_xmit",
-    "netif_rx",
-    "netif_receive_skb",
-    "sock_deliver",
-    "copy_to_user",
-    "recvmsg",
-];
-const CARD_STAGES: &[&str] = &[
-    "sock_sendmsg",
-    "dev_queue_xmit",
-    "loopback_xmit",
-    "netif_rx",
-    "net_rx_action",
-];
-
 fn require_root() {
     assert!(
         is_root(),
@@ -62,20 +36,7 @@ fn check_journey(j: &Value) {
         j["missing"]
     );
     assert_eq!(j["family"], "ipv4");
-    let req = leg_stages(j, "request");
-    let rep = leg_stages(j, "reply");
-    assert!(
-        in_order(&req, REQUEST_ORDER),
-        "seq {seq} request order: {req:?}"
-    );
-    assert!(
-        in_order(&rep, REPLY_ORDER),
-        "seq {seq} reply order: {rep:?}"
-    );
-    let both: Vec<&str> = req.iter().chain(rep.iter()).copied().collect();
-    for s in CARD_STAGES {
-        assert!(both.contains(s), "seq {seq} lacks {s}: {both:?}");
-    }
+    check_stage_orders(j);
     // Deltas: non-negative, and in time order they add up to the total.
     let mut evs = all_events(j);
     evs.sort_by_key(|e| e["t_ns"].as_i64().unwrap());
