@@ -4,6 +4,7 @@
 
 use std::{
     collections::BTreeSet,
+    io::Write as _,
     process::{Command, Output},
     sync::{Mutex, MutexGuard},
 };
@@ -27,6 +28,26 @@ pub fn kernel_lock() -> MutexGuard<'static, ()> {
 pub fn is_root() -> bool {
     // SAFETY: no preconditions.
     unsafe { libc::geteuid() == 0 }
+}
+
+/// For a test that loads eBPF programs: true, after saying so in one line,
+/// when it cannot run here and must return at once.
+pub fn skip_without_root() -> bool {
+    if is_root() {
+        return false;
+    }
+    let test = std::thread::current()
+        .name()
+        .filter(|n| *n != "main")
+        .unwrap_or("a test")
+        .to_string();
+    // Written to stderr itself: the test harness hides what a passing test
+    // prints through eprintln!.
+    let _ = writeln!(
+        std::io::stderr(),
+        "{test}: skipped: needs root to load eBPF programs (run `cargo xtask test` as root)"
+    );
+    true
 }
 
 pub fn lotrace(args: &[&str]) -> Output {
