@@ -11,6 +11,7 @@ pub mod agg;
 pub mod catalog;
 pub mod event;
 pub mod journey;
+pub mod order;
 pub mod probes;
 
 pub use catalog::{ProbeId, Stage, TpField};

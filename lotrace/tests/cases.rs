@@ -12,13 +12,6 @@ use std::{
 use common::*;
 use serde_json::Value;
 
-fn require_root() {
-    assert!(
-        is_root(),
-        "the integration tests load eBPF programs: run them as root (cargo xtask test)"
-    );
-}
-
 fn sh(args: &[&str]) {
     let st = Command::new(args[0])
         .args(&args[1..])
@@ -108,7 +101,9 @@ fn answered(lines: &[Value], n: usize, family: &str) {
 
 #[test]
 fn ipv6_loopback() {
-    require_root();
+    if skip_without_root() {
+        return;
+    }
     let _k = kernel_lock();
     let (lines, _) = trace_json(&["ping", "-c", "3", "-i", "0.2", "::1"]);
     answered(&lines, 3, "ipv6");
@@ -124,7 +119,9 @@ fn ipv6_loopback() {
 
 #[test]
 fn localhost_says_where_its_address_comes_from() {
-    require_root();
+    if skip_without_root() {
+        return;
+    }
     let _k = kernel_lock();
     let (lines, err) = trace_json(&["ping", "-c", "2", "-i", "0.2", "localhost"]);
     assert!(err.contains("localhost resolves to"), "{err}");
@@ -152,7 +149,9 @@ fn localhost_says_where_its_address_comes_from() {
 
 #[test]
 fn zero_address_is_routed_to_loopback() {
-    require_root();
+    if skip_without_root() {
+        return;
+    }
     let _k = kernel_lock();
     let (lines, _) = trace_json(&["ping", "-c", "2", "-i", "0.2", "0.0.0.0"]);
     answered(&lines, 2, "ipv4");
@@ -160,7 +159,9 @@ fn zero_address_is_routed_to_loopback() {
 
 #[test]
 fn a_local_non_loopback_address_goes_through_lo() {
-    require_root();
+    if skip_without_root() {
+        return;
+    }
     let _k = kernel_lock();
     let ns = Netns::new("local");
     ns.exec(&[
@@ -178,7 +179,9 @@ fn a_local_non_loopback_address_goes_through_lo() {
 
 #[test]
 fn raw_and_datagram_sockets_are_told_apart() {
-    require_root();
+    if skip_without_root() {
+        return;
+    }
     let _k = kernel_lock();
     let (lines, _) = trace_json(&["ping", "-c", "2", "-i", "0.2", "127.0.0.1"]);
     for j in journeys(&lines) {
@@ -197,7 +200,9 @@ fn raw_and_datagram_sockets_are_told_apart() {
 
 #[test]
 fn drops_say_where_and_why() {
-    require_root();
+    if skip_without_root() {
+        return;
+    }
     let _k = kernel_lock();
     let ns = Netns::new("drop");
     let dir = tempfile::tempdir().unwrap();
@@ -278,7 +283,9 @@ impl Drop for Load {
 /// ksoftirqd/1. Bounded: a few attempts of a few seconds.
 #[test]
 fn a_ksoftirqd_handoff_is_seen_for_real() {
-    require_root();
+    if skip_without_root() {
+        return;
+    }
     let _k = kernel_lock();
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     assert!(cpus >= 2, "a handoff to another CPU needs two CPUs");
@@ -374,7 +381,9 @@ fn a_ksoftirqd_handoff_is_seen_for_real() {
 
 #[test]
 fn explain_hist_and_perfetto() {
-    require_root();
+    if skip_without_root() {
+        return;
+    }
     let _k = kernel_lock();
     let dir = tempfile::tempdir().unwrap();
     let pf = dir.path().join("trace.json");
@@ -414,7 +423,9 @@ fn explain_hist_and_perfetto() {
 
 #[test]
 fn compare_puts_the_targets_side_by_side() {
-    require_root();
+    if skip_without_root() {
+        return;
+    }
     let _k = kernel_lock();
     let out = lotrace(&["compare", "-c", "2", "--format", "json"]);
     assert!(

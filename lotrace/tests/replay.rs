@@ -28,38 +28,7 @@ fn replays_a_recorded_trace_as_json() {
     for (i, j) in js.iter().enumerate() {
         assert_eq!(j["icmp_seq"], i as u64 + 1);
         assert_eq!(j["complete"], true, "{}", j["missing"]);
-        let req = leg_stages(j, "request");
-        let rep = leg_stages(j, "reply");
-        assert!(
-            in_order(
-                &req,
-                &[
-                    "sendto",
-                    "route",
-                    "dev_queue_xmit",
-                    "loopback_xmit",
-                    "netif_rx",
-                    "net_rx_action",
-                    "netif_receive_skb"
-                ]
-            ),
-            "{req:?}"
-        );
-        assert!(
-            in_order(
-                &rep,
-                &[
-                    "dev_queue_xmit",
-                    "loopback_xmit",
-                    "netif_rx",
-                    "netif_receive_skb",
-                    "sock_deliver",
-                    "copy_to_user",
-                    "recvmsg"
-                ]
-            ),
-            "{rep:?}"
-        );
+        check_stage_orders(j);
         let rtt = j["rtt_ns"].as_u64().unwrap();
         let ping = j["ping_rtt_ns"].as_u64().unwrap();
         assert!(rtt <= ping + 1_000, "kernel RTT {rtt} vs ping {ping}");

@@ -11,39 +11,6 @@ use std::{
 use common::*;
 use serde_json::Value;
 
-const REQUEST_ORDER: &[&str] = &[
-    "sendto",
-    "route",
-    "dev_queue_xmit",
-    "loopback_xmit",
-    "netif_rx",
-    "netif_receive_skb",
-];
-const REPLY_ORDER: &[&str] = &[
-    "route",
-    "dev_queue_xmit",
-    "loopback_xmit",
-    "netif_rx",
-    "netif_receive_skb",
-    "sock_deliver",
-    "copy_to_user",
-    "recvmsg",
-];
-const CARD_STAGES: &[&str] = &[
-    "sock_sendmsg",
-    "dev_queue_xmit",
-    "loopback_xmit",
-    "netif_rx",
-    "net_rx_action",
-];
-
-fn require_root() {
-    assert!(
-        is_root(),
-        "the integration tests load eBPF programs: run them as root (cargo xtask test)"
-    );
-}
-
 fn all_events(j: &Value) -> Vec<&Value> {
     j["legs"]
         .as_array()
@@ -62,20 +29,7 @@ fn check_journey(j: &Value) {
         j["missing"]
     );
     assert_eq!(j["family"], "ipv4");
-    let req = leg_stages(j, "request");
-    let rep = leg_stages(j, "reply");
-    assert!(
-        in_order(&req, REQUEST_ORDER),
-        "seq {seq} request order: {req:?}"
-    );
-    assert!(
-        in_order(&rep, REPLY_ORDER),
-        "seq {seq} reply order: {rep:?}"
-    );
-    let both: Vec<&str> = req.iter().chain(rep.iter()).copied().collect();
-    for s in CARD_STAGES {
-        assert!(both.contains(s), "seq {seq} lacks {s}: {both:?}");
-    }
+    check_stage_orders(j);
     // Deltas: non-negative, and in time order they add up to the total.
     let mut evs = all_events(j);
     evs.sort_by_key(|e| e["t_ns"].as_i64().unwrap());
@@ -117,7 +71,9 @@ fn check_rtt(j: &Value) {
 
 #[test]
 fn five_pings_give_five_journeys_and_record_replays_them() {
-    require_root();
+    if skip_without_root() {
+        return;
+    }
     let _k = kernel_lock();
     let before = lotrace_programs();
     let dir = tempfile::tempdir().unwrap();
@@ -179,7 +135,9 @@ fn five_pings_give_five_journeys_and_record_replays_them() {
 
 #[test]
 fn a_concurrent_flood_adds_nothing() {
-    require_root();
+    if skip_without_root() {
+        return;
+    }
     let _k = kernel_lock();
     // Bounded by count and by deadline.
     let mut flood = Command::new("ping")
@@ -263,7 +221,9 @@ fn summary_rows(s: &Value) -> std::collections::BTreeMap<(String, String, bool),
 
 #[test]
 fn summary_only_aggregates_in_the_kernel_what_the_stream_shows() {
-    require_root();
+    if skip_without_root() {
+        return;
+    }
     let _k = kernel_lock();
     let before = lotrace_programs();
     let ping = ["ping", "-c", "5", "-i", "0.2", "127.0.0.1"];
@@ -328,7 +288,9 @@ fn summary_only_aggregates_in_the_kernel_what_the_stream_shows() {
 
 #[test]
 fn text_output_shows_timelines_and_the_summary() {
-    require_root();
+    if skip_without_root() {
+        return;
+    }
     let _k = kernel_lock();
     let out = lotrace(&["trace", "ping", "-c", "2", "-i", "0.2", "127.0.0.1"]);
     assert!(
@@ -359,27 +321,34 @@ fn one_line_error(out: &std::process::Output, want: &str) {
 
 #[test]
 fn not_root_is_refused_in_one_line() {
-    require_root();
-    // A copy the unprivileged user can reach, wherever the checkout is.
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let bin = dir.path().join("lotrace");
-    std::fs::copy(BIN, &bin).unwrap();
-    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let args = ["trace", "ping", "-c", "1", "127.0.0.1"];
     let start = Instant::now();
-    let out = Command::new(&bin)
-        .args(["trace", "ping", "-c", "1", "127.0.0.1"])
-        .uid(65534)
-        .gid(65534)
-        .output()
-        .unwrap();
+    let out = if is_root() {
+        // Run as nobody, from a copy that user can reach wherever the
+        // checkout is.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let bin = dir.path().join("lotrace");
+        std::fs::copy(BIN, &bin).unwrap();
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        Command::new(&bin)
+            .args(args)
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap()
+    } else {
+        lotrace(&args)
+    };
     assert!(start.elapsed() < Duration::from_secs(30));
     one_line_error(&out, "needs root");
 }
 
 #[test]
 fn probes_explains_what_this_kernel_allows() {
-    require_root();
+    if skip_without_root() {
+        return;
+    }
     let _k = kernel_lock();
     let before = lotrace_programs();
     let out = lotrace(&["probes", "--format", "json"]);

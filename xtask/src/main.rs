@@ -4,6 +4,7 @@ use std::{
     ffi::OsString,
     path::{Path, PathBuf},
     process::{Command, ExitCode},
+    time::Instant,
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -68,7 +69,7 @@ enum Cmd {
     /// Example: cargo xtask vm --kernel 6.12 -- trace --backend kprobe --format json ping -c 3 127.0.0.1
     Vm {
         /// The kernel series: the newest Debian cloud kernel of it is used.
-        #[arg(long, value_parser = ["6.1", "6.12"])]
+        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(vm::SERIES))]
         kernel: String,
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         args: Vec<String>,
@@ -77,6 +78,23 @@ enum Cmd {
     /// integration tests that trace real pings (as root), the fuzz target
     /// for a bounded time, and the kernel matrix under qemu.
     Test,
+    /// Only the kernel matrix of `test`: boot each Debian kernel under qemu
+    /// and check, in each, `lotrace probes` and a traced ping with every
+    /// backend and with --summary-only.
+    ///
+    /// Prints each guest's time, and says when a guest hung (printed
+    /// nothing for a minute) and was booted again. Needs no root once qemu
+    /// is installed.
+    ///
+    /// Example: cargo xtask matrix --kernel 6.1 --rounds 5
+    Matrix {
+        /// A kernel series to boot (repeatable; all of them by default).
+        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(vm::SERIES))]
+        kernel: Vec<String>,
+        /// How many times to run the matrix, back to back.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+        rounds: u32,
+    },
     /// What tracing costs: interleaved rounds of a ping flood untraced,
     /// under lotrace and under a counting-only bpftrace on the same probes;
     /// then a long traced flood to watch lotrace's memory (as root).
@@ -101,6 +119,7 @@ fn main() -> ExitCode {
         Cmd::Run { args } => run(args),
         Cmd::Vm { kernel, args } => vm_run(&kernel, args),
         Cmd::Test => test().map(|_| 0),
+        Cmd::Matrix { kernel, rounds } => matrix_run(&kernel, rounds).map(|_| 0),
         Cmd::Bench {
             count,
             rounds,
@@ -368,8 +387,8 @@ fn vm_run(kernel: &str, args: Vec<String>) -> Result<u8> {
     setup()?;
     install_packages(VM_PACKAGES)?;
     let bin = build()?;
-    let runs = vm::boot(kernel, &bin, &[args], true)?;
-    Ok(runs[0].exit.clamp(0, 255) as u8)
+    let guest = vm::boot(kernel, &bin, &[args], true)?;
+    Ok(guest.runs[0].exit.clamp(0, 255) as u8)
 }
 
 fn test() -> Result<()> {
@@ -395,15 +414,69 @@ fn test() -> Result<()> {
     status(cargo().args(["test", "--workspace"]))?;
     fuzz_record(FUZZ_SECONDS)?;
     let bin = build()?;
-    for series in vm::SERIES {
-        println!(
-            "xtask: kernel matrix: Debian {series} under qemu, backends {}",
-            matrix::BACKENDS.join(", ")
-        );
-        let results = vm::boot(series, &bin, &matrix::runs(), false)?;
-        matrix::check_guest(series, &results)?;
-        println!("xtask: kernel matrix: {series} passed");
-    }
+    kernel_matrix(&bin, vm::SERIES, 1)?;
     println!("xtask: all tests passed");
+    Ok(())
+}
+
+fn matrix_run(kernels: &[String], rounds: u32) -> Result<()> {
+    setup()?;
+    install_packages(VM_PACKAGES)?;
+    let bin = build()?;
+    let series: Vec<&str> = if kernels.is_empty() {
+        vm::SERIES.to_vec()
+    } else {
+        kernels.iter().map(|k| k.as_str()).collect()
+    };
+    kernel_matrix(&bin, &series, rounds)
+}
+
+/// Boots each kernel series in turn, `rounds` times over, and checks its
+/// journeys; says how long each guest took and which had to be retried.
+fn kernel_matrix(bin: &Path, series: &[&str], rounds: u32) -> Result<()> {
+    let mut times = Vec::new();
+    for round in 1..=rounds {
+        let of = if rounds > 1 {
+            format!(" (round {round} of {rounds})")
+        } else {
+            String::new()
+        };
+        let start = Instant::now();
+        let mut retried = Vec::new();
+        for s in series {
+            println!(
+                "xtask: kernel matrix{of}: Debian {s} under qemu, backends {}",
+                matrix::BACKENDS.join(", ")
+            );
+            let t = Instant::now();
+            let guest = vm::boot(s, bin, &matrix::runs(), false)?;
+            matrix::check_guest(s, &guest.runs)?;
+            let retry = if guest.retried {
+                retried.push(*s);
+                ", booted twice: the first boot hung"
+            } else {
+                ""
+            };
+            println!(
+                "xtask: kernel matrix: {s} passed in {:.0} s{retry}",
+                t.elapsed().as_secs_f64()
+            );
+        }
+        times.push((start.elapsed(), retried));
+    }
+    if rounds > 1 {
+        println!(
+            "xtask: kernel matrix: {rounds} rounds of {}",
+            series.join(", ")
+        );
+        for (i, (t, retried)) in times.iter().enumerate() {
+            let retried = if retried.is_empty() {
+                "no retry".to_string()
+            } else {
+                format!("retried {}", retried.join(", "))
+            };
+            println!("  round {}: {:.0} s, {retried}", i + 1, t.as_secs_f64());
+        }
+    }
     Ok(())
 }

@@ -2,18 +2,10 @@
 //! backend and check the journeys.
 
 use anyhow::{Context as _, Result, bail, ensure};
+use lotrace_common::order::CARD;
 use serde_json::Value;
 
 use crate::vm::Run;
-
-/// The stages the design card names, in the order a request meets them.
-const CARD: &[&str] = &[
-    "sock_sendmsg",
-    "dev_queue_xmit",
-    "loopback_xmit",
-    "netif_rx",
-    "net_rx_action",
-];
 
 pub const BACKENDS: &[&str] = &["kprobe", "fentry", "tracepoint"];
 pub const PINGS: usize = 3;
@@ -89,7 +81,7 @@ pub fn check_trace(run: &Run, backend: &str) -> Result<()> {
     };
     let card: Vec<&str> = CARD
         .iter()
-        .copied()
+        .map(|s| s.name())
         .filter(|s| backend != "tracepoint" || observed(s))
         .collect();
     let journeys: Vec<&Value> = lines.iter().filter(|v| v["type"] == "journey").collect();
@@ -189,8 +181,8 @@ pub fn check_summary_only(run: &Run) -> Result<()> {
         .iter()
         .filter_map(|r| r["stage"].as_str())
         .collect();
-    for stage in CARD {
-        ensure!(stages.contains(stage), "no {stage} row: {stages:?}");
+    for stage in CARD.iter().map(|s| s.name()) {
+        ensure!(stages.contains(&stage), "no {stage} row: {stages:?}");
     }
     Ok(())
 }

@@ -6,6 +6,10 @@ use std::{
     io::{BufRead, BufReader, Write},
     path::{Path, PathBuf},
     process::{Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -254,8 +258,15 @@ mount -t bpf bpf /sys/fs/bpf
 ip link set lo up
 stty -F /dev/ttyS1 raw -echo
 stty -F /dev/ttyS2 raw -echo
+stty -F /dev/ttyS3 raw -echo
 ",
     );
+    // A sign of life from user space, which a hung kernel stops: the host
+    // kills a guest that goes quiet. Bounded by the host's deadline.
+    s.push_str(&format!(
+        "(i=0; while [ $i -lt {} ]; do echo $i; i=$((i+1)); sleep {HEARTBEAT}; done) > /dev/ttyS3 &\n",
+        DEADLINE.as_secs() / HEARTBEAT + 1
+    ));
     for (i, args) in runs.iter().enumerate() {
         let args: Vec<String> = args.iter().map(|a| shell_quote(a)).collect();
         s.push_str(&format!(
@@ -300,55 +311,168 @@ fn initramfs(lotrace: &Path, runs: &[Vec<String>]) -> Result<Vec<u8>> {
     Ok(c.finish())
 }
 
+/// A guest's whole run, at most, hung or not.
+const DEADLINE: Duration = Duration::from_secs(600);
+/// How long a guest may stay silent (no heartbeat, no output) before it
+/// is taken for hung and killed.
+const SILENCE: Duration = Duration::from_secs(60);
+/// How often the guest's init says it is alive, in seconds.
+const HEARTBEAT: u64 = 5;
+/// Console lines quoted when a guest fails.
+const TAIL_LINES: usize = 20;
+
+/// What one guest gave: each lotrace invocation's output, and whether it
+/// had to be booted a second time because the first boot hung.
+pub struct Guest {
+    pub runs: Vec<Run>,
+    pub retried: bool,
+}
+
 /// Boots `series` and runs lotrace once per entry of `runs`. With
-/// `stream`, each stdout line is printed as it arrives.
-pub fn boot(series: &str, lotrace: &Path, runs: &[Vec<String>], stream: bool) -> Result<Vec<Run>> {
+/// `stream`, each stdout line is printed as it arrives. A guest that hangs
+/// is killed after [`SILENCE`] and booted once more.
+pub fn boot(series: &str, lotrace: &Path, runs: &[Vec<String>], stream: bool) -> Result<Guest> {
     let vmlinuz = kernel(series)?;
     let dir = vm_dir().join(format!("run-{series}"));
     std::fs::create_dir_all(&dir)?;
     let initrd = dir.join("initramfs.cpio");
     std::fs::write(&initrd, initramfs(lotrace, runs)?)?;
-    let console = dir.join("console.log");
-    let stderr_log = dir.join("stderr.log");
+    let guest = Paths::new(&dir);
+    let mut retried = false;
+    loop {
+        let results = match boot_once(&vmlinuz, &initrd, &guest, stream)? {
+            Ended::PoweredOff(results) => results,
+            Ended::Killed(Verdict::Silent) if !retried => {
+                let kept = dir.join("console.hung.log");
+                let _ = std::fs::rename(&guest.console, &kept);
+                eprintln!(
+                    "xtask: the {series} guest printed nothing for {}s and was killed; \
+                     booting it once more (its console is kept in {})",
+                    SILENCE.as_secs(),
+                    kept.display()
+                );
+                retried = true;
+                continue;
+            }
+            Ended::Killed(v) => bail!(
+                "the {series} guest {}{}; the last lines of its console ({}):\n{}",
+                v.describe(),
+                if retried {
+                    ", on its second boot too"
+                } else {
+                    ""
+                },
+                guest.console.display(),
+                tail(
+                    &String::from_utf8_lossy(&std::fs::read(&guest.console).unwrap_or_default()),
+                    TAIL_LINES
+                )
+            ),
+        };
+        if results.len() != runs.len() {
+            bail!(
+                "the {series} guest ran {} of {} lotrace invocations; the last lines of its console ({}):\n{}",
+                results.len(),
+                runs.len(),
+                guest.console.display(),
+                tail(
+                    &String::from_utf8_lossy(&std::fs::read(&guest.console).unwrap_or_default()),
+                    TAIL_LINES
+                )
+            );
+        }
+        return Ok(Guest {
+            runs: results,
+            retried,
+        });
+    }
+}
+
+/// Where one guest's serial ports are written.
+struct Paths {
+    console: PathBuf,
+    stderr: PathBuf,
+    heartbeat: PathBuf,
+}
+
+impl Paths {
+    fn new(dir: &Path) -> Paths {
+        Paths {
+            console: dir.join("console.log"),
+            stderr: dir.join("stderr.log"),
+            heartbeat: dir.join("heartbeat.log"),
+        }
+    }
+}
+
+enum Ended {
+    PoweredOff(Vec<Run>),
+    Killed(Verdict),
+}
+
+/// The qemu machine every guest runs on.
+const MACHINE: &[&str] = &["-accel", "tcg", "-cpu", "max", "-m", "1024", "-smp", "2"];
+
+fn boot_once(vmlinuz: &Path, initrd: &Path, guest: &Paths, stream: bool) -> Result<Ended> {
     let mut child = Command::new("qemu-system-x86_64")
-        .args(["-accel", "tcg", "-cpu", "max", "-m", "1024", "-smp", "2"])
+        .args(MACHINE)
         .arg("-kernel")
-        .arg(&vmlinuz)
+        .arg(vmlinuz)
         .arg("-initrd")
-        .arg(&initrd)
+        .arg(initrd)
         .args(["-append", "console=ttyS0 quiet panic=-1"])
         .args(["-display", "none", "-monitor", "none", "-no-reboot"])
         .arg("-serial")
-        .arg(format!("file:{}", console.display()))
+        .arg(format!("file:{}", guest.console.display()))
         .args(["-serial", "stdio"])
         .arg("-serial")
-        .arg(format!("file:{}", stderr_log.display()))
+        .arg(format!("file:{}", guest.stderr.display()))
+        .arg("-serial")
+        .arg(format!("file:{}", guest.heartbeat.display()))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .context("cannot start qemu-system-x86_64")?;
     let stdout = child.stdout.take().context("qemu stdout")?;
-    // The guest powers off when done; a hung guest is killed.
     let pid = child.id();
-    let deadline = Duration::from_secs(600);
-    let watchdog = std::thread::spawn(move || {
-        let start = Instant::now();
-        while start.elapsed() < deadline {
-            std::thread::sleep(Duration::from_millis(200));
-            if std::fs::metadata(format!("/proc/{pid}")).is_err() {
-                return false;
+    // Bytes read from the guest's stdout so far: one of the signs of life
+    // the watchdog follows.
+    let read = Arc::new(AtomicU64::new(0));
+    let watchdog = {
+        let read = Arc::clone(&read);
+        let files = [guest.stderr.clone(), guest.heartbeat.clone()];
+        std::thread::spawn(move || {
+            let start = Instant::now();
+            let mut watch = Watch::new(SILENCE, DEADLINE);
+            loop {
+                std::thread::sleep(Duration::from_millis(200));
+                if std::fs::metadata(format!("/proc/{pid}")).is_err() {
+                    return Verdict::Running;
+                }
+                // The kernel's console is not a sign of life: a hung guest
+                // keeps printing its soft lockup reports there.
+                let seen = read.load(Ordering::Relaxed)
+                    + files
+                        .iter()
+                        .map(|f| std::fs::metadata(f).map_or(0, |m| m.len()))
+                        .sum::<u64>();
+                let v = watch.observe(start.elapsed(), seen);
+                if v != Verdict::Running {
+                    // SAFETY: kill has no memory-safety preconditions; the
+                    // pid is our unreaped child's.
+                    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                    return v;
+                }
             }
-        }
-        // SAFETY: kill has no memory-safety preconditions.
-        unsafe { libc_kill(pid as i32) };
-        true
-    });
+        })
+    };
     let mut results: Vec<Run> = Vec::new();
     let mut current: Option<Run> = None;
     let out = std::io::stdout();
     for line in BufReader::new(stdout).lines() {
         let line = line.unwrap_or_default();
+        read.fetch_add(line.len() as u64 + 1, Ordering::Relaxed);
         let line = line.trim_end_matches('\r');
         if let Some(rest) = line.strip_prefix(MARK) {
             let words: Vec<&str> = rest.split_whitespace().collect();
@@ -378,34 +502,81 @@ pub fn boot(series: &str, lotrace: &Path, runs: &[Vec<String>], stream: bool) ->
             r.stdout.push(line.to_string());
         }
     }
-    let st = child.wait()?;
-    let killed = watchdog.join().unwrap_or(false);
-    let errs = std::fs::read_to_string(&stderr_log).unwrap_or_default();
+    child.wait()?;
+    let verdict = watchdog.join().unwrap_or(Verdict::Running);
     if stream {
+        let errs = std::fs::read_to_string(&guest.stderr).unwrap_or_default();
         eprint!("{}", errs.replace('\r', ""));
     }
-    if killed {
-        bail!(
-            "the {series} guest did not finish within {deadline:?}; its console is in {}",
-            console.display()
-        );
-    }
-    if results.len() != runs.len() {
-        bail!(
-            "the {series} guest ran {} of {} lotrace invocations (qemu {st}); its console is in {}",
-            results.len(),
-            runs.len(),
-            console.display()
-        );
-    }
-    Ok(results)
+    Ok(match verdict {
+        Verdict::Running => Ended::PoweredOff(results),
+        v => Ended::Killed(v),
+    })
 }
 
-unsafe fn libc_kill(pid: i32) {
-    unsafe extern "C" {
-        fn kill(pid: i32, sig: i32) -> i32;
+/// The watchdog's judgement of a guest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Verdict {
+    Running,
+    /// Nothing new for the whole silence limit.
+    Silent,
+    /// Alive, but past the deadline.
+    Overdue,
+}
+
+impl Verdict {
+    fn describe(self) -> String {
+        match self {
+            Verdict::Running => "ran".into(),
+            Verdict::Silent => format!("printed nothing for {}s", SILENCE.as_secs()),
+            Verdict::Overdue => format!("did not finish within {}s", DEADLINE.as_secs()),
+        }
     }
-    unsafe { kill(pid, 9) };
+}
+
+/// Follows how much a guest has printed, and when that last changed.
+struct Watch {
+    silence: Duration,
+    deadline: Duration,
+    seen: u64,
+    changed: Duration,
+}
+
+impl Watch {
+    fn new(silence: Duration, deadline: Duration) -> Watch {
+        Watch {
+            silence,
+            deadline,
+            seen: 0,
+            changed: Duration::ZERO,
+        }
+    }
+
+    /// `seen` is the guest's output so far, in bytes over all its signs of
+    /// life; `now` is the time since it was started.
+    fn observe(&mut self, now: Duration, seen: u64) -> Verdict {
+        if seen != self.seen {
+            self.seen = seen;
+            self.changed = now;
+        }
+        if now.saturating_sub(self.changed) >= self.silence {
+            Verdict::Silent
+        } else if now >= self.deadline {
+            Verdict::Overdue
+        } else {
+            Verdict::Running
+        }
+    }
+}
+
+/// The last `n` lines of a console log, without carriage returns.
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text
+        .lines()
+        .map(|l| l.trim_end_matches('\r'))
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 #[cfg(test)]
@@ -437,5 +608,59 @@ mod tests {
         assert!(out.starts_with(b"070701"));
         assert!(out.len().is_multiple_of(4));
         assert!(out.windows(10).any(|w| w == b"TRAILER!!!"));
+    }
+
+    #[test]
+    fn a_guest_that_keeps_printing_runs_until_its_deadline() {
+        let s = Duration::from_secs;
+        let mut w = Watch::new(s(60), s(600));
+        let mut seen = 0;
+        for t in (0..600).step_by(30) {
+            seen += 10;
+            assert_eq!(w.observe(s(t), seen), Verdict::Running, "at {t}s");
+        }
+        assert_eq!(w.observe(s(600), seen + 1), Verdict::Overdue);
+    }
+
+    #[test]
+    fn a_guest_silent_for_a_minute_is_hung() {
+        let s = Duration::from_secs;
+        let mut w = Watch::new(s(60), s(600));
+        assert_eq!(w.observe(s(1), 100), Verdict::Running);
+        assert_eq!(w.observe(s(30), 200), Verdict::Running);
+        // Quiet from 30 s on: still running at 89 s, hung at 90 s.
+        assert_eq!(w.observe(s(89), 200), Verdict::Running);
+        assert_eq!(w.observe(s(90), 200), Verdict::Silent);
+        // A guest that never prints anything is hung a minute after start.
+        let mut w = Watch::new(s(60), s(600));
+        assert_eq!(w.observe(s(59), 0), Verdict::Running);
+        assert_eq!(w.observe(s(60), 0), Verdict::Silent);
+    }
+
+    #[test]
+    fn the_tail_of_a_console_is_its_last_lines() {
+        let console = "[    0.1] a\r\n[    0.2] b\r\n\r\n[   31.0] rcu: stall\r\n[   52.0] watchdog: soft lockup\r\n";
+        assert_eq!(
+            tail(console, 2),
+            "[   31.0] rcu: stall\n[   52.0] watchdog: soft lockup"
+        );
+        assert_eq!(tail(console, 20).lines().count(), 4);
+        assert_eq!(tail("no newline at the end", 20), "no newline at the end");
+        assert_eq!(tail("", 20), "");
+    }
+
+    #[test]
+    fn the_init_script_beats_until_the_deadline() {
+        let init = init_script(&[vec!["probes".into()]]);
+        let beat = init.lines().find(|l| l.contains("/dev/ttyS3 &")).unwrap();
+        let bound: u64 = beat
+            .split("-lt ")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap();
+        assert!(bound * HEARTBEAT > DEADLINE.as_secs());
+        assert!(HEARTBEAT * 4 < SILENCE.as_secs());
+        assert!(init.ends_with("poweroff -f\n"));
     }
 }

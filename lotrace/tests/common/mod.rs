@@ -4,10 +4,15 @@
 
 use std::{
     collections::BTreeSet,
+    io::Write as _,
     process::{Command, Output},
     sync::{Mutex, MutexGuard},
 };
 
+use lotrace_common::{
+    Stage,
+    order::{CARD, REPLY, REQUEST},
+};
 use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_lotrace");
@@ -23,6 +28,26 @@ pub fn kernel_lock() -> MutexGuard<'static, ()> {
 pub fn is_root() -> bool {
     // SAFETY: no preconditions.
     unsafe { libc::geteuid() == 0 }
+}
+
+/// For a test that loads eBPF programs: true, after saying so in one line,
+/// when it cannot run here and must return at once.
+pub fn skip_without_root() -> bool {
+    if is_root() {
+        return false;
+    }
+    let test = std::thread::current()
+        .name()
+        .filter(|n| *n != "main")
+        .unwrap_or("a test")
+        .to_string();
+    // Written to stderr itself: the test harness hides what a passing test
+    // prints through eprintln!.
+    let _ = writeln!(
+        std::io::stderr(),
+        "{test}: skipped: needs root to load eBPF programs (run `cargo xtask test` as root)"
+    );
+    true
 }
 
 pub fn lotrace(args: &[&str]) -> Output {
@@ -82,12 +107,28 @@ pub fn leg_stages<'a>(j: &'a Value, leg: &str) -> Vec<&'a str> {
 }
 
 /// `want` appear in `got` in this order (first occurrences).
-pub fn in_order(got: &[&str], want: &[&str]) -> bool {
+pub fn in_order(got: &[&str], want: &[Stage]) -> bool {
     let pos: Vec<Option<usize>> = want
         .iter()
-        .map(|w| got.iter().position(|g| g == w))
+        .map(|w| got.iter().position(|g| *g == w.name()))
         .collect();
     pos.iter().all(|p| p.is_some()) && pos.windows(2).all(|w| w[0] < w[1])
+}
+
+/// A loopback echo's journey crosses the request's and the reply's stages
+/// in their order, and every stage of the design card.
+pub fn check_stage_orders(j: &Value) {
+    let seq = &j["icmp_seq"];
+    let req = leg_stages(j, "request");
+    let rep = leg_stages(j, "reply");
+    assert!(in_order(&req, REQUEST), "seq {seq} request order: {req:?}");
+    assert!(in_order(&rep, REPLY), "seq {seq} reply order: {rep:?}");
+    for s in CARD.iter().map(|s| s.name()) {
+        assert!(
+            req.contains(&s) || rep.contains(&s),
+            "seq {seq} lacks {s}: {req:?} {rep:?}"
+        );
+    }
 }
 
 /// The JSON lines of a run that must have succeeded.
