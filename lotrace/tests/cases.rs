@@ -265,13 +265,29 @@ impl Drop for Sysctl {
     }
 }
 
-/// Kills its children on drop.
+/// Kills its children on drop, each with every process it started: the
+/// busy loop runs under `timeout`, which a kill of `timeout` alone would
+/// leave behind.
 struct Load(Vec<std::process::Child>);
+
+impl Load {
+    /// Starts `args` as the leader of a process group of its own.
+    fn spawn(&mut self, args: &[&str], quiet: bool) {
+        use std::os::unix::process::CommandExt as _;
+        let mut c = Command::new(args[0]);
+        c.args(&args[1..]).process_group(0);
+        if quiet {
+            c.stdout(Stdio::null()).stderr(Stdio::null());
+        }
+        self.0.push(c.spawn().unwrap());
+    }
+}
 
 impl Drop for Load {
     fn drop(&mut self) {
         for c in &mut self.0 {
-            let _ = c.kill();
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe { libc::kill(-(c.id() as i32), libc::SIGKILL) };
             let _ = c.wait();
         }
     }
@@ -301,43 +317,39 @@ fn a_ksoftirqd_handoff_is_seen_for_real() {
     let start = Instant::now();
     for _attempt in 0..4 {
         let mut load = Load(Vec::new());
-        load.0.push(
-            Command::new("taskset")
-                .args([
-                    "-c",
-                    "1",
-                    "timeout",
-                    "20",
-                    "sh",
-                    "-c",
-                    "while :; do :; done",
-                ])
-                .spawn()
-                .unwrap(),
+        load.spawn(
+            &[
+                "taskset",
+                "-c",
+                "1",
+                "timeout",
+                "20",
+                "sh",
+                "-c",
+                "while :; do :; done",
+            ],
+            false,
         );
         for _ in 0..8 {
-            load.0.push(
-                Command::new("ip")
-                    .args([
-                        "netns",
-                        "exec",
-                        &ns.0,
-                        "taskset",
-                        "-c",
-                        "0",
-                        "ping",
-                        "-q",
-                        "-f",
-                        "-c",
-                        "900000",
-                        "-w",
-                        "20",
-                        "127.0.0.1",
-                    ])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .unwrap(),
+            load.spawn(
+                &[
+                    "ip",
+                    "netns",
+                    "exec",
+                    &ns.0,
+                    "taskset",
+                    "-c",
+                    "0",
+                    "ping",
+                    "-q",
+                    "-f",
+                    "-c",
+                    "900000",
+                    "-w",
+                    "20",
+                    "127.0.0.1",
+                ],
+                true,
             );
         }
         std::thread::sleep(Duration::from_millis(300));
