@@ -51,49 +51,43 @@ pub(crate) fn skb_copy_datagram_iter<C: EbpfContext>(ctx: &C, probe: ProbeId, sk
     copy(ctx, skb, probe, len as i32 as i64);
 }
 
-/// The socket layer's recvmsg returns the reply its copy took out; the
-/// system call returns it next, so the context stays.
+/// A receive returns the reply its copy took out: the socket layer's
+/// recvmsg (the system call returns it next, so the context stays), then
+/// the system call itself (which ends it).
 #[inline(always)]
-fn sock_recvmsg<C: EbpfContext>(ctx: &C, probe: ProbeId, ret: i64) {
+fn returned<C: EbpfContext>(ctx: &C, stage: Stage, probe: ProbeId, ret: i64) {
     let (tgid, tid) = tgid_tid();
     if !is_target(tgid) {
         return;
     }
-    let Some(key) = get_ctx(&RECV_CTX, tid) else {
+    let key = if stage == Stage::Recvmsg {
+        take_ctx(&RECV_CTX, tid)
+    } else {
+        get_ctx(&RECV_CTX, tid)
+    };
+    let Some(key) = key else {
         return;
     };
     emit(
         ctx,
         &key,
-        at(Stage::SockRecvmsg, probe, 0, ret.max(0) as u32, ret as u64),
+        at(stage, probe, 0, ret.max(0) as u32, ret as u64),
     );
 }
 
 #[inline(always)]
 pub(crate) fn sock_recv_length(ctx: &TracePointContext, probe: ProbeId, ret: TpField) {
     let ret = field::<i32>(ctx, ret).unwrap_or(0);
-    sock_recvmsg(ctx, probe, ret as i64);
+    returned(ctx, Stage::SockRecvmsg, probe, ret as i64);
 }
 
 #[inline(always)]
 pub(crate) fn recvmsg_return<C: EbpfContext>(ctx: &C, probe: ProbeId, ret: i64) {
-    sock_recvmsg(ctx, probe, ret);
+    returned(ctx, Stage::SockRecvmsg, probe, ret);
 }
 
-/// The receive system call returns the reply its copy took out.
 #[inline(always)]
 pub(crate) fn sys_exit_recv(ctx: &TracePointContext, probe: ProbeId, ret: TpField) {
     let ret = field::<i64>(ctx, ret).unwrap_or(0);
-    let (tgid, tid) = tgid_tid();
-    if !is_target(tgid) {
-        return;
-    }
-    let Some(key) = take_ctx(&RECV_CTX, tid) else {
-        return;
-    };
-    emit(
-        ctx,
-        &key,
-        at(Stage::Recvmsg, probe, 0, ret.max(0) as u32, ret as u64),
-    );
+    returned(ctx, Stage::Recvmsg, probe, ret);
 }
