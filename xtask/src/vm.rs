@@ -410,8 +410,17 @@ enum Ended {
     Killed(Verdict),
 }
 
-/// The qemu machine every guest runs on.
-const MACHINE: &[&str] = &["-accel", "tcg", "-cpu", "max", "-m", "1024", "-smp", "2"];
+/// The qemu machine every guest runs on. One vCPU: with two, qemu's
+/// multi-threaded TCG runs them at once, and when the kernel rewrites its
+/// own code to attach or detach a probe (a tracepoint's static branch, a
+/// kprobe, an fentry trampoline) the other vCPU can go on running its old
+/// translation of that code. Seen under load: a vCPU spinning for minutes
+/// on an int3 the kernel had already removed from `consume_skb` (soft
+/// lockups and RCU stalls until the deadline, as in CI), and a call
+/// through a freed trampoline (NULL RIP under `raw_local_deliver`). With
+/// one vCPU the code is rewritten by the only thread that runs it. The
+/// matrix checks order and completeness, which one CPU shows as well.
+const MACHINE: &[&str] = &["-accel", "tcg", "-cpu", "max", "-m", "1024", "-smp", "1"];
 
 fn boot_once(vmlinuz: &Path, initrd: &Path, guest: &Paths, stream: bool) -> Result<Ended> {
     let mut child = Command::new("qemu-system-x86_64")
