@@ -355,30 +355,22 @@ pub fn boot(series: &str, lotrace: &Path, runs: &[Vec<String>], stream: bool) ->
                 continue;
             }
             Ended::Killed(v) => bail!(
-                "the {series} guest {}{}; the last lines of its console ({}):\n{}",
+                "the {series} guest {}{}; {}",
                 v.describe(),
                 if retried {
                     ", on its second boot too"
                 } else {
                     ""
                 },
-                guest.console.display(),
-                tail(
-                    &String::from_utf8_lossy(&std::fs::read(&guest.console).unwrap_or_default()),
-                    TAIL_LINES
-                )
+                console_tail(&guest.console)
             ),
         };
         if results.len() != runs.len() {
             bail!(
-                "the {series} guest ran {} of {} lotrace invocations; the last lines of its console ({}):\n{}",
+                "the {series} guest ran {} of {} lotrace invocations; {}",
                 results.len(),
                 runs.len(),
-                guest.console.display(),
-                tail(
-                    &String::from_utf8_lossy(&std::fs::read(&guest.console).unwrap_or_default()),
-                    TAIL_LINES
-                )
+                console_tail(&guest.console)
             );
         }
         return Ok(Guest {
@@ -575,6 +567,18 @@ impl Watch {
         } else {
             Verdict::Running
         }
+    }
+}
+
+/// The end of a guest's console, for an error message.
+fn console_tail(console: &Path) -> String {
+    let text = String::from_utf8_lossy(&std::fs::read(console).unwrap_or_default()).into_owned();
+    match tail(&text, TAIL_LINES) {
+        t if t.is_empty() => format!("its console ({}) is empty", console.display()),
+        t => format!(
+            "the last lines of its console ({}):\n{t}",
+            console.display()
+        ),
     }
 }
 
