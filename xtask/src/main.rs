@@ -66,6 +66,9 @@ enum Cmd {
     /// Boot a Debian kernel under qemu and run lotrace with ARGS inside;
     /// its output comes back on stdout, and its exit status is ours.
     ///
+    /// A guest that prints nothing for a minute is taken for hung, killed
+    /// and booted once more.
+    ///
     /// Example: cargo xtask vm --kernel 6.12 -- trace --backend kprobe --format json ping -c 3 127.0.0.1
     Vm {
         /// The kernel series: the newest Debian cloud kernel of it is used.
@@ -83,8 +86,7 @@ enum Cmd {
     /// backend and with --summary-only.
     ///
     /// Prints each guest's time, and says when a guest hung (printed
-    /// nothing for a minute) and was booted again. Needs no root once qemu
-    /// is installed.
+    /// nothing for a minute) and was booted again.
     ///
     /// Example: cargo xtask matrix --kernel 6.1 --rounds 5
     Matrix {
