@@ -143,6 +143,10 @@ impl Stage {
     }
 }
 
+/// A drop's `aux` on kernels whose `skb:kfree_skb` carries no reason
+/// (reasons came with 5.17): not a reason code the kernel could give.
+pub const NO_DROP_REASON: u64 = u64::MAX;
+
 /// How an event of a stage carries its detail in the event's stage-specific
 /// fields (`len`, `aux`, `aux2`, `skb`; see [`crate::Event`]). The user side
 /// decodes it once, into a typed detail every output renders.
@@ -153,7 +157,8 @@ pub enum DetailKind {
     /// The table in `aux2`; the lookup's error in `len` (0: found); the next
     /// hop's device in `skb` and `aux` (16 bytes, NUL-padded).
     Route,
-    /// The kernel's drop reason (`enum skb_drop_reason`) in `aux`.
+    /// The kernel's drop reason (`enum skb_drop_reason`) in `aux`, or
+    /// [`NO_DROP_REASON`] when this kernel's `kfree_skb` has none.
     DropReason,
     /// At return: how long the run took, in ns, in `aux`.
     RunTime,

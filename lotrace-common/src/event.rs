@@ -199,6 +199,10 @@ impl Event {
     }
 }
 
+/// Marks a tracepoint field whose data is elsewhere in the record (see
+/// [`Config::tp`]): the device name of `fib:fib_table_lookup` before 5.17.
+pub const TP_DATA_LOC: u16 = 0x8000;
+
 /// Values the loader writes into the programs before loading them: struct
 /// offsets from the running kernel's BTF and tracepoint field offsets from
 /// tracefs, so that no kernel layout is compiled in.
@@ -216,7 +220,9 @@ pub struct Config {
     pub skb_dev: u32,
     pub dev_name: u32,
     /// Byte offset of each tracepoint field, indexed by [`crate::TpField`];
-    /// `u16::MAX` when the field does not exist on this kernel.
+    /// `u16::MAX` when the field does not exist on this kernel. With
+    /// [`TP_DATA_LOC`] set, the field is a `__data_loc` (a `u32` holding the
+    /// data's offset in the record in its low half, its length in the high).
     pub tp: [u16; TP_FIELD_COUNT],
     /// The function probe (a `ProbeId`) that observes the start of
     /// `net_rx_action`, or 0 when the softirq tracepoints do.
@@ -235,13 +241,22 @@ pub struct Config {
     pub expect_leg: u64,
     /// Stage bits (`1 << stage`) expected on either leg.
     pub expect_any: u64,
+    /// Of each fexit probe (by `ProbeId`), how many arguments its function
+    /// takes: the return value is the context's next slot. (The helper that
+    /// reads it, `bpf_get_func_ret`, came only with 5.17.)
+    pub ret_arg: [u8; RET_ARG_SLOTS],
 }
+
+/// Probe ids [`Config::ret_arg`] has room for.
+pub const RET_ARG_SLOTS: usize = 128;
+const _: () = assert!(crate::catalog::PROBE_COUNT <= RET_ARG_SLOTS);
 
 /// Explicit padding before `ret_probes`, whatever the number of tracepoint
 /// fields: the loader writes `Config` as bytes, so it must have no hole.
 const CONFIG_HEAD: usize = 7 * 4 + 2 * TP_FIELD_COUNT + 4;
 pub const CONFIG_PAD: usize = (8 - CONFIG_HEAD % 8) % 8;
-const _: () = assert!(core::mem::size_of::<Config>() == CONFIG_HEAD + CONFIG_PAD + 4 * 8);
+const _: () =
+    assert!(core::mem::size_of::<Config>() == CONFIG_HEAD + CONFIG_PAD + 4 * 8 + RET_ARG_SLOTS);
 
 impl Config {
     pub const fn zeroed() -> Config {
@@ -262,6 +277,7 @@ impl Config {
             ret_probes: [0; 2],
             expect_leg: 0,
             expect_any: 0,
+            ret_arg: [0; RET_ARG_SLOTS],
         }
     }
 }

@@ -4,11 +4,11 @@
 
 use aya_ebpf::{
     helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
-    programs::TracePointContext,
+    programs::{FExitContext, TracePointContext},
 };
 use lotrace_common::{
-    Config, TpField,
-    event::{SKB_WINDOW, head_in_window},
+    Config, ProbeId, TpField,
+    event::{SKB_WINDOW, TP_DATA_LOC, head_in_window},
 };
 
 /// Offsets filled in by the loader (see `Config`).
@@ -22,22 +22,54 @@ pub(crate) fn config<T: Copy>(f: &T) -> T {
     unsafe { core::ptr::read_volatile(f) }
 }
 
+/// Where a field is in the record, and whether it is a `__data_loc`.
 #[inline(always)]
-fn tp_offset(field: TpField) -> Option<usize> {
+fn tp_offset(field: TpField) -> Option<(usize, bool)> {
     let off = config(&CONFIG.tp[field as usize]);
     if off == u16::MAX {
         None
     } else {
-        Some(off as usize)
+        Some(((off & !TP_DATA_LOC) as usize, off & TP_DATA_LOC != 0))
     }
 }
 
 /// A field of the tracepoint's record; `None` when this kernel's event has
-/// no such field.
+/// no such field (or has it as a `__data_loc`: see [`field_name`]).
 #[inline(always)]
 pub(crate) fn field<T>(ctx: &TracePointContext, f: TpField) -> Option<T> {
-    let off = tp_offset(f)?;
-    unsafe { ctx.read_at::<T>(off) }.ok()
+    match tp_offset(f)? {
+        (off, false) => unsafe { ctx.read_at::<T>(off) }.ok(),
+        (_, true) => None,
+    }
+}
+
+/// A device name field: an array in the record, or on older kernels a
+/// `__data_loc` (offset in the low 16 bits, length in the high ones).
+#[inline(always)]
+pub(crate) fn field_name(ctx: &TracePointContext, f: TpField) -> Option<[u8; 16]> {
+    let off = match tp_offset(f)? {
+        (off, false) => off,
+        (off, true) => (unsafe { ctx.read_at::<u32>(off) }.ok()? & 0xffff) as usize,
+    };
+    unsafe { ctx.read_at::<[u8; 16]>(off) }.ok()
+}
+
+/// The value an fexit program's function returned: the context slot after
+/// its arguments, whose number the loader read from BTF. The index is a
+/// constant of the frozen CONFIG, so the verifier follows one arm and sees
+/// a fixed context offset.
+#[inline(always)]
+pub(crate) fn fexit_ret(ctx: &FExitContext, probe: ProbeId) -> i64 {
+    match config(&CONFIG.ret_arg[probe as usize]) {
+        0 => ctx.arg::<i64>(0),
+        1 => ctx.arg::<i64>(1),
+        2 => ctx.arg::<i64>(2),
+        3 => ctx.arg::<i64>(3),
+        4 => ctx.arg::<i64>(4),
+        5 => ctx.arg::<i64>(5),
+        6 => ctx.arg::<i64>(6),
+        _ => 0,
+    }
 }
 
 #[inline(always)]

@@ -11,6 +11,7 @@ use lotrace_common::{ProbeId, TpField};
 
 use crate::{
     filter,
+    kernel::fexit_ret,
     stages::{free, receive, recv, route, send, socket, softirq, transmit},
 };
 
@@ -47,7 +48,7 @@ macro_rules! program {
     (fexit $id:ident $program:ident [] [] $handler:path) => {
         #[fexit]
         pub fn $program(ctx: FExitContext) -> u32 {
-            $handler(&ctx, ProbeId::$id, ctx.ret::<i64>().unwrap_or(0));
+            $handler(&ctx, ProbeId::$id, fexit_ret(&ctx, ProbeId::$id));
             0
         }
     };

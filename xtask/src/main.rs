@@ -4,13 +4,13 @@ use std::{
     ffi::OsString,
     path::{Path, PathBuf},
     process::{Command, ExitCode},
-    time::Instant,
 };
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod kernels;
 mod matrix;
 mod vm;
 
@@ -72,7 +72,7 @@ enum Cmd {
     /// Example: cargo xtask vm --kernel 6.12 -- trace --backend kprobe --format json ping -c 3 127.0.0.1
     Vm {
         /// The kernel series: the newest Debian cloud kernel of it is used.
-        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(vm::SERIES))]
+        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(kernels::SERIES))]
         kernel: String,
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         args: Vec<String>,
@@ -91,7 +91,7 @@ enum Cmd {
     /// Example: cargo xtask matrix --kernel 6.1 --rounds 5
     Matrix {
         /// A kernel series to boot (repeatable; all of them by default).
-        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(vm::SERIES))]
+        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(kernels::SERIES))]
         kernel: Vec<String>,
         /// How many times to run the matrix, back to back.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
@@ -416,7 +416,7 @@ fn test() -> Result<()> {
     status(cargo().args(["test", "--workspace"]))?;
     fuzz_record(FUZZ_SECONDS)?;
     let bin = build()?;
-    kernel_matrix(&bin, vm::SERIES, 1)?;
+    matrix::run(&bin, kernels::SERIES, 1)?;
     println!("xtask: all tests passed");
     Ok(())
 }
@@ -426,59 +426,9 @@ fn matrix_run(kernels: &[String], rounds: u32) -> Result<()> {
     install_packages(VM_PACKAGES)?;
     let bin = build()?;
     let series: Vec<&str> = if kernels.is_empty() {
-        vm::SERIES.to_vec()
+        kernels::SERIES.to_vec()
     } else {
         kernels.iter().map(|k| k.as_str()).collect()
     };
-    kernel_matrix(&bin, &series, rounds)
-}
-
-/// Boots each kernel series in turn, `rounds` times over, and checks its
-/// journeys; says how long each guest took and which had to be retried.
-fn kernel_matrix(bin: &Path, series: &[&str], rounds: u32) -> Result<()> {
-    let mut times = Vec::new();
-    for round in 1..=rounds {
-        let of = if rounds > 1 {
-            format!(" (round {round} of {rounds})")
-        } else {
-            String::new()
-        };
-        let start = Instant::now();
-        let mut retried = Vec::new();
-        for s in series {
-            println!(
-                "xtask: kernel matrix{of}: Debian {s} under qemu, backends {}",
-                matrix::BACKENDS.join(", ")
-            );
-            let t = Instant::now();
-            let guest = vm::boot(s, bin, &matrix::runs(), false)?;
-            matrix::check_guest(s, &guest.runs)?;
-            let retry = if guest.retried {
-                retried.push(*s);
-                ", booted twice: the first boot hung"
-            } else {
-                ""
-            };
-            println!(
-                "xtask: kernel matrix: {s} passed in {:.0} s{retry}",
-                t.elapsed().as_secs_f64()
-            );
-        }
-        times.push((start.elapsed(), retried));
-    }
-    if rounds > 1 {
-        println!(
-            "xtask: kernel matrix: {rounds} rounds of {}",
-            series.join(", ")
-        );
-        for (i, (t, retried)) in times.iter().enumerate() {
-            let retried = if retried.is_empty() {
-                "no retry".to_string()
-            } else {
-                format!("retried {}", retried.join(", "))
-            };
-            println!("  round {}: {:.0} s, {retried}", i + 1, t.as_secs_f64());
-        }
-    }
-    Ok(())
+    matrix::run(&bin, &series, rounds)
 }

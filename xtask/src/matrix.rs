@@ -1,11 +1,16 @@
 //! The kernel matrix: in each Debian guest, trace a busybox ping with each
 //! backend and check the journeys.
 
+use std::{collections::VecDeque, path::Path, sync::Mutex, time::Instant};
+
 use anyhow::{Context as _, Result, bail, ensure};
 use lotrace_common::order::CARD;
 use serde_json::Value;
 
-use crate::vm::Run;
+use crate::{
+    kernels::{self, SERIES},
+    vm::{self, Run},
+};
 
 pub const BACKENDS: &[&str] = &["kprobe", "fentry", "tracepoint"];
 pub const PINGS: usize = 3;
@@ -198,4 +203,213 @@ pub fn check_guest(series: &str, results: &[Run]) -> Result<()> {
     check_summary_only(&results[BACKENDS.len() + 1])
         .with_context(|| format!("{series}: --summary-only"))?;
     Ok(())
+}
+
+/// One line of the matrix table: what one lotrace invocation in one guest
+/// saw.
+pub struct Row {
+    pub mode: String,
+    pub journeys: u64,
+    pub complete: u64,
+    pub stages: usize,
+    /// Stages no probe of this mode could observe, each with lotrace's
+    /// reason.
+    pub missing: Vec<(String, String)>,
+}
+
+/// The table row of a trace run (`mode` is a backend or `summary-only`).
+pub fn row(run: &Run, mode: &str) -> Result<Row> {
+    let lines = json_lines(run)?;
+    let s = lines
+        .iter()
+        .find(|v| v["type"] == "summary")
+        .context("no summary")?;
+    let journeys = s["journeys"].as_u64().unwrap_or(0);
+    let probes = s["probes"].as_array().context("probes")?;
+    Ok(Row {
+        mode: mode.to_string(),
+        journeys,
+        complete: journeys.saturating_sub(s["incomplete"].as_u64().unwrap_or(0)),
+        stages: probes.len(),
+        missing: probes
+            .iter()
+            .filter(|p| p["backend"].is_null())
+            .map(|p| {
+                (
+                    p["stage"].as_str().unwrap_or("?").to_string(),
+                    p["missing"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect(),
+    })
+}
+
+/// What one guest gave the matrix.
+struct Outcome {
+    series: &'static str,
+    release: String,
+    seconds: f64,
+    retried: bool,
+    rows: Result<Vec<Row>>,
+}
+
+/// Boots one guest, checks it, and makes its table rows.
+fn guest(series: &'static str, bin: &Path) -> Outcome {
+    let t = Instant::now();
+    let (release, retried, rows) = match vm::boot(series, bin, &runs(), false) {
+        Ok(g) => {
+            let rows = check_guest(series, &g.runs).and_then(|_| {
+                let modes = BACKENDS.iter().copied().chain(["summary-only"]);
+                modes
+                    .zip(&g.runs[1..])
+                    .map(|(m, r)| row(r, m))
+                    .collect::<Result<Vec<_>>>()
+            });
+            (g.release, g.retried, rows)
+        }
+        Err(e) => (String::new(), false, Err(e)),
+    };
+    Outcome {
+        series,
+        release,
+        seconds: t.elapsed().as_secs_f64(),
+        retried,
+        rows,
+    }
+}
+
+/// Boots every kernel of `series`, `rounds` times over, at most as many at
+/// once as there are CPUs (each guest has one vCPU), and checks each. Says
+/// how long each took and which had to be booted twice; ends with the
+/// table of the last round. Fails if any guest failed, after all have run.
+pub fn run(bin: &Path, series: &[&str], rounds: u32) -> Result<()> {
+    let series: Vec<&'static str> = series
+        .iter()
+        .map(|s| {
+            SERIES
+                .iter()
+                .copied()
+                .find(|k| k == s)
+                .with_context(|| format!("unknown kernel series {s}"))
+        })
+        .collect::<Result<_>>()?;
+    // Downloads one at a time: they share xtask's apt lists and cache.
+    for s in &series {
+        kernels::fetch(s, &vm::vm_dir())?;
+    }
+    let jobs = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(series.len());
+    let mut times = Vec::new();
+    let mut failed = Vec::new();
+    let mut last = Vec::new();
+    for round in 1..=rounds {
+        let of = if rounds > 1 {
+            format!(" (round {round} of {rounds})")
+        } else {
+            String::new()
+        };
+        println!(
+            "xtask: kernel matrix{of}: Debian {} under qemu, {jobs} at a time; in each: probes, --backend {}, --summary-only",
+            series.join(", "),
+            BACKENDS.join(", --backend ")
+        );
+        let start = Instant::now();
+        let queue = Mutex::new(series.iter().copied().collect::<VecDeque<_>>());
+        let done = Mutex::new(Vec::new());
+        std::thread::scope(|scope| {
+            for _ in 0..jobs {
+                scope.spawn(|| {
+                    while let Some(s) = queue.lock().map(|mut q| q.pop_front()).unwrap_or(None) {
+                        let o = guest(s, bin);
+                        let retry = if o.retried {
+                            ", booted twice: the first boot hung"
+                        } else {
+                            ""
+                        };
+                        match &o.rows {
+                            Ok(_) => println!(
+                                "xtask: kernel matrix: {s} ({}) passed in {:.0} s{retry}",
+                                o.release, o.seconds
+                            ),
+                            Err(e) => println!(
+                                "xtask: kernel matrix: {s} FAILED after {:.0} s{retry}: {e:#}",
+                                o.seconds
+                            ),
+                        }
+                        if let Ok(mut d) = done.lock() {
+                            d.push(o);
+                        }
+                    }
+                });
+            }
+        });
+        let mut outcomes = done.into_inner().unwrap_or_default();
+        outcomes.sort_by_key(|o| series.iter().position(|s| *s == o.series));
+        let retried: Vec<&str> = outcomes
+            .iter()
+            .filter(|o| o.retried)
+            .map(|o| o.series)
+            .collect();
+        failed.extend(
+            outcomes
+                .iter()
+                .filter(|o| o.rows.is_err())
+                .map(|o| format!("{} (round {round})", o.series)),
+        );
+        times.push((start.elapsed(), retried.join(", ")));
+        last = outcomes;
+    }
+    println!("xtask: kernel matrix, the last round:\n{}", table(&last));
+    if rounds > 1 {
+        println!(
+            "xtask: kernel matrix: {rounds} rounds of {}",
+            series.join(", ")
+        );
+        for (i, (t, retried)) in times.iter().enumerate() {
+            let retried = if retried.is_empty() {
+                "no retry".to_string()
+            } else {
+                format!("retried {retried}")
+            };
+            println!("  round {}: {:.0} s, {retried}", i + 1, t.as_secs_f64());
+        }
+    }
+    if !failed.is_empty() {
+        bail!("kernel matrix: failed: {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+/// The matrix as a Markdown table: kernel × mode, journeys complete,
+/// stages observed and those missing.
+fn table(outcomes: &[Outcome]) -> String {
+    let mut t = String::from(
+        "| kernel | mode | journeys complete | stages observed | not observed |\n|---|---|---|---|---|\n",
+    );
+    for o in outcomes {
+        let kernel = format!("{} ({})", o.series, o.release);
+        match &o.rows {
+            Ok(rows) => {
+                for r in rows {
+                    let missing: Vec<&str> = r.missing.iter().map(|(s, _)| s.as_str()).collect();
+                    t.push_str(&format!(
+                        "| {kernel} | {} | {}/{} | {}/{} | {} |\n",
+                        r.mode,
+                        r.complete,
+                        r.journeys,
+                        r.stages - r.missing.len(),
+                        r.stages,
+                        if missing.is_empty() {
+                            "-".to_string()
+                        } else {
+                            missing.join(", ")
+                        }
+                    ));
+                }
+            }
+            Err(_) => t.push_str(&format!("| {kernel} | failed | | | |\n")),
+        }
+    }
+    t
 }

@@ -15,10 +15,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{status, workspace};
-
-/// The kernel series the matrix knows how to fetch.
-pub const SERIES: &[&str] = &["6.1", "6.12"];
+use crate::{kernels, workspace};
 
 const MARK: &str = "@@lotrace-vm";
 
@@ -28,132 +25,8 @@ pub struct Run {
     pub exit: i32,
 }
 
-fn vm_dir() -> PathBuf {
+pub fn vm_dir() -> PathBuf {
     workspace().join("target/vm")
-}
-
-/// Compares Debian package names by their embedded numbers, so that
-/// `6.12.117` sorts after `6.12.99`.
-fn natural_key(s: &str) -> Vec<(u64, String)> {
-    let mut out = Vec::new();
-    let mut num = String::new();
-    let mut text = String::new();
-    for c in s.chars() {
-        if c.is_ascii_digit() {
-            if !text.is_empty() {
-                out.push((0, std::mem::take(&mut text)));
-            }
-            num.push(c);
-        } else {
-            if !num.is_empty() {
-                out.push((num.parse().unwrap_or(0), String::new()));
-                num.clear();
-            }
-            text.push(c);
-        }
-    }
-    if !num.is_empty() {
-        out.push((num.parse().unwrap_or(0), String::new()));
-    }
-    if !text.is_empty() {
-        out.push((0, text));
-    }
-    out
-}
-
-/// The newest Debian cloud kernel package of a series that apt knows,
-/// refreshing apt's lists once if it knows none.
-fn newest_kernel_package(series: &str) -> Result<String> {
-    match newest_known(series) {
-        Ok(p) => Ok(p),
-        Err(_) => {
-            println!("xtask: apt knows no {series} cloud kernel: running apt-get update");
-            status(Command::new("apt-get").args(["-qq", "update"]))?;
-            newest_known(series)
-        }
-    }
-}
-
-fn newest_known(series: &str) -> Result<String> {
-    let out = Command::new("apt-cache")
-        .args(["pkgnames", &format!("linux-image-{series}.")])
-        .output()
-        .context("apt-cache is needed to find Debian kernels")?;
-    let names = String::from_utf8_lossy(&out.stdout);
-    let mut found: Vec<&str> = names
-        .lines()
-        .filter(|n| n.contains("cloud-amd64") && !n.ends_with("-dbg"))
-        // The series is the first two numbers: 6.1 must not take 6.12.
-        .filter(|n| {
-            n.strip_prefix(&format!("linux-image-{series}."))
-                .is_some_and(|r| r.starts_with(|c: char| c.is_ascii_digit()))
-        })
-        .collect();
-    found.sort_by_key(|n| natural_key(&n.replace("-unsigned", "")));
-    // Of the newest version, the unsigned image if there is one: same kernel.
-    let newest = found.last().context(format!(
-        "apt knows no linux-image-{series}.*-cloud-amd64 package (run apt-get update)"
-    ))?;
-    let base = newest.trim_end_matches("-unsigned");
-    Ok(found
-        .iter()
-        .rev()
-        .find(|n| n.trim_end_matches("-unsigned") == base)
-        .copied()
-        .unwrap_or(newest)
-        .to_string())
-}
-
-/// Downloads and unpacks the kernel (cached under target/vm); returns its
-/// vmlinuz.
-pub fn kernel(series: &str) -> Result<PathBuf> {
-    if !SERIES.contains(&series) {
-        bail!(
-            "unknown kernel series {series}: choose one of {}",
-            SERIES.join(", ")
-        );
-    }
-    let pkg = newest_kernel_package(series)?;
-    let dir = vm_dir().join("kernels").join(&pkg);
-    let boot = dir.join("boot");
-    if let Some(v) = find_vmlinuz(&boot) {
-        return Ok(v);
-    }
-    std::fs::create_dir_all(&dir)?;
-    println!(
-        "xtask: downloading Debian kernel {pkg} (cached in {})",
-        dir.display()
-    );
-    let debs = vm_dir().join("debs");
-    std::fs::create_dir_all(&debs)?;
-    status(
-        Command::new("apt-get")
-            .args(["download", "-qq", &pkg])
-            .current_dir(&debs),
-    )?;
-    let deb = std::fs::read_dir(&debs)?
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(&format!("{pkg}_")) && n.ends_with(".deb"))
-        })
-        .context("apt-get download left no .deb")?;
-    status(Command::new("dpkg").arg("-x").arg(&deb).arg(&dir))?;
-    find_vmlinuz(&boot).context("the kernel package has no boot/vmlinuz")
-}
-
-fn find_vmlinuz(boot: &Path) -> Option<PathBuf> {
-    std::fs::read_dir(boot)
-        .ok()?
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("vmlinuz-"))
-        })
 }
 
 /// Shared libraries a binary needs, from ldd.
@@ -326,13 +199,20 @@ const TAIL_LINES: usize = 20;
 pub struct Guest {
     pub runs: Vec<Run>,
     pub retried: bool,
+    /// The kernel's release, as `uname -r` prints it.
+    pub release: String,
 }
 
 /// Boots `series` and runs lotrace once per entry of `runs`. With
 /// `stream`, each stdout line is printed as it arrives. A guest that hangs
 /// is killed after [`SILENCE`] and booted once more.
 pub fn boot(series: &str, lotrace: &Path, runs: &[Vec<String>], stream: bool) -> Result<Guest> {
-    let vmlinuz = kernel(series)?;
+    let kernel = kernels::fetch(series, &vm_dir())?;
+    eprintln!(
+        "xtask: {series}: Debian kernel {} ({})",
+        kernel.release, kernel.version
+    );
+    let vmlinuz = &kernel.vmlinuz;
     let dir = vm_dir().join(format!("run-{series}"));
     std::fs::create_dir_all(&dir)?;
     let initrd = dir.join("initramfs.cpio");
@@ -340,7 +220,7 @@ pub fn boot(series: &str, lotrace: &Path, runs: &[Vec<String>], stream: bool) ->
     let guest = Paths::new(&dir);
     let mut retried = false;
     loop {
-        let results = match boot_once(&vmlinuz, &initrd, &guest, stream)? {
+        let results = match boot_once(vmlinuz, &initrd, &guest, stream)? {
             Ended::PoweredOff(results) => results,
             Ended::Killed(Verdict::Silent) if !retried => {
                 let kept = dir.join("console.hung.log");
@@ -376,6 +256,7 @@ pub fn boot(series: &str, lotrace: &Path, runs: &[Vec<String>], stream: bool) ->
         return Ok(Guest {
             runs: results,
             retried,
+            release: kernel.release,
         });
     }
 }
@@ -595,17 +476,6 @@ fn tail(text: &str, n: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn natural_order_of_kernel_packages() {
-        let mut v = [
-            "linux-image-6.12.99+deb12-cloud-amd64",
-            "linux-image-6.12.117+deb12-cloud-amd64",
-            "linux-image-6.12.115+deb12-cloud-amd64",
-        ];
-        v.sort_by_key(|n| natural_key(n));
-        assert_eq!(v.last().unwrap(), &"linux-image-6.12.117+deb12-cloud-amd64");
-    }
 
     #[test]
     fn quoting_survives_the_shell() {

@@ -2,7 +2,7 @@
 //! with the kernel's reason).
 
 use aya_ebpf::programs::TracePointContext;
-use lotrace_common::{ProbeId, Stage, TpField};
+use lotrace_common::{ProbeId, Stage, TpField, catalog::NO_DROP_REASON};
 
 use crate::{
     emit::{emit, skb_event},
@@ -47,6 +47,6 @@ pub(crate) fn kfree_skb(
     if !is_tracked(&key) {
         return;
     }
-    let reason = field::<u32>(ctx, reason).unwrap_or(0);
-    emit(ctx, &key, at(Stage::Drop, probe, skb, len, reason as u64));
+    let reason = field::<u32>(ctx, reason).map_or(NO_DROP_REASON, u64::from);
+    emit(ctx, &key, at(Stage::Drop, probe, skb, len, reason));
 }

@@ -7,7 +7,7 @@ use lotrace_common::{ProbeId, Stage, TpField, event::is_echo_request};
 use crate::{
     emit::emit,
     filter::{get_ctx, is_target, reply_of, tgid_tid},
-    kernel::field,
+    kernel::{field, field_name},
     maps::{SEND_CTX, state},
     seen::at,
 };
@@ -55,6 +55,6 @@ pub(crate) fn fib_table_lookup(
 ) {
     let tb = field::<u32>(ctx, tb_id).unwrap_or(0);
     let err = field::<i32>(ctx, err).unwrap_or(0);
-    let dev = field::<[u8; 16]>(ctx, name).unwrap_or([0; 16]);
+    let dev = field_name(ctx, name).unwrap_or([0; 16]);
     route(ctx, probe, tb, err, dev);
 }

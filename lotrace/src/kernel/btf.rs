@@ -154,6 +154,22 @@ impl KernelBtf {
         Err(anyhow!("no enum {name} in kernel BTF"))
     }
 
+    /// How many arguments the function `name` takes: an fexit program finds
+    /// the return value in the slot after them.
+    pub fn func_args(&self, name: &str) -> Option<usize> {
+        self.btf
+            .resolve_types_by_name(name)
+            .ok()?
+            .iter()
+            .find_map(|t| match t {
+                Type::Func(f) => match self.btf.resolve_chained_type(f).ok()? {
+                    Type::FuncProto(p) => Some(p.parameters.len()),
+                    _ => None,
+                },
+                _ => None,
+            })
+    }
+
     /// Is `name` a function the BTF describes (an fentry target)?
     pub fn has_func(&self, name: &str) -> bool {
         self.btf

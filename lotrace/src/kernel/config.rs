@@ -4,9 +4,9 @@
 
 use std::collections::{BTreeMap, btree_map::Entry};
 
-use anyhow::Result;
+use anyhow::{Result, ensure};
 use lotrace_common::{
-    Config, Stage,
+    Config, ProbeId, Stage,
     catalog::{PROBES, TP_FIELDS},
     journey::Rules,
 };
@@ -16,7 +16,14 @@ use crate::{
     model::plan::Plan,
 };
 
-pub fn build(skb: &SkbOffsets, plan: &Plan, summary_only: bool) -> Result<Config> {
+/// `ret_arg` is, of each fexit probe the plan attaches, how many arguments
+/// its function takes.
+pub fn build(
+    skb: &SkbOffsets,
+    plan: &Plan,
+    ret_arg: &[(ProbeId, usize)],
+    summary_only: bool,
+) -> Result<Config> {
     let mut config = Config::zeroed();
     config.skb_head = skb.head;
     config.skb_network_header = skb.network_header;
@@ -25,6 +32,17 @@ pub fn build(skb: &SkbOffsets, plan: &Plan, summary_only: bool) -> Result<Config
     config.sk_type = skb.sk_type;
     config.skb_dev = skb.dev;
     config.dev_name = skb.dev_name;
+    for &(p, n) in ret_arg {
+        // The programs read the return value after at most six arguments
+        // (see lotrace-ebpf's fexit_ret), as many as x86-64 passes in
+        // registers.
+        ensure!(
+            n <= 6,
+            "{}: its function takes {n} arguments; fexit returns are read after at most 6",
+            p.info().program
+        );
+        config.ret_arg[p as usize] = n as u8;
+    }
     config.net_rx_probe = plan.start_probe(Stage::NetRxAction).map_or(0, |p| p as u8);
     config.backlog_probe = plan
         .start_probe(Stage::ProcessBacklog)

@@ -97,7 +97,17 @@ impl Tracer {
             );
         }
 
-        let config = config::build(&skb, &plan, opts.summary_only)?;
+        let ret_arg: Vec<(ProbeId, usize)> = plan
+            .to_attach()
+            .iter()
+            .filter(|(p, _)| p.info().backend() == Backend::Fentry && p.info().at_return)
+            .map(|(p, target)| {
+                btf.func_args(target)
+                    .map(|n| (*p, n))
+                    .with_context(|| format!("no prototype of {target} in the kernel's BTF"))
+            })
+            .collect::<Result<_>>()?;
+        let config = config::build(&skb, &plan, &ret_arg, opts.summary_only)?;
         // Nothing is streamed when aggregating: the smallest ring will do.
         let ring_size = if opts.summary_only {
             page_size()

@@ -3,6 +3,7 @@
 use std::{collections::HashMap, path::Path};
 
 use anyhow::{Context as _, Result, bail};
+use lotrace_common::event::TP_DATA_LOC;
 
 pub const TRACEFS: &str = "/sys/kernel/tracing";
 
@@ -64,7 +65,9 @@ pub fn field_offsets(category: &str, name: &str) -> Result<HashMap<String, u16>>
     parse_format(&text)
 }
 
-/// Parses a tracepoint `format` file into field name → byte offset.
+/// Parses a tracepoint `format` file into field name → byte offset, with
+/// [`TP_DATA_LOC`] set on a `__data_loc` field (its data is elsewhere in
+/// the record).
 pub fn parse_format(text: &str) -> Result<HashMap<String, u16>> {
     let mut out = HashMap::new();
     for line in text.lines() {
@@ -94,7 +97,15 @@ pub fn parse_format(text: &str) -> Result<HashMap<String, u16>> {
         if name.is_empty() {
             bail!("malformed tracepoint format line: {line}");
         }
-        out.insert(name.to_string(), offset);
+        if offset & TP_DATA_LOC != 0 {
+            bail!("tracepoint field offset {offset} too large: {line}");
+        }
+        let loc = if decl.starts_with("__data_loc ") {
+            TP_DATA_LOC
+        } else {
+            0
+        };
+        out.insert(name.to_string(), offset | loc);
     }
     if out.is_empty() {
         bail!("tracepoint format has no fields");
@@ -129,7 +140,7 @@ print fmt: \"dev=%s skbaddr=%p len=%u rc=%d\", __get_str(name), REC->skbaddr, RE
         assert_eq!(f["skbaddr"], 8);
         assert_eq!(f["len"], 16);
         assert_eq!(f["rc"], 20);
-        assert_eq!(f["name"], 24);
+        assert_eq!(f["name"], 24 | TP_DATA_LOC);
         assert_eq!(f["saddr"], 28);
         assert_eq!(f["common_pid"], 4);
     }

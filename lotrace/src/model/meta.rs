@@ -3,7 +3,10 @@
 
 use std::collections::BTreeMap;
 
-use lotrace_common::{ProbeId, Stage, catalog::PROBES};
+use lotrace_common::{
+    ProbeId, Stage,
+    catalog::{NO_DROP_REASON, PROBES},
+};
 use serde::{Deserialize, Serialize};
 
 use crate::model::plan::{self, Plan};
@@ -110,7 +113,11 @@ impl Meta {
         }
     }
 
+    /// A drop reason in words.
     pub fn drop_reason(&self, v: u64) -> String {
+        if v == NO_DROP_REASON {
+            return "reason unknown to this kernel".into();
+        }
         self.drop_reasons
             .get(&v)
             .cloned()

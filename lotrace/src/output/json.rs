@@ -1,5 +1,6 @@
 //! JSON Lines: one object per journey, then one summary object.
 
+use lotrace_common::catalog::NO_DROP_REASON;
 use serde_json::{Value, json};
 
 use crate::{
@@ -17,8 +18,9 @@ fn outcome_json(o: &Outcome, meta: &Meta) -> Value {
         Outcome::Answered => json!({"kind": "answered"}),
         Outcome::Dropped { reason, after } => json!({
             "kind": "dropped",
-            "reason": meta.drop_reason(*reason),
-            "reason_code": reason,
+            // null on kernels whose drops carry no reason
+            "reason": (*reason != NO_DROP_REASON).then(|| meta.drop_reason(*reason)),
+            "reason_code": (*reason != NO_DROP_REASON).then_some(reason),
             "after": after.map(|s| s.name()),
         }),
         Outcome::NoRoute { err } => json!({"kind": "no_route", "error": err}),
@@ -224,6 +226,32 @@ mod tests {
                 .as_str()
                 .unwrap()
                 .contains("sendto")
+        );
+    }
+
+    #[test]
+    fn a_drop_without_a_reason_says_so() {
+        let mut m = meta();
+        m.drop_reasons.insert(2, "NOT_SPECIFIED".into());
+        let known = outcome_json(
+            &Outcome::Dropped {
+                reason: 2,
+                after: None,
+            },
+            &m,
+        );
+        assert_eq!(known["reason"], "NOT_SPECIFIED");
+        assert_eq!(known["reason_code"], 2);
+        // A kernel before 5.17: its kfree_skb tracepoint has no reason.
+        let none = Outcome::Dropped {
+            reason: NO_DROP_REASON,
+            after: None,
+        };
+        let v = outcome_json(&none, &m);
+        assert!(v["reason"].is_null() && v["reason_code"].is_null(), "{v}");
+        assert_eq!(
+            crate::output::words::outcome_words(&none, &m),
+            "dropped: reason unknown to this kernel"
         );
     }
 
