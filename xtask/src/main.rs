@@ -66,12 +66,17 @@ enum Cmd {
     /// Boot a Debian kernel under qemu and run lotrace with ARGS inside;
     /// its output comes back on stdout, and its exit status is ours.
     ///
-    /// A guest that prints nothing for a minute is taken for hung, killed
-    /// and booted once more.
+    /// The kernel is the newest Debian cloud kernel of the series, found
+    /// and downloaded through xtask's own apt configuration under
+    /// target/vm/apt (the machine's apt sources are left alone) and cached
+    /// under target/vm; its version is printed on stderr. A guest that
+    /// prints nothing for a minute is taken for hung, killed and booted
+    /// once more.
     ///
-    /// Example: cargo xtask vm --kernel 6.12 -- trace --backend kprobe --format json ping -c 3 127.0.0.1
+    /// Example: cargo xtask vm --kernel 5.10 -- trace --backend kprobe --format json ping -c 3 127.0.0.1
     Vm {
-        /// The kernel series: the newest Debian cloud kernel of it is used.
+        /// The kernel series (5.10: bullseye; 6.1, 6.12: bookworm; 6.18:
+        /// trixie-backports; latest: the newest of those suites and sid).
         #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(kernels::SERIES))]
         kernel: String,
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
@@ -85,10 +90,13 @@ enum Cmd {
     /// and check, in each, `lotrace probes` and a traced ping with every
     /// backend and with --summary-only.
     ///
-    /// Prints each guest's time, and says when a guest hung (printed
-    /// nothing for a minute) and was booted again.
+    /// Guests run side by side, as many as there are CPUs. Prints each
+    /// guest's time, says when a guest hung (printed nothing for a minute)
+    /// and was booted again, and ends with a table: kernel × backend,
+    /// journeys complete, stages observed and not. Every guest runs even
+    /// if one fails.
     ///
-    /// Example: cargo xtask matrix --kernel 6.1 --rounds 5
+    /// Example: cargo xtask matrix --kernel 5.10 --kernel latest --rounds 5
     Matrix {
         /// A kernel series to boot (repeatable; all of them by default).
         #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(kernels::SERIES))]
