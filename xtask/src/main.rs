@@ -32,6 +32,8 @@ const PACKAGES: &[(&str, &str, &str)] = &[
         "bpftool",
         "the tests' check that no program is left loaded",
     ),
+    ("oping", "oping", "the tests' ping that counts from 1"),
+    ("fping", "fping", "the tests' ping of several hosts"),
 ];
 /// Debian packages the kernel matrix needs.
 const VM_PACKAGES: &[(&str, &str, &str)] = &[
@@ -40,7 +42,11 @@ const VM_PACKAGES: &[(&str, &str, &str)] = &[
         "qemu-system-x86_64",
         "boots the Debian kernels of the matrix",
     ),
-    ("busybox-static", "busybox", "the guests' shell and ping"),
+    (
+        "busybox-static",
+        "busybox",
+        "the guests' shell and ping, and the tests' second ping",
+    ),
 ];
 
 #[derive(Parser)]
