@@ -113,7 +113,8 @@ pub struct SoftirqWhere {
     pub wait_ns: Option<u64>,
     /// How the run was entered, as far as the events tell: `local_bh_enable`
     /// (the sending task re-enabled bottom halves inside its own send),
-    /// `irq_exit` (inline on the back of another task, after an interrupt),
+    /// `another_task` (inline on the back of another task: its
+    /// `local_bh_enable` or an interrupt's exit, not told apart),
     /// `ksoftirqd` (handed off to the softirq thread); `None` if unknown.
     pub entered: Option<&'static str>,
 }
@@ -432,13 +433,14 @@ pub fn build_journey(mut events: Vec<Event>, expected: &[Expected]) -> Journey {
             .iter()
             .find(|h| h.leg == leg && h.stage == Stage::NetifReceiveSkb)
             .filter(|h| h.context != Context::Task)?;
-        // The run that received it started at the latest NET_RX start seen
-        // before it on that CPU (a reply is usually received in the run
-        // its request started).
+        // The run that received it: its start carries the same run number,
+        // counted per CPU. It is missing when the run began under another
+        // journey's packet.
         let start = hops.iter().rev().find(|h| {
             h.stage == Stage::NetRxAction
                 && !h.probe.info().at_return
                 && h.cpu == rx.cpu
+                && h.softirq_run == rx.softirq_run
                 && h.ts_ns <= rx.ts_ns
         });
         let enqueue = hops
@@ -455,19 +457,22 @@ pub fn build_journey(mut events: Vec<Event>, expected: &[Expected]) -> Journey {
         let send_returned = hops.iter().find(|h| {
             h.leg == Leg::Request && h.stage == Stage::SockSendmsg && h.probe.info().at_return
         });
-        let entered = match rx.context {
-            Context::Ksoftirqd => Some("ksoftirqd"),
-            _ => match (sender, start) {
-                // Inline in the sender before its send returned: the
-                // bottom-half re-enable at the end of dev_queue_xmit.
-                (Some(snd), Some(st))
-                    if st.pid == snd.pid && send_returned.is_none_or(|r| st.ts_ns <= r.ts_ns) =>
-                {
-                    Some("local_bh_enable")
-                }
-                (Some(snd), Some(st)) if st.pid != snd.pid => Some("irq_exit"),
-                _ => None,
-            },
+        // The run began at its start, or at the latest when it received.
+        let began = start.map_or(rx.ts_ns, |s| s.ts_ns);
+        let entered = match (&rx.context, sender) {
+            (Context::Ksoftirqd, _) => Some("ksoftirqd"),
+            // In the sender before its send returned: loopback raises NET_RX
+            // with bottom halves off, so the run is the bottom-half re-enable
+            // at the end of dev_queue_xmit.
+            (_, Some(snd))
+                if rx.pid == snd.pid && send_returned.is_none_or(|r| began <= r.ts_ns) =>
+            {
+                Some("local_bh_enable")
+            }
+            // On the back of another task: its own local_bh_enable or an
+            // interrupt's exit; the events do not tell which.
+            (_, Some(snd)) if rx.pid != snd.pid => Some("another_task"),
+            _ => None,
         };
         Some(SoftirqWhere {
             context: rx.context.clone(),
@@ -634,6 +639,34 @@ pub(crate) mod tests {
         assert_eq!(s.context, Context::SoftirqInline);
         assert_eq!(j.hops[0].t_ns, 0);
         assert_eq!(j.hops.last().unwrap().t_ns, 12500);
+    }
+
+    /// The reply received in a later run, on the back of another task,
+    /// whose start was reported under another journey: an earlier run's
+    /// start on the same CPU says nothing of it.
+    #[test]
+    fn a_receive_belongs_to_its_own_run() {
+        let mut evs = echo(1, 1_000_000);
+        for e in evs
+            .iter_mut()
+            .filter(|e| e.ts_ns >= 1_007_500 && e.ts_ns <= 1_008_500)
+        {
+            e.softirq_run = 2;
+            e.tid = 200;
+            e.tgid = 200;
+            e.comm = *b"sh\0\0\0\0\0\0\0\0\0\0\0\0\0\0";
+        }
+        let j = build_journey(evs, &expected_for(&all_probes()));
+        let request = j.softirq[0].as_ref().unwrap();
+        assert_eq!(
+            (request.entered, request.wait_ns),
+            (Some("local_bh_enable"), Some(1000))
+        );
+        let reply = j.softirq[1].as_ref().unwrap();
+        assert_eq!(
+            (reply.pid, reply.entered, reply.wait_ns),
+            (200, Some("another_task"), None)
+        );
     }
 
     #[test]

@@ -65,7 +65,9 @@ pub fn softirq_words(s: &SoftirqWhere) -> String {
     };
     match s.entered {
         Some("local_bh_enable") => w.push_str(", entered on local_bh_enable in its own send"),
-        Some("irq_exit") => w.push_str(", entered on irq_exit"),
+        Some("another_task") => w.push_str(
+            ", entered on the back of that task (its local_bh_enable or an interrupt's exit)",
+        ),
         _ => {}
     }
     if let Some(ns) = s.wait_ns {
