@@ -155,6 +155,21 @@ pub fn still_expected(e: &Expected, end: &End) -> bool {
     }
 }
 
+/// A route lookup error that means no route at all: `-ENETUNREACH` or
+/// `-EHOSTUNREACH`. A lookup also fails when one table of several misses
+/// (`-EAGAIN` under IPv4 policy rules; IPv6's local table, tried first,
+/// says `-EHOSTUNREACH` for every other address): only an output stage
+/// after it tells those apart, and clears the echo's "no route".
+pub const fn unroutable(err: i32) -> bool {
+    err == -101 || err == -113
+}
+
+/// A request stage that exists only once the route was found and the
+/// packet built.
+const fn builds(stage: u8) -> bool {
+    stage == Stage::IpOutput as u8 || stage == Stage::DevQueueXmit as u8
+}
+
 /// How an echo ended, by precedence: an answer outweighs a drop seen on
 /// the way (a clone's), a drop outweighs a failed lookup (another table may
 /// have matched).
@@ -165,7 +180,8 @@ pub enum End {
     Dropped {
         after: Option<Stage>,
     },
-    /// A request route lookup returned an error.
+    /// A request route lookup found no route (see [`unroutable`]), and no
+    /// output stage followed.
     NoRoute,
     Unanswered,
 }
@@ -210,8 +226,8 @@ pub struct Obs {
     pub stage: u8,
     pub at_return: bool,
     pub ts: u64,
-    /// A route lookup that returned an error.
-    pub route_err: bool,
+    /// A route lookup's error (0: it found a route).
+    pub route_err: i32,
     /// The sending socket's kind, as the transmit stages read it (0: not
     /// read here).
     pub sock_type: u32,
@@ -439,13 +455,18 @@ impl Echo {
             }
         } else if !reply
             && stage == Stage::Route as u8
-            && o.route_err
+            && unroutable(o.route_err)
             && !answered
             && !dropped
             && !no_route
         {
             self.flags |= ECHO_NO_ROUTE;
             fx.count = counters::NO_ROUTE;
+        } else if !reply && builds(stage) && no_route {
+            // The packet was built and sent after all: the failed lookup
+            // was one table of several (IPv6 tries the local table first).
+            self.flags &= !ECHO_NO_ROUTE;
+            fx.uncount = counters::NO_ROUTE;
         }
         // The stage after which a drop happened: the last request stage
         // before it, frees aside.

@@ -58,7 +58,11 @@ pub(crate) fn aggregate(key: &PktKey, e: &Seen) {
         stage,
         at_return: (word >> (p & 63)) & 1 != 0,
         ts: e.ts,
-        route_err: stage == Stage::Route as u8 && e.len != 0,
+        route_err: if stage == Stage::Route as u8 {
+            e.len as i32
+        } else {
+            0
+        },
         sock_type: if stage == Stage::DevQueueXmit as u8 {
             e.aux2
         } else {

@@ -8,7 +8,7 @@ use crate::model::detail::StageDetail;
 use lotrace_common::{
     Event, ProbeId, Stage,
     event::{AF_INET, AF_INET6, FLAG_NET_RX, FLAG_PACKET, is_echo_reply, is_echo_request},
-    journey::{ECHO_SOCK, Echo, End, Masks, Obs, Ran, Rules, still_expected},
+    journey::{ECHO_SOCK, Echo, End, Masks, Obs, Ran, Rules, still_expected, unroutable},
 };
 
 pub use lotrace_common::journey::{Expected, Leg};
@@ -81,13 +81,12 @@ impl Hop {
             stage: self.stage as u8,
             at_return: self.probe.info().at_return,
             ts: self.ts_ns,
-            route_err: matches!(
-                self.detail,
+            route_err: match self.detail {
                 Some(StageDetail::Route {
-                    next_hop: Err(_),
-                    ..
-                })
-            ),
+                    next_hop: Err(err), ..
+                }) => err,
+                _ => 0,
+            },
             sock_type: match self.detail {
                 Some(StageDetail::Transmit { sock_type, .. })
                     if self.stage == Stage::DevQueueXmit =>
@@ -502,12 +501,8 @@ pub fn build_journey(mut events: Vec<Event>, expected: &[Expected]) -> Journey {
             err: hops
                 .iter()
                 .filter(|h| h.leg == Leg::Request)
-                .find_map(|h| match h.detail {
-                    Some(StageDetail::Route {
-                        next_hop: Err(err), ..
-                    }) => Some(err),
-                    _ => None,
-                })
+                .map(|h| h.obs().route_err)
+                .find(|&err| unroutable(err))
                 .unwrap_or(0),
         },
         End::Unanswered => Outcome::Unanswered,
@@ -839,6 +834,26 @@ pub(crate) mod tests {
             &[],
         );
         assert_eq!(j.outcome, Outcome::NoRoute { err: -101 });
+    }
+
+    /// IPv6 looks in the local table first, which fails for every other
+    /// address; IPv4 under policy rules misses tables with -EAGAIN. Neither
+    /// is "no route" once the packet is sent, answered or not.
+    #[test]
+    fn a_missed_table_is_not_no_route() {
+        let lookup = |ts, err: i32| {
+            let mut r = ev(ts, Stage::Route, ProbeId::FibTableLookup, false, 3);
+            r.len = err as u32;
+            r
+        };
+        let send = ev(0, Stage::Sendto, ProbeId::SysEnterSendto, false, 3);
+        let xmit = ev(3000, Stage::DevQueueXmit, ProbeId::NetDevQueue, false, 3);
+        let j = build_journey(vec![send, lookup(900, -113), lookup(1000, 0), xmit], &[]);
+        assert_eq!(j.outcome, Outcome::Unanswered);
+        let j = build_journey(vec![send, lookup(900, -11)], &[]);
+        assert_eq!(j.outcome, Outcome::Unanswered);
+        let j = build_journey(vec![send, lookup(900, -113)], &[]);
+        assert_eq!(j.outcome, Outcome::NoRoute { err: -113 });
     }
 
     #[test]

@@ -232,7 +232,11 @@ mod same_meaning {
                 stage: e.stage,
                 at_return: probe.info().at_return,
                 ts: e.ts_ns,
-                route_err: stage == Stage::Route && e.len != 0,
+                route_err: if stage == Stage::Route {
+                    e.len as i32
+                } else {
+                    0
+                },
                 sock_type: if stage == Stage::DevQueueXmit {
                     e.aux2
                 } else {
@@ -376,6 +380,24 @@ mod same_meaning {
         miss.len = (-11i32) as u32;
         missed.push(miss);
         case("a table missed, answered", missed, one(|o| o.answered = 1));
+        // IPv6's local table misses every other address (-EHOSTUNREACH)
+        // before the main table routes it: sent, never answered, and not
+        // "no route".
+        let mut sent = request_until(14, at(14), Stage::LoopbackXmit);
+        let mut miss = ev(
+            at(14) + 800,
+            Stage::Route,
+            ProbeId::FibTableLookup,
+            false,
+            14,
+        );
+        miss.len = (-113i32) as u32;
+        sent.push(miss);
+        case(
+            "a table missed, sent, unanswered",
+            sent,
+            one(|o| o.unfinished = 1),
+        );
         let mut unroutable = request_until(7, at(7), Stage::Route);
         let mut fail = ev(at(7) + 900, Stage::Route, ProbeId::FibTableLookup, false, 7);
         fail.len = (-101i32) as u32;
