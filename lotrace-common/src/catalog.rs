@@ -305,6 +305,7 @@ macro_rules! probe_table {
             // The filter's own state: the traced command's children, and
             // the end of its sendto (which clears its send context).
             SchedProcessFork     = 21: tp_sched_process_fork      tracepoint(sched:sched_process_fork)            {ForkParentPid: parent_pid, ForkChildPid: child_pid} -> _ 0 required => filter::sched_process_fork;
+            SchedProcessExit     = 81: tp_sched_process_exit      tracepoint(sched:sched_process_exit)            {ExitPid: pid}                                -> _ 0                       => filter::sched_process_exit;
             SysExitSendto        =  2: tp_sys_exit_sendto         tracepoint(syscalls:sys_exit_sendto)            {SendtoExitRet: ret}                          -> _ 0                       => send::sys_exit_sendto;
             NetifRxExit          =  9: tp_netif_rx_exit           tracepoint(net:netif_rx_exit)                   {NetifRxExitRet: ret}                         -> _ 0                       => receive::netif_rx_exit;
 

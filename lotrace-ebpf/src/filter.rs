@@ -167,18 +167,31 @@ pub(crate) fn reply_of(req: &PktKey) -> PktKey {
     k
 }
 
-/// A traced process forks: its child is traced too.
+/// A traced process forks: its child is traced too. The tracepoint runs
+/// in the parent, whose process is the current one (its `parent_pid` is
+/// the forking thread's id, not its process's; threads were found only
+/// because their own ids were added as children).
 #[inline(always)]
 pub(crate) fn sched_process_fork(
     ctx: &TracePointContext,
     _probe: ProbeId,
-    parent: TpField,
+    _parent: TpField,
     child: TpField,
 ) {
-    let (Some(parent), Some(child)) = (field::<i32>(ctx, parent), field::<i32>(ctx, child)) else {
+    let Some(child) = field::<i32>(ctx, child) else {
         return;
     };
-    if is_target(parent as u32) {
+    if is_target(tgid_tid().0) {
         let _ = TARGETS.insert(&(child as u32), &1, 0);
     }
+}
+
+/// A task ends: its id may be given to another process, which must not be
+/// traced. A thread's own id is in the set when a traced process created
+/// it (a fork's child may be either), so each task removes its own id, the
+/// main thread the process's.
+#[inline(always)]
+pub(crate) fn sched_process_exit(_ctx: &TracePointContext, _probe: ProbeId, _pid: TpField) {
+    // Unconditional: the main thread may have gone first.
+    let _ = TARGETS.remove(&tgid_tid().1);
 }

@@ -35,9 +35,10 @@ pub(crate) static TARGETS: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0)
 #[map]
 pub(crate) static TRACKED: Array<u8> = Array::with_max_entries(agg::ECHOES_MAX, 0);
 
-/// Sockets (`struct sock *`) the targets sent echo requests on.
+/// Sockets (`struct sock *`) the targets sent echo requests on; the least
+/// recently used make room, so a long run never fills it.
 #[map]
-pub(crate) static SOCKS: HashMap<u64, u8> = HashMap::with_max_entries(256, 0);
+pub(crate) static SOCKS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(1024, 0);
 
 /// Per thread: the echo request inside its current sendto() (see
 /// `filter::set_ctx`).

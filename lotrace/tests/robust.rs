@@ -178,6 +178,30 @@ fn the_child_ending_ends_the_trace_with_a_summary() {
     assert_eq!(summary(&lines)["journeys"], 0);
 }
 
+/// A process started by a thread other than its parent's main one is
+/// traced too: the fork's `parent_pid` is that thread's id, the traced
+/// set holds process ids.
+#[test]
+fn a_child_started_by_a_thread_is_followed() {
+    if skip_without_root() {
+        return;
+    }
+    let _k = kernel_lock();
+    let script = "import subprocess, threading\n\
+                  t = threading.Thread(target=lambda: subprocess.run(\n\
+                      ['ping', '-c', '2', '-i', '0.2', '127.0.0.1'], check=True))\n\
+                  t.start()\n\
+                  t.join()\n";
+    let out = lotrace(&["trace", "--format", "json", "python3", "-c", script]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines = json_lines(&out);
+    assert_eq!(summary(&lines)["journeys"], 2, "{:?}", journeys(&lines));
+}
+
 #[test]
 fn a_tiny_ring_loses_events_counted_exactly() {
     if skip_without_root() {
