@@ -198,11 +198,11 @@ stage_table! {
         en "The socket layer passes the message to the protocol (raw_sendmsg or ping_v4_sendmsg); on loopback the whole transmit, and often the receive too, happens before it returns.",
         zh "套接字层把消息交给协议（raw_sendmsg 或 ping_v4_sendmsg）；在回环上，整个发送、往往连接收，都在它返回之前完成。";
     Route = 2: "route", expect Request, detail Route,
-        en "The routing table is consulted: the local table matches 127.0.0.0/8 (or any address of this host) and picks the loopback device lo.",
-        zh "查路由表：local 表匹配 127.0.0.0/8（或本机的任何地址），选中回环设备 lo。";
+        en "The routing table is consulted. For an address of this host (127.0.0.0/8, ::1 or any other of its own) the route is a local one, through the loopback device lo. IPv4 without policy rules keeps local routes in the main table (254); with rules, and for IPv6, the local table (255) is searched first.",
+        zh "查路由表。本机地址（127.0.0.0/8、::1 或本机其他地址）查到的是本地路由，出口是回环设备 lo。IPv4 没有策略路由规则时把本地路由并入 main 表（254）；有规则时以及 IPv6 会先查 local 表（255）。";
     IpOutput = 3: "ip_output", expect Request, detail None,
-        en "IP output: the header is finished, netfilter's OUTPUT and POSTROUTING hooks run and the neighbour layer adds the link header.",
-        zh "IP 输出：补全 IP 头，经过 netfilter 的 OUTPUT 和 POSTROUTING 钩子，邻居层加上链路层头。";
+        en "IP output (ip_output, ip6_output): netfilter's POSTROUTING hook runs here (OUTPUT already ran before it, in __ip_local_out), then the neighbour layer adds the link header and hands the packet to dev_queue_xmit.",
+        zh "IP 输出（ip_output、ip6_output）：这里经过 netfilter 的 POSTROUTING 钩子（OUTPUT 钩子在此之前的 __ip_local_out 里已经执行），然后邻居层加上链路层头，交给 dev_queue_xmit。";
     DevQueueXmit = 4: "dev_queue_xmit", expect Both, detail Device,
         en "The packet is queued for transmission on the chosen device; lo has no qdisc, so it goes straight to the driver.",
         zh "数据包进入所选设备的发送队列；lo 没有排队规则（qdisc），直接交给驱动。";
@@ -210,14 +210,14 @@ stage_table! {
         en "The loopback driver, a 'fake NIC': instead of putting bytes on a wire it hands the same skb back to the receive path.",
         zh "回环驱动，一块“假网卡”：它不把字节发到线路上，而是把同一个 skb 交回接收路径。";
     NetifRx = 6: "netif_rx", expect Both, detail None,
-        en "netif_rx puts the skb on this CPU's backlog queue (enqueue_to_backlog), as a NIC's interrupt handler would.",
-        zh "netif_rx 把 skb 放进本 CPU 的 backlog 队列（enqueue_to_backlog），就像真网卡的中断处理程序那样。";
+        en "netif_rx puts the skb on a CPU's backlog queue (enqueue_to_backlog), as a NIC's interrupt handler would: this CPU's, or with RPS the one get_rps_cpu picks.",
+        zh "netif_rx 把 skb 放进某个 CPU 的 backlog 队列（enqueue_to_backlog），就像真网卡的中断处理程序那样：通常是本 CPU 的，开启 RPS 时是 get_rps_cpu 选中的那个 CPU 的。";
     SoftirqRaise = 7: "softirq_raise", expect Never, detail None,
-        en "The backlog was idle, so the NET_RX softirq is raised to process it later, at the next bottom-half opportunity.",
-        zh "backlog 原本空闲，于是触发 NET_RX 软中断，等下一个下半部时机再处理。";
+        en "The NET_RX softirq is raised: the backlog queue was empty and its NAPI not yet scheduled (a queue already due to be polled raises nothing). Under RPS to another CPU it is this CPU's raise that later sends that CPU an IPI; with backlog threads (PREEMPT_RT) a thread is woken instead, and nothing is raised.",
+        zh "触发 NET_RX 软中断：backlog 队列原本为空、它的 NAPI 尚未被调度（已经等着被轮询的队列不会再触发）。RPS 把包交给另一个 CPU 时，是本 CPU 的这次触发在稍后给那个 CPU 发 IPI；使用 backlog 线程时（PREEMPT_RT）唤醒的是线程，不触发软中断。";
     NetRxAction = 8: "net_rx_action", expect Either, detail RunTime,
-        en "The NET_RX softirq runs: inline when bottom halves are re-enabled (often in ping's own task), or in ksoftirqd/N under load.",
-        zh "NET_RX 软中断运行：通常在重新打开下半部时就地运行（常常就在 ping 自己的任务里），负载高时交给 ksoftirqd/N。";
+        en "The NET_RX softirq runs net_rx_action: inline where bottom halves are re-enabled (local_bh_enable, often in ping's own send) or on the way out of an interrupt (irq_exit), or in ksoftirqd/N when softirqs keep coming back. With threaded interrupts (threadirqs, PREEMPT_RT) it runs in threads, and backlog threads poll the backlog without it.",
+        zh "NET_RX 软中断运行 net_rx_action：在重新打开下半部处（local_bh_enable，常常就在 ping 自己的发送里）或中断返回时（irq_exit）就地运行，软中断反复到来时交给 ksoftirqd/N。中断线程化（threadirqs、PREEMPT_RT）时在线程里运行；使用 backlog 线程时 backlog 由线程轮询，不经过它。";
     ProcessBacklog = 9: "process_backlog", expect Never, detail Polled,
         en "The backlog's NAPI poll function takes packets off the per-CPU queue, up to its budget.",
         zh "backlog 的 NAPI 轮询函数从本 CPU 队列里取出数据包，最多取到预算为止。";
@@ -234,8 +234,8 @@ stage_table! {
         en "The kernel itself answers the echo request: it builds the echo reply and sends it back down the same stack.",
         zh "内核自己回应回显请求：构造回显应答，沿同一个协议栈发回去。";
     SockDeliver = 14: "sock_deliver", expect Reply, detail None,
-        en "The reply is queued on ping's socket (raw_rcv or ping_rcv) and the socket is told data is ready.",
-        zh "应答被放进 ping 的套接字接收队列（raw_rcv 或 ping_rcv），并通知套接字有数据可读。";
+        en "The packet is queued on one of ping's sockets (raw_rcv or ping_rcv) and the socket is told data is ready: the reply, or a raw socket's copy of an echo request.",
+        zh "包被放进 ping 的套接字接收队列（raw_rcv 或 ping_rcv），并通知套接字有数据可读：通常是应答，也可能是原始套接字收到的回显请求副本。";
     Wakeup = 15: "wakeup", expect Never, detail Woken,
         en "ping was asleep waiting for the reply and is woken; absent when ping was still running, as when the softirq ran inline in its own sendto.",
         zh "ping 正在睡眠等待应答，被唤醒；如果 ping 当时还在运行（比如软中断就在它自己的 sendto 里运行），就没有这一步。";
