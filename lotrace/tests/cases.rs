@@ -153,8 +153,28 @@ fn zero_address_is_routed_to_loopback() {
         return;
     }
     let _k = kernel_lock();
+    // iputils sends to its own source address: 127.0.0.1, looked up.
     let (lines, _) = trace_json(&["ping", "-c", "2", "-i", "0.2", "0.0.0.0"]);
     answered(&lines, 2, "ipv4");
+    let j = journeys(&lines)[0];
+    assert_eq!(j["target"], "127.0.0.1");
+    assert_eq!(route_detail(j, "request"), "table 254, next hop dev lo");
+    // busybox sends to 0.0.0.0 itself, which the kernel routes to lo with
+    // no lookup: the journey is complete without a request route stage,
+    // streamed and aggregated in the kernel alike.
+    let (lines, _) = trace_json(&["busybox", "ping", "-c", "2", "0.0.0.0"]);
+    answered(&lines, 2, "ipv4");
+    for j in journeys(&lines) {
+        assert_eq!(j["target"], "0.0.0.0");
+        assert!(
+            events(j, "request").iter().all(|e| e["stage"] != "route"),
+            "{j}"
+        );
+    }
+    let (lines, _) = trace_json(&["--summary-only", "busybox", "ping", "-c", "2", "0.0.0.0"]);
+    let s = summary(&lines);
+    assert_eq!(s["in_kernel"]["answered"], 2, "{s}");
+    assert_eq!(s["in_kernel"]["answered_incomplete"], 0, "{s}");
 }
 
 #[test]

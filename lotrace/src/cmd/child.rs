@@ -176,10 +176,10 @@ pub fn resolve_program(program: &str) -> Result<PathBuf> {
 /// For a ping, makes sure its target resolves before anything is loaded;
 /// returns it and, for a name, where its addresses come from.
 fn check_target(command: &[String], hosts_path: &Path) -> Result<(Option<String>, Option<String>)> {
-    if !pingout::is_ping(&command[0]) {
+    let Some(args) = pingout::ping_args(command) else {
         return Ok((None, None));
-    }
-    let Some(target) = pingout::ping_target(&command[1..]) else {
+    };
+    let Some(target) = pingout::ping_target(args) else {
         return Ok((None, None));
     };
     let hosts = std::fs::read_to_string(hosts_path).unwrap_or_default();

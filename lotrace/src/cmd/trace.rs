@@ -153,6 +153,7 @@ pub async fn run_session(opts: TraceOptions, quiet: bool) -> Result<Finished> {
         backend: opts.backend,
         allow_missing: opts.allow_missing,
         summary_only: opts.summary_only,
+        target: meta.target.as_deref(),
     })?;
     meta.set_probes(&tracer.plan, &tracer.attached);
     meta.drop_reasons = tracer.drop_reasons.clone();

@@ -13,7 +13,7 @@ use lotrace_common::{
 
 use crate::{
     kernel::{btf::SkbOffsets, tracefs},
-    model::plan::Plan,
+    model::{journey::expected_stages, plan::Plan},
 };
 
 /// `ret_arg` is, of each fexit probe the plan attaches, how many arguments
@@ -22,6 +22,7 @@ pub fn build(
     skb: &SkbOffsets,
     plan: &Plan,
     ret_arg: &[(ProbeId, usize)],
+    target: Option<&str>,
     summary_only: bool,
 ) -> Result<Config> {
     let mut config = Config::zeroed();
@@ -49,7 +50,7 @@ pub fn build(
         .map_or(0, |p| p as u8);
     if summary_only {
         // The journey's meaning, as the programs need it.
-        let rules = Rules::for_covered(&plan.covered());
+        let rules = Rules::for_covered(&expected_stages(&plan.covered(), target));
         config.summary_only = 1;
         config.expect_leg = rules.expect.leg;
         config.expect_any = rules.expect.any;

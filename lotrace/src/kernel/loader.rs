@@ -40,6 +40,9 @@ pub struct LoadOptions<'a> {
     /// Aggregate per-stage statistics in the kernel instead of streaming
     /// events (`--summary-only`).
     pub summary_only: bool,
+    /// What the traced ping pings, when known: the expected stages depend
+    /// on it (see `model::journey::expected_stages`).
+    pub target: Option<&'a str>,
 }
 
 /// Everything lotrace holds in the kernel. Dropping it detaches every
@@ -107,7 +110,7 @@ impl Tracer {
                     .with_context(|| format!("no prototype of {target} in the kernel's BTF"))
             })
             .collect::<Result<_>>()?;
-        let config = config::build(&skb, &plan, &ret_arg, opts.summary_only)?;
+        let config = config::build(&skb, &plan, &ret_arg, opts.target, opts.summary_only)?;
         // Nothing is streamed when aggregating: the smallest ring will do.
         let ring_size = if opts.summary_only {
             page_size()

@@ -191,6 +191,23 @@ pub fn expected_for(covered: &[Stage]) -> Vec<Expected> {
     lotrace_common::journey::expected_for(covered).collect()
 }
 
+/// Of the `covered` stages, those an echo to `target` passes. A ping that
+/// really sends to 0.0.0.0 (busybox; iputils sends to its own source
+/// address instead) has no route lookup: the kernel gives the unspecified
+/// destination the loopback device and a local address at once
+/// (`ip_route_output_key_hash_rcu`). Both the journeys and the in-kernel
+/// aggregation take their expectations from here.
+pub fn expected_stages(covered: &[Stage], target: Option<&str>) -> Vec<Stage> {
+    let unspecified = target
+        .and_then(|t| t.parse::<std::net::Ipv4Addr>().ok())
+        .is_some_and(|a| a.is_unspecified());
+    covered
+        .iter()
+        .copied()
+        .filter(|s| !(unspecified && *s == Stage::Route))
+        .collect()
+}
+
 type Key = (u8, u16, u16);
 
 struct Open {

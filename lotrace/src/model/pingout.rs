@@ -11,6 +11,17 @@ pub fn is_ping(program: &str) -> bool {
     matches!(base, "ping" | "ping4" | "ping6")
 }
 
+/// A ping's arguments, when `command` runs a ping: `ping ARGS` (also
+/// `ping4`, `ping6`) or `busybox ping ARGS`.
+pub fn ping_args(command: &[String]) -> Option<&[String]> {
+    let base = |p: &str| p.rsplit('/').next().unwrap_or(p).to_string();
+    match command {
+        [p, args @ ..] if is_ping(p) => Some(args),
+        [b, p, args @ ..] if base(b) == "busybox" && is_ping(p) => Some(args),
+        _ => None,
+    }
+}
+
 /// The host a ping command line pings: its last operand.
 pub fn ping_target(args: &[String]) -> Option<String> {
     let mut target = None;
@@ -340,6 +351,10 @@ mod tests {
             PingLine::Other
         );
         assert!(is_ping("/usr/bin/ping") && is_ping("ping6") && !is_ping("pingx"));
+        let cmd = s(&["/bin/busybox", "ping", "-c", "2", "0.0.0.0"]);
+        assert_eq!(ping_args(&cmd), Some(&cmd[2..]));
+        assert_eq!(ping_args(&s(&["ping", "::1"])), Some(&s(&["::1"])[..]));
+        assert_eq!(ping_args(&s(&["busybox", "ls"])), None);
     }
 
     /// Lines as each ping prints them (iputils 20221126, busybox 1.35,

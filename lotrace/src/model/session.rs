@@ -10,7 +10,7 @@ use lotrace_common::{
 };
 
 use crate::model::{
-    journey::{Journey, JourneyBuilder, expected_for},
+    journey::{Journey, JourneyBuilder, expected_for, expected_stages},
     meta::Meta,
     pingout::{Dialect, PingLine, PingReply, SeqStyle, parse_line},
     record::Record,
@@ -51,7 +51,10 @@ pub struct Session {
 impl Session {
     pub fn new(meta: &Meta) -> Session {
         Session {
-            builder: JourneyBuilder::new(expected_for(&meta.covered()), QUIET_NS),
+            builder: JourneyBuilder::new(
+                expected_for(&expected_stages(&meta.covered(), meta.target.as_deref())),
+                QUIET_NS,
+            ),
             stats: Stats::default(),
             ping_rtt: PingRtts::default(),
             resolved: None,
