@@ -306,8 +306,8 @@ macro_rules! probe_table {
             // the end of its sendto (which clears its send context).
             SchedProcessFork     = 21: tp_sched_process_fork      tracepoint(sched:sched_process_fork)            {ForkParentPid: parent_pid, ForkChildPid: child_pid} -> _ 0 required => filter::sched_process_fork;
             SchedProcessExit     = 81: tp_sched_process_exit      tracepoint(sched:sched_process_exit)            {ExitPid: pid}                                -> _ 0                       => filter::sched_process_exit;
-            SysExitSendto        =  2: tp_sys_exit_sendto         tracepoint(syscalls:sys_exit_sendto)            {SendtoExitRet: ret}                          -> _ 0                       => send::sys_exit_sendto;
-            NetifRxExit          =  9: tp_netif_rx_exit           tracepoint(net:netif_rx_exit)                   {NetifRxExitRet: ret}                         -> _ 0                       => receive::netif_rx_exit;
+            SysExitSendto        =  2: tp_sys_exit_sendto         tracepoint(syscalls:sys_exit_sendto)            {SendtoExitRet: ret}                          -> _ 0 at_return             => send::sys_exit_sendto;
+            NetifRxExit          =  9: tp_netif_rx_exit           tracepoint(net:netif_rx_exit)                   {NetifRxExitRet: ret}                         -> _ 0 at_return             => receive::netif_rx_exit;
 
             SysEnterSendto       =  1: tp_sys_enter_sendto        tracepoint(syscalls:sys_enter_sendto)           {SendtoBuff: buff, SendtoLen: len}            -> Sendto 0                  => send::sys_enter_sendto;
 
@@ -395,10 +395,10 @@ macro_rules! probe_table {
 
             // raw_rcv(struct sock *sk, struct sk_buff *skb)
             SkDataReady          = 15: tp_sk_data_ready           tracepoint(sock:sk_data_ready)                  {SkDataReadySk: skaddr}                       -> SockDeliver 0             => socket::sk_data_ready;
-            KpRawRcv             = 39: kp_raw_rcv                 kprobe[raw_rcv]                                 (sk: 0)                                       -> SockDeliver 0             => socket::raw_rcv;
-            KpRawv6Rcv           = 74: kp_rawv6_rcv               kprobe[rawv6_rcv]                               (sk: 0)                                       -> SockDeliver 1             => socket::raw_rcv;
-            FeRawRcv             = 58: fe_raw_rcv                 fentry[raw_rcv]                                 (sk: 0)                                       -> SockDeliver 0             => socket::raw_rcv;
-            FeRawv6Rcv           = 75: fe_rawv6_rcv               fentry[rawv6_rcv]                               (sk: 0)                                       -> SockDeliver 1             => socket::raw_rcv;
+            KpRawRcv             = 39: kp_raw_rcv                 kprobe[raw_rcv]                                 (sk: 0)                                       -> SockDeliver 0             => socket::deliver;
+            KpRawv6Rcv           = 74: kp_rawv6_rcv               kprobe[rawv6_rcv]                               (sk: 0)                                       -> SockDeliver 1             => socket::deliver;
+            FeRawRcv             = 58: fe_raw_rcv                 fentry[raw_rcv]                                 (sk: 0)                                       -> SockDeliver 0             => socket::deliver;
+            FeRawv6Rcv           = 75: fe_rawv6_rcv               fentry[rawv6_rcv]                               (sk: 0)                                       -> SockDeliver 1             => socket::deliver;
 
             SchedWakeup          = 16: tp_sched_wakeup            tracepoint(sched:sched_wakeup)                  {WakeupPid: pid}                              -> Wakeup 0                  => socket::sched_wakeup;
 

@@ -15,25 +15,65 @@ use crate::{
 pub const BACKENDS: &[&str] = &["kprobe", "fentry", "tracepoint"];
 pub const PINGS: usize = 3;
 
-/// The lotrace invocations of one guest: the probe table, one trace per
-/// backend, then one aggregated in the kernel (`--summary-only`).
-pub fn runs() -> Vec<Vec<String>> {
-    let mut runs = vec![vec!["probes".to_string(), "--format".into(), "json".into()]];
-    for b in BACKENDS {
-        runs.push(trace_run(&["--backend", b]));
-    }
-    runs.push(trace_run(&["--summary-only"]));
-    runs
+/// One lotrace invocation of a guest, and what is checked of it.
+#[derive(Clone, Copy)]
+enum Check {
+    /// `lotrace probes`.
+    Probes,
+    /// busybox's ping (a raw socket), with this backend forced.
+    Trace(&'static str),
+    /// busybox's ping, aggregated in the kernel.
+    SummaryOnly,
 }
 
-/// `trace OPTIONS --format json ping -c 3 127.0.0.1`.
-fn trace_run(options: &[&str]) -> Vec<String> {
-    ["trace"]
-        .iter()
-        .chain(options)
-        .chain(&["--format", "json", "ping", "-c", "3", "127.0.0.1"])
-        .map(|s| s.to_string())
-        .collect()
+const CHECKS: &[Check] = &[
+    Check::Probes,
+    Check::Trace("kprobe"),
+    Check::Trace("fentry"),
+    Check::Trace("tracepoint"),
+    Check::SummaryOnly,
+];
+
+impl Check {
+    fn args(self) -> Vec<String> {
+        let busybox = ["ping", "-c", "3", "127.0.0.1"];
+        let trace = |options: &[&str], ping: &[&str]| -> Vec<String> {
+            ["trace"]
+                .iter()
+                .chain(options)
+                .chain(&["--format", "json"])
+                .chain(ping)
+                .map(|s| s.to_string())
+                .collect()
+        };
+        match self {
+            Check::Probes => vec!["probes".into(), "--format".into(), "json".into()],
+            Check::Trace(b) => trace(&["--backend", b], &busybox),
+            Check::SummaryOnly => trace(&["--summary-only"], &busybox),
+        }
+    }
+
+    /// Its name in the matrix table.
+    fn mode(self) -> Option<String> {
+        match self {
+            Check::Probes => None,
+            Check::Trace(b) => Some(b.to_string()),
+            Check::SummaryOnly => Some("summary-only".into()),
+        }
+    }
+
+    fn check(self, run: &Run) -> Result<()> {
+        match self {
+            Check::Probes => check_probes(run),
+            Check::Trace(b) => check_trace(run, b).map(|_| ()),
+            Check::SummaryOnly => check_summary_only(run),
+        }
+    }
+}
+
+/// The lotrace invocations of one guest.
+pub fn runs() -> Vec<Vec<String>> {
+    CHECKS.iter().map(|c| c.args()).collect()
 }
 
 fn json_lines(run: &Run) -> Result<Vec<Value>> {
@@ -42,6 +82,39 @@ fn json_lines(run: &Run) -> Result<Vec<Value>> {
         .filter(|l| !l.trim().is_empty())
         .map(|l| serde_json::from_str(l).with_context(|| format!("not JSON: {l}")))
         .collect()
+}
+
+/// A journey's events in one line, for a failure's message:
+/// `request sendto@0 tracepoint:... task, ...`.
+fn events_line(j: &Value) -> String {
+    let mut evs: Vec<(&str, &Value)> = j["legs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|l| {
+            let leg = l["leg"].as_str().unwrap_or("?");
+            l["events"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(move |e| (leg, e))
+        })
+        .collect();
+    evs.sort_by_key(|(_, e)| e["t_ns"].as_i64().unwrap_or(0));
+    evs.iter()
+        .map(|(leg, e)| {
+            format!(
+                "{leg} {}{}@{} {} {} cpu{}",
+                e["stage"].as_str().unwrap_or("?"),
+                if e["at_return"] == true { "↩" } else { "" },
+                e["t_ns"],
+                e["probe"].as_str().unwrap_or("?"),
+                e["context"].as_str().unwrap_or("?"),
+                e["cpu"]
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 pub fn check_probes(run: &Run) -> Result<()> {
@@ -68,7 +141,8 @@ fn of_backend(label: &str, backend: &str) -> bool {
     }
 }
 
-pub fn check_trace(run: &Run, backend: &str) -> Result<()> {
+/// Checks a traced ping's journeys; returns them.
+pub fn check_trace(run: &Run, backend: &str) -> Result<Vec<Value>> {
     ensure!(run.exit == 0, "lotrace trace exited with {}", run.exit);
     let lines = json_lines(run)?;
     let summary = lines
@@ -104,8 +178,9 @@ pub fn check_trace(run: &Run, backend: &str) -> Result<()> {
         seqs.push(seq);
         ensure!(
             j["complete"] == true,
-            "seq {seq} incomplete: missing {}",
-            j["missing"]
+            "seq {seq} incomplete: missing {}; its events: {}",
+            j["missing"],
+            events_line(j)
         );
         let legs = j["legs"].as_array().context("legs")?;
         let mut all = Vec::new();
@@ -157,7 +232,7 @@ pub fn check_trace(run: &Run, backend: &str) -> Result<()> {
         "lost events: {}",
         summary["lost_events"]
     );
-    Ok(())
+    Ok(journeys.into_iter().cloned().collect())
 }
 
 /// The in-kernel aggregation: every echo answered with every stage, the
@@ -193,15 +268,17 @@ pub fn check_summary_only(run: &Run) -> Result<()> {
 }
 
 pub fn check_guest(series: &str, results: &[Run]) -> Result<()> {
-    if results.len() != BACKENDS.len() + 2 {
+    if results.len() != CHECKS.len() {
         bail!("{series}: {} results", results.len());
     }
-    check_probes(&results[0]).with_context(|| format!("{series}: lotrace probes"))?;
-    for (b, r) in BACKENDS.iter().zip(&results[1..]) {
-        check_trace(r, b).with_context(|| format!("{series}: --backend {b}"))?;
+    for (c, r) in CHECKS.iter().zip(results) {
+        c.check(r).with_context(|| {
+            format!(
+                "{series}: {}",
+                c.mode().unwrap_or_else(|| "lotrace probes".into())
+            )
+        })?;
     }
-    check_summary_only(&results[BACKENDS.len() + 1])
-        .with_context(|| format!("{series}: --summary-only"))?;
     Ok(())
 }
 
@@ -259,10 +336,10 @@ fn guest(series: &'static str, bin: &Path) -> Outcome {
     let (release, retried, rows) = match vm::boot(series, bin, &runs(), false) {
         Ok(g) => {
             let rows = check_guest(series, &g.runs).and_then(|_| {
-                let modes = BACKENDS.iter().copied().chain(["summary-only"]);
-                modes
-                    .zip(&g.runs[1..])
-                    .map(|(m, r)| row(r, m))
+                CHECKS
+                    .iter()
+                    .zip(&g.runs)
+                    .filter_map(|(c, r)| Some(row(r, &c.mode()?)))
                     .collect::<Result<Vec<_>>>()
             });
             (g.release, g.retried, rows)

@@ -12,10 +12,11 @@ use crate::{
     seen::at,
 };
 
-/// Delivery to a socket: only the traced command's sockets count (raw
-/// sockets all get a copy of every ICMP packet).
+/// Delivery to a socket (`raw_rcv`, `rawv6_rcv`, `ping_queue_rcv_skb`, the
+/// `sk_data_ready` tracepoint): only the traced command's sockets count
+/// (raw sockets all get a copy of every ICMP packet).
 #[inline(always)]
-pub(crate) fn raw_rcv<C: EbpfContext>(ctx: &C, probe: ProbeId, sk: u64) {
+pub(crate) fn deliver<C: EbpfContext>(ctx: &C, probe: ProbeId, sk: u64) {
     let Some(st) = state() else { return };
     if st.rx.valid == 0 || sk == 0 || unsafe { SOCKS.get(&sk) }.is_none() {
         return;
@@ -28,7 +29,7 @@ pub(crate) fn raw_rcv<C: EbpfContext>(ctx: &C, probe: ProbeId, sk: u64) {
 #[inline(always)]
 pub(crate) fn sk_data_ready(ctx: &TracePointContext, probe: ProbeId, skaddr: TpField) {
     if let Some(sk) = field::<u64>(ctx, skaddr) {
-        raw_rcv(ctx, probe, sk);
+        deliver(ctx, probe, sk);
     }
 }
 
