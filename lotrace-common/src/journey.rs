@@ -155,13 +155,15 @@ pub fn still_expected(e: &Expected, end: &End) -> bool {
     }
 }
 
-/// A route lookup error that means no route at all: `-ENETUNREACH` or
-/// `-EHOSTUNREACH`. A lookup also fails when one table of several misses
-/// (`-EAGAIN` under IPv4 policy rules; IPv6's local table, tried first,
-/// says `-EHOSTUNREACH` for every other address): only an output stage
-/// after it tells those apart, and clears the echo's "no route".
+/// A failed route lookup: no route, unless the packet is sent after all.
+/// The lookup's own error does not tell: IPv4's fib_table_lookup says
+/// `-EAGAIN` for a table without a match whether or not another table
+/// matches next (fib_lookup turns the last one into `-ENETUNREACH` only
+/// after the tracepoint), and IPv6's local table, tried first, says
+/// `-EHOSTUNREACH` for every other address. An output stage after it
+/// clears the echo's "no route".
 pub const fn unroutable(err: i32) -> bool {
-    err == -101 || err == -113
+    err != 0
 }
 
 /// A request stage that exists only once the route was found and the
@@ -180,8 +182,8 @@ pub enum End {
     Dropped {
         after: Option<Stage>,
     },
-    /// A request route lookup found no route (see [`unroutable`]), and no
-    /// output stage followed.
+    /// A request route lookup failed (see [`unroutable`]), and no output
+    /// stage followed.
     NoRoute,
     Unanswered,
 }

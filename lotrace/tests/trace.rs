@@ -50,25 +50,6 @@ fn check_journey(j: &Value) {
     }
 }
 
-/// lotrace's RTT spans the request's sendto entry to the reply's netif_rx;
-/// ping's spans its own clock read just before sendto to the reply's
-/// receive timestamp, taken inside that netif_rx. So ping's contains
-/// lotrace's, up to ping's printed resolution.
-fn check_rtt(j: &Value) {
-    let ours = j["rtt_ns"].as_u64().expect("kernel RTT");
-    let ping = j["ping_rtt_ns"].as_u64().expect("ping printed an RTT");
-    assert!(
-        ours <= ping + 1_000,
-        "seq {}: kernel RTT {ours} ns exceeds ping's {ping} ns",
-        j["icmp_seq"]
-    );
-    assert!(
-        ping - ours.min(ping) < 2_000_000,
-        "seq {}: ping's RTT {ping} ns is far beyond the kernel's {ours} ns",
-        j["icmp_seq"]
-    );
-}
-
 #[test]
 fn five_pings_give_five_journeys_and_record_replays_them() {
     if skip_without_root() {
@@ -98,7 +79,8 @@ fn five_pings_give_five_journeys_and_record_replays_them() {
     assert_eq!(seqs, vec![1, 2, 3, 4, 5]);
     for j in &js {
         check_journey(j);
-        check_rtt(j);
+        // Half of 10 µs, the unit iputils prints a time of 1 to 10 ms in.
+        check_ping_rtt(j, 5_000);
         assert_eq!(j["target"], "127.0.0.1");
     }
     let s = summary(&lines);

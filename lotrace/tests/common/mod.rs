@@ -149,3 +149,24 @@ pub fn handed_off(j: &Value) -> bool {
         .iter()
         .any(|l| l["softirq"]["context"] == "ksoftirqd")
 }
+
+/// lotrace's RTT spans the request's sendto entry to the reply's netif_rx;
+/// ping's spans its own clock read just before sendto to the reply's
+/// receive timestamp, taken inside that netif_rx. So ping's, paired with
+/// the journey, contains lotrace's, up to the rounding of its printed time
+/// (`slack_ns`), and not by much more than ping's own work.
+pub fn check_ping_rtt(j: &Value, slack_ns: u64) {
+    let seq = &j["icmp_seq"];
+    let ours = j["rtt_ns"].as_u64().expect("kernel RTT");
+    let ping = j["ping_rtt_ns"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("seq {seq}: no ping RTT paired"));
+    assert!(
+        ours <= ping + slack_ns,
+        "seq {seq}: kernel RTT {ours} ns exceeds ping's {ping} ns"
+    );
+    assert!(
+        ping - ours.min(ping) < 2_000_000,
+        "seq {seq}: ping's RTT {ping} ns is far beyond the kernel's {ours} ns"
+    );
+}
