@@ -180,11 +180,14 @@ impl Apt {
         // apt names the file with the version's colon escaped.
         let file = into.join(format!("{pkg}_{}_amd64.deb", version.replace(':', "%3a")));
         if !file.exists() {
+            // apt says why on stderr (a 404, say); the command line itself
+            // would only repeat xtask's options.
             status(
                 self.command("apt-get")
                     .args(["download", "-qq", pkg])
                     .current_dir(into),
-            )?;
+            )
+            .map_err(|_| anyhow::anyhow!("apt-get download {pkg} failed"))?;
         }
         file.exists()
             .then_some(file)
@@ -355,6 +358,7 @@ fn unpacked(apt: &Apt, pkg: &str, series: &str, vm_dir: &Path) -> Result<Kernel>
         dir.display()
     );
     let debs = vm_dir.join("debs");
+    std::fs::create_dir_all(&dir)?;
     let unpack = |deb: &Path| status(Command::new("dpkg").arg("-x").arg(deb).arg(&dir));
     let result = (|| {
         unpack(&apt.download(pkg, &debs)?)?;
