@@ -166,8 +166,22 @@ pub fn check_trace(run: &Run, backend: &str) -> Result<Vec<Value>> {
     let journeys: Vec<&Value> = lines.iter().filter(|v| v["type"] == "journey").collect();
     ensure!(
         journeys.len() == PINGS,
-        "{} journeys, not {PINGS}",
-        journeys.len()
+        "{} journeys, not {PINGS}: {}",
+        journeys.len(),
+        journeys
+            .iter()
+            .map(|j| format!(
+                "[seq {} {}: {}]",
+                j["icmp_seq"],
+                if j["complete"] == true {
+                    "complete".to_string()
+                } else {
+                    format!("missing {}", j["missing"])
+                },
+                events_line(j)
+            ))
+            .collect::<Vec<_>>()
+            .join(" ")
     );
     let id = &journeys[0]["icmp_id"];
     let mut seqs = Vec::new();
