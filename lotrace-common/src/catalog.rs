@@ -395,10 +395,10 @@ macro_rules! probe_table {
 
             // raw_rcv(struct sock *sk, struct sk_buff *skb)
             SkDataReady          = 15: tp_sk_data_ready           tracepoint(sock:sk_data_ready)                  {SkDataReadySk: skaddr}                       -> SockDeliver 0             => socket::sk_data_ready;
-            KpRawRcv             = 39: kp_raw_rcv                 kprobe[raw_rcv]                                 (sk: 0)                                       -> SockDeliver 0             => socket::deliver;
-            KpRawv6Rcv           = 74: kp_rawv6_rcv               kprobe[rawv6_rcv]                               (sk: 0)                                       -> SockDeliver 1             => socket::deliver;
-            FeRawRcv             = 58: fe_raw_rcv                 fentry[raw_rcv]                                 (sk: 0)                                       -> SockDeliver 0             => socket::deliver;
-            FeRawv6Rcv           = 75: fe_rawv6_rcv               fentry[rawv6_rcv]                               (sk: 0)                                       -> SockDeliver 1             => socket::deliver;
+            KpRawRcv             = 39: kp_raw_rcv                 kprobe[raw_rcv]                                 (sk: 0, skb: 1)                               -> SockDeliver 0             => socket::deliver;
+            KpRawv6Rcv           = 74: kp_rawv6_rcv               kprobe[rawv6_rcv]                               (sk: 0, skb: 1)                               -> SockDeliver 1             => socket::deliver;
+            FeRawRcv             = 58: fe_raw_rcv                 fentry[raw_rcv]                                 (sk: 0, skb: 1)                               -> SockDeliver 0             => socket::deliver;
+            FeRawv6Rcv           = 75: fe_rawv6_rcv               fentry[rawv6_rcv]                               (sk: 0, skb: 1)                               -> SockDeliver 1             => socket::deliver;
 
             SchedWakeup          = 16: tp_sched_wakeup            tracepoint(sched:sched_wakeup)                  {WakeupPid: pid}                              -> Wakeup 0                  => socket::sched_wakeup;
 

@@ -213,6 +213,9 @@ pub struct Config {
     pub skb_head: u32,
     pub skb_network_header: u32,
     pub skb_len: u32,
+    /// `skb->tail`: the end of the linear data, as an offset from `head`
+    /// (x86-64 kernels keep it as an offset, not a pointer).
+    pub skb_tail: u32,
     pub skb_sk: u32,
     /// Byte offset of `sk_type` in `struct sock` (SOCK_RAW or SOCK_DGRAM).
     pub sk_type: u32,
@@ -253,7 +256,7 @@ const _: () = assert!(crate::catalog::PROBE_COUNT <= RET_ARG_SLOTS);
 
 /// Explicit padding before `ret_probes`, whatever the number of tracepoint
 /// fields: the loader writes `Config` as bytes, so it must have no hole.
-const CONFIG_HEAD: usize = 7 * 4 + 2 * TP_FIELD_COUNT + 4;
+const CONFIG_HEAD: usize = 8 * 4 + 2 * TP_FIELD_COUNT + 4;
 pub const CONFIG_PAD: usize = (8 - CONFIG_HEAD % 8) % 8;
 const _: () =
     assert!(core::mem::size_of::<Config>() == CONFIG_HEAD + CONFIG_PAD + 4 * 8 + RET_ARG_SLOTS);
@@ -264,6 +267,7 @@ impl Config {
             skb_head: 0,
             skb_network_header: 0,
             skb_len: 0,
+            skb_tail: 0,
             skb_sk: 0,
             sk_type: 0,
             skb_dev: 0,

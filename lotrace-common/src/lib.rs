@@ -10,6 +10,7 @@
 pub mod agg;
 pub mod catalog;
 pub mod event;
+pub mod follow;
 pub mod journey;
 pub mod order;
 pub mod probes;

@@ -16,7 +16,7 @@ use lotrace_common::{
 
 use crate::{
     aggregate::aggregate,
-    filter::{is_tracked, parse_skb, tgid_tid},
+    filter::{identify, is_tracked, tgid_tid},
     kernel::{CONFIG, config},
     maps::{EVENTS, LOST, state},
     seen::{Seen, at},
@@ -110,7 +110,7 @@ pub(crate) fn skb_event_aux<C: EbpfContext>(
     probe: ProbeId,
     aux: impl FnOnce() -> u64,
 ) -> Option<PktKey> {
-    let (key, len) = parse_skb(skb)?;
+    let (key, len) = identify(skb, false)?;
     if !is_tracked(&key) {
         return None;
     }

@@ -9,11 +9,12 @@ use lotrace_common::{
         AF_INET, AF_INET6, ICMP_ECHO, ICMP_ECHOREPLY, ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST,
         IPPROTO_ICMP, IPPROTO_ICMPV6,
     },
+    follow::{self, At, Followed, Header},
 };
 
 use crate::{
     kernel::{CONFIG, config, field, read_kernel, skb_head_nh},
-    maps::{SOCKS, TARGETS, TRACKED, state},
+    maps::{SEND_CTX, SKBS, SOCKS, TARGETS, TRACKED, state},
 };
 
 /// Sets a thread's context. A thread keeps its slot between system calls
@@ -95,25 +96,28 @@ pub(crate) fn in_softirq() -> bool {
     state().map(|s| s.in_net_rx != 0).unwrap_or(false)
 }
 
-/// Reads the ICMP/ICMPv6 echo header of an skb at the offsets the loader
-/// found in BTF. `None` for anything that is not an echo request or reply.
+/// Reads the IP and ICMP/ICMPv6 headers of an skb at the offsets the loader
+/// found in BTF, inside its linear data only. `None` for anything that is
+/// not ICMP, or not the first fragment of an IPv4 datagram.
 #[inline(always)]
-pub(crate) fn parse_skb(skb: u64) -> Option<(PktKey, u32)> {
+pub(crate) fn read_skb(skb: u64) -> Option<(Header, u32)> {
     if skb == 0 {
         return None;
     }
-    let (off_head, off_nh, off_len) = (
+    let (off_head, off_nh, off_len, off_tail) = (
         config(&CONFIG.skb_head) as u64,
         config(&CONFIG.skb_network_header) as u64,
         config(&CONFIG.skb_len) as u64,
+        config(&CONFIG.skb_tail) as u64,
     );
-    if off_head == 0 {
+    if off_head == 0 || off_tail == 0 {
         return None;
     }
     let (head, nh) = skb_head_nh(skb, off_head, off_nh)?;
     if nh == u16::MAX || head == 0 {
         return None;
     }
+    let end = head + read_kernel::<u32>(skb + off_tail)? as u64;
     // The length only goes into streamed events: aggregation skips the read.
     let len: u32 = if config(&CONFIG.summary_only) != 0 {
         0
@@ -122,16 +126,81 @@ pub(crate) fn parse_skb(skb: u64) -> Option<(PktKey, u32)> {
     };
     let ip = head + nh as u64;
     // One read covers what both IP versions need: the version, IPv4's
-    // protocol (byte 9) and IPv6's next header (byte 6).
+    // fragment offset (bytes 6-7) and protocol (byte 9), IPv6's next
+    // header (byte 6).
+    if ip + 10 > end {
+        return None;
+    }
     let iph: [u8; 10] = read_kernel(ip)?;
     let (family, icmp_at) = match iph[0] >> 4 {
-        4 if iph[9] == IPPROTO_ICMP => (AF_INET, ip + ((iph[0] & 0x0f) as u64) * 4),
+        4 if iph[9] == IPPROTO_ICMP && u16::from_be_bytes([iph[6], iph[7]]) & 0x1fff == 0 => {
+            (AF_INET, ip + ((iph[0] & 0x0f) as u64) * 4)
+        }
         6 if iph[6] == IPPROTO_ICMPV6 => (AF_INET6, ip + 40),
         _ => return None,
     };
+    if icmp_at + 8 > end {
+        return Some((Header::Unread(family), len));
+    }
     let hdr: [u8; 8] = read_kernel(icmp_at)?;
-    let key = echo_key(family, &hdr)?;
-    Some((key, len))
+    Some((Header::Echo(echo_key(family, &hdr)?), len))
+}
+
+/// The skbs followed by address, for `lotrace_common::follow`.
+struct Skbs;
+
+impl Followed for Skbs {
+    #[inline(always)]
+    fn get(&self, skb: u64) -> Option<PktKey> {
+        unsafe { SKBS.get(&skb) }.copied()
+    }
+    #[inline(always)]
+    fn set(&mut self, skb: u64, key: &PktKey) {
+        let _ = SKBS.insert(&skb, key, 0);
+    }
+    #[inline(always)]
+    fn remove(&mut self, skb: u64) {
+        let _ = SKBS.remove(&skb);
+    }
+}
+
+/// Which echo packet an skb is, and its length (see
+/// `lotrace_common::follow`); the caller decides whether that echo is
+/// traced. `free`: the skb's free, which ends its following.
+#[inline(always)]
+pub(crate) fn identify(skb: u64, free: bool) -> Option<(PktKey, u32)> {
+    let (header, len) = read_skb(skb)?;
+    let at = if free {
+        At::Free
+    } else {
+        At::Way {
+            sending: match header {
+                Header::Unread(_) => sending(),
+                Header::Echo(_) => None,
+            },
+        }
+    };
+    Some((follow::identify(&mut Skbs, skb, header, at)?, len))
+}
+
+/// The echo a traced thread's send is building, outside NET_RX.
+#[inline(always)]
+fn sending() -> Option<PktKey> {
+    if in_softirq() {
+        return None;
+    }
+    let (tgid, tid) = tgid_tid();
+    if !is_target(tgid) {
+        return None;
+    }
+    get_ctx(&SEND_CTX, tid)
+}
+
+/// Follows a copy of a traced packet (a raw socket's clone) by its own
+/// address, when its header cannot be read.
+#[inline(always)]
+pub(crate) fn follow_copy(skb: u64, key: &PktKey) {
+    follow::follow_copy(&mut Skbs, skb, read_skb(skb).map(|(h, _)| h), key);
 }
 
 #[inline(always)]

@@ -117,6 +117,39 @@ fn ipv6_loopback() {
     );
 }
 
+/// Past about 8 kB a raw socket's echo request carries its ICMP header in
+/// the skb's paged fragments: the packet is followed by its address from
+/// the send, and every stage still sees it, with no journey invented.
+#[test]
+fn large_pings_are_followed_past_their_headers() {
+    if skip_without_root() {
+        return;
+    }
+    let _k = kernel_lock();
+    for (family, target) in [("ipv4", "127.0.0.1"), ("ipv6", "::1")] {
+        let (lines, _) = trace_json(&["ping", "-c", "3", "-i", "0.2", "-s", "65000", target]);
+        answered(&lines, 3, family);
+        assert_eq!(summary(&lines)["journeys"], 3, "{lines:?}");
+        for j in journeys(&lines) {
+            assert_eq!(detail(j, "request", "sock_sendmsg"), "65008 bytes", "{j}");
+        }
+        let (lines, _) = trace_json(&[
+            "--summary-only",
+            "ping",
+            "-c",
+            "3",
+            "-i",
+            "0.2",
+            "-s",
+            "65000",
+            target,
+        ]);
+        let s = summary(&lines);
+        assert_eq!(s["in_kernel"]["answered"], 3, "{s}");
+        assert_eq!(s["incomplete"], 0, "{s}");
+    }
+}
+
 #[test]
 fn localhost_says_where_its_address_comes_from() {
     if skip_without_root() {

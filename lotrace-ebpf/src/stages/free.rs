@@ -5,8 +5,8 @@ use aya_ebpf::programs::TracePointContext;
 use lotrace_common::{ProbeId, Stage, TpField, catalog::NO_DROP_REASON};
 
 use crate::{
-    emit::{emit, skb_event},
-    filter::{in_softirq, is_target, is_tracked, parse_skb, tgid_tid},
+    emit::emit,
+    filter::{identify, in_softirq, is_target, is_tracked, tgid_tid},
     kernel::field,
     seen::at,
 };
@@ -23,8 +23,10 @@ fn free_is_ours() -> bool {
 pub(crate) fn consume_skb(ctx: &TracePointContext, probe: ProbeId, skbaddr: TpField) {
     if free_is_ours()
         && let Some(skb) = field::<u64>(ctx, skbaddr)
+        && let Some((key, len)) = identify(skb, true)
+        && is_tracked(&key)
     {
-        let _ = skb_event(ctx, skb, Stage::Free, probe);
+        emit(ctx, &key, at(Stage::Free, probe, skb, len, 0));
     }
 }
 
@@ -41,7 +43,7 @@ pub(crate) fn kfree_skb(
     let Some(skb) = field::<u64>(ctx, skbaddr) else {
         return;
     };
-    let Some((key, len)) = parse_skb(skb) else {
+    let Some((key, len)) = identify(skb, true) else {
         return;
     };
     if !is_tracked(&key) {

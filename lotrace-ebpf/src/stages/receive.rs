@@ -7,7 +7,7 @@ use lotrace_common::{ProbeId, Stage, TpField, event::is_echo_request};
 
 use crate::{
     emit::{emit, emit_start, skb_event},
-    filter::{is_tracked, parse_skb, reply_of},
+    filter::{identify, is_tracked, reply_of},
     kernel::{CONFIG, config, field},
     maps::state,
     seen::at,
@@ -42,7 +42,7 @@ pub(crate) fn netif_rx_exit(_ctx: &TracePointContext, _probe: ProbeId, _ret: TpF
 #[inline(always)]
 pub(crate) fn netif_receive_skb<C: EbpfContext>(ctx: &C, probe: ProbeId, skb: u64) {
     let Some(st) = state() else { return };
-    let Some((mut key, len)) = parse_skb(skb) else {
+    let Some((mut key, len)) = identify(skb, false) else {
         // Any other packet ends the attribution to the previous echo.
         st.rx.valid = 0;
         return;
@@ -109,7 +109,7 @@ pub(crate) fn icmp_rcv<C: EbpfContext>(ctx: &C, probe: ProbeId, skb: u64) {
 /// icmpv6_echo_reply): the reply leg begins.
 #[inline(always)]
 pub(crate) fn icmp_echo<C: EbpfContext>(ctx: &C, probe: ProbeId, skb: u64) {
-    let Some((key, len)) = parse_skb(skb) else {
+    let Some((key, len)) = identify(skb, false) else {
         return;
     };
     if !is_tracked(&key) || !is_echo_request(key.family, key.icmp_type) {

@@ -6,7 +6,7 @@ use lotrace_common::{ProbeId, Stage, TpField, event::is_echo_reply};
 
 use crate::{
     emit::emit,
-    filter::{get_ctx, is_target, is_tracked, parse_skb, set_ctx, take_ctx, tgid_tid},
+    filter::{get_ctx, identify, is_target, is_tracked, set_ctx, take_ctx, tgid_tid},
     kernel::field,
     maps::RECV_CTX,
     seen::at,
@@ -19,7 +19,7 @@ fn copy<C: EbpfContext>(ctx: &C, skb: u64, probe: ProbeId, len: i64) {
     if !is_target(tgid) {
         return;
     }
-    let Some((key, _)) = parse_skb(skb) else {
+    let Some((key, _)) = identify(skb, false) else {
         return;
     };
     if !is_tracked(&key) || !is_echo_reply(key.family, key.icmp_type) {

@@ -6,30 +6,34 @@ use lotrace_common::{ProbeId, Stage, TpField};
 
 use crate::{
     emit::emit,
-    filter::is_target,
+    filter::{follow_copy, is_target},
     kernel::field,
     maps::{SOCKS, state},
     seen::at,
 };
 
-/// Delivery to a socket (`raw_rcv`, `rawv6_rcv`, `ping_queue_rcv_skb`, the
-/// `sk_data_ready` tracepoint): only the traced command's sockets count
-/// (raw sockets all get a copy of every ICMP packet).
+/// Delivery to a socket (`raw_rcv`, `rawv6_rcv`, the `sk_data_ready`
+/// tracepoint): only the traced command's sockets count (raw sockets all
+/// get a copy of every ICMP packet). A function probe also sees the skb
+/// queued, a raw socket's clone: it is followed to ping's receive.
 #[inline(always)]
-pub(crate) fn deliver<C: EbpfContext>(ctx: &C, probe: ProbeId, sk: u64) {
+pub(crate) fn deliver<C: EbpfContext>(ctx: &C, probe: ProbeId, sk: u64, skb: u64) {
     let Some(st) = state() else { return };
     if st.rx.valid == 0 || sk == 0 || unsafe { SOCKS.get(&sk) }.is_none() {
         return;
     }
     st.rx.delivered = 1;
     let key = st.rx;
+    if skb != 0 {
+        follow_copy(skb, &key);
+    }
     emit(ctx, &key, at(Stage::SockDeliver, probe, 0, 0, sk));
 }
 
 #[inline(always)]
 pub(crate) fn sk_data_ready(ctx: &TracePointContext, probe: ProbeId, skaddr: TpField) {
     if let Some(sk) = field::<u64>(ctx, skaddr) {
-        deliver(ctx, probe, sk);
+        deliver(ctx, probe, sk, 0);
     }
 }
 

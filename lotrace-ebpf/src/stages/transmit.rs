@@ -7,9 +7,7 @@ use lotrace_common::{ProbeId, Stage, TpField, event::is_echo_request};
 
 use crate::{
     emit::{emit, skb_event, skb_event_aux},
-    filter::{
-        in_softirq, is_target, is_tracked, learn_sock, parse_skb, tgid_tid, track, track_key,
-    },
+    filter::{identify, in_softirq, is_target, is_tracked, learn_sock, tgid_tid, track, track_key},
     kernel::{CONFIG, config, dev_name, field, read_kernel},
     maps::state,
     seen::at,
@@ -25,7 +23,7 @@ pub(crate) fn ip_output<C: EbpfContext>(ctx: &C, probe: ProbeId, skb: u64) {
 /// request starts being tracked, and where its socket is learnt.
 #[inline(always)]
 pub(crate) fn dev_queue_xmit<C: EbpfContext>(ctx: &C, probe: ProbeId, skb: u64) {
-    let Some((key, len)) = parse_skb(skb) else {
+    let Some((key, len)) = identify(skb, false) else {
         return;
     };
     let mut sock_type = 0u32;

@@ -14,6 +14,7 @@ pub struct SkbOffsets {
     pub head: u32,
     pub network_header: u32,
     pub len: u32,
+    pub tail: u32,
     pub sk: u32,
     /// `struct sock.sk_type`.
     pub sk_type: u32,
@@ -48,6 +49,7 @@ impl KernelBtf {
             head: off("head")?,
             network_header: off("network_header")?,
             len: off("len")?,
+            tail: off("tail")?,
             sk: off("sk")?,
             sk_type: self
                 .member_offset("sock", "sk_type")

@@ -29,6 +29,7 @@ pub fn build(
     config.skb_head = skb.head;
     config.skb_network_header = skb.network_header;
     config.skb_len = skb.len;
+    config.skb_tail = skb.tail;
     config.skb_sk = skb.sk;
     config.sk_type = skb.sk_type;
     config.skb_dev = skb.dev;
