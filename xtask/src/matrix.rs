@@ -65,7 +65,19 @@ impl Check {
     fn check(self, run: &Run) -> Result<()> {
         match self {
             Check::Probes => check_probes(run),
-            Check::Trace(b) => check_trace(run, b).map(|_| ()),
+            Check::Trace(b) => check_trace(run, b).map(|_| ()).with_context(|| {
+                // Runs the kernel skipped (a probe firing inside another
+                // eBPF program): a hint when a journey comes out wrong.
+                let missed = json_lines(run)
+                    .ok()
+                    .and_then(|v| {
+                        v.iter()
+                            .find(|l| l["type"] == "summary")
+                            .map(|s| s["missed_runs"].clone())
+                    })
+                    .unwrap_or_default();
+                format!("probe runs the kernel skipped: {missed}")
+            }),
             Check::SummaryOnly => check_summary_only(run),
         }
     }
@@ -341,13 +353,14 @@ struct Outcome {
     release: String,
     seconds: f64,
     retried: bool,
+    /// The check that failed on the first boot, when a second passed.
+    failed_once: Option<String>,
     rows: Result<Vec<Row>>,
 }
 
 /// Boots one guest, checks it, and makes its table rows.
-fn guest(series: &'static str, bin: &Path) -> Outcome {
-    let t = Instant::now();
-    let (release, retried, rows) = match vm::boot(series, bin, &runs(), false) {
+fn boot_and_check(series: &'static str, bin: &Path) -> (String, bool, Result<Vec<Row>>) {
+    match vm::boot(series, bin, &runs(), false) {
         Ok(g) => {
             let rows = check_guest(series, &g.runs).and_then(|_| {
                 CHECKS
@@ -359,12 +372,31 @@ fn guest(series: &'static str, bin: &Path) -> Outcome {
             (g.release, g.retried, rows)
         }
         Err(e) => (String::new(), false, Err(e)),
-    };
+    }
+}
+
+/// One guest, booted once more if a check failed (an intermittent failure
+/// is reported as such, with what failed; a second failure fails it).
+fn guest(series: &'static str, bin: &Path) -> Outcome {
+    let t = Instant::now();
+    let (mut release, mut retried, mut rows) = boot_and_check(series, bin);
+    let mut failed_once = None;
+    if let Err(e) = &rows
+        && !release.is_empty()
+    {
+        let first = format!("{e:#}");
+        println!("xtask: kernel matrix: {series} failed a check ({first}); booting it once more");
+        let again = boot_and_check(series, bin);
+        (release, rows) = (again.0, again.2);
+        retried |= again.1;
+        failed_once = Some(first);
+    }
     Outcome {
         series,
         release,
         seconds: t.elapsed().as_secs_f64(),
         retried,
+        failed_once,
         rows,
     }
 }
@@ -413,11 +445,16 @@ pub fn run(bin: &Path, series: &[&str], rounds: u32) -> Result<()> {
                 scope.spawn(|| {
                     while let Some(s) = queue.lock().map(|mut q| q.pop_front()).unwrap_or(None) {
                         let o = guest(s, bin);
-                        let retry = if o.retried {
-                            ", booted twice: the first boot hung"
+                        let mut retry = if o.retried {
+                            ", booted twice: the first boot hung".to_string()
                         } else {
-                            ""
+                            String::new()
                         };
+                        if let Some(first) = &o.failed_once {
+                            retry.push_str(&format!(
+                                ", booted twice: the first boot failed a check ({first})"
+                            ));
+                        }
                         match &o.rows {
                             Ok(_) => println!(
                                 "xtask: kernel matrix: {s} ({}) passed in {:.0} s{retry}",
@@ -439,7 +476,7 @@ pub fn run(bin: &Path, series: &[&str], rounds: u32) -> Result<()> {
         outcomes.sort_by_key(|o| series.iter().position(|s| *s == o.series));
         let retried: Vec<&str> = outcomes
             .iter()
-            .filter(|o| o.retried)
+            .filter(|o| o.retried || o.failed_once.is_some())
             .map(|o| o.series)
             .collect();
         failed.extend(
