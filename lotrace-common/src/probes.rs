@@ -82,6 +82,29 @@ impl ProbeInfo {
         }
     }
 
+    /// What runs this probe's program anywhere on the machine, traced or
+    /// not: the events whose cost it adds to. A syscall tracepoint costs
+    /// more than its own calls: while any is attached, every system call
+    /// of every process takes the kernel's tracing slow path.
+    pub fn fires_on(&self) -> &'static str {
+        match self.kind {
+            ProbeKind::Tracepoint { category, name } => match (category, name) {
+                ("syscalls", _) => "every system call of every process",
+                ("sched", "sched_wakeup") => "every task wake-up",
+                ("sched", _) => "every fork and exit",
+                ("irq", _) => "every softirq (any kind)",
+                ("skb", "skb_copy_datagram_iovec") => "every datagram copied to a process",
+                ("skb", _) => "every packet buffer freed",
+                ("fib", _) | ("fib6", _) => "every route lookup",
+                ("sock", "sk_data_ready") => "every socket's data-ready call",
+                ("sock", _) => "every socket send or receive",
+                ("napi", _) => "every NAPI poll",
+                _ => "every packet of every device",
+            },
+            ProbeKind::Kprobe { .. } | ProbeKind::Fentry { .. } => "every call of its function",
+        }
+    }
+
     /// The kernel functions a function probe may attach to, preferred first.
     pub fn functions(&self) -> &'static [&'static str] {
         match self.kind {

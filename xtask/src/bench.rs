@@ -3,7 +3,9 @@
 //! Interleaved rounds of the same ping flood untraced, under lotrace and
 //! under a bpftrace script attached to the same probes that only counts
 //! them; each round also runs an adaptive ping (`-A`), which prints every
-//! reply's RTT, for the distribution. Then one long traced flood samples
+//! reply's RTT, for the distribution, and times a bystander: a process no
+//! trace targets, making system calls and loopback UDP round trips of its
+//! own while the probes are attached. Then one long traced flood samples
 //! lotrace's RSS to show it stays flat.
 
 use std::{
@@ -60,6 +62,10 @@ struct Sample {
     /// Adaptive: mean and p99 of the RTTs ping printed (ns).
     mean_ns: f64,
     p99_ns: f64,
+    /// A process that is not traced, beside the trace: ns per system call
+    /// (getppid) and per loopback UDP round trip of its own.
+    bystander_syscall_ns: f64,
+    bystander_udp_ns: f64,
     /// Tracer side, both runs together.
     events: u64,
     lost: u64,
@@ -265,6 +271,80 @@ fn reap(pid: u32) -> Result<u64> {
     Ok(ru.ru_maxrss.max(0) as u64)
 }
 
+/// How long the system calls (getppid) and the loopback UDP round trips of
+/// this process, which no trace targets, take over `window`: ns each.
+fn bystander(window: Duration) -> Result<(f64, f64)> {
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").context("bystander socket")?;
+    sock.set_read_timeout(Some(Duration::from_secs(1)))?;
+    let to = sock.local_addr()?;
+    let (mut sys, mut sys_n, mut udp, mut udp_n) = (Duration::ZERO, 0u64, Duration::ZERO, 0u64);
+    let mut buf = [0u8; 64];
+    let end = Instant::now() + window;
+    while Instant::now() < end {
+        let t = Instant::now();
+        for _ in 0..1000 {
+            // SAFETY: getppid has no preconditions.
+            std::hint::black_box(unsafe { libc::getppid() });
+        }
+        sys += t.elapsed();
+        sys_n += 1000;
+        let t = Instant::now();
+        for _ in 0..100 {
+            sock.send_to(&buf[..32], to)?;
+            sock.recv_from(&mut buf)
+                .context("bystander's own datagram")?;
+        }
+        udp += t.elapsed();
+        udp_n += 100;
+    }
+    Ok((
+        sys.as_nanos() as f64 / sys_n.max(1) as f64,
+        udp.as_nanos() as f64 / udp_n.max(1) as f64,
+    ))
+}
+
+/// The bystander's times with this mode's probes attached: under lotrace
+/// tracing `sleep` (every probe attached, nothing of its own to trace),
+/// under the counting bpftrace, or with nothing attached.
+fn footprint(mode: Mode, lotrace: &Path, probes: &[String]) -> Result<(f64, f64)> {
+    let window = Duration::from_secs(2);
+    match mode {
+        Mode::Untraced => bystander(window),
+        Mode::Bpftrace => {
+            let bt = Bpftrace::start(probes)?;
+            let r = bystander(window);
+            bt.stop()?;
+            r
+        }
+        Mode::Lotrace | Mode::Summary => {
+            let mut child = Command::new(lotrace)
+                .args(["trace", "--format", "json"])
+                .args(mode.lotrace_options())
+                .args(["sleep", "5"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("running lotrace")?;
+            // The traced command starts once every probe is attached.
+            let children = format!("/proc/{0}/task/{0}/children", child.id());
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while std::fs::read_to_string(&children).is_ok_and(|c| c.trim().is_empty()) {
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    bail!("lotrace did not start its command within 60 s");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let r = bystander(window);
+            let st = child.wait()?;
+            if !st.success() {
+                bail!("lotrace trace sleep 5: {st}");
+            }
+            r
+        }
+    }
+}
+
 fn sample(mode: Mode, lotrace: &Path, probes: &[String], n: u32) -> Result<Sample> {
     let mut s = Sample::default();
     match mode {
@@ -305,6 +385,7 @@ fn sample(mode: Mode, lotrace: &Path, probes: &[String], n: u32) -> Result<Sampl
             s.tracer_rss_kb = rss;
         }
     }
+    (s.bystander_syscall_ns, s.bystander_udp_ns) = footprint(mode, lotrace, probes)?;
     Ok(s)
 }
 
@@ -410,11 +491,13 @@ pub fn run(lotrace: &Path, o: &BenchOptions) -> Result<()> {
             let s = sample(m, lotrace, &probes, o.count)
                 .with_context(|| format!("round {round}, {}", m.name()))?;
             println!(
-                "xtask: round {round} {:<22} flood {:>7.0} ns/ping, adaptive mean {:>6.0} ns p99 {:>6.0} ns",
+                "xtask: round {round} {:<22} flood {:>7.0} ns/ping, adaptive mean {:>6.0} ns p99 {:>6.0} ns; bystander {:>5.0} ns/syscall {:>6.0} ns/UDP round trip",
                 m.name(),
                 s.flood_ns_per_ping,
                 s.mean_ns,
-                s.p99_ns
+                s.p99_ns,
+                s.bystander_syscall_ns,
+                s.bystander_udp_ns
             );
             all.push((round, m, s));
         }
@@ -489,6 +572,37 @@ pub fn run(lotrace: &Path, o: &BenchOptions) -> Result<()> {
             mean / mean_b,
             p99 / 1000.0,
             p99_b / 1000.0,
+        );
+    }
+
+    let untraced = |f: fn(&Sample) -> f64| {
+        median(
+            all.iter()
+                .filter(|(_, m, _)| *m == Mode::Untraced)
+                .map(|(_, _, s)| f(s))
+                .collect(),
+        )
+    };
+    let (sys0, udp0) = (
+        untraced(|s| s.bystander_syscall_ns),
+        untraced(|s| s.bystander_udp_ns),
+    );
+    let sys_b = median(per(Mode::Bpftrace, |s| s.bystander_syscall_ns));
+    let udp_b = median(per(Mode::Bpftrace, |s| s.bystander_udp_ns));
+    println!(
+        "footprint on a process that is not traced (median over rounds; untraced {sys0:.0} ns per system call, {:.2} µs per loopback UDP round trip):",
+        udp0 / 1000.0
+    );
+    for m in [Mode::Lotrace, Mode::Summary] {
+        let sys = median(per(m, |s| s.bystander_syscall_ns));
+        let udp = median(per(m, |s| s.bystander_udp_ns));
+        println!(
+            "  {} vs bpftrace: system call +{sys:.0} vs +{sys_b:.0} ns, ratio {:.2}; UDP round trip +{:.2} vs +{:.2} µs, ratio {:.2}",
+            m.name(),
+            sys / sys_b,
+            udp / 1000.0,
+            udp_b / 1000.0,
+            udp / udp_b,
         );
     }
 

@@ -112,8 +112,10 @@ enum Cmd {
         rounds: u32,
     },
     /// What tracing costs: interleaved rounds of a ping flood untraced,
-    /// under lotrace and under a counting-only bpftrace on the same probes;
-    /// then a long traced flood to watch lotrace's memory (as root).
+    /// under lotrace and under a counting-only bpftrace on the same probes,
+    /// each with a bystander (an untraced process's system calls and UDP
+    /// round trips); then a long traced flood to watch lotrace's memory
+    /// (as root).
     Bench {
         /// Pings per run.
         #[arg(long, default_value_t = 20000)]

@@ -58,7 +58,42 @@ pub fn text(caps: &Caps, plan: &Plan, kernel: &str) -> String {
             let _ = writeln!(s, "{:<18} {:<44} {:<4} not observable here", "", "", "");
         }
     }
+    let _ = writeln!(
+        s,
+        "\nwhat auto's probes cost the rest of the machine (each runs its program on these events, traced or not):"
+    );
+    for (fires_on, labels) in machine_cost(plan) {
+        let _ = writeln!(s, "  {fires_on:<36} {}", labels.join(", "));
+    }
+    if plan
+        .labels()
+        .iter()
+        .any(|(p, _)| p.info().tracepoint().is_some_and(|(c, _)| c == "syscalls"))
+    {
+        let _ = writeln!(
+            s,
+            "  (while any syscall tracepoint is attached, every system call of every process takes the kernel's tracing slow path)"
+        );
+    }
     s
+}
+
+/// The probes a trace attaches (the filter's own and auto's choices),
+/// grouped by the events that run them anywhere on the machine.
+fn machine_cost(plan: &Plan) -> Vec<(&'static str, Vec<String>)> {
+    let mut groups: Vec<(&'static str, Vec<String>)> = Vec::new();
+    for (p, label) in plan.labels() {
+        let f = p.info().fires_on();
+        match groups.iter_mut().find(|(g, _)| *g == f) {
+            Some((_, v)) => {
+                if !v.contains(&label) {
+                    v.push(label)
+                }
+            }
+            None => groups.push((f, vec![label])),
+        }
+    }
+    groups
 }
 
 pub fn json(caps: &Caps, plan: &Plan, kernel: &str) -> Value {
@@ -87,11 +122,16 @@ pub fn json(caps: &Caps, plan: &Plan, kernel: &str) -> Value {
                     "available": c.avail.ok(),
                     "why": match &c.avail { Avail::No(w) => Some(w.to_string()), _ => None },
                     "chosen": c.chosen,
+                    "fires_on": c.probe.info().fires_on(),
                 })).collect::<Vec<_>>(),
             })
         })
         .collect();
-    json!({"type": "probes", "kernel": kernel, "backends": backends, "stages": stages})
+    let cost: Vec<Value> = machine_cost(plan)
+        .into_iter()
+        .map(|(f, labels)| json!({"fires_on": f, "probes": labels}))
+        .collect();
+    json!({"type": "probes", "kernel": kernel, "backends": backends, "stages": stages, "machine_cost": cost})
 }
 
 #[cfg(test)]
@@ -118,6 +158,16 @@ mod tests {
         );
         assert!(t.contains("tracepoint:net:net_dev_queue"));
         assert!(t.contains("← auto"));
+        let cost = t.split("cost the rest of the machine").nth(1).unwrap();
+        let syscalls = cost
+            .lines()
+            .find(|l| l.contains("every system call of every process"))
+            .unwrap();
+        for tp in ["sys_enter_sendto", "sys_exit_sendto", "sys_exit_recvmsg"] {
+            assert!(syscalls.contains(tp), "{syscalls}");
+        }
+        assert!(cost.contains("every task wake-up"), "{cost}");
+        assert!(cost.contains("tracing slow path"), "{cost}");
     }
 
     #[test]
