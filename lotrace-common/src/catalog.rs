@@ -309,7 +309,7 @@ macro_rules! probe_table {
             SysExitSendto        =  2: tp_sys_exit_sendto         tracepoint(syscalls:sys_exit_sendto)            {SendtoExitRet: ret}                          -> _ 0 at_return             => send::sys_exit_sendto;
             NetifRxExit          =  9: tp_netif_rx_exit           tracepoint(net:netif_rx_exit)                   {NetifRxExitRet: ret}                         -> _ 0 at_return             => receive::netif_rx_exit;
 
-            SysEnterSendto       =  1: tp_sys_enter_sendto        tracepoint(syscalls:sys_enter_sendto)           {SendtoBuff: buff, SendtoLen: len}            -> Sendto 0                  => send::sys_enter_sendto;
+            SysEnterSendto       =  1: tp_sys_enter_sendto        tracepoint(syscalls:sys_enter_sendto)           {SendtoFd: fd, SendtoBuff: buff, SendtoLen: len} -> Sendto 0                  => send::sys_enter_sendto;
 
             // sock_sendmsg hands the message to the address family's
             // sendmsg through the socket's ops; sock_sendmsg itself is

@@ -219,6 +219,16 @@ pub struct Config {
     pub skb_sk: u32,
     /// Byte offset of `sk_type` in `struct sock` (SOCK_RAW or SOCK_DGRAM).
     pub sk_type: u32,
+    /// From a file descriptor to its socket's protocol: `task_struct.files`,
+    /// `files_struct.fdt`, `fdtable.fd` and `.max_fds`, `file.private_data`,
+    /// `socket.sk`, `sock.sk_protocol`.
+    pub task_files: u32,
+    pub files_fdt: u32,
+    pub fdt_fd: u32,
+    pub fdt_max_fds: u32,
+    pub file_private_data: u32,
+    pub socket_sk: u32,
+    pub sk_protocol: u32,
     /// Byte offsets of `sk_buff.dev` and `net_device.name`.
     pub skb_dev: u32,
     pub dev_name: u32,
@@ -256,7 +266,7 @@ const _: () = assert!(crate::catalog::PROBE_COUNT <= RET_ARG_SLOTS);
 
 /// Explicit padding before `ret_probes`, whatever the number of tracepoint
 /// fields: the loader writes `Config` as bytes, so it must have no hole.
-const CONFIG_HEAD: usize = 8 * 4 + 2 * TP_FIELD_COUNT + 4;
+const CONFIG_HEAD: usize = 15 * 4 + 2 * TP_FIELD_COUNT + 4;
 pub const CONFIG_PAD: usize = (8 - CONFIG_HEAD % 8) % 8;
 const _: () =
     assert!(core::mem::size_of::<Config>() == CONFIG_HEAD + CONFIG_PAD + 4 * 8 + RET_ARG_SLOTS);
@@ -270,6 +280,13 @@ impl Config {
             skb_tail: 0,
             skb_sk: 0,
             sk_type: 0,
+            task_files: 0,
+            files_fdt: 0,
+            fdt_fd: 0,
+            fdt_max_fds: 0,
+            file_private_data: 0,
+            socket_sk: 0,
+            sk_protocol: 0,
             skb_dev: 0,
             dev_name: 0,
             tp: [u16::MAX; TP_FIELD_COUNT],

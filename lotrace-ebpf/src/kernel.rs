@@ -3,7 +3,7 @@
 //! is compiled in).
 
 use aya_ebpf::{
-    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
+    helpers::{bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel},
     programs::{FExitContext, TracePointContext},
 };
 use lotrace_common::{
@@ -115,4 +115,38 @@ pub(crate) fn dev_name(skb: u64) -> u64 {
             .unwrap_or(0),
         _ => 0,
     }
+}
+
+/// The `struct sock *` behind one of the current task's file descriptors
+/// (`None` when it is not open; for a file that is not a socket, whatever
+/// its private data holds, which the caller's checks then reject).
+#[inline(always)]
+pub(crate) fn sock_of_fd(fd: i32) -> Option<u64> {
+    if fd < 0 || config(&CONFIG.task_files) == 0 {
+        return None;
+    }
+    let task = unsafe { bpf_get_current_task() };
+    let files: u64 = read_kernel(task + config(&CONFIG.task_files) as u64)?;
+    let fdt: u64 = read_kernel(files + config(&CONFIG.files_fdt) as u64)?;
+    let max: u32 = read_kernel(fdt + config(&CONFIG.fdt_max_fds) as u64)?;
+    if fd as u32 >= max {
+        return None;
+    }
+    let fds: u64 = read_kernel(fdt + config(&CONFIG.fdt_fd) as u64)?;
+    let file: u64 = read_kernel(fds + 8 * fd as u64)?;
+    if file == 0 {
+        return None;
+    }
+    let socket: u64 = read_kernel(file + config(&CONFIG.file_private_data) as u64)?;
+    if socket == 0 {
+        return None;
+    }
+    let sk: u64 = read_kernel(socket + config(&CONFIG.socket_sk) as u64)?;
+    (sk != 0).then_some(sk)
+}
+
+/// A socket's protocol (`IPPROTO_*`).
+#[inline(always)]
+pub(crate) fn sk_protocol(sk: u64) -> Option<u16> {
+    read_kernel(sk + config(&CONFIG.sk_protocol) as u64)
 }

@@ -202,6 +202,35 @@ fn a_child_started_by_a_thread_is_followed() {
     assert_eq!(summary(&lines)["journeys"], 2, "{:?}", journeys(&lines));
 }
 
+/// Only a send on an ICMP socket is an echo request: a UDP message whose
+/// first bytes read as one (type 8, an id, a sequence) is not a journey,
+/// while a real ping from the same command is.
+#[test]
+fn a_udp_message_that_reads_as_an_echo_is_not_one() {
+    if skip_without_root() {
+        return;
+    }
+    let _k = kernel_lock();
+    let script = "import socket, subprocess\n\
+                  r = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+                  r.bind(('127.0.0.1', 0))\n\
+                  s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+                  s.sendto(bytes([8, 0, 0, 0, 0x12, 0x34, 0, 1]) + b'x' * 56, r.getsockname())\n\
+                  r.recv(100)\n\
+                  subprocess.run(['ping', '-c', '1', '127.0.0.1'], check=True)\n";
+    let out = lotrace(&["trace", "--format", "json", "python3", "-c", script]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines = json_lines(&out);
+    let js = journeys(&lines);
+    assert_eq!(js.len(), 1, "{js:?}");
+    assert_ne!(js[0]["icmp_id"], 0x1234, "{}", js[0]);
+    assert_eq!(js[0]["complete"], true, "{}", js[0]);
+}
+
 #[test]
 fn a_tiny_ring_loses_events_counted_exactly() {
     if skip_without_root() {

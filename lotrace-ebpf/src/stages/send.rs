@@ -4,7 +4,7 @@
 use aya_ebpf::{EbpfContext, helpers::bpf_probe_read_user, programs::TracePointContext};
 use lotrace_common::{
     ProbeId, Stage, TpField,
-    event::{AF_INET, AF_INET6, ICMP_ECHO, ICMPV6_ECHO_REQUEST},
+    event::{AF_INET, AF_INET6, ICMP_ECHO, ICMPV6_ECHO_REQUEST, IPPROTO_ICMP, IPPROTO_ICMPV6},
 };
 
 use crate::{
@@ -12,15 +12,18 @@ use crate::{
     filter::{
         echo_key, get_ctx, is_target, learn_sock, set_ctx, take_ctx, tgid_tid, track, track_key,
     },
-    kernel::field,
+    kernel::{field, sk_protocol, sock_of_fd},
     maps::SEND_CTX,
     seen::at,
 };
 
+/// A send is an echo request only on an ICMP socket (raw or datagram):
+/// any other message may start with the same bytes.
 #[inline(always)]
 pub(crate) fn sys_enter_sendto(
     ctx: &TracePointContext,
     probe: ProbeId,
+    fd: TpField,
     buff: TpField,
     len: TpField,
 ) {
@@ -28,6 +31,15 @@ pub(crate) fn sys_enter_sendto(
     if !is_target(tgid) {
         return;
     }
+    let Some(sk) = field::<u64>(ctx, fd).and_then(|fd| sock_of_fd(fd as i32)) else {
+        return;
+    };
+    if !matches!(sk_protocol(sk), Some(p) if p == IPPROTO_ICMP as u16 || p == IPPROTO_ICMPV6 as u16)
+    {
+        return;
+    }
+    // The reply may be delivered before the send returns.
+    learn_sock(sk);
     let Some(buf) = field::<u64>(ctx, buff) else {
         return;
     };

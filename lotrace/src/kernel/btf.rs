@@ -21,6 +21,14 @@ pub struct SkbOffsets {
     /// `sk_buff.dev` and `net_device.name`.
     pub dev: u32,
     pub dev_name: u32,
+    /// From a file descriptor to its socket (see `Config::task_files`).
+    pub task_files: u32,
+    pub files_fdt: u32,
+    pub fdt_fd: u32,
+    pub fdt_max_fds: u32,
+    pub file_private_data: u32,
+    pub socket_sk: u32,
+    pub sk_protocol: u32,
 }
 
 pub struct KernelBtf {
@@ -58,7 +66,19 @@ impl KernelBtf {
             dev_name: self
                 .member_offset("net_device", "name")
                 .context("struct net_device.name in kernel BTF")?,
+            task_files: self.offset("task_struct", "files")?,
+            files_fdt: self.offset("files_struct", "fdt")?,
+            fdt_fd: self.offset("fdtable", "fd")?,
+            fdt_max_fds: self.offset("fdtable", "max_fds")?,
+            file_private_data: self.offset("file", "private_data")?,
+            socket_sk: self.offset("socket", "sk")?,
+            sk_protocol: self.offset("sock", "sk_protocol")?,
         })
+    }
+
+    fn offset(&self, name: &str, member: &str) -> Result<u32> {
+        self.member_offset(name, member)
+            .with_context(|| format!("struct {name}.{member} in kernel BTF"))
     }
 
     /// Byte offset of `member` in `struct name`, looking through anonymous

@@ -34,6 +34,13 @@ pub fn build(
     config.sk_type = skb.sk_type;
     config.skb_dev = skb.dev;
     config.dev_name = skb.dev_name;
+    config.task_files = skb.task_files;
+    config.files_fdt = skb.files_fdt;
+    config.fdt_fd = skb.fdt_fd;
+    config.fdt_max_fds = skb.fdt_max_fds;
+    config.file_private_data = skb.file_private_data;
+    config.socket_sk = skb.socket_sk;
+    config.sk_protocol = skb.sk_protocol;
     for &(p, n) in ret_arg {
         // The programs read the return value after at most six arguments
         // (see lotrace-ebpf's fexit_ret), as many as x86-64 passes in
