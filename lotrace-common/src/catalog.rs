@@ -192,8 +192,8 @@ pub struct StageInfo {
 
 stage_table! {
     Sendto = 0: "sendto", expect Request, detail None,
-        en "ping hands its ICMP echo request to the kernel with the sendto() system call.",
-        zh "ping 用 sendto() 系统调用把 ICMP 回显请求交给内核。";
+        en "ping hands its ICMP echo request to the kernel with the sendto() system call (sendmsg() when it passes control data, as iputils does over IPv6 with -I; the probe says which).",
+        zh "ping 用 sendto() 系统调用把 ICMP 回显请求交给内核（需要附带控制信息时用 sendmsg()，例如 iputils 在 IPv6 下用 -I 时；探针名会说明是哪一个）。";
     SockSendmsg = 1: "sock_sendmsg", expect Request, detail SyscallReturn,
         en "The socket layer passes the message to the protocol (raw_sendmsg or ping_v4_sendmsg); on loopback the whole transmit, and often the receive too, happens before it returns.",
         zh "套接字层把消息交给协议（raw_sendmsg 或 ping_v4_sendmsg）；在回环上，整个发送、往往连接收，都在它返回之前完成。";
@@ -303,13 +303,19 @@ macro_rules! probe_table {
     ($expand:ident) => {
         $crate::probe_table! { @lines $expand
             // The filter's own state: the traced command's children, and
-            // the end of its sendto (which clears its send context).
+            // the end of its sendto or sendmsg (which clears its send
+            // context).
             SchedProcessFork     = 21: tp_sched_process_fork      tracepoint(sched:sched_process_fork)            {ForkParentPid: parent_pid, ForkChildPid: child_pid} -> _ 0 required => filter::sched_process_fork;
             SchedProcessExit     = 81: tp_sched_process_exit      tracepoint(sched:sched_process_exit)            {ExitPid: pid}                                -> _ 0                       => filter::sched_process_exit;
             SysExitSendto        =  2: tp_sys_exit_sendto         tracepoint(syscalls:sys_exit_sendto)            {SendtoExitRet: ret}                          -> _ 0 at_return             => send::sys_exit_sendto;
             NetifRxExit          =  9: tp_netif_rx_exit           tracepoint(net:netif_rx_exit)                   {NetifRxExitRet: ret}                         -> _ 0 at_return             => receive::netif_rx_exit;
 
+            SysExitSendmsg       = 82: tp_sys_exit_sendmsg        tracepoint(syscalls:sys_exit_sendmsg)           {SendmsgExitRet: ret}                         -> _ 0 at_return             => send::sys_exit_sendto;
+
+            // ping's send: sendto, or sendmsg when it passes control data
+            // (iputils over IPv6 with -I).
             SysEnterSendto       =  1: tp_sys_enter_sendto        tracepoint(syscalls:sys_enter_sendto)           {SendtoFd: fd, SendtoBuff: buff, SendtoLen: len} -> Sendto 0                  => send::sys_enter_sendto;
+            SysEnterSendmsg      = 83: tp_sys_enter_sendmsg       tracepoint(syscalls:sys_enter_sendmsg)          {SendmsgFd: fd, SendmsgMsg: msg}              -> Sendto 1                  => send::sys_enter_sendmsg;
 
             // sock_sendmsg hands the message to the address family's
             // sendmsg through the socket's ops; sock_sendmsg itself is

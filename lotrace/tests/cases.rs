@@ -150,6 +150,30 @@ fn large_pings_are_followed_past_their_headers() {
     }
 }
 
+/// iputils over IPv6 with `-I` sends with sendmsg (the interface goes in
+/// a control message): the send is seen there, and the journey is whole.
+#[test]
+fn a_send_by_sendmsg_starts_the_journey() {
+    if skip_without_root() {
+        return;
+    }
+    let _k = kernel_lock();
+    let (lines, _) = trace_json(&["ping", "-c", "2", "-i", "0.2", "-I", "lo", "::1"]);
+    answered(&lines, 2, "ipv6");
+    for j in journeys(&lines) {
+        let send = events(j, "request")
+            .into_iter()
+            .find(|e| e["stage"] == "sendto")
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(
+            send["probe"], "tracepoint:syscalls:sys_enter_sendmsg",
+            "{j}"
+        );
+        check_ping_rtt(j, 500);
+    }
+}
+
 #[test]
 fn localhost_says_where_its_address_comes_from() {
     if skip_without_root() {

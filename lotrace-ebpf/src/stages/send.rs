@@ -17,21 +17,19 @@ use crate::{
     seen::at,
 };
 
-/// A send is an echo request only on an ICMP socket (raw or datagram):
-/// any other message may start with the same bytes.
+/// A traced thread's send starts. It is an echo request only on an ICMP
+/// socket (raw or datagram): any other message may start with the same
+/// bytes.
 #[inline(always)]
-pub(crate) fn sys_enter_sendto(
-    ctx: &TracePointContext,
+fn send_starts<C: EbpfContext>(
+    ctx: &C,
     probe: ProbeId,
-    fd: TpField,
-    buff: TpField,
-    len: TpField,
+    tid: u32,
+    fd: Option<u64>,
+    buf: u64,
+    len: u64,
 ) {
-    let (tgid, tid) = tgid_tid();
-    if !is_target(tgid) {
-        return;
-    }
-    let Some(sk) = field::<u64>(ctx, fd).and_then(|fd| sock_of_fd(fd as i32)) else {
+    let Some(sk) = fd.and_then(|fd| sock_of_fd(fd as i32)) else {
         return;
     };
     if !matches!(sk_protocol(sk), Some(p) if p == IPPROTO_ICMP as u16 || p == IPPROTO_ICMPV6 as u16)
@@ -40,10 +38,6 @@ pub(crate) fn sys_enter_sendto(
     }
     // The reply may be delivered before the send returns.
     learn_sock(sk);
-    let Some(buf) = field::<u64>(ctx, buff) else {
-        return;
-    };
-    let len = field::<u64>(ctx, len).unwrap_or(0);
     let Ok(hdr) = (unsafe { bpf_probe_read_user(buf as *const [u8; 8]) }) else {
         return;
     };
@@ -60,6 +54,52 @@ pub(crate) fn sys_enter_sendto(
     // Track the id now: the IP output path runs before dev_queue_xmit.
     track(track_key(&key));
     emit(ctx, &key, at(Stage::Sendto, probe, 0, len as u32, 0));
+}
+
+#[inline(always)]
+pub(crate) fn sys_enter_sendto(
+    ctx: &TracePointContext,
+    probe: ProbeId,
+    fd: TpField,
+    buff: TpField,
+    len: TpField,
+) {
+    let (tgid, tid) = tgid_tid();
+    if !is_target(tgid) {
+        return;
+    }
+    let Some(buf) = field::<u64>(ctx, buff) else {
+        return;
+    };
+    let len = field::<u64>(ctx, len).unwrap_or(0);
+    send_starts(ctx, probe, tid, field::<u64>(ctx, fd), buf, len);
+}
+
+/// `struct user_msghdr` and `struct iovec` (UAPI, fixed): the message's
+/// first buffer.
+const MSG_IOV: u64 = 16;
+
+#[inline(always)]
+pub(crate) fn sys_enter_sendmsg(
+    ctx: &TracePointContext,
+    probe: ProbeId,
+    fd: TpField,
+    msg: TpField,
+) {
+    let (tgid, tid) = tgid_tid();
+    if !is_target(tgid) {
+        return;
+    }
+    let Some(msg) = field::<u64>(ctx, msg) else {
+        return;
+    };
+    let Ok(iov) = (unsafe { bpf_probe_read_user((msg + MSG_IOV) as *const u64) }) else {
+        return;
+    };
+    let Ok([buf, len]) = (unsafe { bpf_probe_read_user(iov as *const [u64; 2]) }) else {
+        return;
+    };
+    send_starts(ctx, probe, tid, field::<u64>(ctx, fd), buf, len);
 }
 
 #[inline(always)]

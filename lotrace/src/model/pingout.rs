@@ -166,7 +166,8 @@ pub fn parse_line(line: &str) -> PingLine {
 }
 
 /// `PING host (addr) 56(84) bytes of data.` (iputils, IPv4),
-/// `PING host(name (addr)) 56 data bytes` (iputils, IPv6),
+/// `PING host(name (addr)) 56 data bytes` (iputils, IPv6; with `-I`,
+/// `PING ::1(::1) from ::1 lo: 56 data bytes`),
 /// `PING host (addr): 56 data bytes` (busybox),
 /// `PING host (addr) 56 bytes of data.` (oping).
 fn parse_header(rest: &str) -> PingLine {
@@ -189,6 +190,8 @@ fn parse_header(rest: &str) -> PingLine {
         [":", _, "data", "bytes"] => Some(Dialect::Busybox),
         [_, "data", "bytes"] => Some(Dialect::Iputils),
         [_, "bytes", "of", "data."] => Some(Dialect::Oping),
+        // iputils with a source or an interface (`-I`).
+        ["from", .., _, "data", "bytes"] => Some(Dialect::Iputils),
         _ if tail.starts_with(": ") && tail.ends_with(" data bytes") => Some(Dialect::Busybox),
         _ => None,
     };
@@ -376,6 +379,14 @@ mod tests {
         assert_eq!(
             d("PING localhost(localhost (::1)) 56 data bytes"),
             (Some(Dialect::Iputils), "::1".into())
+        );
+        assert_eq!(
+            d("PING ::1(::1) from ::1 lo: 56 data bytes"),
+            (Some(Dialect::Iputils), "::1".into())
+        );
+        assert_eq!(
+            d("PING 127.0.0.1 (127.0.0.1) from 127.0.0.1 lo: 56(84) bytes of data."),
+            (Some(Dialect::Iputils), "127.0.0.1".into())
         );
         assert_eq!(
             d("PING ::1 (::1): 56 data bytes"),

@@ -440,6 +440,7 @@ pub(crate) mod tests {
             for (end, begin) in [
                 (ProbeId::SoftirqExit, ProbeId::SoftirqEntry),
                 (ProbeId::SysExitSendto, ProbeId::SysEnterSendto),
+                (ProbeId::SysExitSendmsg, ProbeId::SysEnterSendmsg),
                 (ProbeId::NetifRxExit, ProbeId::NetifRxEntry),
                 (ProbeId::KrLoopbackXmit, ProbeId::KpLoopbackXmit),
             ] {
