@@ -257,7 +257,8 @@ stage_table! {
 }
 
 pub use crate::probes::{
-    Backend, PROBE_COUNT, PROBES, ProbeId, ProbeInfo, ProbeKind, TP_FIELD_COUNT, TP_FIELDS, TpField,
+    Backend, PROBE_COUNT, PROBES, ProbeId, ProbeInfo, ProbeKind, RawSpec, TP_FIELD_COUNT,
+    TP_FIELDS, TP_RAW, TpField,
 };
 
 /// Every probe, one line each. `crate::probes` expands this table into
@@ -275,8 +276,14 @@ pub use crate::probes::{
 /// - `kind target`: `tracepoint(category:name)`, or `kprobe`, `kretprobe`,
 ///   `fentry` or `fexit` on `[functions]`: alternatives, preferred first,
 ///   since names move between kernels.
-/// - `{Field: name}`, tracepoints only: the [`TpField`]s the handler reads
-///   and their names in the event's `format` file.
+/// - `{Field: name = arg -> member ..}`, tracepoints only: the
+///   [`TpField`]s the handler reads, their names in the event's `format`
+///   file (for a classic tracepoint) and where a raw tracepoint finds them:
+///   the tracepoint's argument by position in its `TP_PROTO`, then through
+///   the named members of the structs it points to (`2 -> nhc_dev -> name`:
+///   the third argument's `nhc_dev`'s `name`), offsets from BTF. A line
+///   whose every field says so can be attached raw (the program is named
+///   after the tracepoint); the others only as classic tracepoints.
 /// - `(arg: index)`, kprobe and fentry only: the function's arguments the
 ///   handler gets, as `u64`, by position (`skb: 0` says the first argument
 ///   is the `struct sk_buff *`). kretprobe and fexit handlers get the
@@ -296,7 +303,7 @@ pub use crate::probes::{
 /// `probe_table!(m)` invokes `m!` with one record a line, in table order:
 ///
 /// ```text
-/// [Id n program kind target [Field name ..] [index ..] Stage group [flag ..] handler]
+/// [Id n program kind target [Field name [raw ..] ..] [index ..] Stage group [flag ..] handler]
 /// ```
 #[macro_export]
 macro_rules! probe_table {
@@ -305,10 +312,10 @@ macro_rules! probe_table {
             // The filter's own state: the traced command's children, and
             // the end of its sendto or sendmsg (which clears its send
             // context).
-            SchedProcessFork     = 21: tp_sched_process_fork      tracepoint(sched:sched_process_fork)            {ForkParentPid: parent_pid, ForkChildPid: child_pid} -> _ 0 required => filter::sched_process_fork;
-            SchedProcessExit     = 81: tp_sched_process_exit      tracepoint(sched:sched_process_exit)            {ExitPid: pid}                                -> _ 0                       => filter::sched_process_exit;
+            SchedProcessFork     = 21: tp_sched_process_fork      tracepoint(sched:sched_process_fork)            {ForkParentPid: parent_pid = 0 -> pid, ForkChildPid: child_pid = 1 -> pid} -> _ 0 required => filter::sched_process_fork;
+            SchedProcessExit     = 81: tp_sched_process_exit      tracepoint(sched:sched_process_exit)            {ExitPid: pid = 0 -> pid}                     -> _ 0                       => filter::sched_process_exit;
             SysExitSendto        =  2: tp_sys_exit_sendto         tracepoint(syscalls:sys_exit_sendto)            {SendtoExitRet: ret}                          -> _ 0 at_return             => send::sys_exit_sendto;
-            NetifRxExit          =  9: tp_netif_rx_exit           tracepoint(net:netif_rx_exit)                   {NetifRxExitRet: ret}                         -> _ 0 at_return             => receive::netif_rx_exit;
+            NetifRxExit          =  9: tp_netif_rx_exit           tracepoint(net:netif_rx_exit)                   {NetifRxExitRet: ret = 0}                     -> _ 0 at_return             => receive::netif_rx_exit;
 
             SysExitSendmsg       = 82: tp_sys_exit_sendmsg        tracepoint(syscalls:sys_exit_sendmsg)           {SendmsgExitRet: ret}                         -> _ 0 at_return             => send::sys_exit_sendto;
 
@@ -322,7 +329,7 @@ macro_rules! probe_table {
             // inlined into the sendto path on some kernels (6.1), the
             // family's function never is (it is called through a pointer),
             // so that is where a function probe sees the stage.
-            SockSendLength       =  3: tp_sock_send_length        tracepoint(sock:sock_send_length)               {SockSendSk: sk, SockSendRet: ret}            -> SockSendmsg 0 at_return   => send::sock_send_length;
+            SockSendLength       =  3: tp_sock_send_length        tracepoint(sock:sock_send_length)               {SockSendSk: sk = 0, SockSendRet: ret = 1}    -> SockSendmsg 0 at_return   => send::sock_send_length;
             KpSockSendmsg        = 22: kp_sock_sendmsg            kprobe[inet_sendmsg]                            (sock: 0)                                     -> SockSendmsg 0             => send::sendmsg;
             KrSockSendmsg        = 23: kr_sock_sendmsg            kretprobe[inet_sendmsg]                                                                       -> SockSendmsg 0             => send::sendmsg_return;
             KpInet6Sendmsg       = 61: kp_inet6_sendmsg           kprobe[inet6_sendmsg]                           (sock: 0)                                     -> SockSendmsg 1             => send::sendmsg;
@@ -332,7 +339,7 @@ macro_rules! probe_table {
             FeInet6Sendmsg       = 63: fe_inet6_sendmsg           fentry[inet6_sendmsg]                           (sock: 0)                                     -> SockSendmsg 1             => send::sendmsg;
             FxInet6Sendmsg       = 64: fx_inet6_sendmsg           fexit[inet6_sendmsg]                                                                          -> SockSendmsg 1             => send::sendmsg_return;
 
-            FibTableLookup       =  4: tp_fib_table_lookup        tracepoint(fib:fib_table_lookup)                {FibTbId: tb_id, FibErr: err, FibDev: name}   -> Route 0                   => route::fib_table_lookup;
+            FibTableLookup       =  4: tp_fib_table_lookup        tracepoint(fib:fib_table_lookup)                {FibTbId: tb_id = 0, FibErr: err = 3, FibDev: name = 2 -> nhc_dev -> name} -> Route 0                   => route::fib_table_lookup;
             Fib6TableLookup      = 65: tp_fib6_table_lookup       tracepoint(fib6:fib6_table_lookup)              {Fib6TbId: tb_id, Fib6Err: err, Fib6Dev: name} -> Route 1                  => route::fib_table_lookup;
 
             // ip_output(struct net *net, struct sock *sk, struct sk_buff *skb)
@@ -341,12 +348,12 @@ macro_rules! probe_table {
             FeIpOutput           = 43: fe_ip_output               fentry[ip_output]                               (skb: 2)                                      -> IpOutput 0                => transmit::ip_output;
             FeIp6Output          = 67: fe_ip6_output              fentry[ip6_output]                              (skb: 2)                                      -> IpOutput 1                => transmit::ip_output;
 
-            NetDevQueue          =  5: tp_net_dev_queue           tracepoint(net:net_dev_queue)                   {NetDevQueueSkb: skbaddr}                     -> DevQueueXmit 0            => transmit::net_dev_queue;
+            NetDevQueue          =  5: tp_net_dev_queue           tracepoint(net:net_dev_queue)                   {NetDevQueueSkb: skbaddr = 0}                 -> DevQueueXmit 0            => transmit::net_dev_queue;
             KpDevQueueXmit       = 25: kp_dev_queue_xmit          kprobe[__dev_queue_xmit, dev_queue_xmit]        (skb: 0)                                      -> DevQueueXmit 0            => transmit::dev_queue_xmit;
             FeDevQueueXmit       = 44: fe_dev_queue_xmit          fentry[__dev_queue_xmit, dev_queue_xmit]        (skb: 0)                                      -> DevQueueXmit 0            => transmit::dev_queue_xmit;
 
-            NetDevStartXmit      =  6: tp_net_dev_start_xmit      tracepoint(net:net_dev_start_xmit)              {StartXmitSkb: skbaddr}                       -> LoopbackXmit 0            => transmit::net_dev_start_xmit;
-            NetDevXmit           =  7: tp_net_dev_xmit            tracepoint(net:net_dev_xmit)                    {XmitSkb: skbaddr, XmitRc: rc}                -> LoopbackXmit 0 at_return  => transmit::net_dev_xmit;
+            NetDevStartXmit      =  6: tp_net_dev_start_xmit      tracepoint(net:net_dev_start_xmit)              {StartXmitSkb: skbaddr = 0}                   -> LoopbackXmit 0            => transmit::net_dev_start_xmit;
+            NetDevXmit           =  7: tp_net_dev_xmit            tracepoint(net:net_dev_xmit)                    {XmitSkb: skbaddr = 0, XmitRc: rc = 1}        -> LoopbackXmit 0 at_return  => transmit::net_dev_xmit;
             KpLoopbackXmit       = 26: kp_loopback_xmit           kprobe[loopback_xmit]                           (skb: 0)                                      -> LoopbackXmit 0            => transmit::loopback_xmit;
             KrLoopbackXmit       = 27: kr_loopback_xmit           kretprobe[loopback_xmit]                                                                      -> LoopbackXmit 0            => transmit::loopback_xmit_return;
             FeLoopbackXmit       = 45: fe_loopback_xmit           fentry[loopback_xmit]                           (skb: 0)                                      -> LoopbackXmit 0            => transmit::loopback_xmit;
@@ -354,30 +361,30 @@ macro_rules! probe_table {
 
             // loopback_xmit calls __netif_rx (bottom halves are already
             // off there); other drivers call netif_rx. Both are watched.
-            NetifRxEntry         =  8: tp_netif_rx_entry          tracepoint(net:netif_rx_entry)                  {NetifRxEntrySkb: skbaddr}                    -> NetifRx 0                 => receive::netif_rx_entry;
+            NetifRxEntry         =  8: tp_netif_rx_entry          tracepoint(net:netif_rx_entry)                  {NetifRxEntrySkb: skbaddr = 0}                -> NetifRx 0                 => receive::netif_rx_entry;
             KpNetifRxInner       = 28: kp_netif_rx_inner          kprobe[__netif_rx]                              (skb: 0)                                      -> NetifRx 0                 => receive::netif_rx;
             KpNetifRx            = 29: kp_netif_rx                kprobe[netif_rx]                                (skb: 0)                                      -> NetifRx 1                 => receive::netif_rx;
             FeNetifRxInner       = 47: fe_netif_rx_inner          fentry[__netif_rx]                              (skb: 0)                                      -> NetifRx 0                 => receive::netif_rx;
             FeNetifRx            = 48: fe_netif_rx                fentry[netif_rx]                                (skb: 0)                                      -> NetifRx 1                 => receive::netif_rx;
 
-            SoftirqRaise         = 10: tp_softirq_raise           tracepoint(irq:softirq_raise)                   {SoftirqRaiseVec: vec}                        -> SoftirqRaise 0            => softirq::raise;
+            SoftirqRaise         = 10: tp_softirq_raise           tracepoint(irq:softirq_raise)                   {SoftirqRaiseVec: vec = 0}                    -> SoftirqRaise 0            => softirq::raise;
 
             // net_rx_action's arguments changed across kernels; none is read.
-            SoftirqEntry         = 11: tp_softirq_entry           tracepoint(irq:softirq_entry)                   {SoftirqEntryVec: vec}                        -> NetRxAction 0 required    => softirq::entry;
-            SoftirqExit          = 12: tp_softirq_exit            tracepoint(irq:softirq_exit)                    {SoftirqExitVec: vec}                         -> NetRxAction 0 at_return required => softirq::exit;
+            SoftirqEntry         = 11: tp_softirq_entry           tracepoint(irq:softirq_entry)                   {SoftirqEntryVec: vec = 0}                    -> NetRxAction 0 required    => softirq::entry;
+            SoftirqExit          = 12: tp_softirq_exit            tracepoint(irq:softirq_exit)                    {SoftirqExitVec: vec = 0}                     -> NetRxAction 0 at_return required => softirq::exit;
             KpNetRxAction        = 30: kp_net_rx_action           kprobe[net_rx_action]                           ()                                            -> NetRxAction 0             => softirq::net_rx_action;
             KrNetRxAction        = 31: kr_net_rx_action           kretprobe[net_rx_action]                                                                      -> NetRxAction 0             => softirq::net_rx_action_return;
             FeNetRxAction        = 49: fe_net_rx_action           fentry[net_rx_action]                           ()                                            -> NetRxAction 0             => softirq::net_rx_action;
             FxNetRxAction        = 50: fx_net_rx_action           fexit[net_rx_action]                                                                          -> NetRxAction 0             => softirq::net_rx_action_return;
 
             // process_backlog(struct napi_struct *napi, int quota) returns the work done.
-            NapiPoll             = 13: tp_napi_poll               tracepoint(napi:napi_poll)                      {NapiWork: work}                              -> ProcessBacklog 0 at_return => softirq::napi_poll;
+            NapiPoll             = 13: tp_napi_poll               tracepoint(napi:napi_poll)                      {NapiWork: work = 1}                          -> ProcessBacklog 0 at_return => softirq::napi_poll;
             KpProcessBacklog     = 32: kp_process_backlog         kprobe[process_backlog]                         ()                                            -> ProcessBacklog 0          => softirq::process_backlog;
             KrProcessBacklog     = 33: kr_process_backlog         kretprobe[process_backlog]                                                                    -> ProcessBacklog 0          => softirq::process_backlog_return;
             FeProcessBacklog     = 51: fe_process_backlog         fentry[process_backlog]                         ()                                            -> ProcessBacklog 0          => softirq::process_backlog;
             FxProcessBacklog     = 52: fx_process_backlog         fexit[process_backlog]                                                                        -> ProcessBacklog 0          => softirq::process_backlog_return;
 
-            NetifReceiveSkb      = 14: tp_netif_receive_skb       tracepoint(net:netif_receive_skb)               {NetifReceiveSkbSkb: skbaddr}                 -> NetifReceiveSkb 0         => receive::netif_receive_skb_tp;
+            NetifReceiveSkb      = 14: tp_netif_receive_skb       tracepoint(net:netif_receive_skb)               {NetifReceiveSkbSkb: skbaddr = 0}             -> NetifReceiveSkb 0         => receive::netif_receive_skb_tp;
             KpNetifReceiveSkb    = 34: kp_netif_receive_skb       kprobe[__netif_receive_skb]                     (skb: 0)                                      -> NetifReceiveSkb 0         => receive::netif_receive_skb;
             FeNetifReceiveSkb    = 53: fe_netif_receive_skb       fentry[__netif_receive_skb]                     (skb: 0)                                      -> NetifReceiveSkb 0         => receive::netif_receive_skb;
 
@@ -400,23 +407,23 @@ macro_rules! probe_table {
             FeIcmpv6EchoReply    = 73: fe_icmpv6_echo_reply       fentry[icmpv6_echo_reply]                       (skb: 0)                                      -> IcmpReply 1               => receive::icmp_echo;
 
             // raw_rcv(struct sock *sk, struct sk_buff *skb)
-            SkDataReady          = 15: tp_sk_data_ready           tracepoint(sock:sk_data_ready)                  {SkDataReadySk: skaddr}                       -> SockDeliver 0             => socket::sk_data_ready;
+            SkDataReady          = 15: tp_sk_data_ready           tracepoint(sock:sk_data_ready)                  {SkDataReadySk: skaddr = 0}                   -> SockDeliver 0             => socket::sk_data_ready;
             KpRawRcv             = 39: kp_raw_rcv                 kprobe[raw_rcv]                                 (sk: 0, skb: 1)                               -> SockDeliver 0             => socket::deliver;
             KpRawv6Rcv           = 74: kp_rawv6_rcv               kprobe[rawv6_rcv]                               (sk: 0, skb: 1)                               -> SockDeliver 1             => socket::deliver;
             FeRawRcv             = 58: fe_raw_rcv                 fentry[raw_rcv]                                 (sk: 0, skb: 1)                               -> SockDeliver 0             => socket::deliver;
             FeRawv6Rcv           = 75: fe_rawv6_rcv               fentry[rawv6_rcv]                               (sk: 0, skb: 1)                               -> SockDeliver 1             => socket::deliver;
 
-            SchedWakeup          = 16: tp_sched_wakeup            tracepoint(sched:sched_wakeup)                  {WakeupPid: pid}                              -> Wakeup 0                  => socket::sched_wakeup;
+            SchedWakeup          = 16: tp_sched_wakeup            tracepoint(sched:sched_wakeup)                  {WakeupPid: pid = 0 -> pid}                   -> Wakeup 0                  => socket::sched_wakeup;
 
             // skb_copy_datagram_iter(const struct sk_buff *skb, int offset, struct iov_iter *to, int len)
-            SkbCopyDatagramIovec = 17: tp_skb_copy_datagram_iovec tracepoint(skb:skb_copy_datagram_iovec)         {CopySkb: skbaddr, CopyLen: len}              -> CopyToUser 0              => recv::skb_copy_datagram_iovec;
+            SkbCopyDatagramIovec = 17: tp_skb_copy_datagram_iovec tracepoint(skb:skb_copy_datagram_iovec)         {CopySkb: skbaddr = 0, CopyLen: len = 1}      -> CopyToUser 0              => recv::skb_copy_datagram_iovec;
             KpCopyDatagram       = 40: kp_copy_datagram           kprobe[skb_copy_datagram_iter]                  (skb: 0, len: 3)                              -> CopyToUser 0              => recv::skb_copy_datagram_iter;
             FeCopyDatagram       = 59: fe_copy_datagram           fentry[skb_copy_datagram_iter]                  (skb: 0, len: 3)                              -> CopyToUser 0              => recv::skb_copy_datagram_iter;
 
             // busybox's ping receives with recvfrom.
             // The socket layer's recvmsg returning; the family's recvmsg (an
             // ops pointer, never inlined) for function probes.
-            SockRecvLength       = 76: tp_sock_recv_length        tracepoint(sock:sock_recv_length)               {SockRecvRet: ret}                            -> SockRecvmsg 0 at_return   => recv::sock_recv_length;
+            SockRecvLength       = 76: tp_sock_recv_length        tracepoint(sock:sock_recv_length)               {SockRecvRet: ret = 1}                        -> SockRecvmsg 0 at_return   => recv::sock_recv_length;
             KrSockRecvmsg        = 77: kr_sock_recvmsg            kretprobe[inet_recvmsg]                                                                       -> SockRecvmsg 0             => recv::recvmsg_return;
             KrInet6Recvmsg       = 78: kr_inet6_recvmsg           kretprobe[inet6_recvmsg]                                                                      -> SockRecvmsg 1             => recv::recvmsg_return;
             FxSockRecvmsg        = 79: fx_sock_recvmsg            fexit[inet_recvmsg]                                                                           -> SockRecvmsg 0             => recv::recvmsg_return;
@@ -425,18 +432,18 @@ macro_rules! probe_table {
             SysExitRecvmsg       = 18: tp_sys_exit_recvmsg        tracepoint(syscalls:sys_exit_recvmsg)           {RecvmsgRet: ret}                             -> Recvmsg 0 at_return       => recv::sys_exit_recv;
             SysExitRecvfrom      = 60: tp_sys_exit_recvfrom       tracepoint(syscalls:sys_exit_recvfrom)          {RecvfromRet: ret}                            -> Recvmsg 1 at_return       => recv::sys_exit_recv;
 
-            ConsumeSkb           = 19: tp_consume_skb             tracepoint(skb:consume_skb)                     {ConsumeSkbSkb: skbaddr}                      -> Free 0                    => free::consume_skb;
-            KfreeSkb             = 20: tp_kfree_skb               tracepoint(skb:kfree_skb)                       {KfreeSkbSkb: skbaddr, KfreeReason: reason}   -> Drop 0                    => free::kfree_skb;
+            ConsumeSkb           = 19: tp_consume_skb             tracepoint(skb:consume_skb)                     {ConsumeSkbSkb: skbaddr = 0}                  -> Free 0                    => free::consume_skb;
+            KfreeSkb             = 20: tp_kfree_skb               tracepoint(skb:kfree_skb)                       {KfreeSkbSkb: skbaddr = 0, KfreeReason: reason = 2} -> Drop 0                    => free::kfree_skb;
         }
     };
     (@lines $expand:ident $(
         $id:ident = $n:literal : $program:ident $kind:ident $target:tt
-        $( { $($field:ident : $fname:ident),* } )?
+        $( { $($field:ident : $fname:ident $(= $rarg:literal $(-> $rm:ident)*)?),* } )?
         $( ( $($arg:ident : $argn:literal),* ) )?
         -> $stage:tt $group:literal $($flag:ident)* => $handler:path ;
     )*) => {
         $expand! {$(
-            [$id $n $program $kind $target [$($($field $fname)*)?] [$($($argn)*)?] $stage $group [$($flag)*] $handler]
+            [$id $n $program $kind $target [$($($field $fname [$($rarg $($rm)*)?])*)?] [$($($argn)*)?] $stage $group [$($flag)*] $handler]
         )*}
     };
 }

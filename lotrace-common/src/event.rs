@@ -258,7 +258,24 @@ pub struct Config {
     /// takes: the return value is the context's next slot. (The helper that
     /// reads it, `bpf_get_func_ret`, came only with 5.17.)
     pub ret_arg: [u8; RET_ARG_SLOTS],
+    /// Of each tracepoint field (by [`crate::TpField`]), how a raw
+    /// tracepoint's program reaches it from its argument.
+    pub raw: [RawField; TP_FIELD_COUNT],
 }
+
+/// The members a raw tracepoint's program follows from a field's argument
+/// (see [`crate::catalog::RawSpec`]): `hops` byte offsets; with none the
+/// argument is the field, else each but the last is a pointer to follow
+/// and the last is the field's offset.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RawField {
+    pub hops: u16,
+    pub off: [u16; RAW_HOPS],
+}
+
+/// Members a raw field may go through.
+pub const RAW_HOPS: usize = 3;
 
 /// Probe ids [`Config::ret_arg`] has room for.
 pub const RET_ARG_SLOTS: usize = 128;
@@ -268,8 +285,10 @@ const _: () = assert!(crate::catalog::PROBE_COUNT <= RET_ARG_SLOTS);
 /// fields: the loader writes `Config` as bytes, so it must have no hole.
 const CONFIG_HEAD: usize = 15 * 4 + 2 * TP_FIELD_COUNT + 4;
 pub const CONFIG_PAD: usize = (8 - CONFIG_HEAD % 8) % 8;
-const _: () =
-    assert!(core::mem::size_of::<Config>() == CONFIG_HEAD + CONFIG_PAD + 4 * 8 + RET_ARG_SLOTS);
+const _: () = assert!(
+    core::mem::size_of::<Config>()
+        == CONFIG_HEAD + CONFIG_PAD + 4 * 8 + RET_ARG_SLOTS + 8 * TP_FIELD_COUNT
+);
 
 impl Config {
     pub const fn zeroed() -> Config {
@@ -299,6 +318,10 @@ impl Config {
             expect_leg: 0,
             expect_any: 0,
             ret_arg: [0; RET_ARG_SLOTS],
+            raw: [RawField {
+                hops: 0,
+                off: [0; RAW_HOPS],
+            }; TP_FIELD_COUNT],
         }
     }
 }

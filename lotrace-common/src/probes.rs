@@ -131,6 +131,16 @@ impl Stage {
     }
 }
 
+/// Where a raw tracepoint's program finds a field: the tracepoint's
+/// argument `arg` (by position in `TP_PROTO`), then, for each name of
+/// `path`, that member of the struct the value points to; the last member
+/// is the field (read at its address, never followed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RawSpec {
+    pub arg: u8,
+    pub path: &'static [&'static str],
+}
+
 /// The words a table line may end with, before its handler.
 #[allow(non_camel_case_types)]
 #[derive(Clone, Copy)]
@@ -209,9 +219,21 @@ macro_rules! probe_stage {
 
 /// Expands the probe table's records into the catalog's types and rows;
 /// see [`crate::probe_table`] for a line's parts.
+macro_rules! raw_spec {
+    ([]) => {
+        None
+    };
+    ([$arg:literal $($m:ident)*]) => {
+        Some(RawSpec {
+            arg: $arg,
+            path: &[$(stringify!($m)),*],
+        })
+    };
+}
+
 macro_rules! probe_catalog {
     ($(
-        [$id:ident $n:literal $program:ident $kind:ident $target:tt [$($field:ident $fname:ident)*]
+        [$id:ident $n:literal $program:ident $kind:ident $target:tt [$($field:ident $fname:ident [$($raw:tt)*])*]
          [$($argn:literal)*] $stage:tt $group:literal [$($flag:ident)*] $handler:path]
     )*) => {
         /// One eBPF program: an attach point and what it observes. The
@@ -251,6 +273,12 @@ macro_rules! probe_catalog {
         /// holds it and the field's name in the `format` file.
         pub static TP_FIELDS: [(TpField, ProbeId, &str); TP_FIELD_COUNT] = [
             $($((TpField::$field, ProbeId::$id, stringify!($fname)),)*)*
+        ];
+
+        /// For each [`TpField`], in order: where a raw tracepoint finds it,
+        /// if the table says.
+        pub static TP_RAW: [Option<RawSpec>; TP_FIELD_COUNT] = [
+            $($(raw_spec!([$($raw)*]),)*)*
         ];
     };
 }

@@ -2,7 +2,7 @@
 //! (`TARGETS`), the echo ids they sent (`TRACKED`), their sockets
 //! (`SOCKS`), and how an skb is recognised as one of those echoes.
 
-use aya_ebpf::{helpers::bpf_get_current_pid_tgid, maps::LruHashMap, programs::TracePointContext};
+use aya_ebpf::{helpers::bpf_get_current_pid_tgid, maps::LruHashMap};
 use lotrace_common::{
     PktKey, ProbeId, TpField, agg,
     event::{
@@ -12,6 +12,7 @@ use lotrace_common::{
     follow::{self, At, Followed, Header},
 };
 
+use crate::kernel::Fields;
 use crate::{
     kernel::{CONFIG, config, field, read_kernel, skb_head_nh},
     maps::{SEND_CTX, SKBS, SOCKS, TARGETS, TRACKED, state},
@@ -242,7 +243,7 @@ pub(crate) fn reply_of(req: &PktKey) -> PktKey {
 /// because their own ids were added as children).
 #[inline(always)]
 pub(crate) fn sched_process_fork(
-    ctx: &TracePointContext,
+    ctx: &impl Fields,
     _probe: ProbeId,
     _parent: TpField,
     child: TpField,
@@ -260,7 +261,7 @@ pub(crate) fn sched_process_fork(
 /// it (a fork's child may be either), so each task removes its own id, the
 /// main thread the process's.
 #[inline(always)]
-pub(crate) fn sched_process_exit(_ctx: &TracePointContext, _probe: ProbeId, _pid: TpField) {
+pub(crate) fn sched_process_exit(_ctx: &impl Fields, _probe: ProbeId, _pid: TpField) {
     // Unconditional: the main thread may have gone first.
     let _ = TARGETS.remove(&tgid_tid().1);
 }

@@ -3,12 +3,13 @@
 //! is compiled in).
 
 use aya_ebpf::{
+    EbpfContext,
     helpers::{bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel},
-    programs::{FExitContext, TracePointContext},
+    programs::{FExitContext, RawTracePointContext, TracePointContext},
 };
 use lotrace_common::{
     Config, ProbeId, TpField,
-    event::{SKB_WINDOW, TP_DATA_LOC, head_in_window},
+    event::{RAW_HOPS, SKB_WINDOW, TP_DATA_LOC, head_in_window},
 };
 
 /// Offsets filled in by the loader (see `Config`).
@@ -33,25 +34,113 @@ fn tp_offset(field: TpField) -> Option<(usize, bool)> {
     }
 }
 
-/// A field of the tracepoint's record; `None` when this kernel's event has
-/// no such field (or has it as a `__data_loc`: see [`field_name`]).
-#[inline(always)]
-pub(crate) fn field<T>(ctx: &TracePointContext, f: TpField) -> Option<T> {
-    match tp_offset(f)? {
-        (off, false) => unsafe { ctx.read_at::<T>(off) }.ok(),
-        (_, true) => None,
+/// What a tracepoint program reads its fields through: the classic
+/// tracepoint's record, or a raw tracepoint's arguments.
+pub(crate) trait Fields: EbpfContext {
+    /// A field; `None` when this kernel's event has no such field.
+    fn field<T>(&self, f: TpField) -> Option<T>;
+    /// A device name field (16 bytes).
+    fn field_name(&self, f: TpField) -> Option<[u8; 16]>;
+}
+
+impl Fields for TracePointContext {
+    /// `None` too for a `__data_loc` field (see [`Fields::field_name`]).
+    #[inline(always)]
+    fn field<T>(&self, f: TpField) -> Option<T> {
+        match tp_offset(f)? {
+            (off, false) => unsafe { self.read_at::<T>(off) }.ok(),
+            (_, true) => None,
+        }
+    }
+
+    /// An array in the record, or on older kernels a `__data_loc` (offset
+    /// in the low 16 bits, length in the high ones).
+    #[inline(always)]
+    fn field_name(&self, f: TpField) -> Option<[u8; 16]> {
+        let off = match tp_offset(f)? {
+            (off, false) => off,
+            (off, true) => (unsafe { self.read_at::<u32>(off) }.ok()? & 0xffff) as usize,
+        };
+        unsafe { self.read_at::<[u8; 16]>(off) }.ok()
     }
 }
 
-/// A device name field: an array in the record, or on older kernels a
-/// `__data_loc` (offset in the low 16 bits, length in the high ones).
+/// A raw tracepoint's program: the arguments its fields start from, read
+/// by the program at the positions the probe table gives (constants, so
+/// that the program reads no argument the tracepoint does not have).
+pub(crate) struct RawTp<'a, const N: usize> {
+    pub(crate) ctx: &'a RawTracePointContext,
+    pub(crate) args: [(TpField, u64); N],
+}
+
+impl<const N: usize> EbpfContext for RawTp<'_, N> {
+    fn as_ptr(&self) -> *mut core::ffi::c_void {
+        self.ctx.as_ptr()
+    }
+}
+
+impl<const N: usize> RawTp<'_, N> {
+    /// The field's value (no member to follow) or its address.
+    #[inline(always)]
+    fn raw(&self, f: TpField) -> Option<Result<u64, u64>> {
+        let mut v = None;
+        for (field, arg) in self.args.iter() {
+            if *field as u8 == f as u8 {
+                v = Some(*arg);
+            }
+        }
+        let mut v = v?;
+        let r = config(&CONFIG.raw[f as usize]);
+        let hops = r.hops as usize;
+        if hops == 0 {
+            return Some(Ok(v));
+        }
+        for i in 0..RAW_HOPS {
+            let at = v.checked_add(r.off[i] as u64)?;
+            if i + 1 >= hops {
+                return Some(Err(at));
+            }
+            v = read_kernel::<u64>(at)?;
+            if v == 0 {
+                return None;
+            }
+        }
+        None
+    }
+}
+
+impl<const N: usize> Fields for RawTp<'_, N> {
+    #[inline(always)]
+    fn field<T>(&self, f: TpField) -> Option<T> {
+        match self.raw(f)? {
+            // An argument is a u64 slot; a narrower field is its low bytes.
+            Ok(v) if core::mem::size_of::<T>() <= 8 => {
+                Some(unsafe { core::ptr::read_unaligned(&v as *const u64 as *const T) })
+            }
+            Ok(_) => None,
+            Err(at) => read_kernel::<T>(at),
+        }
+    }
+
+    #[inline(always)]
+    fn field_name(&self, f: TpField) -> Option<[u8; 16]> {
+        match self.raw(f)? {
+            Err(at) => read_kernel(at),
+            Ok(_) => None,
+        }
+    }
+}
+
+/// A field of the tracepoint (see [`Fields`]).
 #[inline(always)]
-pub(crate) fn field_name(ctx: &TracePointContext, f: TpField) -> Option<[u8; 16]> {
-    let off = match tp_offset(f)? {
-        (off, false) => off,
-        (off, true) => (unsafe { ctx.read_at::<u32>(off) }.ok()? & 0xffff) as usize,
-    };
-    unsafe { ctx.read_at::<[u8; 16]>(off) }.ok()
+pub(crate) fn field<T>(ctx: &impl Fields, f: TpField) -> Option<T> {
+    ctx.field(f)
+}
+
+/// A device name field (see [`Fields`]).
+#[inline(always)]
+pub(crate) fn field_name(ctx: &impl Fields, f: TpField) -> Option<[u8; 16]> {
+    ctx.field_name(f)
 }
 
 /// The value an fexit program's function returned: the context slot after

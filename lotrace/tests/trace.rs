@@ -46,7 +46,11 @@ fn check_journey(j: &Value) {
     assert_eq!(first["stage"], "sendto");
     assert_eq!(first["t_ns"], 0);
     for e in &evs {
-        assert!(e["probe"].as_str().unwrap().starts_with("tracepoint:"));
+        let probe = e["probe"].as_str().unwrap();
+        assert!(
+            probe.starts_with("tracepoint:") || probe.starts_with("raw_tracepoint:"),
+            "{probe}"
+        );
     }
 }
 
@@ -93,7 +97,14 @@ fn five_pings_give_five_journeys_and_record_replays_them() {
         .iter()
         .find(|p| p["stage"] == "dev_queue_xmit")
         .unwrap();
-    assert_eq!(dq["probes"][0], "tracepoint:net:net_dev_queue");
+    assert!(
+        [
+            "tracepoint:net:net_dev_queue",
+            "raw_tracepoint:net:net_dev_queue"
+        ]
+        .contains(&dq["probes"][0].as_str().unwrap_or("")),
+        "{dq}"
+    );
 
     // Nothing of ours stays in the kernel.
     let after = lotrace_programs();
@@ -356,6 +367,38 @@ fn probes_explains_what_this_kernel_allows() {
     assert!(!dq["auto"].is_null());
     for c in dq["candidates"].as_array().unwrap() {
         assert!(c["available"] == true || c["why"].is_string(), "{c}");
+    }
+    // Where raw tracepoints load, a tracepoint whose fields are all in its
+    // arguments is attached raw; one that cannot be is classic, and says
+    // why.
+    if v["raw_tracepoints"]["available"] == true {
+        let chosen = |stage: &str| -> Vec<Value> {
+            stages.iter().find(|s| s["stage"] == stage).unwrap()["candidates"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|c| c["chosen"] == true && c["backend"] == "tracepoint")
+                .cloned()
+                .collect()
+        };
+        for c in chosen("dev_queue_xmit") {
+            assert!(
+                c["probe"].as_str().unwrap().starts_with("raw_tracepoint:"),
+                "{c}"
+            );
+        }
+        for c in chosen("sendto") {
+            assert!(
+                c["probe"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("tracepoint:syscalls:"),
+                "{c}"
+            );
+            assert!(c["classic_why"].is_string(), "{c}");
+        }
+    } else {
+        assert!(v["raw_tracepoints"]["why"].is_string(), "{v}");
     }
     let text = lotrace(&["probes"]);
     assert!(String::from_utf8_lossy(&text.stdout).contains("← auto"));

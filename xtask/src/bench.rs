@@ -89,9 +89,13 @@ fn bpftrace_probes(lotrace: &Path) -> Result<Vec<String>> {
                 continue;
             }
             let p = c["probe"].as_str().context("probe")?;
-            let p = p
-                .replacen("fentry:", "kfunc:", 1)
-                .replacen("fexit:", "kretfunc:", 1);
+            // bpftrace 0.17 names a raw tracepoint without its category.
+            let p = match p.strip_prefix("raw_tracepoint:") {
+                Some(tp) => format!("rawtracepoint:{}", tp.rsplit(':').next().unwrap_or(tp)),
+                None => p
+                    .replacen("fentry:", "kfunc:", 1)
+                    .replacen("fexit:", "kretfunc:", 1),
+            };
             if !probes.contains(&p) {
                 probes.push(p);
             }

@@ -149,7 +149,7 @@ fn of_backend(label: &str, backend: &str) -> bool {
     match backend {
         "kprobe" => kind == "kprobe" || kind == "kretprobe",
         "fentry" => kind == "fentry" || kind == "fexit",
-        _ => kind == "tracepoint",
+        _ => kind == "tracepoint" || kind == "raw_tracepoint",
     }
 }
 

@@ -1,9 +1,9 @@
 //! The skb's end: freed after use (consume_skb) or dropped (kfree_skb,
 //! with the kernel's reason).
 
-use aya_ebpf::programs::TracePointContext;
 use lotrace_common::{ProbeId, Stage, TpField, catalog::NO_DROP_REASON};
 
+use crate::kernel::Fields;
 use crate::{
     emit::emit,
     filter::{identify, in_softirq, is_target, is_tracked, tgid_tid},
@@ -20,7 +20,7 @@ fn free_is_ours() -> bool {
 }
 
 #[inline(always)]
-pub(crate) fn consume_skb(ctx: &TracePointContext, probe: ProbeId, skbaddr: TpField) {
+pub(crate) fn consume_skb(ctx: &impl Fields, probe: ProbeId, skbaddr: TpField) {
     if free_is_ours()
         && let Some(skb) = field::<u64>(ctx, skbaddr)
         && let Some((key, len)) = identify(skb, true)
@@ -31,12 +31,7 @@ pub(crate) fn consume_skb(ctx: &TracePointContext, probe: ProbeId, skbaddr: TpFi
 }
 
 #[inline(always)]
-pub(crate) fn kfree_skb(
-    ctx: &TracePointContext,
-    probe: ProbeId,
-    skbaddr: TpField,
-    reason: TpField,
-) {
+pub(crate) fn kfree_skb(ctx: &impl Fields, probe: ProbeId, skbaddr: TpField, reason: TpField) {
     if !free_is_ours() {
         return;
     }

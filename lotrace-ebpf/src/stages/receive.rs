@@ -2,9 +2,10 @@
 //! hands it to netif_receive_skb, IP and ICMP take it, and the kernel
 //! answers the echo request (the reply leg begins there).
 
-use aya_ebpf::{EbpfContext, programs::TracePointContext};
+use aya_ebpf::EbpfContext;
 use lotrace_common::{ProbeId, Stage, TpField, event::is_echo_request};
 
+use crate::kernel::Fields;
 use crate::{
     emit::{emit, emit_start, skb_event},
     filter::{identify, is_tracked, reply_of},
@@ -26,14 +27,14 @@ pub(crate) fn netif_rx<C: EbpfContext>(ctx: &C, probe: ProbeId, skb: u64) {
 }
 
 #[inline(always)]
-pub(crate) fn netif_rx_entry(ctx: &TracePointContext, probe: ProbeId, skbaddr: TpField) {
+pub(crate) fn netif_rx_entry(ctx: &impl Fields, probe: ProbeId, skbaddr: TpField) {
     if let Some(skb) = field::<u64>(ctx, skbaddr) {
         netif_rx(ctx, probe, skb);
     }
 }
 
 #[inline(always)]
-pub(crate) fn netif_rx_exit(_ctx: &TracePointContext, _probe: ProbeId, _ret: TpField) {
+pub(crate) fn netif_rx_exit(_ctx: &impl Fields, _probe: ProbeId, _ret: TpField) {
     if let Some(st) = state() {
         st.in_tracked_netif_rx = 0;
     }
@@ -87,7 +88,7 @@ pub(crate) fn netif_receive_skb<C: EbpfContext>(ctx: &C, probe: ProbeId, skb: u6
 }
 
 #[inline(always)]
-pub(crate) fn netif_receive_skb_tp(ctx: &TracePointContext, probe: ProbeId, skbaddr: TpField) {
+pub(crate) fn netif_receive_skb_tp(ctx: &impl Fields, probe: ProbeId, skbaddr: TpField) {
     if let Some(skb) = field::<u64>(ctx, skbaddr) {
         netif_receive_skb(ctx, probe, skb);
     }

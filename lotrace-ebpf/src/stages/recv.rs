@@ -1,9 +1,10 @@
 //! ping's receive: recvmsg (or recvfrom) copies the reply out of the
 //! socket's queue and returns it.
 
-use aya_ebpf::{EbpfContext, programs::TracePointContext};
+use aya_ebpf::EbpfContext;
 use lotrace_common::{ProbeId, Stage, TpField, event::is_echo_reply};
 
+use crate::kernel::Fields;
 use crate::{
     emit::emit,
     filter::{get_ctx, identify, is_target, is_tracked, set_ctx, take_ctx, tgid_tid},
@@ -35,7 +36,7 @@ fn copy<C: EbpfContext>(ctx: &C, skb: u64, probe: ProbeId, len: i64) {
 
 #[inline(always)]
 pub(crate) fn skb_copy_datagram_iovec(
-    ctx: &TracePointContext,
+    ctx: &impl Fields,
     probe: ProbeId,
     skbaddr: TpField,
     len: TpField,
@@ -76,7 +77,7 @@ fn returned<C: EbpfContext>(ctx: &C, stage: Stage, probe: ProbeId, ret: i64) {
 }
 
 #[inline(always)]
-pub(crate) fn sock_recv_length(ctx: &TracePointContext, probe: ProbeId, ret: TpField) {
+pub(crate) fn sock_recv_length(ctx: &impl Fields, probe: ProbeId, ret: TpField) {
     let ret = field::<i32>(ctx, ret).unwrap_or(0);
     returned(ctx, Stage::SockRecvmsg, probe, ret as i64);
 }
@@ -87,7 +88,7 @@ pub(crate) fn recvmsg_return<C: EbpfContext>(ctx: &C, probe: ProbeId, ret: i64) 
 }
 
 #[inline(always)]
-pub(crate) fn sys_exit_recv(ctx: &TracePointContext, probe: ProbeId, ret: TpField) {
+pub(crate) fn sys_exit_recv(ctx: &impl Fields, probe: ProbeId, ret: TpField) {
     let ret = field::<i64>(ctx, ret).unwrap_or(0);
     returned(ctx, Stage::Recvmsg, probe, ret);
 }

@@ -1,9 +1,10 @@
 //! The route lookup. It sees no skb: it is attributed to the send it is
 //! made for, or inside NET_RX to the reply of the request being handled.
 
-use aya_ebpf::{EbpfContext, programs::TracePointContext};
+use aya_ebpf::EbpfContext;
 use lotrace_common::{ProbeId, Stage, TpField, event::is_echo_request};
 
+use crate::kernel::Fields;
 use crate::{
     emit::emit,
     filter::{get_ctx, is_target, reply_of, tgid_tid},
@@ -47,7 +48,7 @@ fn route<C: EbpfContext>(ctx: &C, probe: ProbeId, tb: u32, err: i32, dev: [u8; 1
 /// fib:fib_table_lookup and fib6:fib6_table_lookup.
 #[inline(always)]
 pub(crate) fn fib_table_lookup(
-    ctx: &TracePointContext,
+    ctx: &impl Fields,
     probe: ProbeId,
     tb_id: TpField,
     err: TpField,

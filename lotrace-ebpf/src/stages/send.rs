@@ -1,12 +1,13 @@
 //! The send: ping's sendto() and the socket layer's sendmsg. The request is
 //! recognised here from the user's buffer and its id tracked.
 
-use aya_ebpf::{EbpfContext, helpers::bpf_probe_read_user, programs::TracePointContext};
+use aya_ebpf::{EbpfContext, helpers::bpf_probe_read_user};
 use lotrace_common::{
     ProbeId, Stage, TpField,
     event::{AF_INET, AF_INET6, ICMP_ECHO, ICMPV6_ECHO_REQUEST, IPPROTO_ICMP, IPPROTO_ICMPV6},
 };
 
+use crate::kernel::Fields;
 use crate::{
     emit::emit,
     filter::{
@@ -58,7 +59,7 @@ fn send_starts<C: EbpfContext>(
 
 #[inline(always)]
 pub(crate) fn sys_enter_sendto(
-    ctx: &TracePointContext,
+    ctx: &impl Fields,
     probe: ProbeId,
     fd: TpField,
     buff: TpField,
@@ -80,12 +81,7 @@ pub(crate) fn sys_enter_sendto(
 const MSG_IOV: u64 = 16;
 
 #[inline(always)]
-pub(crate) fn sys_enter_sendmsg(
-    ctx: &TracePointContext,
-    probe: ProbeId,
-    fd: TpField,
-    msg: TpField,
-) {
+pub(crate) fn sys_enter_sendmsg(ctx: &impl Fields, probe: ProbeId, fd: TpField, msg: TpField) {
     let (tgid, tid) = tgid_tid();
     if !is_target(tgid) {
         return;
@@ -103,7 +99,7 @@ pub(crate) fn sys_enter_sendmsg(
 }
 
 #[inline(always)]
-pub(crate) fn sys_exit_sendto(_ctx: &TracePointContext, _probe: ProbeId, _ret: TpField) {
+pub(crate) fn sys_exit_sendto(_ctx: &impl Fields, _probe: ProbeId, _ret: TpField) {
     let (tgid, tid) = tgid_tid();
     if is_target(tgid) {
         let _ = take_ctx(&SEND_CTX, tid);
@@ -132,7 +128,7 @@ fn sock_sendmsg<C: EbpfContext>(ctx: &C, probe: ProbeId, sk: u64, ret: Option<i6
 }
 
 #[inline(always)]
-pub(crate) fn sock_send_length(ctx: &TracePointContext, probe: ProbeId, sk: TpField, ret: TpField) {
+pub(crate) fn sock_send_length(ctx: &impl Fields, probe: ProbeId, sk: TpField, ret: TpField) {
     let sk = field::<u64>(ctx, sk).unwrap_or(0);
     let ret = field::<i32>(ctx, ret).unwrap_or(0);
     sock_sendmsg(ctx, probe, sk, Some(ret as i64));

@@ -1,9 +1,10 @@
 //! Delivery to ping's socket and ping's wake-up. Neither sees an skb: both
 //! are attributed to the echo the softirq is handling on this CPU.
 
-use aya_ebpf::{EbpfContext, programs::TracePointContext};
+use aya_ebpf::EbpfContext;
 use lotrace_common::{ProbeId, Stage, TpField};
 
+use crate::kernel::Fields;
 use crate::{
     emit::emit,
     filter::{follow_copy, is_target},
@@ -31,14 +32,14 @@ pub(crate) fn deliver<C: EbpfContext>(ctx: &C, probe: ProbeId, sk: u64, skb: u64
 }
 
 #[inline(always)]
-pub(crate) fn sk_data_ready(ctx: &TracePointContext, probe: ProbeId, skaddr: TpField) {
+pub(crate) fn sk_data_ready(ctx: &impl Fields, probe: ProbeId, skaddr: TpField) {
     if let Some(sk) = field::<u64>(ctx, skaddr) {
         deliver(ctx, probe, sk, 0);
     }
 }
 
 #[inline(always)]
-pub(crate) fn sched_wakeup(ctx: &TracePointContext, probe: ProbeId, pid: TpField) {
+pub(crate) fn sched_wakeup(ctx: &impl Fields, probe: ProbeId, pid: TpField) {
     let Some(st) = state() else { return };
     if st.rx.valid == 0 || st.rx.delivered == 0 {
         return;

@@ -2,9 +2,10 @@
 //! the backlog poll inside it. A run is reported only once it meets one of
 //! the traced packets (see `receive::netif_receive_skb`).
 
-use aya_ebpf::{EbpfContext, programs::TracePointContext};
+use aya_ebpf::EbpfContext;
 use lotrace_common::{ProbeId, Stage, TpField, event::NET_RX_SOFTIRQ};
 
+use crate::kernel::Fields;
 use crate::{
     emit::emit,
     kernel::{CONFIG, config, field, now},
@@ -13,7 +14,7 @@ use crate::{
 };
 
 #[inline(always)]
-pub(crate) fn raise(ctx: &TracePointContext, probe: ProbeId, vec: TpField) {
+pub(crate) fn raise(ctx: &impl Fields, probe: ProbeId, vec: TpField) {
     if field::<u32>(ctx, vec) != Some(NET_RX_SOFTIRQ) {
         return;
     }
@@ -26,7 +27,7 @@ pub(crate) fn raise(ctx: &TracePointContext, probe: ProbeId, vec: TpField) {
 }
 
 #[inline(always)]
-pub(crate) fn entry(ctx: &TracePointContext, _probe: ProbeId, vec: TpField) {
+pub(crate) fn entry(ctx: &impl Fields, _probe: ProbeId, vec: TpField) {
     if field::<u32>(ctx, vec) != Some(NET_RX_SOFTIRQ) {
         return;
     }
@@ -69,7 +70,7 @@ fn net_rx_end<C: EbpfContext>(ctx: &C, probe: ProbeId, started: u64) {
 }
 
 #[inline(always)]
-pub(crate) fn exit(ctx: &TracePointContext, probe: ProbeId, vec: TpField) {
+pub(crate) fn exit(ctx: &impl Fields, probe: ProbeId, vec: TpField) {
     if field::<u32>(ctx, vec) != Some(NET_RX_SOFTIRQ) {
         return;
     }
@@ -123,7 +124,7 @@ pub(crate) fn process_backlog_return<C: EbpfContext>(ctx: &C, probe: ProbeId, wo
 }
 
 #[inline(always)]
-pub(crate) fn napi_poll(ctx: &TracePointContext, probe: ProbeId, work: TpField) {
+pub(crate) fn napi_poll(ctx: &impl Fields, probe: ProbeId, work: TpField) {
     let work = field::<i32>(ctx, work).unwrap_or(0);
     process_backlog_return(ctx, probe, work as i64);
 }

@@ -1,10 +1,11 @@
 //! The transmit path: IP output, the device layer, where a traced
 //! command's echo request starts being tracked, and the loopback driver.
 
-use aya_ebpf::{EbpfContext, programs::TracePointContext};
+use aya_ebpf::EbpfContext;
 use aya_log_ebpf::info;
 use lotrace_common::{ProbeId, Stage, TpField, event::is_echo_request};
 
+use crate::kernel::Fields;
 use crate::{
     emit::{emit, skb_event, skb_event_aux},
     filter::{identify, in_softirq, is_target, is_tracked, learn_sock, tgid_tid, track, track_key},
@@ -59,7 +60,7 @@ pub(crate) fn dev_queue_xmit<C: EbpfContext>(ctx: &C, probe: ProbeId, skb: u64) 
 }
 
 #[inline(always)]
-pub(crate) fn net_dev_queue(ctx: &TracePointContext, probe: ProbeId, skbaddr: TpField) {
+pub(crate) fn net_dev_queue(ctx: &impl Fields, probe: ProbeId, skbaddr: TpField) {
     if let Some(skb) = field::<u64>(ctx, skbaddr) {
         dev_queue_xmit(ctx, probe, skb);
     }
@@ -96,14 +97,14 @@ pub(crate) fn loopback_xmit_return<C: EbpfContext>(ctx: &C, probe: ProbeId, rc: 
 }
 
 #[inline(always)]
-pub(crate) fn net_dev_start_xmit(ctx: &TracePointContext, probe: ProbeId, skbaddr: TpField) {
+pub(crate) fn net_dev_start_xmit(ctx: &impl Fields, probe: ProbeId, skbaddr: TpField) {
     if let Some(skb) = field::<u64>(ctx, skbaddr) {
         loopback_xmit(ctx, probe, skb);
     }
 }
 
 #[inline(always)]
-pub(crate) fn net_dev_xmit(ctx: &TracePointContext, probe: ProbeId, skbaddr: TpField, rc: TpField) {
+pub(crate) fn net_dev_xmit(ctx: &impl Fields, probe: ProbeId, skbaddr: TpField, rc: TpField) {
     let skb = field::<u64>(ctx, skbaddr).unwrap_or(0);
     if skb != 0 {
         let rc = field::<i32>(ctx, rc).unwrap_or(0);

@@ -22,6 +22,7 @@ pub fn run(btf_path: &Path, format: Format) -> Result<i32> {
     }
     let mut caps = caps::capabilities(&btf);
     caps::probe_fentry(&mut caps, btf_path);
+    caps::probe_raw_tp(&mut caps);
     let plan = plan::plan(&caps, BackendChoice::Auto);
     let kernel = kernel::release();
     let out = match format {

@@ -5,6 +5,10 @@ use std::{collections::BTreeMap, path::Path};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use btf_rs::{Btf, Type};
+use lotrace_common::{
+    catalog::RawSpec,
+    event::{RAW_HOPS, RawField},
+};
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
@@ -108,25 +112,8 @@ impl KernelBtf {
         base_bits: u32,
         depth: u32,
     ) -> Option<u32> {
-        if depth > 8 {
-            return None;
-        }
-        for m in &s.members {
-            let name = self.btf.resolve_name(m).unwrap_or_default();
-            let at = base_bits + m.bit_offset();
-            if name == member {
-                return Some(at);
-            }
-            if name.is_empty() {
-                let inner = self.strip(self.btf.resolve_chained_type(m).ok()?)?;
-                if let Type::Struct(st) | Type::Union(st) = inner
-                    && let Some(found) = self.find_member(&st, member, at, depth + 1)
-                {
-                    return Some(found);
-                }
-            }
-        }
-        None
+        self.find_member_type(s, member, base_bits, depth)
+            .map(|(bits, _)| bits)
     }
 
     /// Follows typedefs and qualifiers to the underlying type.
@@ -190,6 +177,79 @@ impl KernelBtf {
                 },
                 _ => None,
             })
+    }
+
+    /// Where a raw tracepoint's program finds a field (see
+    /// [`RawSpec`]): the argument must exist in the tracepoint's prototype
+    /// (`btf_trace_NAME`, after its `void *` context), each member of the
+    /// path must be in the struct the value before it points to, and each
+    /// but the last must itself be a pointer. `None` when any of that does
+    /// not hold on this kernel: the probe is then attached classic.
+    pub fn raw_field(&self, tracepoint: &str, spec: &RawSpec) -> Option<RawField> {
+        let proto = self
+            .btf
+            .resolve_types_by_name(&format!("btf_trace_{tracepoint}"))
+            .ok()?
+            .into_iter()
+            .find_map(|t| match self.strip(t)? {
+                Type::Ptr(p) => match self.btf.resolve_chained_type(&p).ok()? {
+                    Type::FuncProto(f) => Some(f),
+                    _ => None,
+                },
+                _ => None,
+            })?;
+        let param = proto.parameters.get(spec.arg as usize + 1)?;
+        let mut t = self.strip(self.btf.resolve_chained_type(param).ok()?)?;
+        let mut field = RawField {
+            hops: spec.path.len() as u16,
+            ..RawField::default()
+        };
+        if spec.path.len() > RAW_HOPS {
+            return None;
+        }
+        for (i, member) in spec.path.iter().enumerate() {
+            let Type::Ptr(p) = t else { return None };
+            let Type::Struct(st) = self.strip(self.btf.resolve_chained_type(&p).ok()?)? else {
+                return None;
+            };
+            let (bits, mt) = self.find_member_type(&st, member, 0, 0)?;
+            if bits % 8 != 0 {
+                return None;
+            }
+            field.off[i] = u16::try_from(bits / 8).ok()?;
+            t = self.strip(mt)?;
+        }
+        Some(field)
+    }
+
+    /// A member's bit offset and type, looking through anonymous structs
+    /// and unions.
+    fn find_member_type(
+        &self,
+        s: &btf_rs::Struct,
+        member: &str,
+        base_bits: u32,
+        depth: u32,
+    ) -> Option<(u32, Type)> {
+        if depth > 8 {
+            return None;
+        }
+        for m in &s.members {
+            let name = self.btf.resolve_name(m).unwrap_or_default();
+            let at = base_bits + m.bit_offset();
+            if name == member {
+                return Some((at, self.btf.resolve_chained_type(m).ok()?));
+            }
+            if name.is_empty() {
+                let inner = self.strip(self.btf.resolve_chained_type(m).ok()?)?;
+                if let Type::Struct(st) | Type::Union(st) = inner
+                    && let Some(found) = self.find_member_type(&st, member, at, depth + 1)
+                {
+                    return Some(found);
+                }
+            }
+        }
+        None
     }
 
     /// Is `name` a function the BTF describes (an fentry target)?

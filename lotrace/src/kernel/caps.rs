@@ -1,13 +1,13 @@
 //! What the running kernel lets lotrace attach, as far as can be seen:
 //! tracefs and its tracepoints, the kprobe PMU, kallsyms, BTF, the function
-//! tracer's list, and whether an fentry program loads.
+//! tracer's list, and whether an fentry and a raw tracepoint program load.
 
 use std::{collections::BTreeSet, path::Path};
 
-use aya::programs::FEntry;
+use aya::programs::{FEntry, RawTracePoint};
 use lotrace_common::{
     Config,
-    catalog::{Backend, PROBES},
+    catalog::{Backend, PROBES, TP_FIELDS, TP_RAW},
 };
 
 use crate::{
@@ -18,7 +18,7 @@ use crate::{
         tracefs,
     },
     model::{
-        plan::Caps,
+        plan::{self, Caps},
         unavailable::{RootOnly, Unavailable},
     },
 };
@@ -85,6 +85,21 @@ pub fn capabilities(btf: &KernelBtf) -> Caps {
         std::fs::read_to_string(Path::new(tracefs::TRACEFS).join("available_filter_functions"))
             .ok()
             .map(|t| names_in(&t, 0, &wanted));
+    // The tracepoints whose probe can be attached raw: every field the
+    // probe reads resolves in this kernel's BTF.
+    let raw_tracepoints = PROBES
+        .iter()
+        .filter(|p| plan::has_raw_form(p))
+        .filter_map(|p| {
+            let (cat, name) = p.tracepoint()?;
+            TP_FIELDS
+                .iter()
+                .zip(TP_RAW.iter())
+                .filter(|((_, probe, _), _)| *probe == p.id)
+                .all(|(_, raw)| raw.is_some_and(|r| btf.raw_field(name, &r).is_some()))
+                .then(|| format!("{cat}:{name}"))
+        })
+        .collect();
     Caps {
         tracefs: tracefs_state,
         tracepoints,
@@ -93,7 +108,42 @@ pub fn capabilities(btf: &KernelBtf) -> Caps {
         kallsyms,
         btf_funcs,
         traceable,
+        raw_tp: Err(Unavailable::NeedsRoot(RootOnly::FentryLoad)),
+        raw_tracepoints,
     }
+}
+
+/// Can raw tracepoint programs be loaded here? Loads one in a throwaway
+/// copy of the object.
+pub fn probe_raw_tp(caps: &mut Caps) {
+    if !is_root() {
+        return;
+    }
+    let Some(name) = caps
+        .raw_tracepoints
+        .iter()
+        .find_map(|tp| tp.split_once(':').map(|(_, n)| n.to_string()))
+    else {
+        caps.raw_tp = Err(Unavailable::CheckFailed(
+            "no tracepoint's arguments are described in the kernel's BTF".into(),
+        ));
+        return;
+    };
+    let failed = |e: &dyn std::fmt::Display| Unavailable::CheckFailed(e.to_string());
+    let result = (|| -> Result<(), Unavailable> {
+        let mut ebpf = load_object(&Config::zeroed(), 4096, false).map_err(|e| failed(&e))?;
+        let prog: &mut RawTracePoint = ebpf
+            .program_mut(&name)
+            .ok_or_else(|| failed(&"program missing"))?
+            .try_into()
+            .map_err(|e: aya::programs::ProgramError| failed(&e))?;
+        prog.load().map_err(|e| Unavailable::Refused(refusal(&e)))?;
+        Ok(())
+    })();
+    if let Err(why) = &result {
+        log::info!("raw tracepoints are not usable: {why}");
+    }
+    caps.raw_tp = result;
 }
 
 /// Can fentry programs be loaded here? Loads one, on a function the kernel

@@ -6,8 +6,9 @@ use std::collections::{BTreeMap, btree_map::Entry};
 
 use anyhow::{Result, ensure};
 use lotrace_common::{
-    Config, ProbeId, Stage,
+    Config, ProbeId, Stage, TpField,
     catalog::{PROBES, TP_FIELDS},
+    event::RawField,
     journey::Rules,
 };
 
@@ -17,11 +18,13 @@ use crate::{
 };
 
 /// `ret_arg` is, of each fexit probe the plan attaches, how many arguments
-/// its function takes.
+/// its function takes; `raw`, of each field a raw tracepoint reads, the
+/// members to follow from its argument.
 pub fn build(
     skb: &SkbOffsets,
     plan: &Plan,
     ret_arg: &[(ProbeId, usize)],
+    raw: &[(TpField, RawField)],
     target: Option<&str>,
     summary_only: bool,
 ) -> Result<Config> {
@@ -51,6 +54,9 @@ pub fn build(
             p.info().program
         );
         config.ret_arg[p as usize] = n as u8;
+    }
+    for &(f, r) in raw {
+        config.raw[f as usize] = r;
     }
     config.net_rx_probe = plan.start_probe(Stage::NetRxAction).map_or(0, |p| p as u8);
     config.backlog_probe = plan

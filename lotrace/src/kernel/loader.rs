@@ -7,12 +7,12 @@ use anyhow::{Context as _, Result, bail};
 use aya::{
     Btf, Ebpf,
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
-    programs::{FEntry, FExit, KProbe, ProgramError, TracePoint},
+    programs::{FEntry, FExit, KProbe, ProgramError, RawTracePoint, TracePoint},
 };
 use lotrace_common::{
     ProbeId, Stage,
     agg::{self, RowAgg},
-    catalog::{Backend, counters, maps},
+    catalog::{Backend, TP_FIELDS, TP_RAW, counters, maps},
 };
 
 use crate::{
@@ -67,6 +67,7 @@ impl Tracer {
             eprintln!("lotrace: mounted tracefs at {}", tracefs::TRACEFS);
         }
         let mut caps = caps::capabilities(&btf);
+        caps::probe_raw_tp(&mut caps);
         if matches!(opts.backend, BackendChoice::Auto | BackendChoice::Fentry) {
             caps::probe_fentry(&mut caps, opts.btf_path);
         } else {
@@ -110,7 +111,28 @@ impl Tracer {
                     .with_context(|| format!("no prototype of {target} in the kernel's BTF"))
             })
             .collect::<Result<_>>()?;
-        let config = config::build(&skb, &plan, &ret_arg, opts.target, opts.summary_only)?;
+        // Where each raw tracepoint's fields are, from its arguments.
+        let mut raw = Vec::new();
+        for (p, target) in plan.to_attach() {
+            let Some((cat, name)) = p.info().tracepoint() else {
+                continue;
+            };
+            if !target.starts_with(plan::RAW) {
+                continue;
+            }
+            for ((f, _, _), spec) in TP_FIELDS
+                .iter()
+                .zip(TP_RAW.iter())
+                .filter(|((_, q, _), _)| *q == p)
+            {
+                let field = spec
+                    .as_ref()
+                    .and_then(|s| btf.raw_field(name, s))
+                    .with_context(|| format!("raw tracepoint {cat}:{name}: no field {f:?}"))?;
+                raw.push((*f, field));
+            }
+        }
+        let config = config::build(&skb, &plan, &ret_arg, &raw, opts.target, opts.summary_only)?;
         // Nothing is streamed when aggregating: the smallest ring will do.
         let ring_size = if opts.summary_only {
             page_size()
@@ -157,11 +179,23 @@ impl Tracer {
 
     fn attach(&mut self, probe: ProbeId, target: &str, btf: Option<&Btf>) -> Result<()> {
         let info = probe.info();
+        let refused = |e: ProgramError| Unavailable::Refused(refusal(&e));
+        if let Some(tp) = target.strip_prefix(plan::RAW) {
+            // The raw program is named after its tracepoint.
+            let (_, name) = tp.split_once(':').context("raw tracepoint target")?;
+            let p: &mut RawTracePoint = self
+                .ebpf
+                .program_mut(name)
+                .with_context(|| format!("program {name} missing from the object"))?
+                .try_into()?;
+            p.load().map_err(refused)?;
+            p.attach(name)?;
+            return Ok(());
+        }
         let prog = self
             .ebpf
             .program_mut(info.program)
             .with_context(|| format!("program {} missing from the object", info.program))?;
-        let refused = |e: ProgramError| Unavailable::Refused(refusal(&e));
         match (info.backend(), info.at_return) {
             (Backend::Tracepoint, _) => {
                 let (cat, name) = info.tracepoint().expect("tracepoint");

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use crate::model::unavailable::Unavailable;
 use lotrace_common::{
     ProbeId, Stage,
-    catalog::{Backend, PROBES, ProbeInfo},
+    catalog::{Backend, PROBES, ProbeInfo, TP_FIELDS, TP_RAW},
 };
 
 /// What the running kernel lets lotrace attach.
@@ -27,6 +27,12 @@ pub struct Caps {
     /// Functions the function tracer can attach to
     /// (`available_filter_functions`); `None` when it could not be read.
     pub traceable: Option<BTreeSet<String>>,
+    /// `Err(why)` when raw tracepoint programs cannot be used at all.
+    pub raw_tp: Result<(), Unavailable>,
+    /// Tracepoints (`category:name`) whose probe can be attached raw here:
+    /// every field it reads is in the tracepoint's arguments as this
+    /// kernel's BTF describes them.
+    pub raw_tracepoints: BTreeSet<String>,
 }
 
 /// Whether one probe can be used here, and on what.
@@ -53,6 +59,8 @@ impl Default for Caps {
             kallsyms: BTreeSet::new(),
             btf_funcs: BTreeSet::new(),
             traceable: None,
+            raw_tp: Err(Unavailable::NotChecked),
+            raw_tracepoints: BTreeSet::new(),
         }
     }
 }
@@ -116,9 +124,44 @@ pub fn kind_name(info: &ProbeInfo) -> &'static str {
 }
 
 /// The label of a probe attached to `target`: `kprobe:loopback_xmit`,
-/// `fexit:net_rx_action`, `tracepoint:net:net_dev_queue`.
+/// `fexit:net_rx_action`, `tracepoint:net:net_dev_queue`, and for a
+/// tracepoint attached raw (target `raw:net:net_dev_queue`)
+/// `raw_tracepoint:net:net_dev_queue`.
 pub fn label(info: &ProbeInfo, target: &str) -> String {
-    format!("{}:{target}", kind_name(info))
+    match target.strip_prefix(RAW) {
+        Some(tp) => format!("raw_tracepoint:{tp}"),
+        None => format!("{}:{target}", kind_name(info)),
+    }
+}
+
+/// How a tracepoint's target says it is attached raw.
+pub const RAW: &str = "raw:";
+
+/// Why a tracepoint probe is attached as a classic tracepoint rather than
+/// raw, when it is.
+pub fn classic_why(caps: &Caps, info: &ProbeInfo) -> Option<String> {
+    let (cat, name) = info.tracepoint()?;
+    if caps.raw_tracepoints.contains(&format!("{cat}:{name}")) {
+        return caps.raw_tp.as_ref().err().map(|e| format!("raw: {e}"));
+    }
+    Some(if !has_raw_form(info) {
+        if cat == "syscalls" {
+            "a system call event has no raw tracepoint of its own".to_string()
+        } else {
+            "its record holds a value the kernel computes, which the arguments do not".to_string()
+        }
+    } else {
+        "this kernel's BTF does not give every field it reads from the arguments".to_string()
+    })
+}
+
+/// Does the probe table say where a raw tracepoint finds each field?
+pub fn has_raw_form(info: &ProbeInfo) -> bool {
+    let mut fields = TP_FIELDS
+        .iter()
+        .zip(TP_RAW.iter())
+        .filter(|((_, p, _), _)| *p == info.id);
+    info.tracepoint().is_some() && fields.all(|(_, raw)| raw.is_some())
 }
 
 /// A probe's label before it is attached: its target, or its candidates.
@@ -135,6 +178,9 @@ impl Caps {
             Backend::Tracepoint => {
                 let (cat, name) = info.tracepoint().expect("a tracepoint probe");
                 let tp = format!("{cat}:{name}");
+                if self.raw_tp.is_ok() && self.raw_tracepoints.contains(&tp) {
+                    return Avail::Yes(format!("{RAW}{tp}"));
+                }
                 if let Err(e) = &self.tracefs {
                     return Avail::No(e.clone());
                 }
@@ -415,6 +461,13 @@ pub(crate) mod tests {
             kallsyms: all_functions(),
             btf_funcs: all_functions(),
             traceable: None,
+            raw_tp: Ok(()),
+            raw_tracepoints: PROBES
+                .iter()
+                .filter(|p| has_raw_form(p))
+                .filter_map(|p| p.tracepoint())
+                .map(|(c, n)| format!("{c}:{n}"))
+                .collect(),
         }
     }
 
@@ -426,6 +479,44 @@ pub(crate) mod tests {
             traceable: Some(all_functions()),
             ..host()
         }
+    }
+
+    #[test]
+    fn tracepoints_attach_raw_where_they_can() {
+        let target = |caps: &Caps, p: ProbeId| {
+            plan(caps, BackendChoice::Tracepoint)
+                .to_attach()
+                .into_iter()
+                .find(|(q, _)| *q == p)
+                .map(|(_, t)| t)
+        };
+        let caps = host();
+        assert_eq!(
+            target(&caps, ProbeId::NetDevQueue).as_deref(),
+            Some("raw:net:net_dev_queue")
+        );
+        assert_eq!(
+            label(ProbeId::NetDevQueue.info(), "raw:net:net_dev_queue"),
+            "raw_tracepoint:net:net_dev_queue"
+        );
+        // A value the kernel computes into the record, and a system call
+        // event: classic, and `probes` says why.
+        for p in [ProbeId::Fib6TableLookup, ProbeId::SysEnterSendto] {
+            let t = target(&caps, p).unwrap();
+            assert!(!t.starts_with(RAW), "{t}");
+            assert!(classic_why(&caps, p.info()).is_some());
+        }
+        assert_eq!(classic_why(&caps, ProbeId::NetDevQueue.info()), None);
+        // Where raw programs do not load, everything is classic.
+        let classic = Caps {
+            raw_tp: Err(Unavailable::NotChecked),
+            ..host()
+        };
+        assert_eq!(
+            target(&classic, ProbeId::NetDevQueue).as_deref(),
+            Some("net:net_dev_queue")
+        );
+        assert!(classic_why(&classic, ProbeId::NetDevQueue.info()).is_some());
     }
 
     #[test]

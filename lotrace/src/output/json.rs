@@ -290,7 +290,7 @@ mod tests {
             .iter()
             .find(|p| p["stage"] == "dev_queue_xmit")
             .unwrap();
-        assert_eq!(dq["probes"][0], "tracepoint:net:net_dev_queue");
+        assert_eq!(dq["probes"][0], "raw_tracepoint:net:net_dev_queue");
         assert_eq!(dq["backend"], "tracepoint");
         let ip = probes.iter().find(|p| p["stage"] == "ip_rcv").unwrap();
         assert!(

@@ -37,6 +37,13 @@ pub fn text(caps: &Caps, plan: &Plan, kernel: &str) -> String {
         };
         let _ = writeln!(s, "  {:<11} {state}", b.name());
     }
+    let raw = match &caps.raw_tp {
+        Ok(()) => {
+            "available: tracepoints whose fields are in their arguments attach raw".to_string()
+        }
+        Err(why) => format!("unavailable: {why}"),
+    };
+    let _ = writeln!(s, "  {:<11} {raw}", "raw tracepoints");
     let _ = writeln!(
         s,
         "\n{:<18} {:<44} {:<4} why not / auto's choice",
@@ -48,6 +55,13 @@ pub fn text(caps: &Caps, plan: &Plan, kernel: &str) -> String {
             let stage = if first { sp.stage.name() } else { "" };
             first = false;
             let (ok, note) = match (&c.avail, c.chosen) {
+                (Avail::Yes(t), true) if !t.starts_with(plan::RAW) => (
+                    "yes",
+                    match plan::classic_why(caps, c.probe.info()) {
+                        Some(why) => format!("← auto (classic: {why})"),
+                        None => "← auto".to_string(),
+                    },
+                ),
                 (Avail::Yes(_), true) => ("yes", "← auto".to_string()),
                 (Avail::Yes(_), false) => ("yes", String::new()),
                 (Avail::No(why), _) => ("no", why.to_string()),
@@ -123,6 +137,10 @@ pub fn json(caps: &Caps, plan: &Plan, kernel: &str) -> Value {
                     "why": match &c.avail { Avail::No(w) => Some(w.to_string()), _ => None },
                     "chosen": c.chosen,
                     "fires_on": c.probe.info().fires_on(),
+                    "classic_why": match &c.avail {
+                        Avail::Yes(t) if !t.starts_with(plan::RAW) => plan::classic_why(caps, c.probe.info()),
+                        _ => None,
+                    },
                 })).collect::<Vec<_>>(),
             })
         })
@@ -131,7 +149,11 @@ pub fn json(caps: &Caps, plan: &Plan, kernel: &str) -> Value {
         .into_iter()
         .map(|(f, labels)| json!({"fires_on": f, "probes": labels}))
         .collect();
-    json!({"type": "probes", "kernel": kernel, "backends": backends, "stages": stages, "machine_cost": cost})
+    let raw = match &caps.raw_tp {
+        Ok(()) => json!({"available": true, "why": null}),
+        Err(why) => json!({"available": false, "why": why.to_string()}),
+    };
+    json!({"type": "probes", "kernel": kernel, "backends": backends, "raw_tracepoints": raw, "stages": stages, "machine_cost": cost})
 }
 
 #[cfg(test)]

@@ -18,10 +18,14 @@ use crate::{
     },
 };
 
-/// The probe column: a tracepoint's name, or a function probe's label.
+/// The probe column: a tracepoint's name (classic or raw: `probes` and
+/// the JSON say which), or a function probe's label.
 fn short_probe(p: ProbeId, meta: &Meta) -> String {
     let label = meta.probe_label(p);
-    match label.strip_prefix("tracepoint:") {
+    match label
+        .strip_prefix("tracepoint:")
+        .or_else(|| label.strip_prefix("raw_tracepoint:"))
+    {
         Some(tp) => tp.rsplit(':').next().unwrap_or(tp).to_string(),
         None => label.into_owned(),
     }
