@@ -1,6 +1,7 @@
 //! The embedded eBPF object against the probe catalog, without root or a
 //! kernel: every declared probe has a program of its kind, under its name,
-//! and the object has no program the catalog does not declare.
+//! every tracepoint probe a raw tracepoint program under its tracepoint's
+//! name, and the object has no program the catalog does not declare.
 
 use aya_obj::{Object, ProgramSection};
 use lotrace_common::catalog::{Backend, PROBES};
@@ -44,13 +45,35 @@ fn every_probe_has_a_program_of_its_kind() {
 }
 
 #[test]
+fn every_tracepoint_has_a_raw_program() {
+    let obj = object();
+    for (_, name) in PROBES.iter().filter_map(|p| p.tracepoint()) {
+        let program = obj
+            .programs
+            .get(name)
+            .unwrap_or_else(|| panic!("no raw tracepoint program {name} in the object"));
+        assert!(
+            matches!(program.section, ProgramSection::RawTracePoint),
+            "{name} is a {:?}",
+            program.section
+        );
+    }
+}
+
+#[test]
 fn every_program_is_declared() {
     let obj = object();
+    let raw = |name: &str| {
+        PROBES
+            .iter()
+            .any(|p| p.tracepoint().is_some_and(|(_, n)| n == name))
+    };
     for name in obj.programs.keys() {
         assert!(
-            PROBES.iter().any(|p| p.program == name),
+            PROBES.iter().any(|p| p.program == name) || raw(name),
             "program {name} is in the object but not in the catalog"
         );
     }
-    assert_eq!(obj.programs.len(), PROBES.len());
+    let tracepoints = PROBES.iter().filter(|p| p.tracepoint().is_some()).count();
+    assert_eq!(obj.programs.len(), PROBES.len() + tracepoints);
 }
