@@ -318,6 +318,9 @@ pub struct Row {
     /// Stages no probe of this mode could observe, each with lotrace's
     /// reason.
     pub missing: Vec<(String, String)>,
+    /// Tracepoints attached: how many, and how many of those raw.
+    pub tracepoints: usize,
+    pub raw: usize,
 }
 
 /// The table row of a trace run (`mode` is a backend or `summary-only`).
@@ -329,7 +332,20 @@ pub fn row(run: &Run, mode: &str) -> Result<Row> {
         .context("no summary")?;
     let journeys = s["journeys"].as_u64().unwrap_or(0);
     let probes = s["probes"].as_array().context("probes")?;
+    let labels: Vec<&str> = probes
+        .iter()
+        .flat_map(|p| p["probes"].as_array().into_iter().flatten())
+        .filter_map(|l| l.as_str())
+        .collect();
     Ok(Row {
+        tracepoints: labels
+            .iter()
+            .filter(|l| l.starts_with("tracepoint:") || l.starts_with("raw_tracepoint:"))
+            .count(),
+        raw: labels
+            .iter()
+            .filter(|l| l.starts_with("raw_tracepoint:"))
+            .count(),
         mode: mode.to_string(),
         journeys,
         complete: journeys.saturating_sub(s["incomplete"].as_u64().unwrap_or(0)),
@@ -513,7 +529,7 @@ pub fn run(bin: &Path, series: &[&str], rounds: u32) -> Result<()> {
 /// stages observed and those missing.
 fn table(outcomes: &[Outcome]) -> String {
     let mut t = String::from(
-        "| kernel | mode | journeys complete | stages observed | not observed |\n|---|---|---|---|---|\n",
+        "| kernel | mode | journeys complete | stages observed | not observed | stage tracepoints attached raw |\n|---|---|---|---|---|---|\n",
     );
     for o in outcomes {
         let kernel = format!("{} ({})", o.series, o.release);
@@ -522,7 +538,7 @@ fn table(outcomes: &[Outcome]) -> String {
                 for r in rows {
                     let missing: Vec<&str> = r.missing.iter().map(|(s, _)| s.as_str()).collect();
                     t.push_str(&format!(
-                        "| {kernel} | {} | {}/{} | {}/{} | {} |\n",
+                        "| {kernel} | {} | {}/{} | {}/{} | {} | {}/{} |\n",
                         r.mode,
                         r.complete,
                         r.journeys,
@@ -532,11 +548,13 @@ fn table(outcomes: &[Outcome]) -> String {
                             "-".to_string()
                         } else {
                             missing.join(", ")
-                        }
+                        },
+                        r.raw,
+                        r.tracepoints
                     ));
                 }
             }
-            Err(_) => t.push_str(&format!("| {kernel} | failed | | | |\n")),
+            Err(_) => t.push_str(&format!("| {kernel} | failed | | | | |\n")),
         }
     }
     t
