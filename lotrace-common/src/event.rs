@@ -247,6 +247,8 @@ pub struct Config {
     pub summary_only: u8,
     /// The reply stage that ends an answered echo, for aggregation.
     pub close_stage: u8,
+    /// Non-zero: every program returns at once (`--floor`).
+    pub floor: u8,
     pub _pad: [u8; CONFIG_PAD],
     /// Bit `p` of `ret_probes[p / 64]`: probe `p` observes a return.
     pub ret_probes: [u64; 2],
@@ -283,7 +285,7 @@ const _: () = assert!(crate::catalog::PROBE_COUNT <= RET_ARG_SLOTS);
 
 /// Explicit padding before `ret_probes`, whatever the number of tracepoint
 /// fields: the loader writes `Config` as bytes, so it must have no hole.
-const CONFIG_HEAD: usize = 15 * 4 + 2 * TP_FIELD_COUNT + 4;
+const CONFIG_HEAD: usize = 15 * 4 + 2 * TP_FIELD_COUNT + 5;
 pub const CONFIG_PAD: usize = (8 - CONFIG_HEAD % 8) % 8;
 const _: () = assert!(
     core::mem::size_of::<Config>()
@@ -313,6 +315,7 @@ impl Config {
             backlog_probe: 0,
             summary_only: 0,
             close_stage: 0,
+            floor: 0,
             _pad: [0; CONFIG_PAD],
             ret_probes: [0; 2],
             expect_leg: 0,

@@ -34,6 +34,12 @@ fn tp_offset(field: TpField) -> Option<(usize, bool)> {
     }
 }
 
+/// `--floor`: every program returns before doing anything.
+#[inline(always)]
+pub(crate) fn floor() -> bool {
+    config(&CONFIG.floor) != 0
+}
+
 /// What a tracepoint program reads its fields through: the classic
 /// tracepoint's record, or a raw tracepoint's arguments.
 pub(crate) trait Fields: EbpfContext {

@@ -14,7 +14,7 @@ use lotrace_common::{ProbeId, TpField};
 
 use crate::{
     filter,
-    kernel::{RawTp, fexit_ret},
+    kernel::{RawTp, fexit_ret, floor},
     stages::{free, receive, recv, route, send, socket, softirq, transmit},
 };
 
@@ -36,12 +36,18 @@ macro_rules! program {
     (tracepoint $id:ident $program:ident ($cat:ident : $name:ident) [$($field:ident [$($raw:tt)*])*] [] $handler:path) => {
         #[tracepoint]
         pub fn $program(ctx: TracePointContext) -> u32 {
+            if floor() {
+                return 0;
+            }
             $handler(&ctx, ProbeId::$id $(, TpField::$field)*);
             0
         }
 
         #[raw_tracepoint]
         pub fn $name(ctx: RawTracePointContext) -> u32 {
+            if floor() {
+                return 0;
+            }
             let raw = RawTp {
                 ctx: &ctx,
                 args: [$((TpField::$field, raw_arg!(ctx [$($raw)*]))),*],
@@ -53,6 +59,9 @@ macro_rules! program {
     (kprobe $id:ident $program:ident $target:tt [] [$($n:literal)*] $handler:path) => {
         #[kprobe]
         pub fn $program(ctx: ProbeContext) -> u32 {
+            if floor() {
+                return 0;
+            }
             $handler(&ctx, ProbeId::$id $(, ctx.arg::<u64>($n).unwrap_or(0))*);
             0
         }
@@ -60,6 +69,9 @@ macro_rules! program {
     (kretprobe $id:ident $program:ident $target:tt [] [] $handler:path) => {
         #[kretprobe]
         pub fn $program(ctx: RetProbeContext) -> u32 {
+            if floor() {
+                return 0;
+            }
             $handler(&ctx, ProbeId::$id, ctx.ret::<i64>());
             0
         }
@@ -67,6 +79,9 @@ macro_rules! program {
     (fentry $id:ident $program:ident $target:tt [] [$($n:literal)*] $handler:path) => {
         #[fentry]
         pub fn $program(ctx: FEntryContext) -> u32 {
+            if floor() {
+                return 0;
+            }
             $handler(&ctx, ProbeId::$id $(, ctx.arg::<u64>($n))*);
             0
         }
@@ -74,6 +89,9 @@ macro_rules! program {
     (fexit $id:ident $program:ident $target:tt [] [] $handler:path) => {
         #[fexit]
         pub fn $program(ctx: FExitContext) -> u32 {
+            if floor() {
+                return 0;
+            }
             $handler(&ctx, ProbeId::$id, fexit_ret(&ctx, ProbeId::$id));
             0
         }

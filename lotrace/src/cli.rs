@@ -156,6 +156,11 @@ pub struct Probing {
     /// and the whole verifier log of a program the kernel rejects.
     #[arg(short, long)]
     pub verbose: bool,
+    /// Attach every probe as usual but make each program return at once:
+    /// nothing is traced or reported. What the attach points alone cost
+    /// the traced command, the floor `cargo xtask bench` measures.
+    #[arg(long)]
+    pub floor: bool,
 }
 
 /// Where and as whom the traced command runs.
@@ -300,6 +305,7 @@ pub fn trace_options(
         ring_size: p.ring_size,
         btf: p.btf.clone(),
         verbose: p.verbose,
+        floor: p.floor,
         summary_only,
         run_as: if child.child_as_root {
             None

@@ -31,6 +31,9 @@ enum Mode {
     /// `lotrace trace --summary-only`: aggregated in the kernel.
     Summary,
     Bpftrace,
+    /// `lotrace trace --floor`: the same attach points, every program
+    /// returning at once.
+    Floor,
 }
 
 impl Mode {
@@ -40,6 +43,7 @@ impl Mode {
             Mode::Lotrace => "lotrace",
             Mode::Summary => "lotrace --summary-only",
             Mode::Bpftrace => "bpftrace (count only)",
+            Mode::Floor => "lotrace --floor",
         }
     }
 
@@ -47,6 +51,7 @@ impl Mode {
     fn lotrace_options(self) -> &'static [&'static str] {
         match self {
             Mode::Summary => &["--summary-only"],
+            Mode::Floor => &["--floor"],
             _ => &[],
         }
     }
@@ -319,7 +324,7 @@ fn footprint(mode: Mode, lotrace: &Path, probes: &[String]) -> Result<(f64, f64)
             bt.stop()?;
             r
         }
-        Mode::Lotrace | Mode::Summary => {
+        Mode::Lotrace | Mode::Summary | Mode::Floor => {
             let mut child = Command::new(lotrace)
                 .args(["trace", "--format", "json"])
                 .args(mode.lotrace_options())
@@ -355,7 +360,7 @@ fn sample(mode: Mode, lotrace: &Path, probes: &[String], n: u32) -> Result<Sampl
             (s.flood_ns_per_ping, s.flood_avg_us) = parse_flood(&run_ping(true, n)?, n)?;
             (s.mean_ns, s.p99_ns) = parse_adaptive(&run_ping(false, n)?)?;
         }
-        Mode::Lotrace | Mode::Summary => {
+        Mode::Lotrace | Mode::Summary | Mode::Floor => {
             let extra = mode.lotrace_options();
             let (text, sum) = run_lotrace(lotrace, extra, true, n)?;
             (s.flood_ns_per_ping, s.flood_avg_us) = parse_flood(&text, n)?;
@@ -490,7 +495,13 @@ pub fn run(lotrace: &Path, o: &BenchOptions) -> Result<()> {
     println!(
         "xtask: where lotrace attaches a raw tracepoint, bpftrace (0.17 has no raw tracepoints) counts its classic one"
     );
-    let modes = [Mode::Untraced, Mode::Lotrace, Mode::Summary, Mode::Bpftrace];
+    let modes = [
+        Mode::Untraced,
+        Mode::Lotrace,
+        Mode::Summary,
+        Mode::Bpftrace,
+        Mode::Floor,
+    ];
     let mut all: Vec<(u32, Mode, Sample)> = Vec::new();
     for round in 1..=o.rounds {
         for &m in &modes {
@@ -563,6 +574,23 @@ pub fn run(lotrace: &Path, o: &BenchOptions) -> Result<()> {
     let mean_b = median(per(Mode::Bpftrace, |s| s.mean_ns));
     let p99_b = median(per(Mode::Bpftrace, |s| s.p99_ns));
     println!();
+    let flood_f = median(per(Mode::Floor, |s| s.flood_ns_per_ping));
+    let mean_f = median(per(Mode::Floor, |s| s.mean_ns));
+    println!(
+        "added per ping (median over rounds), the floor (lotrace --floor: the same attach points, programs returning at once): flood cycle +{:.2} µs, adaptive mean RTT +{:.2} µs",
+        flood_f / 1000.0,
+        mean_f / 1000.0,
+    );
+    for m in [Mode::Lotrace, Mode::Summary] {
+        let flood = median(per(m, |s| s.flood_ns_per_ping));
+        let mean = median(per(m, |s| s.mean_ns));
+        println!(
+            "  {} vs the floor: flood cycle {:.2}x, adaptive mean RTT {:.2}x",
+            m.name(),
+            flood / flood_f,
+            mean / mean_f
+        );
+    }
     for m in [Mode::Lotrace, Mode::Summary] {
         let flood = median(per(m, |s| s.flood_ns_per_ping));
         let mean = median(per(m, |s| s.mean_ns));
@@ -599,7 +627,7 @@ pub fn run(lotrace: &Path, o: &BenchOptions) -> Result<()> {
         "footprint on a process that is not traced (median over rounds; untraced {sys0:.0} ns per system call, {:.2} µs per loopback UDP round trip):",
         udp0 / 1000.0
     );
-    for m in [Mode::Lotrace, Mode::Summary] {
+    for m in [Mode::Lotrace, Mode::Summary, Mode::Floor] {
         let sys = median(per(m, |s| s.bystander_syscall_ns));
         let udp = median(per(m, |s| s.bystander_udp_ns));
         println!(

@@ -49,6 +49,8 @@ pub struct TraceOptions {
     pub run_as: Option<(u32, u32)>,
     /// Aggregate in the kernel and print only the summary.
     pub summary_only: bool,
+    /// Attach, but let every program return at once (`--floor`).
+    pub floor: bool,
 }
 
 impl TraceOptions {
@@ -68,6 +70,7 @@ impl TraceOptions {
             verbose: self.verbose,
             run_as: self.run_as,
             summary_only: self.summary_only,
+            floor: self.floor,
         }
     }
 }
@@ -153,9 +156,15 @@ pub async fn run_session(opts: TraceOptions, quiet: bool) -> Result<Finished> {
         backend: opts.backend,
         allow_missing: opts.allow_missing,
         summary_only: opts.summary_only,
+        floor: opts.floor,
         target: meta.target.as_deref(),
     })?;
     meta.set_probes(&tracer.plan, &tracer.attached);
+    if opts.floor {
+        eprintln!(
+            "lotrace: --floor: every probe is attached and returns at once; nothing is traced"
+        );
+    }
     meta.drop_reasons = tracer.drop_reasons.clone();
     let perfetto = opts
         .perfetto

@@ -40,6 +40,8 @@ pub struct LoadOptions<'a> {
     /// Aggregate per-stage statistics in the kernel instead of streaming
     /// events (`--summary-only`).
     pub summary_only: bool,
+    /// Every program returns at once (`--floor`).
+    pub floor: bool,
     /// What the traced ping pings, when known: the expected stages depend
     /// on it (see `model::journey::expected_stages`).
     pub target: Option<&'a str>,
@@ -132,7 +134,9 @@ impl Tracer {
                 raw.push((*f, field));
             }
         }
-        let config = config::build(&skb, &plan, &ret_arg, &raw, opts.target, opts.summary_only)?;
+        let mut config =
+            config::build(&skb, &plan, &ret_arg, &raw, opts.target, opts.summary_only)?;
+        config.floor = opts.floor as u8;
         // Nothing is streamed when aggregating: the smallest ring will do.
         let ring_size = if opts.summary_only {
             page_size()
