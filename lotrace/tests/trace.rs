@@ -337,6 +337,48 @@ fn not_root_is_refused_in_one_line() {
     one_line_error(&out, "needs root");
 }
 
+/// `--floor` attaches what a trace attaches and reports nothing: the
+/// programs return before reading anything.
+#[test]
+fn the_floor_attaches_everything_and_traces_nothing() {
+    if skip_without_root() {
+        return;
+    }
+    let _k = kernel_lock();
+    let before = lotrace_programs();
+    let out = lotrace(&[
+        "trace",
+        "--floor",
+        "--format",
+        "json",
+        "ping",
+        "-c",
+        "2",
+        "-i",
+        "0.2",
+        "127.0.0.1",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines = json_lines(&out);
+    let s = summary(&lines);
+    assert_eq!(s["journeys"], 0, "{s}");
+    assert_eq!(s["events"], 0, "{s}");
+    assert_eq!(s["submitted_events"], 0, "{s}");
+    let dq = s["probes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["stage"] == "dev_queue_xmit")
+        .unwrap();
+    assert!(!dq["probes"].as_array().unwrap().is_empty(), "{dq}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--floor"));
+    assert!(lotrace_programs().is_subset(&before));
+}
+
 #[test]
 fn probes_explains_what_this_kernel_allows() {
     if skip_without_root() {
