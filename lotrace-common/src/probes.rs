@@ -105,6 +105,16 @@ impl ProbeInfo {
         }
     }
 
+    /// The tracepoint fields this probe reads, each with where a raw
+    /// tracepoint finds it (`None`: the table does not say).
+    pub fn raw_specs(&self) -> impl Iterator<Item = (TpField, Option<RawSpec>)> + '_ {
+        TP_FIELDS
+            .iter()
+            .zip(TP_RAW.iter())
+            .filter(move |((_, p, _), _)| *p == self.id)
+            .map(|((f, _, _), raw)| (*f, *raw))
+    }
+
     /// The kernel functions a function probe may attach to, preferred first.
     pub fn functions(&self) -> &'static [&'static str] {
         match self.kind {

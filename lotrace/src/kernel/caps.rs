@@ -7,7 +7,7 @@ use std::{collections::BTreeSet, path::Path};
 use aya::programs::{FEntry, RawTracePoint};
 use lotrace_common::{
     Config,
-    catalog::{Backend, PROBES, TP_FIELDS, TP_RAW},
+    catalog::{Backend, PROBES},
 };
 
 use crate::{
@@ -85,19 +85,18 @@ pub fn capabilities(btf: &KernelBtf) -> Caps {
         std::fs::read_to_string(Path::new(tracefs::TRACEFS).join("available_filter_functions"))
             .ok()
             .map(|t| names_in(&t, 0, &wanted));
-    // The tracepoints whose probe can be attached raw: every field the
-    // probe reads resolves in this kernel's BTF.
+    // The tracepoints whose probe can be attached raw, with where each
+    // field is: every field the probe reads resolves in this kernel's BTF.
     let raw_tracepoints = PROBES
         .iter()
         .filter(|p| plan::has_raw_form(p))
         .filter_map(|p| {
             let (cat, name) = p.tracepoint()?;
-            TP_FIELDS
-                .iter()
-                .zip(TP_RAW.iter())
-                .filter(|((_, probe, _), _)| *probe == p.id)
-                .all(|(_, raw)| raw.is_some_and(|r| btf.raw_field(name, &r).is_some()))
-                .then(|| format!("{cat}:{name}"))
+            let fields = p
+                .raw_specs()
+                .map(|(f, raw)| Some((f, btf.raw_field(name, &raw?)?)))
+                .collect::<Option<Vec<_>>>()?;
+            Some((format!("{cat}:{name}"), fields))
         })
         .collect();
     Caps {
@@ -121,7 +120,7 @@ pub fn probe_raw_tp(caps: &mut Caps) {
     }
     let Some(name) = caps
         .raw_tracepoints
-        .iter()
+        .keys()
         .find_map(|tp| tp.split_once(':').map(|(_, n)| n.to_string()))
     else {
         caps.raw_tp = Err(Unavailable::CheckFailed(

@@ -12,7 +12,7 @@ use aya::{
 use lotrace_common::{
     ProbeId, Stage,
     agg::{self, RowAgg},
-    catalog::{Backend, TP_FIELDS, TP_RAW, counters, maps},
+    catalog::{Backend, counters, maps},
 };
 
 use crate::{
@@ -113,25 +113,15 @@ impl Tracer {
                     .with_context(|| format!("no prototype of {target} in the kernel's BTF"))
             })
             .collect::<Result<_>>()?;
-        // Where each raw tracepoint's fields are, from its arguments.
+        // Where each raw tracepoint's fields are, as resolved in `caps`.
         let mut raw = Vec::new();
-        for (p, target) in plan.to_attach() {
-            let Some((cat, name)) = p.info().tracepoint() else {
-                continue;
-            };
-            if !target.starts_with(plan::RAW) {
-                continue;
-            }
-            for ((f, _, _), spec) in TP_FIELDS
-                .iter()
-                .zip(TP_RAW.iter())
-                .filter(|((_, q, _), _)| *q == p)
-            {
-                let field = spec
-                    .as_ref()
-                    .and_then(|s| btf.raw_field(name, s))
-                    .with_context(|| format!("raw tracepoint {cat}:{name}: no field {f:?}"))?;
-                raw.push((*f, field));
+        for (_, target) in plan.to_attach() {
+            if let Some(tp) = target.strip_prefix(plan::RAW) {
+                let fields = caps
+                    .raw_tracepoints
+                    .get(tp)
+                    .with_context(|| format!("raw tracepoint {tp}: its fields are not resolved"))?;
+                raw.extend_from_slice(fields);
             }
         }
         let mut config =

@@ -1,12 +1,13 @@
 //! Which probe observes each stage: what the kernel allows (capabilities,
 //! gathered by the loader) in, a per-stage choice out. Pure.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::model::unavailable::Unavailable;
 use lotrace_common::{
-    ProbeId, Stage,
-    catalog::{Backend, PROBES, ProbeInfo, TP_FIELDS, TP_RAW},
+    ProbeId, Stage, TpField,
+    catalog::{Backend, PROBES, ProbeInfo},
+    event::RawField,
 };
 
 /// What the running kernel lets lotrace attach.
@@ -29,10 +30,10 @@ pub struct Caps {
     pub traceable: Option<BTreeSet<String>>,
     /// `Err(why)` when raw tracepoint programs cannot be used at all.
     pub raw_tp: Result<(), Unavailable>,
-    /// Tracepoints (`category:name`) whose probe can be attached raw here:
-    /// every field it reads is in the tracepoint's arguments as this
-    /// kernel's BTF describes them.
-    pub raw_tracepoints: BTreeSet<String>,
+    /// Tracepoints (`category:name`) whose probe can be attached raw here,
+    /// with where each field it reads is: every one is in the
+    /// tracepoint's arguments as this kernel's BTF describes them.
+    pub raw_tracepoints: BTreeMap<String, Vec<(TpField, RawField)>>,
 }
 
 /// Whether one probe can be used here, and on what.
@@ -60,7 +61,7 @@ impl Default for Caps {
             btf_funcs: BTreeSet::new(),
             traceable: None,
             raw_tp: Err(Unavailable::NotChecked),
-            raw_tracepoints: BTreeSet::new(),
+            raw_tracepoints: BTreeMap::new(),
         }
     }
 }
@@ -141,7 +142,7 @@ pub const RAW: &str = "raw:";
 /// raw, when it is.
 pub fn classic_why(caps: &Caps, info: &ProbeInfo) -> Option<String> {
     let (cat, name) = info.tracepoint()?;
-    if caps.raw_tracepoints.contains(&format!("{cat}:{name}")) {
+    if caps.raw_tracepoints.contains_key(&format!("{cat}:{name}")) {
         return caps.raw_tp.as_ref().err().map(|e| format!("raw: {e}"));
     }
     Some(if !has_raw_form(info) {
@@ -157,11 +158,7 @@ pub fn classic_why(caps: &Caps, info: &ProbeInfo) -> Option<String> {
 
 /// Does the probe table say where a raw tracepoint finds each field?
 pub fn has_raw_form(info: &ProbeInfo) -> bool {
-    let mut fields = TP_FIELDS
-        .iter()
-        .zip(TP_RAW.iter())
-        .filter(|((_, p, _), _)| *p == info.id);
-    info.tracepoint().is_some() && fields.all(|(_, raw)| raw.is_some())
+    info.tracepoint().is_some() && info.raw_specs().all(|(_, raw)| raw.is_some())
 }
 
 /// A probe's label before it is attached: its target, or its candidates.
@@ -178,7 +175,7 @@ impl Caps {
             Backend::Tracepoint => {
                 let (cat, name) = info.tracepoint().expect("a tracepoint probe");
                 let tp = format!("{cat}:{name}");
-                if self.raw_tp.is_ok() && self.raw_tracepoints.contains(&tp) {
+                if self.raw_tp.is_ok() && self.raw_tracepoints.contains_key(&tp) {
                     return Avail::Yes(format!("{RAW}{tp}"));
                 }
                 if let Err(e) = &self.tracefs {
@@ -465,8 +462,11 @@ pub(crate) mod tests {
             raw_tracepoints: PROBES
                 .iter()
                 .filter(|p| has_raw_form(p))
-                .filter_map(|p| p.tracepoint())
-                .map(|(c, n)| format!("{c}:{n}"))
+                .filter_map(|p| {
+                    let (c, n) = p.tracepoint()?;
+                    let fields = p.raw_specs().map(|(f, _)| (f, RawField::default()));
+                    Some((format!("{c}:{n}"), fields.collect()))
+                })
                 .collect(),
         }
     }
