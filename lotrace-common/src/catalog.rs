@@ -173,6 +173,10 @@ pub enum DetailKind {
     /// At the start: the device's name (its first 8 bytes) in `aux`, the
     /// sending socket's type in `aux2`.
     Device,
+    /// Inside a NET_RX run: when the run began, in `aux` (0: not in one).
+    /// A run that receives several echoes' packets reports its start with
+    /// the first; the others know it from here.
+    RunStart,
 }
 
 /// What the catalog knows of one stage.
@@ -221,7 +225,7 @@ stage_table! {
     ProcessBacklog = 9: "process_backlog", expect Never, detail Polled,
         en "The backlog's NAPI poll function takes packets off the per-CPU queue, up to its budget.",
         zh "backlog 的 NAPI 轮询函数从本 CPU 队列里取出数据包，最多取到预算为止。";
-    NetifReceiveSkb = 10: "netif_receive_skb", expect Both, detail None,
+    NetifReceiveSkb = 10: "netif_receive_skb", expect Both, detail RunStart,
         en "The core receive path hands the packet to the protocol registered for its type: IPv4 or IPv6.",
         zh "核心接收路径把数据包交给它的协议处理函数：IPv4 或 IPv6。";
     IpRcv = 11: "ip_rcv", expect Request, detail None,
@@ -252,8 +256,8 @@ stage_table! {
         en "The skb has done its job and is freed normally (consume_skb).",
         zh "skb 完成了使命，被正常释放（consume_skb）。";
     Drop = 19: "drop", expect Never, detail DropReason,
-        en "The skb is dropped (kfree_skb); the kernel records why.",
-        zh "skb 被丢弃（kfree_skb）；内核记录了原因。";
+        en "The skb is dropped (kfree_skb); the kernel records why. A copy's drop (a packet socket's or another raw socket's, with its buffer full) is shown, but only a drop of the skb on the echo's own path ends it.",
+        zh "skb 被丢弃（kfree_skb）；内核记录了原因。副本被丢弃（例如接收缓冲区已满的 packet 套接字或另一个原始套接字的副本）也会显示，但只有回显自身路径上的 skb 被丢弃才算这次回显被丢弃。";
 }
 
 pub use crate::probes::{

@@ -98,9 +98,35 @@ pub const fn answers(reply: bool, stage: u8) -> bool {
     reply && (stage == Stage::CopyToUser as u8 || stage == Stage::Recvmsg as u8)
 }
 
-/// A request-leg drop stops the echo, unless it is answered after all.
+/// A request-leg drop stops the echo, unless it is answered after all, and
+/// only when the skb dropped is the one on the echo's own path (see
+/// [`on_path`]): raw sockets and packet taps get copies of the request,
+/// and a copy dropped says nothing of the echo.
 pub const fn drops(reply: bool, stage: u8) -> bool {
     !reply && stage == Stage::Drop as u8
+}
+
+/// The stages whose events carry the skb that travels the leg's path (not
+/// a copy delivered to a socket, nor the route lookup, whose `skb` field
+/// holds a device name). The request's path skb is the last one these
+/// stages saw: `ip_rcv` may take a private copy of a shared skb, and the
+/// path goes on with it.
+pub const fn on_path(stage: u8) -> bool {
+    stage == Stage::IpOutput as u8
+        || stage == Stage::DevQueueXmit as u8
+        || stage == Stage::LoopbackXmit as u8
+        || stage == Stage::NetifRx as u8
+        || stage == Stage::NetifReceiveSkb as u8
+        || stage == Stage::IpRcv as u8
+        || stage == Stage::IcmpRcv as u8
+}
+
+/// A receive inside the NET_RX softirq shows that a run of it received the
+/// packet, even when the run began under another echo's packet and its
+/// start and end were reported with that echo: the expected NET_RX stage
+/// is met.
+pub const fn shows_net_rx(stage: u8, ran: Ran) -> bool {
+    stage == Stage::NetifReceiveSkb as u8 && !matches!(ran, Ran::Task)
 }
 
 /// The reply stage that ends an answered echo: ping's receive call
@@ -234,6 +260,49 @@ pub struct Obs {
     /// read here).
     pub sock_type: u32,
     pub ran: Ran,
+    /// The skb the event saw (0: none, or not one of [`on_path`]'s).
+    pub skb: u64,
+}
+
+impl Obs {
+    /// An event as the stage's fields carry it (see `catalog::DetailKind`):
+    /// the route lookup's error in `len`, the socket type in a transmit's
+    /// `aux2`, the skb only where it is the packet's own.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    pub const fn of_fields(
+        reply: bool,
+        stage: u8,
+        at_return: bool,
+        ts: u64,
+        len: u32,
+        aux2: u32,
+        skb: u64,
+        ran: Ran,
+    ) -> Obs {
+        Obs {
+            reply,
+            stage,
+            at_return,
+            ts,
+            route_err: if stage == Stage::Route as u8 {
+                len as i32
+            } else {
+                0
+            },
+            sock_type: if stage == Stage::DevQueueXmit as u8 {
+                aux2
+            } else {
+                0
+            },
+            ran,
+            skb: if on_path(stage) || stage == Stage::Drop as u8 {
+                skb
+            } else {
+                0
+            },
+        }
+    }
 }
 
 /// What a followed echo remembers between its events: the programs keep
@@ -254,6 +323,8 @@ pub struct Echo {
     /// (0: none).
     pub drop_after: u8,
     pub _pad: [u8; 3],
+    /// The request's skb on its path so far (see [`on_path`]; 0: none yet).
+    pub path_skb: u64,
 }
 
 /// The echo's close stage was met; later stages still add to the rows.
@@ -403,9 +474,18 @@ impl Echo {
         let t0 = self.send_ts;
         fx.since_send = o.ts.wrapping_sub(t0) as i64;
         self.seen |= agg::seen_bit(o.reply, o.stage);
+        if shows_net_rx(o.stage, o.ran) {
+            self.seen |= agg::seen_bit(o.reply, Stage::NetRxAction as u8);
+        }
 
         let reply = o.reply;
         let stage = o.stage;
+        // A drop before the packet was built, or one whose skb is unknown,
+        // cannot be told from a copy's: it counts.
+        let own = self.path_skb == 0 || o.skb == 0 || o.skb == self.path_skb;
+        if !reply && on_path(stage) && o.skb != 0 {
+            self.path_skb = o.skb;
+        }
         if ends_rtt(reply, stage) && self.flags & ECHO_SENT != 0 && self.flags & ECHO_RTT == 0 {
             self.flags |= ECHO_RTT;
             fx.rtt = rtt(self.send_ts, o.ts);
@@ -448,7 +528,7 @@ impl Echo {
                 }
             }
         } else if drops(reply, stage) {
-            if !answered && !dropped {
+            if own && !answered && !dropped {
                 self.flags = (self.flags | ECHO_DROPPED) & !ECHO_NO_ROUTE;
                 fx.count = counters::DROPPED;
                 if no_route {
@@ -471,7 +551,7 @@ impl Echo {
             fx.uncount = counters::NO_ROUTE;
         }
         // The stage after which a drop happened: the last request stage
-        // before it, frees aside.
+        // before it, frees and drops aside.
         if !reply && !dropped && stage != Stage::Free as u8 && !drops(reply, stage) {
             self.drop_after = stage + 1;
         }

@@ -53,28 +53,22 @@ pub(crate) fn aggregate(key: &PktKey, e: &Seen) {
     let rets = config(&CONFIG.ret_probes);
     let word = if p >= 64 { rets[1] } else { rets[0] };
     let stage = e.stage as u8;
-    let obs = Obs {
+    // Only a receive's context matters: the command name is read there.
+    let ran = if stage == Stage::NetifReceiveSkb as u8 {
+        Ran::of(in_softirq(), &bpf_get_current_comm().unwrap_or([0; 16]))
+    } else {
+        Ran::Task
+    };
+    let obs = Obs::of_fields(
         reply,
         stage,
-        at_return: (word >> (p & 63)) & 1 != 0,
-        ts: e.ts,
-        route_err: if stage == Stage::Route as u8 {
-            e.len as i32
-        } else {
-            0
-        },
-        sock_type: if stage == Stage::DevQueueXmit as u8 {
-            e.aux2
-        } else {
-            0
-        },
-        // Only a receive's context matters: the command name is read there.
-        ran: if stage == Stage::NetifReceiveSkb as u8 {
-            Ran::of(in_softirq(), &bpf_get_current_comm().unwrap_or([0; 16]))
-        } else {
-            Ran::Task
-        },
-    };
+        (word >> (p & 63)) & 1 != 0,
+        e.ts,
+        e.len,
+        e.aux2,
+        e.skb,
+        ran,
+    );
     let rules = Rules {
         close_stage: config(&CONFIG.close_stage),
         expect: Masks {

@@ -324,6 +324,68 @@ fn drops_say_where_and_why() {
     assert!(route_detail(js[0], "request").contains("no matching route"));
 }
 
+/// A packet socket on lo whose receive buffer is full: the kernel drops
+/// its copy of each request as it is sent (PACKET_SOCK_ERROR), while the
+/// request itself goes on. The namespace ignores echoes, so nothing is
+/// answered, and the copies' drops do not make the requests "dropped":
+/// they were received and ignored.
+#[test]
+fn a_dropped_copy_does_not_drop_the_echo() {
+    if skip_without_root() {
+        return;
+    }
+    let _k = kernel_lock();
+    let ns = Netns::new("copydrop");
+    ns.exec(&["sysctl", "-qw", "net.ipv4.icmp_echo_ignore_all=1"]);
+    let mut load = Load(Vec::new());
+    load.spawn(
+        &[
+            "ip",
+            "netns",
+            "exec",
+            &ns.0,
+            "timeout",
+            "30",
+            "python3",
+            "-c",
+            // Filled first with a few datagrams of its own.
+            "import socket, time\n\
+             s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))\n\
+             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1)\n\
+             s.bind(('lo', 0))\n\
+             u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+             for i in range(32): u.sendto(b'x', ('127.0.0.1', 9))\n\
+             time.sleep(30)",
+        ],
+        true,
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    // ping fails (nothing answered): its status is lotrace's.
+    let run = |opts: &[&str]| {
+        let mut all = vec!["trace", "--format", "json", "--netns", &ns.0];
+        all.extend_from_slice(opts);
+        all.extend_from_slice(&["ping", "-c", "6", "-i", "0.1", "-W", "1", "127.0.0.1"]);
+        json_lines(&lotrace(&all))
+    };
+    let lines = run(&[]);
+    let js = journeys(&lines);
+    assert_eq!(js.len(), 6, "{lines:?}");
+    let copy_drops = js
+        .iter()
+        .flat_map(|j| events(j, "request"))
+        .filter(|e| e["stage"] == "drop")
+        .count();
+    assert!(copy_drops > 0, "no copy was dropped: {lines:?}");
+    for j in &js {
+        assert_eq!(j["outcome"]["kind"], "unanswered", "{j}");
+    }
+    let lines = run(&["--summary-only"]);
+    let s = summary(&lines);
+    assert_eq!(s["in_kernel"]["dropped"], 0, "{s}");
+    assert_eq!(s["in_kernel"]["unfinished"], 6, "{s}");
+    drop(load);
+}
+
 /// Restores a sysctl on drop.
 struct Sysctl(&'static str, String);
 
@@ -368,6 +430,70 @@ impl Drop for Load {
             let _ = c.wait();
         }
     }
+}
+
+/// Several echoes in flight (`-l 16`) steered by RPS to another CPU: one
+/// NET_RX run there receives the packets of several echoes, its start and
+/// end reported with the first and the last. The others were received in
+/// that run all the same, and are complete, streamed and in the kernel.
+#[test]
+fn echoes_received_in_the_middle_of_a_run_are_complete() {
+    if skip_without_root() {
+        return;
+    }
+    let _k = kernel_lock();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert!(cpus >= 2, "steering to another CPU needs two CPUs");
+    let ns = Netns::new("midrun");
+    ns.exec(&[
+        "sh",
+        "-c",
+        "echo 2 > /sys/class/net/lo/queues/rx-0/rps_cpus",
+    ]);
+    let ping = [
+        "taskset",
+        "-c",
+        "0",
+        "ping",
+        "-q",
+        "-f",
+        "-l",
+        "16",
+        "-c",
+        "400",
+        "127.0.0.1",
+    ];
+    let (lines, _) = ns.trace(&ping);
+    let js = journeys(&lines);
+    assert_eq!(js.len(), 400, "{}", summary(&lines));
+    for j in &js {
+        assert_eq!(j["outcome"]["kind"], "answered", "{j}");
+        assert_eq!(j["complete"], true, "missing {}", j["missing"]);
+    }
+    // Some runs did carry several echoes: not every journey has a run
+    // start of its own.
+    let own_start = js
+        .iter()
+        .filter(|j| {
+            events(j, "request")
+                .iter()
+                .any(|e| e["stage"] == "net_rx_action")
+        })
+        .count()
+        + js.iter()
+            .filter(|j| {
+                events(j, "reply")
+                    .iter()
+                    .any(|e| e["stage"] == "net_rx_action")
+            })
+            .count();
+    assert!(own_start < 2 * js.len(), "no run carried two echoes");
+    let mut all = vec!["--summary-only"];
+    all.extend_from_slice(&ping);
+    let (lines, _) = ns.trace(&all);
+    let s = summary(&lines);
+    assert_eq!(s["in_kernel"]["answered"], 400, "{s}");
+    assert_eq!(s["in_kernel"]["answered_incomplete"], 0, "{s}");
 }
 
 /// The recipe in the README: in a namespace whose lo steers packets (RPS)

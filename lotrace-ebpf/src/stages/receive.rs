@@ -54,6 +54,7 @@ pub(crate) fn netif_receive_skb<C: EbpfContext>(ctx: &C, probe: ProbeId, skb: u6
     }
     key.delivered = 0;
     st.rx = key;
+    let mut run_began = 0;
     if st.in_net_rx != 0 {
         if st.entry_emitted == 0 {
             st.entry_emitted = 1;
@@ -70,6 +71,11 @@ pub(crate) fn netif_receive_skb<C: EbpfContext>(ctx: &C, probe: ProbeId, skb: u6
                 emit_start(ctx, &key, st.fn_entry_ts, Stage::NetRxAction, fn_probe);
             }
         }
+        run_began = if config(&CONFIG.net_rx_probe) == 0 {
+            st.softirq_entry_ts
+        } else {
+            st.fn_entry_ts
+        };
         let backlog_probe = config(&CONFIG.backlog_probe);
         if backlog_probe != 0 && st.backlog_emitted == 0 && st.backlog_entry_ts != 0 {
             st.backlog_emitted = 1;
@@ -84,7 +90,11 @@ pub(crate) fn netif_receive_skb<C: EbpfContext>(ctx: &C, probe: ProbeId, skb: u6
         st.last = key;
         st.poll_pending = 1;
     }
-    emit(ctx, &key, at(Stage::NetifReceiveSkb, probe, skb, len, 0));
+    emit(
+        ctx,
+        &key,
+        at(Stage::NetifReceiveSkb, probe, skb, len, run_began),
+    );
 }
 
 #[inline(always)]

@@ -71,6 +71,8 @@ pub enum StageDetail {
         dev: Option<DevName>,
         sock_type: u32,
     },
+    /// Received inside a NET_RX run that began at this time.
+    InRun { began_ns: u64 },
 }
 
 impl StageDetail {
@@ -95,6 +97,7 @@ impl StageDetail {
             (DetailKind::SyscallReturn, true) | (DetailKind::Bytes, _) => {
                 StageDetail::Bytes(ev.len)
             }
+            (DetailKind::RunStart, _) if ev.aux != 0 => StageDetail::InRun { began_ns: ev.aux },
             (DetailKind::Device, false) => StageDetail::Transmit {
                 dev: (ev.aux != 0).then(|| DevName::from_aux(ev.aux)),
                 sock_type: ev.aux2,

@@ -7,8 +7,11 @@ use std::collections::BTreeMap;
 use crate::model::detail::StageDetail;
 use lotrace_common::{
     Event, ProbeId, Stage,
+    agg::counters,
     event::{AF_INET, AF_INET6, FLAG_NET_RX, FLAG_PACKET, is_echo_reply, is_echo_request},
-    journey::{ECHO_SOCK, Echo, End, Masks, Obs, Ran, Rules, still_expected, unroutable},
+    journey::{
+        ECHO_SOCK, Echo, End, Masks, Obs, Ran, Rules, shows_net_rx, still_expected, unroutable,
+    },
 };
 
 pub use lotrace_common::journey::{Expected, Leg};
@@ -69,6 +72,8 @@ pub struct Hop {
     pub comm: String,
     pub context: Context,
     pub softirq_run: u32,
+    /// The skb the probe saw (0: none; the route lookup's is a device name).
+    pub skb: u64,
     /// What the event said besides time and place, decoded once.
     pub detail: Option<StageDetail>,
 }
@@ -76,27 +81,26 @@ pub struct Hop {
 impl Hop {
     /// What the journey's meaning needs of this hop.
     pub fn obs(&self) -> Obs {
-        Obs {
-            reply: self.leg == Leg::Reply,
-            stage: self.stage as u8,
-            at_return: self.probe.info().at_return,
-            ts: self.ts_ns,
-            route_err: match self.detail {
-                Some(StageDetail::Route {
-                    next_hop: Err(err), ..
-                }) => err,
-                _ => 0,
-            },
-            sock_type: match self.detail {
-                Some(StageDetail::Transmit { sock_type, .. })
-                    if self.stage == Stage::DevQueueXmit =>
-                {
-                    sock_type
-                }
-                _ => 0,
-            },
-            ran: self.context.ran(),
-        }
+        let route_err = match self.detail {
+            Some(StageDetail::Route {
+                next_hop: Err(err), ..
+            }) => err,
+            _ => 0,
+        };
+        let sock_type = match self.detail {
+            Some(StageDetail::Transmit { sock_type, .. }) => sock_type,
+            _ => 0,
+        };
+        Obs::of_fields(
+            self.leg == Leg::Reply,
+            self.stage as u8,
+            self.probe.info().at_return,
+            self.ts_ns,
+            route_err as u32,
+            sock_type,
+            self.skb,
+            self.context.ran(),
+        )
     }
 }
 
@@ -420,6 +424,7 @@ pub fn build_journey(mut events: Vec<Event>, expected: &[Expected]) -> Journey {
             comm: ev.comm_str().to_string(),
             context: Context::of(ev),
             softirq_run: ev.softirq_run,
+            skb: ev.skb,
             detail: StageDetail::decode(ev, stage, at_return),
         });
         prev = ev.ts_ns;
@@ -431,7 +436,7 @@ pub fn build_journey(mut events: Vec<Event>, expected: &[Expected]) -> Journey {
         expect: Masks::default(),
     };
     let mut echo = Echo::default();
-    let (mut rtt_ns, mut sock_type) = (None, 0);
+    let (mut rtt_ns, mut sock_type, mut drop_reason) = (None, 0, 0);
     for h in &hops {
         let had_sock = echo.flags & ECHO_SOCK != 0;
         let fx = echo.observe(&h.obs(), first.family == AF_INET6, &rules);
@@ -439,10 +444,19 @@ pub fn build_journey(mut events: Vec<Event>, expected: &[Expected]) -> Journey {
         if !had_sock && echo.flags & ECHO_SOCK != 0 {
             sock_type = h.obs().sock_type;
         }
+        if fx.count == counters::DROPPED
+            && let Some(StageDetail::Drop { reason }) = h.detail
+        {
+            drop_reason = reason;
+        }
     }
     let has = |leg: Option<Leg>, stage: Stage| {
-        hops.iter()
-            .any(|h| h.stage == stage && leg.is_none_or(|l| l == h.leg))
+        hops.iter().any(|h| {
+            leg.is_none_or(|l| l == h.leg)
+                && (h.stage == stage
+                    || (stage == Stage::NetRxAction
+                        && shows_net_rx(h.stage as u8, h.context.ran())))
+        })
     };
     let softirq_of = |leg: Leg| {
         let rx = hops
@@ -463,8 +477,14 @@ pub fn build_journey(mut events: Vec<Event>, expected: &[Expected]) -> Journey {
             .iter()
             .rev()
             .find(|h| h.leg == leg && h.stage == Stage::NetifRx && h.ts_ns <= rx.ts_ns);
-        let wait_ns = match (enqueue, start) {
-            (Some(r), Some(s)) if s.ts_ns >= r.ts_ns => Some(s.ts_ns - r.ts_ns),
+        // A run that began under another echo's packet: the receive
+        // itself says when.
+        let start_ts = start.map(|s| s.ts_ns).or(match rx.detail {
+            Some(StageDetail::InRun { began_ns }) if began_ns <= rx.ts_ns => Some(began_ns),
+            _ => None,
+        });
+        let wait_ns = match (enqueue, start_ts) {
+            (Some(r), Some(s)) if s >= r.ts_ns => Some(s - r.ts_ns),
             _ => None,
         };
         let sender = hops
@@ -474,7 +494,7 @@ pub fn build_journey(mut events: Vec<Event>, expected: &[Expected]) -> Journey {
             h.leg == Leg::Request && h.stage == Stage::SockSendmsg && h.probe.info().at_return
         });
         // The run began at its start, or at the latest when it received.
-        let began = start.map_or(rx.ts_ns, |s| s.ts_ns);
+        let began = start_ts.unwrap_or(rx.ts_ns);
         let entered = match (&rx.context, sender) {
             (Context::Ksoftirqd, _) => Some("ksoftirqd"),
             // In the sender before its send returned: loopback raises NET_RX
@@ -504,14 +524,7 @@ pub fn build_journey(mut events: Vec<Event>, expected: &[Expected]) -> Journey {
     let outcome = match end {
         End::Answered => Outcome::Answered,
         End::Dropped { after } => Outcome::Dropped {
-            reason: hops
-                .iter()
-                .filter(|h| h.leg == Leg::Request)
-                .find_map(|h| match h.detail {
-                    Some(StageDetail::Drop { reason }) => Some(reason),
-                    _ => None,
-                })
-                .unwrap_or(0),
+            reason: drop_reason,
             after,
         },
         End::NoRoute => Outcome::NoRoute {
@@ -679,6 +692,28 @@ pub(crate) mod tests {
             (reply.pid, reply.entered, reply.wait_ns),
             (200, Some("another_task"), None)
         );
+    }
+
+    /// An echo received in the middle of a NET_RX run that began, and
+    /// ended, under other echoes' packets: complete, and its receive says
+    /// when the run began.
+    #[test]
+    fn an_echo_in_the_middle_of_a_run_is_complete() {
+        let mut evs: Vec<Event> = echo(1, 1_000_000)
+            .into_iter()
+            .filter(|e| e.stage != Stage::NetRxAction as u8)
+            .collect();
+        for e in evs
+            .iter_mut()
+            .filter(|e| e.stage == Stage::NetifReceiveSkb as u8)
+        {
+            e.aux = 1_002_900;
+        }
+        let j = build_journey(evs, &expected_for(&all_probes()));
+        assert!(j.complete(), "missing {:?}", j.missing);
+        assert!(j.hops.iter().all(|h| h.stage != Stage::NetRxAction));
+        // Enqueued at 2500, the run began at 2900.
+        assert_eq!(j.softirq[0].as_ref().unwrap().wait_ns, Some(400));
     }
 
     #[test]

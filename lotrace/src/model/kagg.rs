@@ -181,7 +181,7 @@ mod same_meaning {
     use lotrace_common::{
         Event, ProbeId, Stage,
         event::{AF_INET6, FLAG_NET_RX, SOCK_DGRAM, SOCK_RAW, is_echo_reply},
-        journey::{Echo, Obs, Ran, Rules, Sink},
+        journey::{Echo, Obs, Ran, Rules, Sink, on_path},
     };
 
     use super::*;
@@ -224,26 +224,18 @@ mod same_meaning {
         let mut sorted = events.to_vec();
         sorted.sort_by_key(|e| e.ts_ns);
         for e in &sorted {
-            let stage = Stage::from_u8(e.stage).unwrap();
             let probe = ProbeId::from_u8(e.probe).unwrap();
             let ipv6 = e.family == AF_INET6;
-            let obs = Obs {
-                reply: is_echo_reply(e.family, e.icmp_type),
-                stage: e.stage,
-                at_return: probe.info().at_return,
-                ts: e.ts_ns,
-                route_err: if stage == Stage::Route {
-                    e.len as i32
-                } else {
-                    0
-                },
-                sock_type: if stage == Stage::DevQueueXmit {
-                    e.aux2
-                } else {
-                    0
-                },
-                ran: Ran::of(e.flags & FLAG_NET_RX != 0, &e.comm),
-            };
+            let obs = Obs::of_fields(
+                is_echo_reply(e.family, e.icmp_type),
+                e.stage,
+                probe.info().at_return,
+                e.ts_ns,
+                e.len,
+                e.aux2,
+                e.skb,
+                Ran::of(e.flags & FLAG_NET_RX != 0, &e.comm),
+            );
             let sink = cpus.entry(e.cpu).or_insert_with(|| Arrays {
                 rows: vec![RowAgg::zeroed(); agg::ROWS],
                 counters: vec![0; counters::COUNT as usize],
@@ -448,6 +440,36 @@ mod same_meaning {
         }
         case("raw socket", raw, one(|o| o.answered = 1));
         case("datagram socket", dgram, one(|o| o.answered = 1));
+        // A copy of the request (another raw socket's, a tap's) dropped,
+        // the request itself never answered: not "dropped".
+        let mut copy = request_until(15, at(15), Stage::SockDeliver);
+        for e in copy.iter_mut().filter(|e| on_path(e.stage)) {
+            e.skb = 0xa000;
+        }
+        let mut lost = ev(at(15) + 4600, Stage::Drop, ProbeId::KfreeSkb, false, 15);
+        lost.skb = 0xb000;
+        copy.push(lost);
+        case(
+            "a copy dropped, unanswered",
+            copy,
+            one(|o| o.unfinished = 1),
+        );
+        // The same drop of the request's own skb.
+        let mut own = request_until(16, at(16), Stage::SockDeliver);
+        for e in own.iter_mut().filter(|e| on_path(e.stage)) {
+            e.skb = 0xa000;
+        }
+        let mut lost = ev(at(16) + 4600, Stage::Drop, ProbeId::KfreeSkb, false, 16);
+        lost.skb = 0xa000;
+        own.push(lost);
+        case("its own skb dropped", own, one(|o| o.dropped = 1));
+        // Received in the middle of a NET_RX run that began, and ended,
+        // under other echoes' packets: nothing was lost.
+        let middle = echo(17, at(17))
+            .into_iter()
+            .filter(|e| e.stage != Stage::NetRxAction as u8)
+            .collect();
+        case("in the middle of a run", middle, one(|o| o.answered = 1));
         // All of them at once, interleaved as on a busy machine.
         assert_eq!(assert_same("all", &all), expect);
     }

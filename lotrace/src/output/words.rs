@@ -39,6 +39,8 @@ pub fn detail_words(d: &StageDetail, meta: &Meta) -> Option<String> {
         StageDetail::Bytes(n) => format!("{n} bytes"),
         StageDetail::Transmit { dev: Some(dev), .. } => format!("dev {dev}"),
         StageDetail::Transmit { dev: None, .. } => return None,
+        // Said by the leg's softirq line (its wait).
+        StageDetail::InRun { .. } => return None,
     })
 }
 
