@@ -416,6 +416,13 @@ macro_rules! probe_table {
             KpRawv6Rcv           = 74: kp_rawv6_rcv               kprobe[rawv6_rcv]                               (sk: 0, skb: 1)                               -> SockDeliver 1             => socket::deliver;
             FeRawRcv             = 58: fe_raw_rcv                 fentry[raw_rcv]                                 (sk: 0, skb: 1)                               -> SockDeliver 0             => socket::deliver;
             FeRawv6Rcv           = 75: fe_rawv6_rcv               fentry[rawv6_rcv]                               (sk: 0, skb: 1)                               -> SockDeliver 1             => socket::deliver;
+            // Every path to a socket's queue ends in its data-ready call,
+            // sock_def_readable for raw and ICMP datagram sockets alike
+            // (ping_rcv never calls raw_rcv); called through a pointer,
+            // never inlined. A delivery raw_rcv already reported is not
+            // reported twice.
+            KpSockDefReadable    = 84: kp_sock_def_readable       kprobe[sock_def_readable]                       (sk: 0)                                       -> SockDeliver 2             => socket::data_ready;
+            FeSockDefReadable    = 85: fe_sock_def_readable       fentry[sock_def_readable]                       (sk: 0)                                       -> SockDeliver 2             => socket::data_ready;
 
             SchedWakeup          = 16: tp_sched_wakeup            tracepoint(sched:sched_wakeup)                  {WakeupPid: pid = 0 -> pid}                   -> Wakeup 0                  => socket::sched_wakeup;
 

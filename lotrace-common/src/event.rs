@@ -341,6 +341,9 @@ pub struct CpuState {
     pub fn_entry_ts: u64,
     /// When the current `process_backlog` call began (function probes).
     pub backlog_entry_ts: u64,
+    /// The socket `raw_rcv` last reported a delivery to, for the current
+    /// packet: its data-ready call that follows is the same delivery.
+    pub delivered_sk: u64,
     pub softirq_run: u32,
     /// Inside NET_RX on this CPU.
     pub in_net_rx: u8,

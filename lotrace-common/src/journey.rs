@@ -194,7 +194,7 @@ pub const fn unroutable(err: i32) -> bool {
 
 /// A request stage that exists only once the route was found and the
 /// packet built.
-const fn builds(stage: u8) -> bool {
+pub const fn builds(stage: u8) -> bool {
     stage == Stage::IpOutput as u8 || stage == Stage::DevQueueXmit as u8
 }
 

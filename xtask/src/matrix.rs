@@ -24,6 +24,9 @@ enum Check {
     Trace(&'static str),
     /// busybox's ping, aggregated in the kernel.
     SummaryOnly,
+    /// iputils' ping (an ICMP datagram socket: the kernel delivers its
+    /// replies through ping_rcv, not raw_rcv), with this backend forced.
+    Datagram(&'static str),
 }
 
 const CHECKS: &[Check] = &[
@@ -32,11 +35,14 @@ const CHECKS: &[Check] = &[
     Check::Trace("fentry"),
     Check::Trace("tracepoint"),
     Check::SummaryOnly,
+    Check::Datagram("kprobe"),
+    Check::Datagram("fentry"),
 ];
 
 impl Check {
     fn args(self) -> Vec<String> {
         let busybox = ["ping", "-c", "3", "127.0.0.1"];
+        let iputils = [vm::IPUTILS_PING, "-c", "3", "-i", "0.2", "127.0.0.1"];
         let trace = |options: &[&str], ping: &[&str]| -> Vec<String> {
             ["trace"]
                 .iter()
@@ -50,6 +56,7 @@ impl Check {
             Check::Probes => vec!["probes".into(), "--format".into(), "json".into()],
             Check::Trace(b) => trace(&["--backend", b], &busybox),
             Check::SummaryOnly => trace(&["--summary-only"], &busybox),
+            Check::Datagram(b) => trace(&["--backend", b], &iputils),
         }
     }
 
@@ -59,6 +66,7 @@ impl Check {
             Check::Probes => None,
             Check::Trace(b) => Some(b.to_string()),
             Check::SummaryOnly => Some("summary-only".into()),
+            Check::Datagram(b) => Some(format!("{b}, datagram socket")),
         }
     }
 
@@ -79,6 +87,7 @@ impl Check {
                 format!("probe runs the kernel skipped: {missed}")
             }),
             Check::SummaryOnly => check_summary_only(run),
+            Check::Datagram(b) => check_datagram(run, b),
         }
     }
 }
@@ -259,6 +268,29 @@ pub fn check_trace(run: &Run, backend: &str) -> Result<Vec<Value>> {
         summary["lost_events"]
     );
     Ok(journeys.into_iter().cloned().collect())
+}
+
+/// iputils' pings on an ICMP datagram socket: the journeys of
+/// [`check_trace`], each on a datagram socket and delivered to it as the
+/// backend saw.
+pub fn check_datagram(run: &Run, backend: &str) -> Result<()> {
+    for j in check_trace(run, backend)? {
+        let seq = &j["icmp_seq"];
+        ensure!(j["socket"] == "datagram", "seq {seq}: socket {}", j["socket"]);
+        let deliver = j["legs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|l| l["events"].as_array().into_iter().flatten())
+            .find(|e| e["stage"] == "sock_deliver")
+            .with_context(|| format!("seq {seq}: no sock_deliver"))?;
+        let probe = deliver["probe"].as_str().unwrap_or("");
+        ensure!(
+            of_backend(probe, backend),
+            "seq {seq}: sock_deliver seen by {probe}, not by {backend}"
+        );
+    }
+    Ok(())
 }
 
 /// The in-kernel aggregation: every echo answered with every stage, the

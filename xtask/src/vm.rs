@@ -129,6 +129,8 @@ mount -t tracefs nodev /sys/kernel/tracing
 mount -t debugfs nodev /sys/kernel/debug
 mount -t bpf bpf /sys/fs/bpf
 ip link set lo up
+# iputils' ping uses an ICMP datagram socket where this allows it.
+echo '0 2147483647' > /proc/sys/net/ipv4/ping_group_range
 stty -F /dev/ttyS1 raw -echo
 stty -F /dev/ttyS2 raw -echo
 stty -F /dev/ttyS3 raw -echo
@@ -158,6 +160,7 @@ fn initramfs(lotrace: &Path, runs: &[Vec<String>]) -> Result<Vec<u8>> {
     let mut c = Cpio::new();
     for d in [
         "bin", "sbin", "dev", "proc", "sys", "tmp", "etc", "lib", "lib64", "usr", "usr/lib",
+        "usr/bin",
     ] {
         c.dir(d);
     }
@@ -167,8 +170,20 @@ fn initramfs(lotrace: &Path, runs: &[Vec<String>]) -> Result<Vec<u8>> {
     c.file("init", 0o755, init_script(runs).as_bytes());
     c.file("etc/hosts", 0o644, b"127.0.0.1 localhost\n::1 localhost\n");
     c.file("lotrace", 0o755, &std::fs::read(lotrace)?);
+    // iputils' ping, beside busybox's: it sends on an ICMP datagram socket.
+    let ping = Path::new(IPUTILS_PING);
+    c.file(
+        "usr/bin/ping",
+        0o755,
+        &std::fs::read(ping).with_context(|| format!("reading {IPUTILS_PING}"))?,
+    );
     let mut dirs = std::collections::BTreeSet::new();
-    for lib in libraries(lotrace)? {
+    dirs.insert(PathBuf::from("usr/bin"));
+    let mut libs = libraries(lotrace)?;
+    libs.extend(libraries(ping)?);
+    libs.sort();
+    libs.dedup();
+    for lib in libs {
         let rel = lib.strip_prefix("/").unwrap_or(&lib);
         let mut acc = PathBuf::new();
         for comp in rel.parent().into_iter().flat_map(|p| p.components()) {
@@ -183,6 +198,9 @@ fn initramfs(lotrace: &Path, runs: &[Vec<String>]) -> Result<Vec<u8>> {
     }
     Ok(c.finish())
 }
+
+/// iputils' ping on the host, and in the guest.
+pub const IPUTILS_PING: &str = "/usr/bin/ping";
 
 /// A guest's whole run, at most, hung or not.
 const DEADLINE: Duration = Duration::from_secs(600);

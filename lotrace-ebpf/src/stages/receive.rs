@@ -54,6 +54,7 @@ pub(crate) fn netif_receive_skb<C: EbpfContext>(ctx: &C, probe: ProbeId, skb: u6
     }
     key.delivered = 0;
     st.rx = key;
+    st.delivered_sk = 0;
     let mut run_began = 0;
     if st.in_net_rx != 0 {
         if st.entry_emitted == 0 {

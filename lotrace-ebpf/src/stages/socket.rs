@@ -24,11 +24,28 @@ pub(crate) fn deliver<C: EbpfContext>(ctx: &C, probe: ProbeId, sk: u64, skb: u64
         return;
     }
     st.rx.delivered = 1;
+    st.delivered_sk = sk;
     let key = st.rx;
     if skb != 0 {
         follow_copy(skb, &key);
     }
     emit(ctx, &key, at(Stage::SockDeliver, probe, 0, 0, sk));
+}
+
+/// A socket's data-ready call (`sock_def_readable`), the end of every path
+/// to its queue: `raw_rcv`'s and `ping_rcv`'s.
+#[inline(always)]
+pub(crate) fn data_ready<C: EbpfContext>(ctx: &C, probe: ProbeId, sk: u64) {
+    let Some(st) = state() else { return };
+    if st.rx.valid == 0 {
+        return;
+    }
+    if st.delivered_sk == sk {
+        st.delivered_sk = 0;
+        return;
+    }
+    deliver(ctx, probe, sk, 0);
+    st.delivered_sk = 0;
 }
 
 #[inline(always)]

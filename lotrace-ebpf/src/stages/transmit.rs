@@ -7,30 +7,35 @@ use lotrace_common::{ProbeId, Stage, TpField, event::is_echo_request};
 
 use crate::kernel::Fields;
 use crate::{
-    emit::{emit, skb_event, skb_event_aux},
+    emit::{emit, skb_event_aux},
     filter::{identify, in_softirq, is_target, is_tracked, learn_sock, tgid_tid, track, track_key},
     kernel::{CONFIG, config, dev_name, field, read_kernel},
     maps::state,
     seen::at,
 };
 
-/// ip_output and ip6_output.
+/// ip_output and ip6_output: with function probes, the first stage that
+/// sees the packet.
 #[inline(always)]
 pub(crate) fn ip_output<C: EbpfContext>(ctx: &C, probe: ProbeId, skb: u64) {
-    let _ = skb_event(ctx, skb, Stage::IpOutput, probe);
-}
-
-/// An skb entering the device layer: where a traced command's echo
-/// request starts being tracked, and where its socket is learnt.
-#[inline(always)]
-pub(crate) fn dev_queue_xmit<C: EbpfContext>(ctx: &C, probe: ProbeId, skb: u64) {
     let Some((key, len)) = identify(skb, false) else {
         return;
     };
+    track_send(ctx, skb, &key);
+    if is_tracked(&key) {
+        emit(ctx, &key, at(Stage::IpOutput, probe, skb, len, 0));
+    }
+}
+
+/// A packet built by a traced command's send (the first stage to see it,
+/// in the sending thread): an echo request's id is tracked from here, and
+/// its socket learnt. Returns the socket's type (0: not such a packet).
+#[inline(always)]
+fn track_send<C: EbpfContext>(ctx: &C, skb: u64, key: &lotrace_common::PktKey) -> u32 {
     let mut sock_type = 0u32;
     if is_echo_request(key.family, key.icmp_type) {
         let (tgid, _) = tgid_tid();
-        let k = track_key(&key);
+        let k = track_key(key);
         if !in_softirq() && is_target(tgid) {
             if track(k) {
                 info!(ctx, "tracking echo id {} of tgid {}", key.icmp_id, tgid);
@@ -51,6 +56,17 @@ pub(crate) fn dev_queue_xmit<C: EbpfContext>(ctx: &C, probe: ProbeId, skb: u64) 
             }
         }
     }
+    sock_type
+}
+
+/// An skb entering the device layer: where, with tracepoints, a traced
+/// command's echo request is first seen (see [`track_send`]).
+#[inline(always)]
+pub(crate) fn dev_queue_xmit<C: EbpfContext>(ctx: &C, probe: ProbeId, skb: u64) {
+    let Some((key, len)) = identify(skb, false) else {
+        return;
+    };
+    let sock_type = track_send(ctx, skb, &key);
     if !is_tracked(&key) {
         return;
     }

@@ -10,7 +10,8 @@ use lotrace_common::{
     agg::counters,
     event::{AF_INET, AF_INET6, FLAG_NET_RX, FLAG_PACKET, is_echo_reply, is_echo_request},
     journey::{
-        ECHO_SOCK, Echo, End, Masks, Obs, Ran, Rules, shows_net_rx, still_expected, unroutable,
+        ECHO_SOCK, Echo, End, Masks, Obs, Ran, Rules, builds, shows_net_rx, still_expected,
+        unroutable,
     },
 };
 
@@ -315,10 +316,9 @@ impl JourneyBuilder {
     /// in the sending thread, the send's events open under another id with
     /// the same sequence are moved to the packet's journey.
     fn adopt_send(&mut self, ev: &Event, key: Key) {
-        if ev.stage != Stage::DevQueueXmit as u8
+        if !builds(ev.stage)
             || !is_echo_request(ev.family, ev.icmp_type)
             || ev.flags & FLAG_NET_RX != 0
-            || self.open.contains_key(&key)
         {
             return;
         }
@@ -328,11 +328,9 @@ impl JourneyBuilder {
             .copied()
             .filter(|k| k.1 != key.1)
             .filter(|k| {
-                self.open.get(k).is_some_and(|o| {
-                    !o.events
-                        .iter()
-                        .any(|e| e.stage == Stage::DevQueueXmit as u8)
-                })
+                self.open
+                    .get(k)
+                    .is_some_and(|o| !o.events.iter().any(|e| builds(e.stage)))
             });
         if orphan.is_some() {
             self.sends.remove(&(key.0, key.2, ev.tid));
@@ -348,7 +346,18 @@ impl JourneyBuilder {
             for e in o.events.iter_mut() {
                 e.icmp_id = key.1;
             }
-            self.open.insert(key, o);
+            match self.open.get_mut(&key) {
+                // The packet's first stage is in already (ip_output, then
+                // dev_queue_xmit here).
+                Some(p) => {
+                    p.events.append(&mut o.events);
+                    p.first_ts = p.first_ts.min(o.first_ts);
+                    p.last_ts = p.last_ts.max(o.last_ts);
+                }
+                None => {
+                    self.open.insert(key, o);
+                }
+            }
         }
     }
 
@@ -845,6 +854,38 @@ pub(crate) mod tests {
         assert_eq!(js.len(), 1, "{js:?}");
         assert_eq!(js[0].icmp_id, 40000);
         assert!(js[0].complete(), "{:?}", js[0].missing);
+    }
+
+    /// With function probes the packet's first stage is ip_output, before
+    /// dev_queue_xmit: the send joins it there.
+    #[test]
+    fn a_datagram_send_joins_its_packet_at_ip_output() {
+        let mut b = JourneyBuilder::new(expected_for(&all_probes()), 1000);
+        for seq in 1..=2 {
+            let base = seq as u64 * 100_000;
+            let mut evs = echo(seq, base);
+            evs.insert(
+                2,
+                ev(base + 1500, Stage::IpOutput, ProbeId::KpIpOutput, false, seq),
+            );
+            for e in evs.iter_mut() {
+                if !(e.stage == Stage::Sendto as u8
+                    || (e.stage == Stage::Route as u8 && e.icmp_type == ICMP_ECHO))
+                {
+                    e.icmp_id = 40000;
+                }
+            }
+            for e in evs {
+                b.push(e);
+            }
+        }
+        let js = b.finish();
+        assert_eq!(js.len(), 2, "{js:?}");
+        for j in &js {
+            assert_eq!(j.icmp_id, 40000);
+            assert!(j.hops.iter().any(|h| h.stage == Stage::Sendto));
+            assert!(j.hops.iter().any(|h| h.stage == Stage::IpOutput));
+        }
     }
 
     #[test]
