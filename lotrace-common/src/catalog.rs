@@ -143,6 +143,20 @@ impl Stage {
     }
 }
 
+impl Stage {
+    /// A stage with no probe of its own, seen by another stage's
+    /// tracepoints, which fire more widely than its function probes:
+    /// `net:net_dev_start_xmit` and `net:net_dev_xmit` fire for every
+    /// device's driver, and their handler reports lo's transmit as
+    /// `loopback_xmit`, any other device's as `ndo_start_xmit`.
+    pub const fn shares_tracepoints_of(self) -> Option<Stage> {
+        match self {
+            Stage::DevXmit => Some(Stage::LoopbackXmit),
+            _ => None,
+        }
+    }
+}
+
 /// A drop's `aux` on kernels whose `skb:kfree_skb` carries no reason
 /// (reasons came with 5.17): not a reason code the kernel could give.
 pub const NO_DROP_REASON: u64 = u64::MAX;
@@ -213,6 +227,9 @@ stage_table! {
     LoopbackXmit = 5: "loopback_xmit", expect Both, detail Device,
         en "The loopback driver, a 'fake NIC': instead of putting bytes on a wire it hands the same skb back to the receive path.",
         zh "回环驱动，一块“假网卡”：它不把字节发到线路上，而是把同一个 skb 交回接收路径。";
+    DevXmit = 21: "ndo_start_xmit", expect Never, detail Device,
+        en "The device's driver transmits (its ndo_start_xmit: veth_xmit for a veth pair, a NIC's driver for real hardware). On lo this is loopback_xmit; any other device's transmit is shown under this name.",
+        zh "设备驱动发送数据包（它的 ndo_start_xmit：veth 对是 veth_xmit，真实硬件是网卡驱动）。在 lo 上就是 loopback_xmit；其他设备的发送都以这个名字显示。";
     NetifRx = 6: "netif_rx", expect Both, detail None,
         en "netif_rx puts the skb on a CPU's backlog queue (enqueue_to_backlog), as a NIC's interrupt handler would: this CPU's, or with RPS the one get_rps_cpu picks.",
         zh "netif_rx 把 skb 放进某个 CPU 的 backlog 队列（enqueue_to_backlog），就像真网卡的中断处理程序那样：通常是本 CPU 的，开启 RPS 时是 get_rps_cpu 选中的那个 CPU 的。";

@@ -33,6 +33,10 @@ pub const fn head_in_window(off_nh: u64, off_head: u64) -> Option<usize> {
 /// Socket kinds, from `sk_type`.
 pub const SOCK_DGRAM: u32 = 2;
 pub const SOCK_RAW: u32 = 3;
+
+/// The loopback device's name as the transmit stages carry it (its first
+/// 8 bytes, NUL-padded, little-endian).
+pub const LO_NAME: u64 = u64::from_le_bytes(*b"lo\0\0\0\0\0\0");
 /// `NET_RX_SOFTIRQ` in `include/linux/interrupt.h`.
 pub const NET_RX_SOFTIRQ: u32 = 3;
 
@@ -249,6 +253,9 @@ pub struct Config {
     pub close_stage: u8,
     /// Non-zero: every program returns at once (`--floor`).
     pub floor: u8,
+    /// Non-zero: a function probe (`loopback_xmit`'s) reports lo's
+    /// transmit, and the transmit tracepoints only other devices'.
+    pub lo_xmit_fn: u8,
     pub _pad: [u8; CONFIG_PAD],
     /// Bit `p` of `ret_probes[p / 64]`: probe `p` observes a return.
     pub ret_probes: [u64; 2],
@@ -285,7 +292,7 @@ const _: () = assert!(crate::catalog::PROBE_COUNT <= RET_ARG_SLOTS);
 
 /// Explicit padding before `ret_probes`, whatever the number of tracepoint
 /// fields: the loader writes `Config` as bytes, so it must have no hole.
-const CONFIG_HEAD: usize = 15 * 4 + 2 * TP_FIELD_COUNT + 5;
+const CONFIG_HEAD: usize = 15 * 4 + 2 * TP_FIELD_COUNT + 6;
 pub const CONFIG_PAD: usize = (8 - CONFIG_HEAD % 8) % 8;
 const _: () = assert!(
     core::mem::size_of::<Config>()
@@ -316,6 +323,7 @@ impl Config {
             summary_only: 0,
             close_stage: 0,
             floor: 0,
+            lo_xmit_fn: 0,
             _pad: [0; CONFIG_PAD],
             ret_probes: [0; 2],
             expect_leg: 0,
@@ -355,7 +363,9 @@ pub struct CpuState {
     pub poll_pending: u8,
     /// The current backlog poll has reported its start.
     pub backlog_emitted: u8,
-    pub _pad: [u8; 7],
+    /// The stage of the transmit in progress (see `xmit_skb`).
+    pub xmit_stage: u8,
+    pub _pad: [u8; 6],
     /// The last echo packet `netif_receive_skb` saw in this run (valid only
     /// if it is one of ours); the reply's route lookup and its socket
     /// delivery happen under it.

@@ -115,18 +115,27 @@ pub const fn on_path(stage: u8) -> bool {
     stage == Stage::IpOutput as u8
         || stage == Stage::DevQueueXmit as u8
         || stage == Stage::LoopbackXmit as u8
+        || stage == Stage::DevXmit as u8
         || stage == Stage::NetifRx as u8
         || stage == Stage::NetifReceiveSkb as u8
         || stage == Stage::IpRcv as u8
         || stage == Stage::IcmpRcv as u8
 }
 
-/// A receive inside the NET_RX softirq shows that a run of it received the
-/// packet, even when the run began under another echo's packet and its
-/// start and end were reported with that echo: the expected NET_RX stage
-/// is met.
-pub const fn shows_net_rx(stage: u8, ran: Ran) -> bool {
-    stage == Stage::NetifReceiveSkb as u8 && !matches!(ran, Ran::Task)
+/// The expected stage an event meets besides its own. A receive inside the
+/// NET_RX softirq shows that a run of it received the packet, even when
+/// the run began under another echo's packet and its start and end were
+/// reported with that echo. Another device's transmit (`ndo_start_xmit`)
+/// is, for an echo that leaves through that device, the transmit a
+/// loopback echo makes in `loopback_xmit`.
+pub const fn also_meets(stage: u8, ran: Ran) -> Option<Stage> {
+    if stage == Stage::NetifReceiveSkb as u8 && !matches!(ran, Ran::Task) {
+        Some(Stage::NetRxAction)
+    } else if stage == Stage::DevXmit as u8 {
+        Some(Stage::LoopbackXmit)
+    } else {
+        None
+    }
 }
 
 /// The reply stage that ends an answered echo: ping's receive call
@@ -474,8 +483,8 @@ impl Echo {
         let t0 = self.send_ts;
         fx.since_send = o.ts.wrapping_sub(t0) as i64;
         self.seen |= agg::seen_bit(o.reply, o.stage);
-        if shows_net_rx(o.stage, o.ran) {
-            self.seen |= agg::seen_bit(o.reply, Stage::NetRxAction as u8);
+        if let Some(s) = also_meets(o.stage, o.ran) {
+            self.seen |= agg::seen_bit(o.reply, s as u8);
         }
 
         let reply = o.reply;

@@ -137,7 +137,11 @@ impl ProbeId {
 impl Stage {
     /// The probes that can observe this stage, in catalog order.
     pub fn probes(self) -> impl Iterator<Item = &'static ProbeInfo> {
-        PROBES.iter().filter(move |p| p.stage == Some(self))
+        let shared = self.shares_tracepoints_of();
+        PROBES.iter().filter(move |p| {
+            p.stage == Some(self)
+                || (shared.is_some() && p.stage == shared && p.tracepoint().is_some())
+        })
     }
 }
 

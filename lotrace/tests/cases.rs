@@ -254,6 +254,55 @@ fn a_local_non_loopback_address_goes_through_lo() {
     assert_eq!(summary(&lines)["netns"], ns.0.as_str());
 }
 
+/// Another namespace's address over a veth pair: the packets leave by
+/// veth's driver, not loopback's. Each transmit is named for what ran
+/// (`ndo_start_xmit`, on the veth device); `loopback_xmit` stays lo's.
+#[test]
+fn another_devices_transmit_is_not_loopback_xmit() {
+    if skip_without_root() {
+        return;
+    }
+    let _k = kernel_lock();
+    let a = Netns::new("vetha");
+    let b = Netns::new("vethb");
+    a.exec(&[
+        "ip", "link", "add", "ltv0", "type", "veth", "peer", "name", "ltv1", "netns", &b.0,
+    ]);
+    a.exec(&["ip", "addr", "add", "10.201.0.1/24", "dev", "ltv0"]);
+    a.exec(&["ip", "link", "set", "ltv0", "up"]);
+    b.exec(&["ip", "addr", "add", "10.201.0.2/24", "dev", "ltv1"]);
+    b.exec(&["ip", "link", "set", "ltv1", "up"]);
+    let ping = ["ping", "-c", "3", "-i", "0.2", "10.201.0.2"];
+    // The first echo waits for ARP; all three are answered.
+    let (lines, _) = a.trace(&ping);
+    let js = journeys(&lines);
+    assert_eq!(js.len(), 3, "{lines:?}");
+    for j in &js {
+        assert_eq!(j["outcome"]["kind"], "answered", "{j}");
+        assert_eq!(j["complete"], true, "missing {}", j["missing"]);
+        for (leg, dev) in [("request", "dev ltv0"), ("reply", "dev ltv1")] {
+            let evs = events(j, leg);
+            assert!(evs.iter().all(|e| e["stage"] != "loopback_xmit"), "{j}");
+            assert_eq!(detail(j, leg, "ndo_start_xmit"), dev, "{j}");
+            assert_eq!(detail(j, leg, "dev_queue_xmit"), dev, "{j}");
+        }
+    }
+    let mut all = vec!["--summary-only"];
+    all.extend_from_slice(&ping);
+    let (lines, _) = a.trace(&all);
+    let s = summary(&lines);
+    assert_eq!(s["in_kernel"]["answered"], 3, "{s}");
+    assert_eq!(s["in_kernel"]["answered_incomplete"], 0, "{s}");
+    let rows: Vec<&str> = s["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["stage"].as_str())
+        .collect();
+    assert!(rows.contains(&"ndo_start_xmit"), "{rows:?}");
+    assert!(!rows.contains(&"loopback_xmit"), "{rows:?}");
+}
+
 #[test]
 fn raw_and_datagram_sockets_are_told_apart() {
     if skip_without_root() {

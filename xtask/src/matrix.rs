@@ -276,7 +276,11 @@ pub fn check_trace(run: &Run, backend: &str) -> Result<Vec<Value>> {
 pub fn check_datagram(run: &Run, backend: &str) -> Result<()> {
     for j in check_trace(run, backend)? {
         let seq = &j["icmp_seq"];
-        ensure!(j["socket"] == "datagram", "seq {seq}: socket {}", j["socket"]);
+        ensure!(
+            j["socket"] == "datagram",
+            "seq {seq}: socket {}",
+            j["socket"]
+        );
         let deliver = j["legs"]
             .as_array()
             .into_iter()
@@ -481,9 +485,13 @@ pub fn run(bin: &Path, series: &[&str], rounds: u32) -> Result<()> {
             String::new()
         };
         println!(
-            "xtask: kernel matrix{of}: Debian {} under qemu, {jobs} at a time; in each: probes, --backend {}, --summary-only",
+            "xtask: kernel matrix{of}: Debian {} under qemu, {jobs} at a time; in each: probes, {}",
             series.join(", "),
-            BACKENDS.join(", --backend ")
+            CHECKS
+                .iter()
+                .filter_map(|c| c.mode())
+                .collect::<Vec<_>>()
+                .join(", ")
         );
         let start = Instant::now();
         let queue = Mutex::new(series.iter().copied().collect::<VecDeque<_>>());

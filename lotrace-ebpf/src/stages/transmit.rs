@@ -3,11 +3,14 @@
 
 use aya_ebpf::EbpfContext;
 use aya_log_ebpf::info;
-use lotrace_common::{ProbeId, Stage, TpField, event::is_echo_request};
+use lotrace_common::{
+    ProbeId, Stage, TpField,
+    event::{LO_NAME, is_echo_request},
+};
 
 use crate::kernel::Fields;
 use crate::{
-    emit::{emit, skb_event_aux},
+    emit::emit,
     filter::{identify, in_softirq, is_target, is_tracked, learn_sock, tgid_tid, track, track_key},
     kernel::{CONFIG, config, dev_name, field, read_kernel},
     maps::state,
@@ -82,29 +85,64 @@ pub(crate) fn net_dev_queue(ctx: &impl Fields, probe: ProbeId, skbaddr: TpField)
     }
 }
 
-/// The driver's transmit starts: remember the skb so that its end can be
-/// matched by address (the driver may already have handed it on).
+/// The driver's transmit starts, seen by a probe on `loopback_xmit`
+/// itself (lo's driver).
 #[inline(always)]
 pub(crate) fn loopback_xmit<C: EbpfContext>(ctx: &C, probe: ProbeId, skb: u64) {
-    if let Some(key) = skb_event_aux(ctx, skb, Stage::LoopbackXmit, probe, || dev_name(skb))
-        && let Some(st) = state()
-    {
+    xmit_start(ctx, probe, skb, true);
+}
+
+/// The driver's transmit starts: remember the skb so that its end can be
+/// matched by address (the driver may already have handed it on). Named
+/// for the device: lo's is `loopback_xmit`, any other's `ndo_start_xmit`
+/// (a device whose name cannot be read, too: that is always true).
+#[inline(always)]
+fn xmit_start<C: EbpfContext>(ctx: &C, probe: ProbeId, skb: u64, lo_fn: bool) {
+    let Some((key, len)) = identify(skb, false) else {
+        return;
+    };
+    if !is_tracked(&key) {
+        return;
+    }
+    let name = dev_name(skb);
+    let stage = if lo_fn || name == LO_NAME {
+        Stage::LoopbackXmit
+    } else {
+        Stage::DevXmit
+    };
+    // lo's transmit is reported by the function probe on loopback_xmit.
+    if !lo_fn && stage == Stage::LoopbackXmit && config(&CONFIG.lo_xmit_fn) != 0 {
+        return;
+    }
+    emit(ctx, &key, at(stage, probe, skb, len, name));
+    if let Some(st) = state() {
         st.xmit_skb = skb;
         st.xmit = key;
+        st.xmit_stage = stage as u8;
     }
 }
 
-/// The driver's transmit returns; `skb` is 0 when the probe cannot see it.
+/// The driver's transmit returns; `skb` is 0 when the probe cannot see it
+/// (`loopback_xmit`'s return: only lo's transmit ends there).
 #[inline(always)]
 fn xmit_end<C: EbpfContext>(ctx: &C, skb: u64, probe: ProbeId, rc: i64) {
     let Some(st) = state() else { return };
     if st.xmit_skb == 0 || (skb != 0 && st.xmit_skb != skb) {
         return;
     }
+    let lo = st.xmit_stage == Stage::LoopbackXmit as u8;
+    if (skb == 0 && !lo) || (skb != 0 && lo && config(&CONFIG.lo_xmit_fn) != 0) {
+        return;
+    }
     let key = st.xmit;
     let skb = st.xmit_skb;
     st.xmit_skb = 0;
-    emit(ctx, &key, at(Stage::LoopbackXmit, probe, skb, 0, rc as u64));
+    let stage = if lo {
+        Stage::LoopbackXmit
+    } else {
+        Stage::DevXmit
+    };
+    emit(ctx, &key, at(stage, probe, skb, 0, rc as u64));
 }
 
 #[inline(always)]
@@ -115,7 +153,7 @@ pub(crate) fn loopback_xmit_return<C: EbpfContext>(ctx: &C, probe: ProbeId, rc: 
 #[inline(always)]
 pub(crate) fn net_dev_start_xmit(ctx: &impl Fields, probe: ProbeId, skbaddr: TpField) {
     if let Some(skb) = field::<u64>(ctx, skbaddr) {
-        loopback_xmit(ctx, probe, skb);
+        xmit_start(ctx, probe, skb, false);
     }
 }
 

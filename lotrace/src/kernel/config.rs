@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, btree_map::Entry};
 use anyhow::{Result, ensure};
 use lotrace_common::{
     Config, ProbeId, Stage, TpField,
-    catalog::{PROBES, TP_FIELDS},
+    catalog::{Backend, PROBES, TP_FIELDS},
     event::RawField,
     journey::Rules,
 };
@@ -59,6 +59,10 @@ pub fn build(
         config.raw[f as usize] = r;
     }
     config.net_rx_probe = plan.start_probe(Stage::NetRxAction).map_or(0, |p| p as u8);
+    config.lo_xmit_fn = matches!(
+        plan.stage(Stage::LoopbackXmit).backend,
+        Some(Backend::Kprobe | Backend::Fentry)
+    ) as u8;
     config.backlog_probe = plan
         .start_probe(Stage::ProcessBacklog)
         .map_or(0, |p| p as u8);

@@ -10,7 +10,7 @@ use lotrace_common::{
     agg::counters,
     event::{AF_INET, AF_INET6, FLAG_NET_RX, FLAG_PACKET, is_echo_reply, is_echo_request},
     journey::{
-        ECHO_SOCK, Echo, End, Masks, Obs, Ran, Rules, builds, shows_net_rx, still_expected,
+        ECHO_SOCK, Echo, End, Masks, Obs, Ran, Rules, also_meets, builds, still_expected,
         unroutable,
     },
 };
@@ -462,9 +462,7 @@ pub fn build_journey(mut events: Vec<Event>, expected: &[Expected]) -> Journey {
     let has = |leg: Option<Leg>, stage: Stage| {
         hops.iter().any(|h| {
             leg.is_none_or(|l| l == h.leg)
-                && (h.stage == stage
-                    || (stage == Stage::NetRxAction
-                        && shows_net_rx(h.stage as u8, h.context.ran())))
+                && (h.stage == stage || also_meets(h.stage as u8, h.context.ran()) == Some(stage))
         })
     };
     let softirq_of = |leg: Leg| {
@@ -866,7 +864,13 @@ pub(crate) mod tests {
             let mut evs = echo(seq, base);
             evs.insert(
                 2,
-                ev(base + 1500, Stage::IpOutput, ProbeId::KpIpOutput, false, seq),
+                ev(
+                    base + 1500,
+                    Stage::IpOutput,
+                    ProbeId::KpIpOutput,
+                    false,
+                    seq,
+                ),
             );
             for e in evs.iter_mut() {
                 if !(e.stage == Stage::Sendto as u8

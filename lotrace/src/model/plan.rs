@@ -311,7 +311,11 @@ impl Plan {
     }
 
     pub fn stage(&self, stage: Stage) -> &StagePlan {
-        &self.stages[stage as usize]
+        // Planned in the order packets meet the stages, not by id.
+        self.stages
+            .iter()
+            .find(|s| s.stage == stage)
+            .expect("every stage is planned")
     }
 
     /// The function probe that reports the start of `stage`, for the
