@@ -15,7 +15,7 @@ use lotrace_common::{
 use crate::kernel::Fields;
 use crate::{
     kernel::{CONFIG, config, field, read_kernel, skb_head_nh},
-    maps::{SEND_CTX, SKBS, SOCKS, TARGETS, TRACKED, state},
+    maps::{OWNED, OWNED_SLOTS, SEND_CTX, SKBS, SOCKS, TARGETS, TRACKED, state},
 };
 
 /// Sets a thread's context. A thread keeps its slot between system calls
@@ -70,16 +70,56 @@ pub(crate) fn is_tracked(key: &PktKey) -> bool {
     key.valid != 0 && TRACKED.get(track_key(key)).is_some_and(|v| *v != 0)
 }
 
-/// Starts tracking an id; true if it was not tracked yet.
+/// Starts tracking an id for the process `tgid`; true if it was not
+/// tracked yet.
 #[inline(always)]
-pub(crate) fn track(k: u32) -> bool {
+pub(crate) fn track(k: u32, tgid: u32) -> bool {
     match TRACKED.get_ptr_mut(k) {
         Some(v) if unsafe { *v } == 0 => {
-            unsafe { *v = 1 };
+            unsafe { *v = tgid };
+            own(tgid, k);
             true
         }
         _ => false,
     }
+}
+
+/// Remembers that `tgid` set slot `k` of `TRACKED`.
+#[inline(always)]
+fn own(tgid: u32, k: u32) {
+    match OWNED.get_ptr_mut(&tgid) {
+        Some(slots) => {
+            let slots = unsafe { &mut *slots };
+            for s in slots.iter_mut() {
+                if *s == 0 {
+                    *s = k + 1;
+                    return;
+                }
+            }
+        }
+        None => {
+            let mut slots = [0u32; OWNED_SLOTS];
+            slots[0] = k + 1;
+            let _ = OWNED.insert(&tgid, &slots, 0);
+        }
+    }
+}
+
+/// A traced process ends: the ids it sent are no longer tracked.
+#[inline(always)]
+fn disown(tgid: u32) {
+    let Some(slots) = (unsafe { OWNED.get(&tgid) }).copied() else {
+        return;
+    };
+    for s in slots {
+        if s != 0
+            && let Some(v) = TRACKED.get_ptr_mut(s - 1)
+            && unsafe { *v } == tgid
+        {
+            unsafe { *v = 0 };
+        }
+    }
+    let _ = OWNED.remove(&tgid);
 }
 
 /// Remembers a socket of the targets. Looked up first: updating an
@@ -259,9 +299,13 @@ pub(crate) fn sched_process_fork(
 /// A task ends: its id may be given to another process, which must not be
 /// traced. A thread's own id is in the set when a traced process created
 /// it (a fork's child may be either), so each task removes its own id, the
-/// main thread the process's.
+/// main thread the process's, and with it the echo ids the process sent.
 #[inline(always)]
 pub(crate) fn sched_process_exit(_ctx: &impl Fields, _probe: ProbeId, _pid: TpField) {
+    let (tgid, tid) = tgid_tid();
     // Unconditional: the main thread may have gone first.
-    let _ = TARGETS.remove(&tgid_tid().1);
+    let _ = TARGETS.remove(&tid);
+    if tid == tgid {
+        disown(tgid);
+    }
 }

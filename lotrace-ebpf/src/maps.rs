@@ -30,10 +30,22 @@ pub(crate) static STATE: PerCpuArray<CpuState> = PerCpuArray::with_max_entries(1
 #[map]
 pub(crate) static TARGETS: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0);
 
-/// Non-zero at `track_key` for the ids of echo requests the targets sent.
-/// An array, not a hash: every skb stage asks, and an index costs less.
+/// At `track_key`, for the ids of echo requests the targets sent, the
+/// process that sent them (0: not tracked). An array, not a hash: every
+/// skb stage asks, and an index costs less.
 #[map]
-pub(crate) static TRACKED: Array<u8> = Array::with_max_entries(agg::ECHOES_MAX, 0);
+pub(crate) static TRACKED: Array<u32> = Array::with_max_entries(agg::ECHOES_MAX, 0);
+
+/// Per traced process, the `TRACKED` slots it set, plus one (0: none), so
+/// that they are cleared when it ends: an id outlives its process only
+/// until then, and is not another process's later (a pid reused, a
+/// datagram socket's id given to a new socket). A process with more ids
+/// than slots keeps the others until the trace ends.
+#[map]
+pub(crate) static OWNED: LruHashMap<u32, [u32; OWNED_SLOTS]> =
+    LruHashMap::with_max_entries(1024, 0);
+
+pub(crate) const OWNED_SLOTS: usize = 4;
 
 /// Sockets (`struct sock *`) the targets sent echo requests on; the least
 /// recently used make room, so a long run never fills it.

@@ -231,6 +231,72 @@ fn a_udp_message_that_reads_as_an_echo_is_not_one() {
     assert_eq!(js[0]["complete"], true, "{}", js[0]);
 }
 
+/// Echo requests with id 0x4242 on a raw ICMP socket, sequences `first`
+/// to `last`, each answered.
+fn echo_sender(first: u16, last: u16) -> String {
+    format!(
+        "import socket\n\
+         def csum(b):\n\
+         \x20   s = sum(b[i] << 8 | b[i + 1] for i in range(0, len(b), 2))\n\
+         \x20   s = (s >> 16) + (s & 0xffff)\n\
+         \x20   return ~(s + (s >> 16)) & 0xffff\n\
+         s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)\n\
+         s.settimeout(2)\n\
+         for seq in range({first}, {last} + 1):\n\
+         \x20   m = bytes([8, 0, 0, 0, 0x42, 0x42, 0, seq]) + b'x' * 8\n\
+         \x20   c = csum(m)\n\
+         \x20   s.sendto(m[:2] + bytes([c >> 8, c & 0xff]) + m[4:], ('127.0.0.1', 0))\n\
+         \x20   while s.recv(100)[20] != 0: pass\n"
+    )
+}
+
+/// The ids a traced process sent are forgotten when it ends: another,
+/// untraced, process sending with the same id afterwards (a pid reused, a
+/// datagram socket's id given again) is not followed.
+#[test]
+fn an_echo_id_ends_with_its_process() {
+    if skip_without_root() {
+        return;
+    }
+    let _k = kernel_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let done = dir.path().join("done");
+    let done = done.to_str().unwrap();
+    // Starts once the traced sender has ended, for 20 s at most.
+    let mut other = Command::new("sh")
+        .args([
+            "-c",
+            &format!(
+                "i=0; while [ ! -e {done} ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done; \
+                 exec python3 -c \"$0\"",
+            ),
+            &echo_sender(2, 4),
+        ])
+        .spawn()
+        .unwrap();
+    let traced = format!("python3 -c \"$0\" && touch {done} && sleep 1.5");
+    let out = lotrace(&[
+        "trace",
+        "--format",
+        "json",
+        "sh",
+        "-c",
+        &traced,
+        &echo_sender(1, 1),
+    ]);
+    assert!(other.wait().unwrap().success());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines = json_lines(&out);
+    let js = journeys(&lines);
+    assert_eq!(js.len(), 1, "{js:?}");
+    assert_eq!(js[0]["icmp_id"], 0x4242, "{}", js[0]);
+    assert_eq!(js[0]["icmp_seq"], 1, "{}", js[0]);
+}
+
 #[test]
 fn a_tiny_ring_loses_events_counted_exactly() {
     if skip_without_root() {

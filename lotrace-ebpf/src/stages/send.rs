@@ -53,7 +53,7 @@ fn send_starts<C: EbpfContext>(
     };
     set_ctx(&SEND_CTX, tid, &key);
     // Track the id now: the IP output path runs before dev_queue_xmit.
-    track(track_key(&key));
+    track(track_key(&key), tgid_tid().0);
     emit(ctx, &key, at(Stage::Sendto, probe, 0, len as u32, 0));
 }
 

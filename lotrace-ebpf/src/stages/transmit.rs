@@ -40,7 +40,7 @@ fn track_send<C: EbpfContext>(ctx: &C, skb: u64, key: &lotrace_common::PktKey) -
         let (tgid, _) = tgid_tid();
         let k = track_key(key);
         if !in_softirq() && is_target(tgid) {
-            if track(k) {
+            if track(k, tgid) {
                 info!(ctx, "tracking echo id {} of tgid {}", key.icmp_id, tgid);
             }
             // The reply is delivered to this socket, possibly before the
