@@ -20,13 +20,12 @@ pub const PINGS: usize = 3;
 enum Check {
     /// `lotrace probes`.
     Probes,
-    /// busybox's ping (a raw socket), with this backend forced.
+    /// busybox's ping (a raw socket), then iputils' (an ICMP datagram
+    /// socket: the kernel delivers its replies through ping_rcv, not
+    /// raw_rcv), in one trace with this backend forced.
     Trace(&'static str),
     /// busybox's ping, aggregated in the kernel.
     SummaryOnly,
-    /// iputils' ping (an ICMP datagram socket: the kernel delivers its
-    /// replies through ping_rcv, not raw_rcv), with this backend forced.
-    Datagram(&'static str),
 }
 
 const CHECKS: &[Check] = &[
@@ -35,14 +34,20 @@ const CHECKS: &[Check] = &[
     Check::Trace("fentry"),
     Check::Trace("tracepoint"),
     Check::SummaryOnly,
-    Check::Datagram("kprobe"),
-    Check::Datagram("fentry"),
 ];
+
+/// The sockets the traced pings send on, each ping's journeys apart.
+const SOCKETS: &[&str] = &["raw", "datagram"];
 
 impl Check {
     fn args(self) -> Vec<String> {
         let busybox = ["ping", "-c", "3", "127.0.0.1"];
-        let iputils = [vm::IPUTILS_PING, "-c", "3", "-i", "0.2", "127.0.0.1"];
+        let both = format!(
+            "{} && {} -c 3 -i 0.2 127.0.0.1",
+            busybox.join(" "),
+            vm::IPUTILS_PING
+        );
+        let both = ["sh", "-c", both.as_str()];
         let trace = |options: &[&str], ping: &[&str]| -> Vec<String> {
             ["trace"]
                 .iter()
@@ -54,9 +59,8 @@ impl Check {
         };
         match self {
             Check::Probes => vec!["probes".into(), "--format".into(), "json".into()],
-            Check::Trace(b) => trace(&["--backend", b], &busybox),
+            Check::Trace(b) => trace(&["--backend", b], &both),
             Check::SummaryOnly => trace(&["--summary-only"], &busybox),
-            Check::Datagram(b) => trace(&["--backend", b], &iputils),
         }
     }
 
@@ -66,7 +70,6 @@ impl Check {
             Check::Probes => None,
             Check::Trace(b) => Some(b.to_string()),
             Check::SummaryOnly => Some("summary-only".into()),
-            Check::Datagram(b) => Some(format!("{b}, datagram socket")),
         }
     }
 
@@ -87,7 +90,6 @@ impl Check {
                 format!("probe runs the kernel skipped: {missed}")
             }),
             Check::SummaryOnly => check_summary_only(run),
-            Check::Datagram(b) => check_datagram(run, b),
         }
     }
 }
@@ -185,28 +187,70 @@ pub fn check_trace(run: &Run, backend: &str) -> Result<Vec<Value>> {
         .filter(|s| backend != "tracepoint" || observed(s))
         .collect();
     let journeys: Vec<&Value> = lines.iter().filter(|v| v["type"] == "journey").collect();
-    ensure!(
-        journeys.len() == PINGS,
-        "{} journeys, not {PINGS}: {}",
-        journeys.len(),
-        journeys
-            .iter()
-            .map(|j| format!(
-                "[seq {} {}: {}]",
-                j["icmp_seq"],
-                if j["complete"] == true {
-                    "complete".to_string()
-                } else {
-                    format!("missing {}", j["missing"])
-                },
-                events_line(j)
-            ))
+    let list = |js: &[&Value]| {
+        js.iter()
+            .map(|j| {
+                format!(
+                    "[{} seq {} {}: {}]",
+                    j["socket"],
+                    j["icmp_seq"],
+                    if j["complete"] == true {
+                        "complete".to_string()
+                    } else {
+                        format!("missing {}", j["missing"])
+                    },
+                    events_line(j)
+                )
+            })
             .collect::<Vec<_>>()
             .join(" ")
+    };
+    ensure!(
+        journeys.len() == PINGS * SOCKETS.len(),
+        "{} journeys, not {}: {}",
+        journeys.len(),
+        PINGS * SOCKETS.len(),
+        list(&journeys)
     );
+    for socket in SOCKETS {
+        let js: Vec<&Value> = journeys
+            .iter()
+            .copied()
+            .filter(|j| j["socket"] == *socket)
+            .collect();
+        ensure!(
+            js.len() == PINGS,
+            "{} journeys on a {socket} socket, not {PINGS}: {}",
+            js.len(),
+            list(&journeys)
+        );
+        check_journeys(&js, backend, &card, observed("sock_deliver"))
+            .with_context(|| format!("{socket} socket"))?;
+    }
+    let summary = lines
+        .iter()
+        .find(|v| v["type"] == "summary")
+        .context("no summary")?;
+    ensure!(
+        summary["journeys"] == (PINGS * SOCKETS.len()) as u64,
+        "summary: {}",
+        summary["journeys"]
+    );
+    ensure!(
+        summary["lost_events"] == 0,
+        "lost events: {}",
+        summary["lost_events"]
+    );
+    Ok(journeys.into_iter().cloned().collect())
+}
+
+/// One ping's journeys: one id, each sequence once, complete, the card's
+/// stages (and the delivery to ping's socket, where observed) from the
+/// forced backend, in kernel order.
+fn check_journeys(journeys: &[&Value], backend: &str, card: &[&str], deliver: bool) -> Result<()> {
     let id = &journeys[0]["icmp_id"];
     let mut seqs = Vec::new();
-    for j in &journeys {
+    for j in journeys {
         let seq = j["icmp_seq"].as_u64().context("icmp_seq")?;
         ensure!(&j["icmp_id"] == id, "seq {seq}: another icmp id");
         ensure!(!seqs.contains(&seq), "seq {seq} twice");
@@ -233,7 +277,7 @@ pub fn check_trace(run: &Run, backend: &str) -> Result<Vec<Value>> {
         // request leg (sock_sendmsg from a tracepoint is seen at its return:
         // it is checked for presence only).
         let mut last = -1i64;
-        for stage in &card {
+        for stage in card {
             let first = all
                 .iter()
                 .find(|(leg, e)| {
@@ -252,47 +296,17 @@ pub fn check_trace(run: &Run, backend: &str) -> Result<Vec<Value>> {
                 last = t;
             }
         }
-    }
-    let summary = lines
-        .iter()
-        .find(|v| v["type"] == "summary")
-        .context("no summary")?;
-    ensure!(
-        summary["journeys"] == PINGS as u64,
-        "summary: {}",
-        summary["journeys"]
-    );
-    ensure!(
-        summary["lost_events"] == 0,
-        "lost events: {}",
-        summary["lost_events"]
-    );
-    Ok(journeys.into_iter().cloned().collect())
-}
-
-/// iputils' pings on an ICMP datagram socket: the journeys of
-/// [`check_trace`], each on a datagram socket and delivered to it as the
-/// backend saw.
-pub fn check_datagram(run: &Run, backend: &str) -> Result<()> {
-    for j in check_trace(run, backend)? {
-        let seq = &j["icmp_seq"];
-        ensure!(
-            j["socket"] == "datagram",
-            "seq {seq}: socket {}",
-            j["socket"]
-        );
-        let deliver = j["legs"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .flat_map(|l| l["events"].as_array().into_iter().flatten())
-            .find(|e| e["stage"] == "sock_deliver")
-            .with_context(|| format!("seq {seq}: no sock_deliver"))?;
-        let probe = deliver["probe"].as_str().unwrap_or("");
-        ensure!(
-            of_backend(probe, backend),
-            "seq {seq}: sock_deliver seen by {probe}, not by {backend}"
-        );
+        if deliver {
+            let (_, e) = all
+                .iter()
+                .find(|(_, e)| e["stage"] == "sock_deliver")
+                .with_context(|| format!("seq {seq}: no sock_deliver"))?;
+            let probe = e["probe"].as_str().unwrap_or("");
+            ensure!(
+                of_backend(probe, backend),
+                "seq {seq}: sock_deliver seen by {probe}, not by {backend}"
+            );
+        }
     }
     Ok(())
 }
