@@ -36,6 +36,10 @@ macro_rules! stage_table {
             pub const ORDER: [Stage; STAGE_COUNT] = [$(Stage::$variant),*];
         }
 
+        /// Bit `id` set for each stage some journey expects (its `expect`
+        /// is not `Never`): a constant the programs can use.
+        pub const EXPECTED_STAGES: u64 = expected_mask(&[$((Stage::$variant, Expect::$expect)),*]);
+
         /// Indexed by id.
         pub static STAGES: [StageInfo; STAGE_COUNT] = infos_by_id([$(
             StageInfo {
@@ -65,6 +69,18 @@ const fn stages_by_id<const N: usize>(order: [Stage; N]) -> [Stage; N] {
         i += 1;
     }
     out
+}
+
+const fn expected_mask(rows: &[(Stage, Expect)]) -> u64 {
+    let mut m = 0u64;
+    let mut i = 0;
+    while i < rows.len() {
+        if !matches!(rows[i].1, Expect::Never) {
+            m |= 1 << rows[i].0 as u8;
+        }
+        i += 1;
+    }
+    m
 }
 
 const fn infos_by_id<const N: usize>(rows: [StageInfo; N]) -> [StageInfo; N] {

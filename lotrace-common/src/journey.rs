@@ -10,7 +10,7 @@
 
 use crate::{
     agg::{self, counters},
-    catalog::{Expect, STAGE_COUNT, Stage},
+    catalog::{EXPECTED_STAGES, Expect, STAGE_COUNT, Stage},
 };
 
 /// The direction of a packet within an echo.
@@ -314,6 +314,89 @@ impl Obs {
     }
 }
 
+/// Adds `v` to `*p` atomically. On the eBPF target this is the atomic add
+/// instruction every kernel has (`lock *(u64 *)(r + 0) += v`, its result
+/// unused: the fetching forms came with 5.12).
+#[inline(always)]
+unsafe fn atomic_add<T: AtomicInt>(p: *mut T, v: T) {
+    #[cfg(target_arch = "bpf")]
+    unsafe {
+        core::intrinsics::atomic_xadd::<T, T, { core::intrinsics::AtomicOrdering::Relaxed }>(p, v);
+    }
+    #[cfg(not(target_arch = "bpf"))]
+    unsafe {
+        T::add(p, v)
+    };
+}
+
+/// The integer widths [`atomic_add`] takes.
+trait AtomicInt: Copy {
+    #[cfg(not(target_arch = "bpf"))]
+    unsafe fn add(p: *mut Self, v: Self);
+}
+
+impl AtomicInt for u64 {
+    #[cfg(not(target_arch = "bpf"))]
+    unsafe fn add(p: *mut u64, v: u64) {
+        // SAFETY: the caller's pointer is valid and aligned.
+        unsafe { core::sync::atomic::AtomicU64::from_ptr(p) }
+            .fetch_add(v, core::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl AtomicInt for u32 {
+    #[cfg(not(target_arch = "bpf"))]
+    unsafe fn add(p: *mut u32, v: u32) {
+        // SAFETY: as above.
+        unsafe { core::sync::atomic::AtomicU32::from_ptr(p) }
+            .fetch_add(v, core::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Sets `bits` in a field that the programs on other CPUs may update at
+/// the same time (a reply received under RPS while the request's send
+/// returns): a plain `|=` there loses the other CPU's bit. The kernels
+/// lotrace runs on from 5.10 have an atomic add but not an atomic or, so
+/// the bits not yet set are added: exact unless two CPUs set the same bit
+/// at once, which the callers rule out (a leg meets each expected stage
+/// once, on one CPU).
+#[inline(always)]
+pub fn set_bits(field: &mut u64, bits: u64) {
+    let new = bits & !*field;
+    if new != 0 {
+        // SAFETY: a valid, aligned field.
+        unsafe { atomic_add(field as *mut u64, new) };
+    }
+}
+
+/// [`set_bits`] for the `u32` flags.
+#[inline(always)]
+pub fn set_flags(field: &mut u32, bits: u32) {
+    let new = bits & !*field;
+    if new != 0 {
+        // SAFETY: a valid, aligned field.
+        unsafe { atomic_add(field as *mut u32, new) };
+    }
+}
+
+/// Clears `bits` of the flags, as [`set_flags`] sets them: the bits set
+/// are subtracted (added in two's complement).
+#[inline(always)]
+pub fn clear_flags(field: &mut u32, bits: u32) {
+    let set = bits & *field;
+    if set != 0 {
+        // SAFETY: a valid, aligned field.
+        unsafe { atomic_add(field as *mut u32, set.wrapping_neg()) };
+    }
+}
+
+/// The stages whose [`agg::seen_bit`] an echo keeps: those some journey
+/// expects (the others are never looked up, and frees and drops of copies
+/// may come from two CPUs at once).
+pub const fn counts_as_seen(stage: u8) -> bool {
+    stage < 64 && EXPECTED_STAGES & (1 << stage) != 0
+}
+
 /// What a followed echo remembers between its events: the programs keep
 /// one per family and sequence in a map, the journey builder one per
 /// journey while it folds.
@@ -482,9 +565,14 @@ impl Echo {
         // Before its send is seen, times count from the first stage.
         let t0 = self.send_ts;
         fx.since_send = o.ts.wrapping_sub(t0) as i64;
-        self.seen |= agg::seen_bit(o.reply, o.stage);
+        // Only the expected stages' bits: each is met once per leg, on one
+        // CPU at a time (see `set_bits`), while frees and drops of copies
+        // may happen on two at once.
+        if counts_as_seen(o.stage) {
+            set_bits(&mut self.seen, agg::seen_bit(o.reply, o.stage));
+        }
         if let Some(s) = also_meets(o.stage, o.ran) {
-            self.seen |= agg::seen_bit(o.reply, s as u8);
+            set_bits(&mut self.seen, agg::seen_bit(o.reply, s as u8));
         }
 
         let reply = o.reply;
@@ -496,7 +584,7 @@ impl Echo {
             self.path_skb = o.skb;
         }
         if ends_rtt(reply, stage) && self.flags & ECHO_SENT != 0 && self.flags & ECHO_RTT == 0 {
-            self.flags |= ECHO_RTT;
+            set_flags(&mut self.flags, ECHO_RTT);
             fx.rtt = rtt(self.send_ts, o.ts);
         }
         if !reply
@@ -504,7 +592,7 @@ impl Echo {
             && o.sock_type != 0
             && self.flags & ECHO_SOCK == 0
         {
-            self.flags |= ECHO_SOCK;
+            set_flags(&mut self.flags, ECHO_SOCK);
             fx.socket = match o.sock_type {
                 crate::event::SOCK_RAW => counters::SOCK_RAW,
                 crate::event::SOCK_DGRAM => counters::SOCK_DGRAM,
@@ -514,7 +602,7 @@ impl Echo {
         // Where the leg's first receive ran.
         let si = ECHO_SOFTIRQ << reply as u32;
         if stage == Stage::NetifReceiveSkb as u8 && self.flags & si == 0 {
-            self.flags |= si;
+            set_flags(&mut self.flags, si);
             fx.softirq = match o.ran {
                 Ran::Task => NONE,
                 Ran::SoftirqInline => counters::SOFTIRQ_INLINE,
@@ -527,7 +615,8 @@ impl Echo {
         let no_route = self.flags & ECHO_NO_ROUTE != 0;
         if answers(reply, stage) {
             if !answered {
-                self.flags = (self.flags | ECHO_ANSWERED) & !(ECHO_DROPPED | ECHO_NO_ROUTE);
+                set_flags(&mut self.flags, ECHO_ANSWERED);
+                clear_flags(&mut self.flags, ECHO_DROPPED | ECHO_NO_ROUTE);
                 fx.count = counters::ANSWERED;
                 if dropped {
                     fx.uncount = counters::DROPPED;
@@ -538,7 +627,8 @@ impl Echo {
             }
         } else if drops(reply, stage) {
             if own && !answered && !dropped {
-                self.flags = (self.flags | ECHO_DROPPED) & !ECHO_NO_ROUTE;
+                set_flags(&mut self.flags, ECHO_DROPPED);
+                clear_flags(&mut self.flags, ECHO_NO_ROUTE);
                 fx.count = counters::DROPPED;
                 if no_route {
                     fx.uncount = counters::NO_ROUTE;
@@ -551,12 +641,12 @@ impl Echo {
             && !dropped
             && !no_route
         {
-            self.flags |= ECHO_NO_ROUTE;
+            set_flags(&mut self.flags, ECHO_NO_ROUTE);
             fx.count = counters::NO_ROUTE;
         } else if !reply && builds(stage) && no_route {
             // The packet was built and sent after all: the failed lookup
             // was one table of several (IPv6 tries the local table first).
-            self.flags &= !ECHO_NO_ROUTE;
+            clear_flags(&mut self.flags, ECHO_NO_ROUTE);
             fx.uncount = counters::NO_ROUTE;
         }
         // The stage after which a drop happened: the last request stage
@@ -565,7 +655,7 @@ impl Echo {
             self.drop_after = stage + 1;
         }
         if reply && stage == rules.close_stage && self.flags & ECHO_CLOSED == 0 {
-            self.flags |= ECHO_CLOSED;
+            set_flags(&mut self.flags, ECHO_CLOSED);
             fx.total = Some(o.ts.saturating_sub(self.first_ts));
             fx.complete = rules.expect.met_by(self.seen);
         }
@@ -647,6 +737,26 @@ mod tests {
             Stage::CopyToUser as u8
         );
         assert_eq!(close(&[Stage::Sendto]), Stage::Recvmsg as u8);
+    }
+
+    #[test]
+    fn bits_are_set_and_cleared_once_without_carries() {
+        let mut seen = 0u64;
+        for _ in 0..3 {
+            set_bits(&mut seen, 1 << 63 | 1);
+        }
+        assert_eq!(seen, 1 << 63 | 1);
+        let mut flags = ECHO_DROPPED;
+        set_flags(&mut flags, ECHO_DROPPED | ECHO_ANSWERED);
+        assert_eq!(flags, ECHO_DROPPED | ECHO_ANSWERED);
+        clear_flags(&mut flags, ECHO_DROPPED | ECHO_NO_ROUTE);
+        clear_flags(&mut flags, ECHO_DROPPED);
+        assert_eq!(flags, ECHO_ANSWERED);
+        // Only the stages some journey expects keep a bit.
+        assert!(counts_as_seen(Stage::NetifRx as u8));
+        assert!(!counts_as_seen(Stage::Free as u8));
+        assert!(!counts_as_seen(Stage::Drop as u8));
+        assert!(!counts_as_seen(200));
     }
 
     #[test]
