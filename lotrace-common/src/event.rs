@@ -7,11 +7,16 @@ use crate::catalog::TP_FIELD_COUNT;
 pub const FLAG_NET_RX: u8 = 1 << 0;
 /// Event flag: the packet fields (`family`..`icmp_seq`) are valid.
 pub const FLAG_PACKET: u8 = 1 << 1;
+/// Event flag: the skb is one fragment of the echo's IP datagram (any,
+/// the first included), not the whole datagram.
+pub const FLAG_FRAGMENT: u8 = 1 << 2;
 
 pub const AF_INET: u8 = 2;
 pub const AF_INET6: u8 = 10;
 pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_ICMPV6: u8 = 58;
+/// IPv6's fragment extension header.
+pub const IPPROTO_FRAGMENT: u8 = 44;
 pub const ICMP_ECHOREPLY: u8 = 0;
 pub const ICMP_ECHO: u8 = 8;
 pub const ICMPV6_ECHO_REQUEST: u8 = 128;
@@ -349,6 +354,9 @@ pub struct CpuState {
     pub fn_entry_ts: u64,
     /// When the current `process_backlog` call began (function probes).
     pub backlog_entry_ts: u64,
+    /// The skb last identified here, if it was a fragment of its echo's
+    /// datagram (see `Event::flags`' `FLAG_FRAGMENT`).
+    pub frag_skb: u64,
     /// The socket `raw_rcv` last reported a delivery to, for the current
     /// packet: its data-ready call that follows is the same delivery.
     pub delivered_sk: u64,

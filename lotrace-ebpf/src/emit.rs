@@ -11,7 +11,7 @@ use aya_log_ebpf::warn;
 use lotrace_common::{
     Event, PktKey, ProbeId, Stage,
     catalog::counters,
-    event::{FLAG_NET_RX, FLAG_PACKET},
+    event::{FLAG_FRAGMENT, FLAG_NET_RX, FLAG_PACKET},
 };
 
 use crate::{
@@ -35,8 +35,19 @@ pub(crate) fn emit<C: EbpfContext>(ctx: &C, key: &PktKey, e: Seen) {
     }
     let (tgid, tid) = tgid_tid();
     let (mut flags, run) = match state() {
-        Some(s) if s.in_net_rx != 0 => (FLAG_NET_RX, s.softirq_run),
-        _ => (0, 0),
+        Some(s) => {
+            let frag = if e.skb != 0 && s.frag_skb == e.skb {
+                FLAG_FRAGMENT
+            } else {
+                0
+            };
+            if s.in_net_rx != 0 {
+                (FLAG_NET_RX | frag, s.softirq_run)
+            } else {
+                (frag, 0)
+            }
+        }
+        None => (0, 0),
     };
     if key.valid != 0 {
         flags |= FLAG_PACKET;

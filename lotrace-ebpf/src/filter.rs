@@ -7,7 +7,7 @@ use lotrace_common::{
     PktKey, ProbeId, TpField, agg,
     event::{
         AF_INET, AF_INET6, ICMP_ECHO, ICMP_ECHOREPLY, ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST,
-        IPPROTO_ICMP, IPPROTO_ICMPV6,
+        IPPROTO_FRAGMENT, IPPROTO_ICMP, IPPROTO_ICMPV6,
     },
     follow::{self, At, Followed, Header},
 };
@@ -15,7 +15,7 @@ use lotrace_common::{
 use crate::kernel::Fields;
 use crate::{
     kernel::{CONFIG, config, field, read_kernel, skb_head_nh},
-    maps::{OWNED, OWNED_SLOTS, SEND_CTX, SKBS, SOCKS, TARGETS, TRACKED, state},
+    maps::{FRAGS, OWNED, OWNED_SLOTS, SEND_CTX, SKBS, SOCKS, TARGETS, TRACKED, state},
 };
 
 /// Sets a thread's context. A thread keeps its slot between system calls
@@ -139,7 +139,9 @@ pub(crate) fn in_softirq() -> bool {
 
 /// Reads the IP and ICMP/ICMPv6 headers of an skb at the offsets the loader
 /// found in BTF, inside its linear data only. `None` for anything that is
-/// not ICMP, or not the first fragment of an IPv4 datagram.
+/// not ICMP. A fragment of a datagram is its echo's: the first fragment's
+/// header says which, and is remembered by the datagram's id for the
+/// others (see `FRAGS`); the skb is marked a fragment for `emit`.
 #[inline(always)]
 pub(crate) fn read_skb(skb: u64) -> Option<(Header, u32)> {
     if skb == 0 {
@@ -167,24 +169,81 @@ pub(crate) fn read_skb(skb: u64) -> Option<(Header, u32)> {
     };
     let ip = head + nh as u64;
     // One read covers what both IP versions need: the version, IPv4's
-    // fragment offset (bytes 6-7) and protocol (byte 9), IPv6's next
-    // header (byte 6).
+    // identification (bytes 4-5), fragment offset and flags (6-7) and
+    // protocol (9), IPv6's next header (6).
     if ip + 10 > end {
         return None;
     }
     let iph: [u8; 10] = read_kernel(ip)?;
-    let (family, icmp_at) = match iph[0] >> 4 {
-        4 if iph[9] == IPPROTO_ICMP && u16::from_be_bytes([iph[6], iph[7]]) & 0x1fff == 0 => {
-            (AF_INET, ip + ((iph[0] & 0x0f) as u64) * 4)
+    let (family, icmp_at, frag) = match iph[0] >> 4 {
+        4 if iph[9] == IPPROTO_ICMP => {
+            let flags_off = u16::from_be_bytes([iph[6], iph[7]]);
+            let id = u16::from_be_bytes([iph[4], iph[5]]) as u32;
+            if flags_off & 0x1fff != 0 {
+                return later_fragment(skb, AF_INET, id, len);
+            }
+            let frag = (flags_off & 0x2000 != 0).then_some(id);
+            (AF_INET, ip + ((iph[0] & 0x0f) as u64) * 4, frag)
         }
-        6 if iph[6] == IPPROTO_ICMPV6 => (AF_INET6, ip + 40),
+        6 if iph[6] == IPPROTO_ICMPV6 => (AF_INET6, ip + 40, None),
+        6 if iph[6] == IPPROTO_FRAGMENT => {
+            if ip + 48 > end {
+                return None;
+            }
+            // Next header, reserved, offset and M flag, identification.
+            let fh: [u8; 8] = read_kernel(ip + 40)?;
+            let id = u32::from_be_bytes([fh[4], fh[5], fh[6], fh[7]]);
+            if u16::from_be_bytes([fh[2], fh[3]]) & 0xfff8 != 0 {
+                return later_fragment(skb, AF_INET6, id, len);
+            }
+            if fh[0] != IPPROTO_ICMPV6 {
+                return None;
+            }
+            (AF_INET6, ip + 48, Some(id))
+        }
         _ => return None,
     };
+    mark_fragment(skb, frag.is_some());
     if icmp_at + 8 > end {
         return Some((Header::Unread(family), len));
     }
     let hdr: [u8; 8] = read_kernel(icmp_at)?;
-    Some((Header::Echo(echo_key(family, &hdr)?), len))
+    let key = echo_key(family, &hdr)?;
+    if let Some(id) = frag {
+        let k = frag_key(family, id);
+        if unsafe { FRAGS.get(&k) } != Some(&key) {
+            let _ = FRAGS.insert(&k, &key, 0);
+        }
+    }
+    Some((Header::Echo(key), len))
+}
+
+#[inline(always)]
+fn frag_key(family: u8, id: u32) -> u64 {
+    ((family as u64) << 32) | id as u64
+}
+
+/// A fragment other than the first: the echo its datagram's first fragment
+/// carried, if seen.
+#[inline(always)]
+fn later_fragment(skb: u64, family: u8, id: u32, len: u32) -> Option<(Header, u32)> {
+    let key = unsafe { FRAGS.get(&frag_key(family, id)) }.copied()?;
+    mark_fragment(skb, true);
+    Some((Header::Echo(key), len))
+}
+
+/// Whether the skb just read is a fragment (its events say so). The
+/// reassembled datagram takes over one fragment's skb: the mark goes with
+/// the next read of that address.
+#[inline(always)]
+fn mark_fragment(skb: u64, frag: bool) {
+    if let Some(st) = state() {
+        if frag {
+            st.frag_skb = skb;
+        } else if st.frag_skb == skb {
+            st.frag_skb = 0;
+        }
+    }
 }
 
 /// The skbs followed by address, for `lotrace_common::follow`.

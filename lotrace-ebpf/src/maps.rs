@@ -63,6 +63,12 @@ pub(crate) static SEND_CTX: LruHashMap<u32, PktKey> = LruHashMap::with_max_entri
 #[map]
 pub(crate) static SKBS: LruHashMap<u64, PktKey> = LruHashMap::with_max_entries(4096, 0);
 
+/// The echo each fragmented IP datagram carries, by family and IP
+/// identification (`(family << 32) | id`): only its first fragment has the
+/// ICMP header, the others are known by the datagram's id.
+#[map]
+pub(crate) static FRAGS: LruHashMap<u64, PktKey> = LruHashMap::with_max_entries(1024, 0);
+
 /// `--summary-only`: each echo in flight, by family and sequence (not id:
 /// an ICMP datagram socket rewrites the id between the send and the
 /// packet, the sequence it keeps). An array: a lookup is an index, with no

@@ -150,6 +150,59 @@ fn large_pings_are_followed_past_their_headers() {
     }
 }
 
+/// A ping larger than lo's MTU travels as fragments: each fragment's own
+/// stages are in the journey, marked, and the reassembled reply reaches
+/// ping's socket.
+#[test]
+fn fragmented_pings_show_their_fragments() {
+    if skip_without_root() {
+        return;
+    }
+    let _k = kernel_lock();
+    let ns = Netns::new("frag");
+    ns.exec(&["ip", "link", "set", "lo", "mtu", "1500"]);
+    for (family, target) in [("ipv4", "127.0.0.1"), ("ipv6", "::1")] {
+        let ping = ["ping", "-c", "2", "-i", "0.2", "-s", "5000", target];
+        let (lines, _) = ns.trace(&ping);
+        let js = journeys(&lines);
+        assert_eq!(js.len(), 2, "{lines:?}");
+        for j in js {
+            assert_eq!(j["family"], family);
+            assert_eq!(j["outcome"]["kind"], "answered", "{j}");
+            assert_eq!(j["complete"], true, "missing {}", j["missing"]);
+            for leg in ["request", "reply"] {
+                // 5008 bytes of ICMP in 1500-byte packets: 4 fragments.
+                let frags: Vec<_> = events(j, leg)
+                    .into_iter()
+                    .filter(|e| e["stage"] == "dev_queue_xmit")
+                    .collect();
+                assert_eq!(frags.len(), 4, "{leg}: {j}");
+                assert!(frags.iter().all(|e| e["fragment"] == true), "{j}");
+                assert!(
+                    detail(j, leg, "dev_queue_xmit").ends_with("a fragment"),
+                    "{j}"
+                );
+            }
+            // The whole reply (with its IPv4 header over IPv4).
+            let got: u32 = detail(j, "reply", "recvmsg")
+                .trim_end_matches(" bytes")
+                .parse()
+                .unwrap();
+            assert!(got >= 5008, "{j}");
+        }
+        if family == "ipv6" {
+            // Aggregated, once is enough: loading takes seconds.
+            continue;
+        }
+        let mut all = vec!["--summary-only"];
+        all.extend_from_slice(&ping);
+        let (lines, _) = ns.trace(&all);
+        let s = summary(&lines);
+        assert_eq!(s["in_kernel"]["answered"], 2, "{s}");
+        assert_eq!(s["incomplete"], 0, "{s}");
+    }
+}
+
 /// iputils over IPv6 with `-I` sends with sendmsg (the interface goes in
 /// a control message): the send is seen there, and the journey is whole.
 #[test]

@@ -8,7 +8,9 @@ use crate::model::detail::StageDetail;
 use lotrace_common::{
     Event, ProbeId, Stage,
     agg::counters,
-    event::{AF_INET, AF_INET6, FLAG_NET_RX, FLAG_PACKET, is_echo_reply, is_echo_request},
+    event::{
+        AF_INET, AF_INET6, FLAG_FRAGMENT, FLAG_NET_RX, FLAG_PACKET, is_echo_reply, is_echo_request,
+    },
     journey::{
         ECHO_SOCK, Echo, End, Masks, Obs, Ran, Rules, also_meets, builds, still_expected,
         unroutable,
@@ -75,6 +77,8 @@ pub struct Hop {
     pub softirq_run: u32,
     /// The skb the probe saw (0: none; the route lookup's is a device name).
     pub skb: u64,
+    /// The skb was one fragment of the echo's IP datagram.
+    pub fragment: bool,
     /// What the event said besides time and place, decoded once.
     pub detail: Option<StageDetail>,
 }
@@ -434,6 +438,7 @@ pub fn build_journey(mut events: Vec<Event>, expected: &[Expected]) -> Journey {
             context: Context::of(ev),
             softirq_run: ev.softirq_run,
             skb: ev.skb,
+            fragment: ev.flags & FLAG_FRAGMENT != 0,
             detail: StageDetail::decode(ev, stage, at_return),
         });
         prev = ev.ts_ns;

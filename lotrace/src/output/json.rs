@@ -44,6 +44,8 @@ struct HopOut<'a> {
     probe: std::borrow::Cow<'a, str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     detail: Option<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    fragment: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     explain: Option<&'static str>,
 }
@@ -61,6 +63,7 @@ fn hop_out<'a>(h: &'a Hop, meta: &'a Meta, style: Style) -> HopOut<'a> {
         context: h.context.name(),
         probe: meta.probe_label(h.probe),
         detail: detail(h, meta),
+        fragment: h.fragment,
         explain: style.explain.map(|lang| explain(h.stage, lang)),
     }
 }

@@ -12,7 +12,12 @@ use crate::{
 
 /// A few words on what a hop's detail means.
 pub fn detail(h: &Hop, meta: &Meta) -> Option<String> {
-    h.detail.as_ref().and_then(|d| detail_words(d, meta))
+    let words = h.detail.as_ref().and_then(|d| detail_words(d, meta));
+    match (words, h.fragment) {
+        (Some(w), true) => Some(format!("{w}, a fragment")),
+        (None, true) => Some("a fragment".to_string()),
+        (w, false) => w,
+    }
 }
 
 /// A stage's detail in words; `None` when there is nothing to say.
