@@ -203,12 +203,14 @@ pub(crate) fn read_skb(skb: u64) -> Option<(Header, u32)> {
         }
         _ => return None,
     };
-    mark_fragment(skb, frag.is_some());
     if icmp_at + 8 > end {
+        mark_fragment(skb, frag.is_some());
         return Some((Header::Unread(family), len));
     }
     let hdr: [u8; 8] = read_kernel(icmp_at)?;
     let key = echo_key(family, &hdr)?;
+    // Only for echoes: every other packet of the machine passes here too.
+    mark_fragment(skb, frag.is_some());
     if let Some(id) = frag {
         let k = frag_key(family, id);
         if unsafe { FRAGS.get(&k) } != Some(&key) {
