@@ -382,7 +382,8 @@ pub fn row(run: &Run, mode: &str) -> Result<Row> {
         .context("no summary")?;
     let journeys = s["journeys"].as_u64().unwrap_or(0);
     let probes = s["probes"].as_array().context("probes")?;
-    let labels: Vec<&str> = probes
+    // A probe two stages share (the transmit tracepoints) counts once.
+    let labels: std::collections::BTreeSet<&str> = probes
         .iter()
         .flat_map(|p| p["probes"].as_array().into_iter().flatten())
         .filter_map(|l| l.as_str())
