@@ -166,7 +166,9 @@ pub mod counters {
     /// Receives whose NET_RX softirq ran inline, or in ksoftirqd.
     pub const SOFTIRQ_INLINE: u32 = 9;
     pub const SOFTIRQ_KSOFTIRQD: u32 = 10;
-    pub const COUNT: u32 = 11;
+    /// Receives done by a backlog thread, without the softirq.
+    pub const BACKLOG_THREAD: u32 = 11;
+    pub const COUNT: u32 = 12;
 }
 
 /// Slots of the `ECHOES` array: one per family and sequence number.

@@ -125,7 +125,8 @@ pub const fn on_path(stage: u8) -> bool {
 /// The expected stage an event meets besides its own. A receive inside the
 /// NET_RX softirq shows that a run of it received the packet, even when
 /// the run began under another echo's packet and its start and end were
-/// reported with that echo. Another device's transmit (`ndo_start_xmit`)
+/// reported with that echo; a receive in a backlog thread is the receive
+/// processing that thread does instead of the softirq. Another device's transmit (`ndo_start_xmit`)
 /// is, for an echo that leaves through that device, the transmit a
 /// loopback echo makes in `loopback_xmit`.
 pub const fn also_meets(stage: u8, ran: Ran) -> Option<Stage> {
@@ -154,6 +155,14 @@ pub fn is_ksoftirqd(comm: &[u8]) -> bool {
     comm.starts_with(b"ksoftirqd/")
 }
 
+/// A backlog thread (`backlog_napi/N`): with `thread_backlog_napi`, and
+/// always on PREEMPT_RT, a packet steered (RPS) to another CPU's backlog
+/// wakes that CPU's thread, which polls the backlog in task context, with
+/// bottom halves off but no NET_RX softirq.
+pub fn is_backlog_thread(comm: &[u8]) -> bool {
+    comm.starts_with(b"backlog_napi/")
+}
+
 /// The context an event ran in, as far as the journey's meaning goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Ran {
@@ -161,12 +170,18 @@ pub enum Ran {
     Task,
     SoftirqInline,
     Ksoftirqd,
+    /// In a backlog thread (see [`is_backlog_thread`]).
+    BacklogThread,
 }
 
 impl Ran {
     pub fn of(in_net_rx: bool, comm: &[u8]) -> Ran {
         if !in_net_rx {
-            Ran::Task
+            if is_backlog_thread(comm) {
+                Ran::BacklogThread
+            } else {
+                Ran::Task
+            }
         } else if is_ksoftirqd(comm) {
             Ran::Ksoftirqd
         } else {
@@ -607,6 +622,7 @@ impl Echo {
                 Ran::Task => NONE,
                 Ran::SoftirqInline => counters::SOFTIRQ_INLINE,
                 Ran::Ksoftirqd => counters::SOFTIRQ_KSOFTIRQD,
+                Ran::BacklogThread => counters::BACKLOG_THREAD,
             };
         }
 

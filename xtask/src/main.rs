@@ -405,7 +405,7 @@ fn vm_run(kernel: &str, args: Vec<String>) -> Result<u8> {
     setup()?;
     install_packages(VM_PACKAGES)?;
     let bin = build()?;
-    let guest = vm::boot(kernel, &bin, &[args], true)?;
+    let guest = vm::boot(kernel, &bin, &[args], true, &vm::PLAIN)?;
     Ok(guest.runs[0].exit.clamp(0, 255) as u8)
 }
 

@@ -26,6 +26,9 @@ enum Check {
     Trace(&'static str),
     /// busybox's ping, aggregated in the kernel.
     SummaryOnly,
+    /// busybox's ping on CPU 0, its packets steered (RPS) to CPU 1, whose
+    /// backlog thread receives them (the [`BACKLOG`] guest).
+    Backlog,
 }
 
 const CHECKS: &[Check] = &[
@@ -35,6 +38,19 @@ const CHECKS: &[Check] = &[
     Check::Trace("tracepoint"),
     Check::SummaryOnly,
 ];
+
+/// The guest with backlog threads: two CPUs, `thread_backlog_napi` on
+/// the kernel's command line, lo's receives steered to CPU 1. The option
+/// came with 6.10.
+const BACKLOG_GUEST: &str = "6.12, backlog threads";
+const BACKLOG_SERIES: &str = "6.12";
+const BACKLOG_CHECKS: &[Check] = &[Check::Backlog];
+const BACKLOG: vm::Machine = vm::Machine {
+    cpus: 2,
+    cmdline: "thread_backlog_napi",
+    setup: "echo 2 > /sys/class/net/lo/queues/rx-0/rps_cpus\n",
+    suffix: "-backlog",
+};
 
 /// The sockets the traced pings send on, each ping's journeys apart.
 const SOCKETS: &[&str] = &["raw", "datagram"];
@@ -61,6 +77,7 @@ impl Check {
             Check::Probes => vec!["probes".into(), "--format".into(), "json".into()],
             Check::Trace(b) => trace(&["--backend", b], &both),
             Check::SummaryOnly => trace(&["--summary-only"], &busybox),
+            Check::Backlog => trace(&[], &[&["taskset", "-c", "0"][..], &busybox].concat()),
         }
     }
 
@@ -70,6 +87,7 @@ impl Check {
             Check::Probes => None,
             Check::Trace(b) => Some(b.to_string()),
             Check::SummaryOnly => Some("summary-only".into()),
+            Check::Backlog => Some("backlog thread".into()),
         }
     }
 
@@ -90,13 +108,14 @@ impl Check {
                 format!("probe runs the kernel skipped: {missed}")
             }),
             Check::SummaryOnly => check_summary_only(run),
+            Check::Backlog => check_backlog(run),
         }
     }
 }
 
 /// The lotrace invocations of one guest.
-pub fn runs() -> Vec<Vec<String>> {
-    CHECKS.iter().map(|c| c.args()).collect()
+fn runs(checks: &[Check]) -> Vec<Vec<String>> {
+    checks.iter().map(|c| c.args()).collect()
 }
 
 fn json_lines(run: &Run) -> Result<Vec<Value>> {
@@ -311,6 +330,50 @@ fn check_journeys(journeys: &[&Value], backend: &str, card: &[&str], deliver: bo
     Ok(())
 }
 
+/// busybox's pings received by CPU 1's backlog thread: every journey
+/// complete, each leg received in `backlog_napi/1`, without a softirq.
+pub fn check_backlog(run: &Run) -> Result<()> {
+    ensure!(run.exit == 0, "lotrace trace exited with {}", run.exit);
+    let lines = json_lines(run)?;
+    let journeys: Vec<&Value> = lines.iter().filter(|v| v["type"] == "journey").collect();
+    ensure!(
+        journeys.len() == PINGS,
+        "{} journeys, not {PINGS}",
+        journeys.len()
+    );
+    for j in journeys {
+        let seq = &j["icmp_seq"];
+        ensure!(
+            j["complete"] == true,
+            "seq {seq} incomplete: missing {}; its events: {}",
+            j["missing"],
+            events_line(j)
+        );
+        for leg in j["legs"].as_array().context("legs")? {
+            let s = &leg["softirq"];
+            ensure!(
+                s["context"] == "backlog_thread"
+                    && s["comm"]
+                        .as_str()
+                        .is_some_and(|c| c.starts_with("backlog_napi/")),
+                "seq {seq}: the {} was received {s}; its events: {}",
+                leg["leg"],
+                events_line(j)
+            );
+        }
+    }
+    let s = lines
+        .iter()
+        .find(|v| v["type"] == "summary")
+        .context("no summary")?;
+    ensure!(
+        s["softirq"]["backlog_thread"] == (2 * PINGS) as u64,
+        "softirq: {}",
+        s["softirq"]
+    );
+    Ok(())
+}
+
 /// The in-kernel aggregation: every echo answered with every stage, the
 /// rows there, nothing streamed.
 pub fn check_summary_only(run: &Run) -> Result<()> {
@@ -343,11 +406,11 @@ pub fn check_summary_only(run: &Run) -> Result<()> {
     Ok(())
 }
 
-pub fn check_guest(series: &str, results: &[Run]) -> Result<()> {
-    if results.len() != CHECKS.len() {
+fn check_guest(series: &str, checks: &[Check], results: &[Run]) -> Result<()> {
+    if results.len() != checks.len() {
         bail!("{series}: {} results", results.len());
     }
-    for (c, r) in CHECKS.iter().zip(results) {
+    for (c, r) in checks.iter().zip(results) {
         c.check(r).with_context(|| {
             format!(
                 "{series}: {}",
@@ -427,10 +490,15 @@ struct Outcome {
 
 /// Boots one guest, checks it, and makes its table rows.
 fn boot_and_check(series: &'static str, bin: &Path) -> (String, bool, Result<Vec<Row>>) {
-    match vm::boot(series, bin, &runs(), false) {
+    let (kernel, checks, machine) = if series == BACKLOG_GUEST {
+        (BACKLOG_SERIES, BACKLOG_CHECKS, &BACKLOG)
+    } else {
+        (series, CHECKS, &vm::PLAIN)
+    };
+    match vm::boot(kernel, bin, &runs(checks), false, machine) {
         Ok(g) => {
-            let rows = check_guest(series, &g.runs).and_then(|_| {
-                CHECKS
+            let rows = check_guest(series, checks, &g.runs).and_then(|_| {
+                checks
                     .iter()
                     .zip(&g.runs)
                     .filter_map(|(c, r)| Some(row(r, &c.mode()?)))
@@ -487,9 +555,13 @@ pub fn run(bin: &Path, series: &[&str], rounds: u32) -> Result<()> {
     for s in &series {
         kernels::fetch(s, &vm::vm_dir())?;
     }
+    let mut guests: Vec<&'static str> = series.clone();
+    if series.contains(&BACKLOG_SERIES) {
+        guests.push(BACKLOG_GUEST);
+    }
     let jobs = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
-        .min(series.len());
+        .min(guests.len());
     let mut times = Vec::new();
     let mut failed = Vec::new();
     let mut last = Vec::new();
@@ -508,8 +580,14 @@ pub fn run(bin: &Path, series: &[&str], rounds: u32) -> Result<()> {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
+        if guests.contains(&BACKLOG_GUEST) {
+            println!(
+                "xtask: kernel matrix: and {BACKLOG_SERIES} on two CPUs with thread_backlog_napi, \
+                 lo's receives steered to CPU 1: busybox's ping on CPU 0"
+            );
+        }
         let start = Instant::now();
-        let queue = Mutex::new(series.iter().copied().collect::<VecDeque<_>>());
+        let queue = Mutex::new(guests.iter().copied().collect::<VecDeque<_>>());
         let done = Mutex::new(Vec::new());
         std::thread::scope(|scope| {
             for _ in 0..jobs {
@@ -544,7 +622,7 @@ pub fn run(bin: &Path, series: &[&str], rounds: u32) -> Result<()> {
             }
         });
         let mut outcomes = done.into_inner().unwrap_or_default();
-        outcomes.sort_by_key(|o| series.iter().position(|s| *s == o.series));
+        outcomes.sort_by_key(|o| guests.iter().position(|s| *s == o.series));
         let retried: Vec<&str> = outcomes
             .iter()
             .filter(|o| o.retried || o.failed_once.is_some())

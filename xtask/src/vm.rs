@@ -117,8 +117,8 @@ fn shell_quote(s: &str) -> String {
 
 /// The guest's /init: mount what lotrace needs, run each invocation with
 /// stdout on ttyS1 (fenced by markers) and stderr on ttyS2, power off.
-fn init_script(runs: &[Vec<String>]) -> String {
-    let mut s = String::from(
+fn init_script(runs: &[Vec<String>], machine: &Machine) -> String {
+    let mut s = format!(
         "#!/bin/busybox sh
 /bin/busybox --install -s /bin
 export PATH=/bin:/sbin
@@ -131,10 +131,11 @@ mount -t bpf bpf /sys/fs/bpf
 ip link set lo up
 # iputils' ping uses an ICMP datagram socket where this allows it.
 echo '0 2147483647' > /proc/sys/net/ipv4/ping_group_range
-stty -F /dev/ttyS1 raw -echo
+{setup}stty -F /dev/ttyS1 raw -echo
 stty -F /dev/ttyS2 raw -echo
 stty -F /dev/ttyS3 raw -echo
 ",
+        setup = machine.setup
     );
     // A sign of life from user space, which a hung kernel stops: the host
     // kills a guest that goes quiet. Bounded by the host's deadline.
@@ -156,7 +157,7 @@ echo {MARK} exit {i} $? > /dev/ttyS1
     s
 }
 
-fn initramfs(lotrace: &Path, runs: &[Vec<String>]) -> Result<Vec<u8>> {
+fn initramfs(lotrace: &Path, runs: &[Vec<String>], machine: &Machine) -> Result<Vec<u8>> {
     let mut c = Cpio::new();
     for d in [
         "bin", "sbin", "dev", "proc", "sys", "tmp", "etc", "lib", "lib64", "usr", "usr/lib",
@@ -167,7 +168,7 @@ fn initramfs(lotrace: &Path, runs: &[Vec<String>]) -> Result<Vec<u8>> {
     let busybox = std::fs::read("/bin/busybox").context("reading /bin/busybox")?;
     c.file("bin/busybox", 0o755, &busybox);
     c.symlink("bin/sh", "busybox");
-    c.file("init", 0o755, init_script(runs).as_bytes());
+    c.file("init", 0o755, init_script(runs, machine).as_bytes());
     c.file("etc/hosts", 0o644, b"127.0.0.1 localhost\n::1 localhost\n");
     c.file("lotrace", 0o755, &std::fs::read(lotrace)?);
     // iputils' ping, beside busybox's: it sends on an ICMP datagram socket.
@@ -224,21 +225,27 @@ pub struct Guest {
 /// Boots `series` and runs lotrace once per entry of `runs`. With
 /// `stream`, each stdout line is printed as it arrives. A guest that hangs
 /// is killed after [`SILENCE`] and booted once more.
-pub fn boot(series: &str, lotrace: &Path, runs: &[Vec<String>], stream: bool) -> Result<Guest> {
+pub fn boot(
+    series: &str,
+    lotrace: &Path,
+    runs: &[Vec<String>],
+    stream: bool,
+    machine: &Machine,
+) -> Result<Guest> {
     let kernel = kernels::fetch(series, &vm_dir())?;
     eprintln!(
         "xtask: {series}: Debian kernel {} ({})",
         kernel.release, kernel.version
     );
     let vmlinuz = &kernel.vmlinuz;
-    let dir = vm_dir().join(format!("run-{series}"));
+    let dir = vm_dir().join(format!("run-{series}{}", machine.suffix));
     std::fs::create_dir_all(&dir)?;
     let initrd = dir.join("initramfs.cpio");
-    std::fs::write(&initrd, initramfs(lotrace, runs)?)?;
+    std::fs::write(&initrd, initramfs(lotrace, runs, machine)?)?;
     let guest = Paths::new(&dir);
     let mut retried = false;
     loop {
-        let results = match boot_once(vmlinuz, &initrd, &guest, stream)? {
+        let results = match boot_once(vmlinuz, &initrd, &guest, stream, machine)? {
             Ended::PoweredOff(results) => results,
             Ended::Killed(Verdict::Silent) if !retried => {
                 let kept = dir.join("console.hung.log");
@@ -313,14 +320,55 @@ enum Ended {
 /// matrix checks order and completeness, which one CPU shows as well.
 const MACHINE: &[&str] = &["-accel", "tcg", "-cpu", "max", "-m", "1024", "-smp", "1"];
 
-fn boot_once(vmlinuz: &Path, initrd: &Path, guest: &Paths, stream: bool) -> Result<Ended> {
+/// Two vCPUs, for what needs a second CPU (a packet steered to another
+/// CPU's backlog). qemu's single-threaded TCG runs them in turn in one
+/// thread, so the kernel's rewriting of its own code is seen by both (see
+/// [`MACHINE`]).
+const TWO_CPUS: &[&str] = &[
+    "-accel",
+    "tcg,thread=single",
+    "-cpu",
+    "max",
+    "-m",
+    "1024",
+    "-smp",
+    "2",
+];
+
+/// How a guest is set up besides its kernel.
+pub struct Machine {
+    pub cpus: u32,
+    /// Appended to the kernel's command line.
+    pub cmdline: &'static str,
+    /// Shell lines the guest's init runs before lotrace.
+    pub setup: &'static str,
+    /// Told apart from the plain guest's files by this.
+    pub suffix: &'static str,
+}
+
+/// The guest every check runs in unless it says otherwise.
+pub const PLAIN: Machine = Machine {
+    cpus: 1,
+    cmdline: "",
+    setup: "",
+    suffix: "",
+};
+
+fn boot_once(
+    vmlinuz: &Path,
+    initrd: &Path,
+    guest: &Paths,
+    stream: bool,
+    machine: &Machine,
+) -> Result<Ended> {
     let mut child = Command::new("qemu-system-x86_64")
-        .args(MACHINE)
+        .args(if machine.cpus > 1 { TWO_CPUS } else { MACHINE })
         .arg("-kernel")
         .arg(vmlinuz)
         .arg("-initrd")
         .arg(initrd)
-        .args(["-append", "console=ttyS0 quiet panic=-1"])
+        .arg("-append")
+        .arg(format!("console=ttyS0 quiet panic=-1 {}", machine.cmdline))
         .args(["-display", "none", "-monitor", "none", "-no-reboot"])
         .arg("-serial")
         .arg(format!("file:{}", guest.console.display()))
@@ -552,7 +600,7 @@ mod tests {
 
     #[test]
     fn the_init_script_beats_until_the_deadline() {
-        let init = init_script(&[vec!["probes".into()]]);
+        let init = init_script(&[vec!["probes".into()]], &PLAIN);
         let beat = init.lines().find(|l| l.contains("/dev/ttyS3 &")).unwrap();
         let bound: u64 = beat
             .split("-lt ")

@@ -29,6 +29,9 @@ pub enum Context {
     SoftirqInline,
     /// In the NET_RX softirq handed off to the CPU's ksoftirqd thread.
     Ksoftirqd,
+    /// In the CPU's backlog thread (`backlog_napi/N`), which polls the
+    /// backlog without the softirq.
+    BacklogThread,
 }
 
 impl Context {
@@ -37,6 +40,7 @@ impl Context {
             Context::Task => "task",
             Context::SoftirqInline => "softirq",
             Context::Ksoftirqd => "ksoftirqd",
+            Context::BacklogThread => "backlog_thread",
         }
     }
 
@@ -45,6 +49,7 @@ impl Context {
             Ran::Task => Context::Task,
             Ran::SoftirqInline => Context::SoftirqInline,
             Ran::Ksoftirqd => Context::Ksoftirqd,
+            Ran::BacklogThread => Context::BacklogThread,
         }
     }
 
@@ -53,6 +58,7 @@ impl Context {
             Context::Task => Ran::Task,
             Context::SoftirqInline => Ran::SoftirqInline,
             Context::Ksoftirqd => Ran::Ksoftirqd,
+            Context::BacklogThread => Ran::BacklogThread,
         }
     }
 }
@@ -509,6 +515,7 @@ pub fn build_journey(mut events: Vec<Event>, expected: &[Expected]) -> Journey {
         let began = start_ts.unwrap_or(rx.ts_ns);
         let entered = match (&rx.context, sender) {
             (Context::Ksoftirqd, _) => Some("ksoftirqd"),
+            (Context::BacklogThread, _) => Some("backlog_thread"),
             // In the sender before its send returned: loopback raises NET_RX
             // with bottom halves off, so the run is the bottom-half re-enable
             // at the end of dev_queue_xmit.
@@ -959,6 +966,35 @@ pub(crate) mod tests {
         // policy rules traces -EAGAIN for its one table.
         let j = build_journey(vec![send, lookup(900, -11)], &[]);
         assert_eq!(j.outcome, Outcome::NoRoute { err: -11 });
+    }
+
+    /// RPS to another CPU with backlog threads: that CPU's backlog_napi
+    /// thread receives both legs in task context, with no softirq run.
+    pub(crate) fn backlog_threaded(seq: u16, base: u64) -> Vec<Event> {
+        echo(seq, base)
+            .into_iter()
+            .filter(|e| !matches!(Stage::from_u8(e.stage), Some(Stage::NetRxAction)))
+            .map(|mut e| {
+                if e.flags & FLAG_NET_RX != 0 {
+                    e.flags &= !FLAG_NET_RX;
+                    e.softirq_run = 0;
+                    e.comm = *b"backlog_napi/1\0\0";
+                    e.cpu = 1;
+                }
+                e
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_backlog_thread_receives_without_the_softirq() {
+        let j = build_journey(backlog_threaded(1, 0), &expected_for(&all_probes()));
+        assert!(j.complete(), "missing {:?}", j.missing);
+        for leg in &j.softirq {
+            let s = leg.as_ref().unwrap();
+            assert_eq!(s.context, Context::BacklogThread);
+            assert_eq!(s.entered, Some("backlog_thread"));
+        }
     }
 
     #[test]

@@ -107,6 +107,7 @@ pub fn stats(k: &KernelAgg) -> Stats {
     }
     s.softirq_inline = k.counter(counters::SOFTIRQ_INLINE);
     s.softirq_ksoftirqd = k.counter(counters::SOFTIRQ_KSOFTIRQD);
+    s.backlog_thread = k.counter(counters::BACKLOG_THREAD);
     s.in_kernel = Some(o);
     s
 }
@@ -186,7 +187,10 @@ mod same_meaning {
 
     use super::*;
     use crate::model::{
-        journey::{JourneyBuilder, Outcome, expected_for, tests::echo, tests::ev},
+        journey::{
+            JourneyBuilder, Outcome, expected_for,
+            tests::{backlog_threaded, echo, ev},
+        },
         stats::Stats,
     };
 
@@ -305,8 +309,16 @@ mod same_meaning {
         let rtt = |s: &Stats| (s.rtt.count, s.rtt.sum, s.rtt.min, s.rtt.max);
         assert_eq!(rtt(&got), rtt(&want), "{name}: RTT");
         assert_eq!(
-            (got.softirq_inline, got.softirq_ksoftirqd),
-            (want.softirq_inline, want.softirq_ksoftirqd),
+            (
+                got.softirq_inline,
+                got.softirq_ksoftirqd,
+                got.backlog_thread
+            ),
+            (
+                want.softirq_inline,
+                want.softirq_ksoftirqd,
+                want.backlog_thread
+            ),
             "{name}: softirq"
         );
         assert_eq!(got.sockets, want.sockets, "{name}: sockets");
@@ -428,6 +440,11 @@ mod same_meaning {
             e.comm = *b"ksoftirqd/2\0\0\0\0\0";
         }
         case("ksoftirqd", handed, one(|o| o.answered = 1));
+        case(
+            "a backlog thread",
+            backlog_threaded(18, at(18)),
+            one(|o| o.answered = 1),
+        );
         let mut raw = echo(11, at(11));
         let mut dgram = echo(12, at(12));
         for (evs, kind) in [(&mut raw, SOCK_RAW), (&mut dgram, SOCK_DGRAM)] {

@@ -132,6 +132,8 @@ pub struct Stats {
     /// Receives (legs) whose NET_RX softirq ran inline, and in ksoftirqd.
     pub softirq_inline: u64,
     pub softirq_ksoftirqd: u64,
+    /// Receives (legs) done by a backlog thread, without the softirq.
+    pub backlog_thread: u64,
     /// Per row: summed time since the send and count, to order the rows
     /// the way packets met them on average.
     t_sum: BTreeMap<Row, (i128, u64)>,
@@ -184,6 +186,7 @@ impl Stats {
         for w in j.softirq.iter().flatten() {
             match w.context {
                 Context::Ksoftirqd => self.softirq_ksoftirqd += 1,
+                Context::BacklogThread => self.backlog_thread += 1,
                 _ => self.softirq_inline += 1,
             }
         }

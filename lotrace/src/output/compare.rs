@@ -145,7 +145,11 @@ pub fn json(cols: &[Column]) -> Value {
                 "families": c.stats.families,
                 "sockets": c.stats.sockets,
                 "devices": c.stats.xmit_devs,
-                "softirq": {"inline": c.stats.softirq_inline, "ksoftirqd": c.stats.softirq_ksoftirqd},
+                "softirq": {
+                    "inline": c.stats.softirq_inline,
+                    "ksoftirqd": c.stats.softirq_ksoftirqd,
+                    "backlog_thread": c.stats.backlog_thread,
+                },
                 "rtt_p50_ns": c.stats.rtt.quantile(0.5),
                 "exit": c.exit,
                 "stages": c.stats.order().iter().map(|r| json!({

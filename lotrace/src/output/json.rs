@@ -200,7 +200,11 @@ pub fn summary_json(stats: &Stats, meta: &Meta, t: &Totals) -> Value {
         "discarded_events": t.discarded,
         "rtt": hist_json(&stats.rtt),
         "in_kernel": stats.in_kernel,
-        "softirq": {"inline": stats.softirq_inline, "ksoftirqd": stats.softirq_ksoftirqd},
+        "softirq": {
+            "inline": stats.softirq_inline,
+            "ksoftirqd": stats.softirq_ksoftirqd,
+            "backlog_thread": stats.backlog_thread,
+        },
         "stages": stages,
         "probes": probes,
     })

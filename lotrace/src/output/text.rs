@@ -223,6 +223,13 @@ pub fn summary_text(stats: &Stats, meta: &Meta, t: &Totals, style: Style) -> Str
         "\n   NET_RX softirq per receive: {} inline (in the task that was running), {} in ksoftirqd",
         stats.softirq_inline, stats.softirq_ksoftirqd
     );
+    if stats.backlog_thread > 0 {
+        let _ = writeln!(
+            s,
+            "   received by a backlog thread (backlog_napi/N, no softirq): {}",
+            stats.backlog_thread
+        );
+    }
     let unseen: Vec<_> = meta.stages.iter().filter(|s| s.backend.is_none()).collect();
     if !unseen.is_empty() {
         let _ = writeln!(s, "\n   not observed on this kernel:");

@@ -68,6 +68,10 @@ pub fn errno_words(e: i64) -> String {
 pub fn softirq_words(s: &SoftirqWhere) -> String {
     let mut w = match s.context {
         Context::Ksoftirqd => format!("in {} (handed off to the softirq thread)", s.comm),
+        Context::BacklogThread => format!(
+            "in {} on CPU {} (the backlog thread, no softirq)",
+            s.comm, s.cpu
+        ),
         _ => format!("inline in {}/{} on CPU {}", s.comm, s.pid, s.cpu),
     };
     match s.entered {
