@@ -7,11 +7,12 @@
 //! [`catalog`] so that every fact about a stage has one home.
 #![no_std]
 // The eBPF target's core has atomic loads and stores only; its atomic add
-// is reached through the intrinsic (see `journey::set_bits`).
+// is reached through the intrinsic (see `bits::set_bits`).
 #![cfg_attr(target_arch = "bpf", allow(internal_features))]
 #![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
 
 pub mod agg;
+pub mod bits;
 pub mod catalog;
 pub mod event;
 pub mod follow;

@@ -13,7 +13,7 @@ use lotrace_common::{
 use crate::{
     filter::in_softirq,
     kernel::{CONFIG, config},
-    maps::{AGG_COUNT, AGG_ROWS, ECHOES},
+    maps::{AGG_COUNT, AGG_ROWS, ECHOES, PENDING},
     seen::Seen,
 };
 
@@ -38,8 +38,55 @@ impl Sink for Maps {
     }
 }
 
+/// Hands an observation to [`aggregate`]: its stage and probe as
+/// arguments, the packet's fields through the per-CPU `PENDING` slot. The
+/// verifier checks `aggregate` once per distinct state it is called in.
+/// Values read back from a map are just numbers to it, so the many paths
+/// that lead here (each family, fragment or not, each way a header was
+/// read) meet it in one state; passed on the stack, each kept its own
+/// constants, and the largest program went past the verifier's million
+/// instructions on 6.1. The stage and probe stay constants: with them
+/// known, the verifier skips every other stage's branches.
+#[inline(always)]
+pub(crate) fn aggregate_later(key: &PktKey, e: &Seen) {
+    let Some(p) = PENDING.get_ptr_mut(0) else {
+        return;
+    };
+    unsafe {
+        *p = Pending {
+            key: *key,
+            ts: e.ts,
+            skb: e.skb,
+            len: e.len,
+            aux2: e.aux2,
+        }
+    };
+    aggregate(e.stage as u8, e.probe as u8);
+}
+
+/// An observation on its way to [`aggregate`].
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct Pending {
+    key: PktKey,
+    ts: u64,
+    skb: u64,
+    len: u32,
+    aux2: u32,
+}
+
 #[inline(never)]
-pub(crate) fn aggregate(key: &PktKey, e: &Seen) {
+fn aggregate(stage: u8, probe: u8) {
+    let Some(p) = PENDING.get_ptr(0) else {
+        return;
+    };
+    let Pending {
+        key,
+        ts,
+        skb,
+        len,
+        aux2,
+    } = unsafe { *p };
     let reply = is_echo_reply(key.family, key.icmp_type);
     if key.valid == 0 || !(reply || is_echo_request(key.family, key.icmp_type)) {
         return;
@@ -49,10 +96,9 @@ pub(crate) fn aggregate(key: &PktKey, e: &Seen) {
         return;
     };
     let echo = unsafe { &mut *echo };
-    let p = e.probe as u32;
+    let p = probe as u32;
     let rets = config(&CONFIG.ret_probes);
     let word = if p >= 64 { rets[1] } else { rets[0] };
-    let stage = e.stage as u8;
     // Only a receive's context matters: the command name is read there.
     let ran = if stage == Stage::NetifReceiveSkb as u8 {
         Ran::of(in_softirq(), &bpf_get_current_comm().unwrap_or([0; 16]))
@@ -63,10 +109,10 @@ pub(crate) fn aggregate(key: &PktKey, e: &Seen) {
         reply,
         stage,
         (word >> (p & 63)) & 1 != 0,
-        e.ts,
-        e.len,
-        e.aux2,
-        e.skb,
+        ts,
+        len,
+        aux2,
+        skb,
         ran,
     );
     let rules = Rules {

@@ -15,7 +15,7 @@ use lotrace_common::{
 };
 
 use crate::{
-    aggregate::aggregate,
+    aggregate::aggregate_later,
     filter::{identify, is_tracked, tgid_tid},
     kernel::{CONFIG, config},
     maps::{EVENTS, LOST, state},
@@ -30,7 +30,7 @@ pub(crate) fn emit<C: EbpfContext>(ctx: &C, key: &PktKey, e: Seen) {
         unsafe { *n += 1 };
     }
     if config(&CONFIG.summary_only) != 0 {
-        aggregate(key, &e);
+        aggregate_later(key, &e);
         return;
     }
     let (tgid, tid) = tgid_tid();

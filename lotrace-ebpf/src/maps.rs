@@ -76,6 +76,12 @@ pub(crate) static FRAGS: LruHashMap<u64, PktKey> = LruHashMap::with_max_entries(
 #[map]
 pub(crate) static ECHOES: Array<Echo> = Array::with_max_entries(agg::ECHOES_MAX, 0);
 
+/// `--summary-only`: the observation `aggregate` takes next (see
+/// `aggregate::aggregate_later`).
+#[map]
+pub(crate) static PENDING: PerCpuArray<crate::aggregate::Pending> =
+    PerCpuArray::with_max_entries(1, 0);
+
 /// `--summary-only`: per-row totals and histograms, per CPU.
 #[map]
 pub(crate) static AGG_ROWS: PerCpuArray<RowAgg> =
