@@ -261,6 +261,9 @@ pub struct Config {
     /// Non-zero: a function probe (`loopback_xmit`'s) reports lo's
     /// transmit, and the transmit tracepoints only other devices'.
     pub lo_xmit_fn: u8,
+    /// Non-zero on PREEMPT_RT: the state kept between probes is the
+    /// thread's, not the CPU's (see `CpuState`).
+    pub per_thread: u8,
     pub _pad: [u8; CONFIG_PAD],
     /// Bit `p` of `ret_probes[p / 64]`: probe `p` observes a return.
     pub ret_probes: [u64; 2],
@@ -297,7 +300,7 @@ const _: () = assert!(crate::catalog::PROBE_COUNT <= RET_ARG_SLOTS);
 
 /// Explicit padding before `ret_probes`, whatever the number of tracepoint
 /// fields: the loader writes `Config` as bytes, so it must have no hole.
-const CONFIG_HEAD: usize = 15 * 4 + 2 * TP_FIELD_COUNT + 6;
+const CONFIG_HEAD: usize = 15 * 4 + 2 * TP_FIELD_COUNT + 7;
 pub const CONFIG_PAD: usize = (8 - CONFIG_HEAD % 8) % 8;
 const _: () = assert!(
     core::mem::size_of::<Config>()
@@ -329,6 +332,7 @@ impl Config {
             close_stage: 0,
             floor: 0,
             lo_xmit_fn: 0,
+            per_thread: 0,
             _pad: [0; CONFIG_PAD],
             ret_probes: [0; 2],
             expect_leg: 0,
@@ -342,7 +346,12 @@ impl Config {
     }
 }
 
-/// Per-CPU state the programs keep between tracepoints.
+/// The state the programs keep between tracepoints: the CPU's, or on
+/// PREEMPT_RT the thread's. There a softirq runs in a thread that can be
+/// preempted, and the task that preempts it must not find itself inside
+/// NET_RX, or inside another thread's transmit. A run is numbered by its
+/// CPU in both cases (`softirq_run`): the run a receive belongs to is
+/// matched by CPU and number.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CpuState {

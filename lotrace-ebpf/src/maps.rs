@@ -1,7 +1,9 @@
 //! The maps the programs share with each other and with the loader (which
 //! knows them by the names in `lotrace_common::catalog::maps`).
 
+use crate::kernel::{CONFIG, config};
 use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid,
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
@@ -23,8 +25,19 @@ pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 #[map]
 pub(crate) static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
 
+/// The CPU's state (see [`state`]); on PREEMPT_RT only its run counter.
 #[map]
 pub(crate) static STATE: PerCpuArray<CpuState> = PerCpuArray::with_max_entries(1, 0);
+
+/// On PREEMPT_RT, each thread's state (see [`state`]). LRU: a thread that
+/// ended gives its slot up.
+#[map]
+pub(crate) static THREAD_STATE: LruHashMap<u32, CpuState> = LruHashMap::with_max_entries(4096, 0);
+
+/// A zeroed state, never written: what a thread's slot starts from,
+/// without a copy on the program's stack.
+#[map]
+pub(crate) static ZERO_STATE: Array<CpuState> = Array::with_max_entries(1, 0);
 
 /// Thread-group ids of the traced command and its descendants.
 #[map]
@@ -97,8 +110,31 @@ pub(crate) static AGG_COUNT: PerCpuArray<u64> =
 #[map]
 pub(crate) static RECV_CTX: LruHashMap<u32, PktKey> = LruHashMap::with_max_entries(1024, 0);
 
-/// This CPU's state between probes.
+/// The state kept between probes: this CPU's, or on PREEMPT_RT this
+/// thread's (`Config::per_thread`).
 #[inline(always)]
 pub(crate) fn state() -> Option<&'static mut CpuState> {
-    STATE.get_ptr_mut(0).map(|p| unsafe { &mut *p })
+    if config(&CONFIG.per_thread) == 0 {
+        return STATE.get_ptr_mut(0).map(|p| unsafe { &mut *p });
+    }
+    let tid = bpf_get_current_pid_tgid() as u32;
+    if let Some(p) = THREAD_STATE.get_ptr_mut(&tid) {
+        return Some(unsafe { &mut *p });
+    }
+    let zero = ZERO_STATE.get(0)?;
+    THREAD_STATE.insert(&tid, zero, 0).ok()?;
+    THREAD_STATE.get_ptr_mut(&tid).map(|p| unsafe { &mut *p })
+}
+
+/// The next NET_RX run's number on this CPU: numbered by the CPU even
+/// when the state is the thread's, so that (CPU, number) names one run.
+#[inline(always)]
+pub(crate) fn next_run() -> u32 {
+    match STATE.get_ptr_mut(0) {
+        Some(p) => unsafe {
+            (*p).softirq_run = (*p).softirq_run.wrapping_add(1);
+            (*p).softirq_run
+        },
+        None => 0,
+    }
 }

@@ -40,6 +40,24 @@ enum Archive {
     Security,
 }
 
+/// Which of Debian's builds of a release: the cloud one (small, what the
+/// guests boot unless told otherwise) or the PREEMPT_RT one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flavour {
+    Cloud,
+    Rt,
+}
+
+impl Flavour {
+    /// The end of the release's name: `6.12.57+deb12-rt-amd64`.
+    fn suffix(self) -> &'static str {
+        match self {
+            Flavour::Cloud => "-cloud-amd64",
+            Flavour::Rt => "-rt-amd64",
+        }
+    }
+}
+
 /// One kernel, unpacked.
 pub struct Kernel {
     pub vmlinuz: PathBuf,
@@ -253,21 +271,22 @@ fn natural_key(s: &str) -> Vec<(u64, String)> {
     out
 }
 
-/// The kernel release in a cloud image package's name, if it is one:
-/// `linux-image-6.1.0-57-cloud-amd64-unsigned` → `6.1.0-57-cloud-amd64`.
-fn release_of(name: &str) -> Option<&str> {
+/// The kernel release in an image package's name, if it is one of
+/// `flavour`: `linux-image-6.1.0-57-cloud-amd64-unsigned` →
+/// `6.1.0-57-cloud-amd64`.
+fn release_of(name: &str, flavour: Flavour) -> Option<&str> {
     let r = name.strip_prefix("linux-image-")?;
     let r = r.strip_suffix("-unsigned").unwrap_or(r);
-    (r.ends_with("-cloud-amd64") && r.starts_with(|c: char| c.is_ascii_digit())).then_some(r)
+    (r.ends_with(flavour.suffix()) && r.starts_with(|c: char| c.is_ascii_digit())).then_some(r)
 }
 
 /// The image packages of `series` among `names`, best first: the newest
 /// release first, and of each release its unsigned image before the signed
 /// one (the same kernel).
-fn candidates(series: &str, names: &[String]) -> Vec<String> {
+fn candidates(series: &str, flavour: Flavour, names: &[String]) -> Vec<String> {
     let mut found: Vec<(&str, &str)> = names
         .iter()
-        .filter_map(|n| Some((n.as_str(), release_of(n)?)))
+        .filter_map(|n| Some((n.as_str(), release_of(n, flavour)?)))
         // The series is the first two numbers: 6.1 must not take 6.12.
         .filter(|(_, r)| {
             series == "latest"
@@ -283,9 +302,9 @@ fn candidates(series: &str, names: &[String]) -> Vec<String> {
 /// no longer serves.
 const TRIES: usize = 6;
 
-/// The newest Debian cloud kernel of `series` that the archive serves,
-/// downloaded and unpacked under `vm_dir` (cached there).
-pub fn fetch(series: &str, vm_dir: &Path) -> Result<Kernel> {
+/// The newest Debian kernel of `series` and `flavour` that the archive
+/// serves, downloaded and unpacked under `vm_dir` (cached there).
+pub fn fetch(series: &str, flavour: Flavour, vm_dir: &Path) -> Result<Kernel> {
     if !SERIES.contains(&series) {
         bail!(
             "unknown kernel series {series}: choose one of {}",
@@ -294,29 +313,30 @@ pub fn fetch(series: &str, vm_dir: &Path) -> Result<Kernel> {
     }
     let apt = Apt::new(vm_dir);
     apt.update(false)?;
-    let mut pkgs = candidates(series, &apt.names()?);
+    let mut pkgs = candidates(series, flavour, &apt.names()?);
     if pkgs.is_empty() {
         apt.update(true)?;
-        pkgs = candidates(series, &apt.names()?);
+        pkgs = candidates(series, flavour, &apt.names()?);
     }
     if pkgs.is_empty() {
         bail!(
-            "the Debian archive has no {series} cloud kernel (linux-image-{series}.*-cloud-amd64)"
+            "the Debian archive has no {series} kernel of that flavour (linux-image-{series}.*{})",
+            flavour.suffix()
         );
     }
     // The newest release already unpacked, if it is: a package the mirror
     // refused before is not asked for again.
-    let newest = release_of(&pkgs[0]).unwrap_or_default();
+    let newest = release_of(&pkgs[0], flavour).unwrap_or_default();
     if let Some(k) = pkgs
         .iter()
-        .take_while(|p| release_of(p) == Some(newest))
-        .find_map(|p| cached(&apt, p, vm_dir))
+        .take_while(|p| release_of(p, flavour) == Some(newest))
+        .find_map(|p| cached(&apt, p, flavour, vm_dir))
     {
         return Ok(k);
     }
     let mut failed = Vec::new();
     for pkg in pkgs.iter().take(TRIES) {
-        match unpacked(&apt, pkg, series, vm_dir) {
+        match unpacked(&apt, pkg, series, flavour, vm_dir) {
             Ok(k) => return Ok(k),
             Err(e) => {
                 eprintln!("xtask: {pkg}: {e:#}; trying an older package");
@@ -330,8 +350,8 @@ pub fn fetch(series: &str, vm_dir: &Path) -> Result<Kernel> {
     )
 }
 
-fn cached(apt: &Apt, pkg: &str, vm_dir: &Path) -> Option<Kernel> {
-    let release = release_of(pkg)?;
+fn cached(apt: &Apt, pkg: &str, flavour: Flavour, vm_dir: &Path) -> Option<Kernel> {
+    let release = release_of(pkg, flavour)?;
     let vmlinuz = find_vmlinuz(&vm_dir.join("kernels").join(pkg), release)?;
     Some(Kernel {
         vmlinuz,
@@ -341,8 +361,8 @@ fn cached(apt: &Apt, pkg: &str, vm_dir: &Path) -> Option<Kernel> {
 }
 
 /// One image package, from the cache or downloaded and unpacked.
-fn unpacked(apt: &Apt, pkg: &str, series: &str, vm_dir: &Path) -> Result<Kernel> {
-    let release = release_of(pkg).unwrap_or_default().to_string();
+fn unpacked(apt: &Apt, pkg: &str, series: &str, flavour: Flavour, vm_dir: &Path) -> Result<Kernel> {
+    let release = release_of(pkg, flavour).unwrap_or_default().to_string();
     let version = apt.field(pkg, "Version")?;
     let dir = vm_dir.join("kernels").join(pkg);
     let kernel = |vmlinuz| Kernel {
@@ -411,7 +431,7 @@ mod tests {
             "linux-image-6.12.115+deb12-cloud-amd64",
         ]);
         assert_eq!(
-            candidates("6.12", &n)[0],
+            candidates("6.12", Flavour::Cloud, &n)[0],
             "linux-image-6.12.117+deb12-cloud-amd64"
         );
     }
@@ -423,12 +443,15 @@ mod tests {
             "linux-image-6.12.118+deb12-cloud-amd64",
             "linux-image-5.10.0-32-cloud-amd64",
         ]);
-        assert_eq!(candidates("6.1", &n), ["linux-image-6.1.0-57-cloud-amd64"]);
         assert_eq!(
-            candidates("5.10", &n),
+            candidates("6.1", Flavour::Cloud, &n),
+            ["linux-image-6.1.0-57-cloud-amd64"]
+        );
+        assert_eq!(
+            candidates("5.10", Flavour::Cloud, &n),
             ["linux-image-5.10.0-32-cloud-amd64"]
         );
-        assert!(candidates("6.18", &n).is_empty());
+        assert!(candidates("6.18", Flavour::Cloud, &n).is_empty());
     }
 
     #[test]
@@ -443,13 +466,35 @@ mod tests {
             "linux-image-7.3.4+deb13-amd64",
         ]);
         assert_eq!(
-            candidates("latest", &n)[..4],
+            candidates("latest", Flavour::Cloud, &n)[..4],
             [
                 "linux-image-7.3.4+deb13-cloud-amd64-unsigned",
                 "linux-image-7.3.4+deb13-cloud-amd64",
                 "linux-image-7.2.13+deb14-cloud-amd64",
                 "linux-image-6.18.15+deb13-cloud-amd64",
             ]
+        );
+    }
+
+    #[test]
+    fn the_rt_flavour_is_apart() {
+        let n = names(&[
+            "linux-image-6.12.115+deb12-cloud-amd64",
+            "linux-image-6.12.115+deb12-rt-amd64",
+            "linux-image-6.12.115+deb12-rt-amd64-unsigned",
+            "linux-image-6.12-rt-amd64",
+            "linux-image-6.1.0-57-rt-amd64",
+        ]);
+        assert_eq!(
+            candidates("6.12", Flavour::Rt, &n),
+            [
+                "linux-image-6.12.115+deb12-rt-amd64-unsigned",
+                "linux-image-6.12.115+deb12-rt-amd64",
+            ]
+        );
+        assert_eq!(
+            candidates("6.12", Flavour::Cloud, &n),
+            ["linux-image-6.12.115+deb12-cloud-amd64"]
         );
     }
 

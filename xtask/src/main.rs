@@ -85,6 +85,13 @@ enum Cmd {
         /// trixie-backports; latest: the newest of those suites and sid).
         #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(kernels::SERIES))]
         kernel: String,
+        /// Boot the series' PREEMPT_RT build (`-rt-amd64`) instead of its
+        /// cloud build.
+        #[arg(long)]
+        rt: bool,
+        /// vCPUs (1 or 2; two run in turn, in one qemu thread).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=2))]
+        cpus: u32,
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         args: Vec<String>,
     },
@@ -135,7 +142,12 @@ fn main() -> ExitCode {
         Cmd::Setup => setup(),
         Cmd::Build => setup().and_then(|_| build()).map(|_| 0),
         Cmd::Run { args } => run(args),
-        Cmd::Vm { kernel, args } => vm_run(&kernel, args),
+        Cmd::Vm {
+            kernel,
+            rt,
+            cpus,
+            args,
+        } => vm_run(&kernel, rt, cpus, args),
         Cmd::Test => test().map(|_| 0),
         Cmd::Matrix { kernel, rounds } => matrix_run(&kernel, rounds).map(|_| 0),
         Cmd::Bench {
@@ -401,11 +413,21 @@ fn fuzz_record(seconds: u32) -> Result<()> {
     )
 }
 
-fn vm_run(kernel: &str, args: Vec<String>) -> Result<u8> {
+fn vm_run(kernel: &str, rt: bool, cpus: u32, args: Vec<String>) -> Result<u8> {
     setup()?;
     install_packages(VM_PACKAGES)?;
     let bin = build()?;
-    let guest = vm::boot(kernel, &bin, &[args], true, &vm::PLAIN)?;
+    let machine = vm::Machine {
+        flavour: if rt {
+            kernels::Flavour::Rt
+        } else {
+            kernels::Flavour::Cloud
+        },
+        cpus,
+        suffix: if rt { "-rt" } else { "" },
+        ..vm::PLAIN
+    };
+    let guest = vm::boot(kernel, &bin, &[args], true, &machine)?;
     Ok(guest.runs[0].exit.clamp(0, 255) as u8)
 }
 

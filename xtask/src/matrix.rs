@@ -8,7 +8,7 @@ use lotrace_common::order::CARD;
 use serde_json::Value;
 
 use crate::{
-    kernels::{self, SERIES},
+    kernels::{self, Flavour, SERIES},
     vm::{self, Run},
 };
 
@@ -27,8 +27,10 @@ enum Check {
     /// busybox's ping, aggregated in the kernel.
     SummaryOnly,
     /// busybox's ping on CPU 0, its packets steered (RPS) to CPU 1, whose
-    /// backlog thread receives them (the [`BACKLOG`] guest).
+    /// backlog thread receives them (see [`EXTRAS`]).
     Backlog,
+    /// `lotrace probes` on a PREEMPT_RT kernel: it must say so.
+    Realtime,
 }
 
 const CHECKS: &[Check] = &[
@@ -39,18 +41,58 @@ const CHECKS: &[Check] = &[
     Check::SummaryOnly,
 ];
 
-/// The guest with backlog threads: two CPUs, `thread_backlog_napi` on
-/// the kernel's command line, lo's receives steered to CPU 1. The option
-/// came with 6.10.
-const BACKLOG_GUEST: &str = "6.12, backlog threads";
-const BACKLOG_SERIES: &str = "6.12";
-const BACKLOG_CHECKS: &[Check] = &[Check::Backlog];
-const BACKLOG: vm::Machine = vm::Machine {
-    cpus: 2,
-    cmdline: "thread_backlog_napi",
-    setup: "echo 2 > /sys/class/net/lo/queues/rx-0/rps_cpus\n",
-    suffix: "-backlog",
-};
+/// A guest besides the plain one of each series: a machine and checks of
+/// its own.
+struct Extra {
+    /// Its name in the matrix.
+    name: &'static str,
+    series: &'static str,
+    checks: &'static [Check],
+    machine: vm::Machine,
+    /// What the matrix says it does.
+    says: &'static str,
+}
+
+/// lo's receives steered by RPS to CPU 1.
+const RPS_TO_CPU1: &str = "echo 2 > /sys/class/net/lo/queues/rx-0/rps_cpus\n";
+
+const EXTRAS: &[Extra] = &[
+    // `thread_backlog_napi` came with 6.10.
+    Extra {
+        name: "6.12, backlog threads",
+        series: "6.12",
+        checks: &[Check::Backlog],
+        machine: vm::Machine {
+            flavour: Flavour::Cloud,
+            cpus: 2,
+            cmdline: "thread_backlog_napi",
+            setup: RPS_TO_CPU1,
+            suffix: "-backlog",
+        },
+        says: "6.12 on two CPUs with thread_backlog_napi, lo's receives steered to CPU 1: \
+               busybox's ping on CPU 0",
+    },
+    // PREEMPT_RT: softirqs run in preemptible threads, and the programs
+    // keep their state per thread. The plain guest's checks, on the
+    // series' RT build.
+    Extra {
+        name: "6.12 PREEMPT_RT",
+        series: "6.12",
+        checks: &[
+            Check::Realtime,
+            Check::Trace("kprobe"),
+            Check::Trace("fentry"),
+            Check::Trace("tracepoint"),
+            Check::SummaryOnly,
+        ],
+        machine: vm::Machine {
+            flavour: Flavour::Rt,
+            suffix: "-rt",
+            ..vm::PLAIN
+        },
+        says: "6.12's PREEMPT_RT build (-rt-amd64), with the same checks",
+    },
+];
 
 /// The sockets the traced pings send on, each ping's journeys apart.
 const SOCKETS: &[&str] = &["raw", "datagram"];
@@ -74,7 +116,9 @@ impl Check {
                 .collect()
         };
         match self {
-            Check::Probes => vec!["probes".into(), "--format".into(), "json".into()],
+            Check::Probes | Check::Realtime => {
+                vec!["probes".into(), "--format".into(), "json".into()]
+            }
             Check::Trace(b) => trace(&["--backend", b], &both),
             Check::SummaryOnly => trace(&["--summary-only"], &busybox),
             Check::Backlog => trace(&[], &[&["taskset", "-c", "0"][..], &busybox].concat()),
@@ -84,7 +128,7 @@ impl Check {
     /// Its name in the matrix table.
     fn mode(self) -> Option<String> {
         match self {
-            Check::Probes => None,
+            Check::Probes | Check::Realtime => None,
             Check::Trace(b) => Some(b.to_string()),
             Check::SummaryOnly => Some("summary-only".into()),
             Check::Backlog => Some("backlog thread".into()),
@@ -93,7 +137,8 @@ impl Check {
 
     fn check(self, run: &Run) -> Result<()> {
         match self {
-            Check::Probes => check_probes(run),
+            Check::Probes => check_probes(run, false),
+            Check::Realtime => check_probes(run, true),
             Check::Trace(b) => check_trace(run, b).map(|_| ()).with_context(|| {
                 // Runs the kernel skipped (a probe firing inside another
                 // eBPF program): a hint when a journey comes out wrong.
@@ -159,10 +204,16 @@ fn events_line(j: &Value) -> String {
         .join(", ")
 }
 
-pub fn check_probes(run: &Run) -> Result<()> {
+/// Every backend available, and PREEMPT_RT told as it is.
+pub fn check_probes(run: &Run, rt: bool) -> Result<()> {
     ensure!(run.exit == 0, "lotrace probes exited with {}", run.exit);
     let v = json_lines(run)?;
     let p = v.first().context("no output from lotrace probes")?;
+    ensure!(
+        p["preempt_rt"] == rt,
+        "preempt_rt is {}, not {rt}",
+        p["preempt_rt"]
+    );
     for b in BACKENDS {
         ensure!(
             p["backends"][b]["available"] == true,
@@ -490,10 +541,9 @@ struct Outcome {
 
 /// Boots one guest, checks it, and makes its table rows.
 fn boot_and_check(series: &'static str, bin: &Path) -> (String, bool, Result<Vec<Row>>) {
-    let (kernel, checks, machine) = if series == BACKLOG_GUEST {
-        (BACKLOG_SERIES, BACKLOG_CHECKS, &BACKLOG)
-    } else {
-        (series, CHECKS, &vm::PLAIN)
+    let (kernel, checks, machine) = match EXTRAS.iter().find(|e| e.name == series) {
+        Some(e) => (e.series, e.checks, &e.machine),
+        None => (series, CHECKS, &vm::PLAIN),
     };
     match vm::boot(kernel, bin, &runs(checks), false, machine) {
         Ok(g) => {
@@ -552,13 +602,18 @@ pub fn run(bin: &Path, series: &[&str], rounds: u32) -> Result<()> {
         })
         .collect::<Result<_>>()?;
     // Downloads one at a time: they share xtask's apt lists and cache.
+    let extras: Vec<&Extra> = EXTRAS
+        .iter()
+        .filter(|e| series.contains(&e.series))
+        .collect();
     for s in &series {
-        kernels::fetch(s, &vm::vm_dir())?;
+        kernels::fetch(s, Flavour::Cloud, &vm::vm_dir())?;
+    }
+    for e in &extras {
+        kernels::fetch(e.series, e.machine.flavour, &vm::vm_dir())?;
     }
     let mut guests: Vec<&'static str> = series.clone();
-    if series.contains(&BACKLOG_SERIES) {
-        guests.push(BACKLOG_GUEST);
-    }
+    guests.extend(extras.iter().map(|e| e.name));
     let jobs = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(guests.len());
@@ -580,11 +635,8 @@ pub fn run(bin: &Path, series: &[&str], rounds: u32) -> Result<()> {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        if guests.contains(&BACKLOG_GUEST) {
-            println!(
-                "xtask: kernel matrix: and {BACKLOG_SERIES} on two CPUs with thread_backlog_napi, \
-                 lo's receives steered to CPU 1: busybox's ping on CPU 0"
-            );
+        for e in &extras {
+            println!("xtask: kernel matrix: and {}", e.says);
         }
         let start = Instant::now();
         let queue = Mutex::new(guests.iter().copied().collect::<VecDeque<_>>());

@@ -15,7 +15,10 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{kernels, workspace};
+use crate::{
+    kernels::{self, Flavour},
+    workspace,
+};
 
 const MARK: &str = "@@lotrace-vm";
 
@@ -232,7 +235,7 @@ pub fn boot(
     stream: bool,
     machine: &Machine,
 ) -> Result<Guest> {
-    let kernel = kernels::fetch(series, &vm_dir())?;
+    let kernel = kernels::fetch(series, machine.flavour, &vm_dir())?;
     eprintln!(
         "xtask: {series}: Debian kernel {} ({})",
         kernel.release, kernel.version
@@ -337,6 +340,7 @@ const TWO_CPUS: &[&str] = &[
 
 /// How a guest is set up besides its kernel.
 pub struct Machine {
+    pub flavour: Flavour,
     pub cpus: u32,
     /// Appended to the kernel's command line.
     pub cmdline: &'static str,
@@ -348,6 +352,7 @@ pub struct Machine {
 
 /// The guest every check runs in unless it says otherwise.
 pub const PLAIN: Machine = Machine {
+    flavour: Flavour::Cloud,
     cpus: 1,
     cmdline: "",
     setup: "",

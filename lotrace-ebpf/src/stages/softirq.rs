@@ -9,7 +9,7 @@ use crate::kernel::Fields;
 use crate::{
     emit::emit,
     kernel::{CONFIG, config, field, now},
-    maps::state,
+    maps::{next_run, state},
     seen::{Seen, at},
 };
 
@@ -31,12 +31,13 @@ pub(crate) fn entry(ctx: &impl Fields, _probe: ProbeId, vec: TpField) {
     if field::<u32>(ctx, vec) != Some(NET_RX_SOFTIRQ) {
         return;
     }
+    let run = next_run();
     if let Some(st) = state() {
         // Whether this run concerns us is known only once it meets one of
         // our packets: the start is remembered and reported then.
         st.in_net_rx = 1;
         st.softirq_entry_ts = now();
-        st.softirq_run = st.softirq_run.wrapping_add(1);
+        st.softirq_run = run;
         st.entry_emitted = 0;
         st.rx.valid = 0;
         st.last.valid = 0;

@@ -109,7 +109,21 @@ pub fn capabilities(btf: &KernelBtf) -> Caps {
         traceable,
         raw_tp: Err(Unavailable::NeedsRoot(RootOnly::FentryLoad)),
         raw_tracepoints,
+        preempt_rt: is_preempt_rt(
+            std::fs::read_to_string("/sys/kernel/realtime")
+                .ok()
+                .as_deref(),
+            &std::fs::read_to_string("/proc/sys/kernel/version").unwrap_or_default(),
+        ),
     }
+}
+
+/// Whether the kernel is PREEMPT_RT: `/sys/kernel/realtime` says 1 (6.12
+/// on, and the RT patches before), or the build's version string names
+/// it (`#1 SMP PREEMPT_RT Debian ...`), as every RT build's does.
+fn is_preempt_rt(realtime: Option<&str>, version: &str) -> bool {
+    realtime.is_some_and(|r| r.trim() == "1")
+        || version.split_whitespace().any(|w| w == "PREEMPT_RT")
 }
 
 /// Can raw tracepoint programs be loaded here? Loads one in a throwaway
@@ -184,4 +198,23 @@ pub fn probe_fentry(caps: &mut Caps, btf_path: &Path) {
         }
     }
     caps.fentry = result;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_preempt_rt;
+
+    #[test]
+    fn preempt_rt_is_told_by_either_sign() {
+        assert!(is_preempt_rt(Some("1\n"), "#1 SMP PREEMPT_DYNAMIC"));
+        assert!(is_preempt_rt(
+            None,
+            "#1 SMP PREEMPT_RT Debian 6.12.57-1 (2025-11-05)\n"
+        ));
+        assert!(!is_preempt_rt(
+            None,
+            "#1 SMP PREEMPT_DYNAMIC Debian 6.18.44-1"
+        ));
+        assert!(!is_preempt_rt(Some("0"), "#1 SMP PREEMPT_RT_FULL_NOT"));
+    }
 }

@@ -127,6 +127,7 @@ impl Tracer {
         let mut config =
             config::build(&skb, &plan, &ret_arg, &raw, opts.target, opts.summary_only)?;
         config.floor = opts.floor as u8;
+        config.per_thread = caps.preempt_rt as u8;
         // Nothing is streamed when aggregating: the smallest ring will do.
         let ring_size = if opts.summary_only {
             page_size()

@@ -34,6 +34,9 @@ pub struct Caps {
     /// with where each field it reads is: every one is in the
     /// tracepoint's arguments as this kernel's BTF describes them.
     pub raw_tracepoints: BTreeMap<String, Vec<(TpField, RawField)>>,
+    /// A PREEMPT_RT kernel: softirqs run in preemptible threads, so the
+    /// programs keep their state per thread.
+    pub preempt_rt: bool,
 }
 
 /// Whether one probe can be used here, and on what.
@@ -62,6 +65,7 @@ impl Default for Caps {
             traceable: None,
             raw_tp: Err(Unavailable::NotChecked),
             raw_tracepoints: BTreeMap::new(),
+            preempt_rt: false,
         }
     }
 }
@@ -472,6 +476,7 @@ pub(crate) mod tests {
                     Some((format!("{c}:{n}"), fields.collect()))
                 })
                 .collect(),
+            preempt_rt: false,
         }
     }
 

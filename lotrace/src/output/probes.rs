@@ -44,6 +44,13 @@ pub fn text(caps: &Caps, plan: &Plan, kernel: &str) -> String {
         Err(why) => format!("unavailable: {why}"),
     };
     let _ = writeln!(s, "  {:<11} {raw}", "raw tracepoints");
+    if caps.preempt_rt {
+        let _ = writeln!(
+            s,
+            "  {:<11} softirqs run in preemptible threads: the programs keep their state per thread",
+            "PREEMPT_RT"
+        );
+    }
     let _ = writeln!(
         s,
         "\n{:<18} {:<44} {:<4} why not / auto's choice",
@@ -153,7 +160,7 @@ pub fn json(caps: &Caps, plan: &Plan, kernel: &str) -> Value {
         Ok(()) => json!({"available": true, "why": null}),
         Err(why) => json!({"available": false, "why": why.to_string()}),
     };
-    json!({"type": "probes", "kernel": kernel, "backends": backends, "raw_tracepoints": raw, "stages": stages, "machine_cost": cost})
+    json!({"type": "probes", "kernel": kernel, "backends": backends, "raw_tracepoints": raw, "preempt_rt": caps.preempt_rt, "stages": stages, "machine_cost": cost})
 }
 
 #[cfg(test)]
