@@ -241,6 +241,11 @@ pub struct Config {
     /// Byte offsets of `sk_buff.dev` and `net_device.name`.
     pub skb_dev: u32,
     pub dev_name: u32,
+    /// The network namespace (`struct net *`) of a device and of a socket:
+    /// `net_device.nd_net.net` and `sock.__sk_common.skc_net.net`; 0 for
+    /// both on a kernel without network namespaces.
+    pub dev_net: u32,
+    pub sk_net: u32,
     /// Byte offset of each tracepoint field, indexed by [`crate::TpField`];
     /// `u16::MAX` when the field does not exist on this kernel. With
     /// [`TP_DATA_LOC`] set, the field is a `__data_loc` (a `u32` holding the
@@ -300,7 +305,7 @@ const _: () = assert!(crate::catalog::PROBE_COUNT <= RET_ARG_SLOTS);
 
 /// Explicit padding before `ret_probes`, whatever the number of tracepoint
 /// fields: the loader writes `Config` as bytes, so it must have no hole.
-const CONFIG_HEAD: usize = 15 * 4 + 2 * TP_FIELD_COUNT + 7;
+const CONFIG_HEAD: usize = 17 * 4 + 2 * TP_FIELD_COUNT + 7;
 pub const CONFIG_PAD: usize = (8 - CONFIG_HEAD % 8) % 8;
 const _: () = assert!(
     core::mem::size_of::<Config>()
@@ -325,6 +330,8 @@ impl Config {
             sk_protocol: 0,
             skb_dev: 0,
             dev_name: 0,
+            dev_net: 0,
+            sk_net: 0,
             tp: [u16::MAX; TP_FIELD_COUNT],
             net_rx_probe: 0,
             backlog_probe: 0,

@@ -16,7 +16,7 @@ use lotrace_common::{
 
 use crate::{
     aggregate::aggregate_later,
-    filter::{identify, is_tracked, tgid_tid},
+    filter::{identify, is_ours, tgid_tid},
     kernel::{CONFIG, config},
     maps::{EVENTS, LOST, state},
     seen::{Seen, at},
@@ -122,7 +122,7 @@ pub(crate) fn skb_event_aux<C: EbpfContext>(
     aux: impl FnOnce() -> u64,
 ) -> Option<PktKey> {
     let (key, len) = identify(skb, false)?;
-    if !is_tracked(&key) {
+    if !is_ours(&key, skb) {
         return None;
     }
     emit(ctx, &key, at(stage, probe, skb, len, aux()));

@@ -1,6 +1,7 @@
 //! Which processes and packets are traced: the traced command's processes
-//! (`TARGETS`), the echo ids they sent (`TRACKED`), their sockets
-//! (`SOCKS`), and how an skb is recognised as one of those echoes.
+//! (`TARGETS`), the echo ids they sent (`TRACKED`) and in which network
+//! namespace (`TRACKED_NET`, `CROSSED`), their sockets (`SOCKS`), and how
+//! an skb is recognised as one of those echoes.
 
 use aya_ebpf::{helpers::bpf_get_current_pid_tgid, maps::LruHashMap};
 use lotrace_common::{
@@ -15,7 +16,10 @@ use lotrace_common::{
 use crate::kernel::Fields;
 use crate::{
     kernel::{CONFIG, config, field, read_kernel, skb_head_nh},
-    maps::{FRAGS, OWNED, OWNED_SLOTS, SEND_CTX, SKBS, SOCKS, TARGETS, TRACKED, state},
+    maps::{
+        CROSSED, FRAGS, OWNED, OWNED_SLOTS, SEND_CTX, SKBS, SOCKS, TARGETS, TRACKED, TRACKED_NET,
+        state,
+    },
 };
 
 /// Sets a thread's context. A thread keeps its slot between system calls
@@ -65,18 +69,80 @@ pub(crate) fn track_key(key: &PktKey) -> u32 {
     agg::echo_slot(key.family == AF_INET6, key.icmp_id)
 }
 
+/// The network namespace of the device an skb is on, if known.
 #[inline(always)]
-pub(crate) fn is_tracked(key: &PktKey) -> bool {
-    key.valid != 0 && TRACKED.get(track_key(key)).is_some_and(|v| *v != 0)
+fn skb_net(skb: u64) -> Option<u64> {
+    let (off_dev, off_net) = (
+        config(&CONFIG.skb_dev) as u64,
+        config(&CONFIG.dev_net) as u64,
+    );
+    if off_dev == 0 || off_net == 0 {
+        return None;
+    }
+    let dev = read_kernel::<u64>(skb + off_dev)?;
+    if dev == 0 {
+        return None;
+    }
+    read_kernel::<u64>(dev + off_net).filter(|n| *n != 0)
 }
 
-/// Starts tracking an id for the process `tgid`; true if it was not
-/// tracked yet.
+/// The network namespace a socket is in (0: not known).
 #[inline(always)]
-pub(crate) fn track(k: u32, tgid: u32) -> bool {
+pub(crate) fn sock_net(sk: u64) -> u64 {
+    let off = config(&CONFIG.sk_net) as u64;
+    if off == 0 || sk == 0 {
+        return 0;
+    }
+    read_kernel::<u64>(sk + off).unwrap_or(0)
+}
+
+/// Is `skb`, whose headers say `key`, one of the traced echoes? Its id is
+/// tracked, and the skb is in the namespace of the socket that sent the
+/// id, or in one a packet of that process was handed to (see `CROSSED`).
+/// Where the namespace cannot be read, the id decides.
+#[inline(always)]
+pub(crate) fn is_ours(key: &PktKey, skb: u64) -> bool {
+    if key.valid == 0 {
+        return false;
+    }
+    let k = track_key(key);
+    let owner = match TRACKED.get(k) {
+        Some(v) if *v != 0 => *v,
+        _ => return false,
+    };
+    let home = match TRACKED_NET.get(k) {
+        Some(n) if *n != 0 => *n,
+        _ => return true,
+    };
+    let Some(net) = skb_net(skb) else {
+        return true;
+    };
+    if net == home {
+        return true;
+    }
+    let crossed = [net, k as u64];
+    if unsafe { CROSSED.get(&crossed) } == Some(&owner) {
+        return true;
+    }
+    // The transmit of one of ours, under way here, hands this very skb to
+    // another namespace's receive: the echo goes on there.
+    if state().is_some_and(|st| st.xmit_skb == skb) {
+        let _ = CROSSED.insert(&crossed, &owner, 0);
+        return true;
+    }
+    false
+}
+
+/// Starts tracking an id for the process `tgid`, whose socket is in the
+/// namespace `net`; true if it was not tracked yet.
+#[inline(always)]
+pub(crate) fn track(k: u32, tgid: u32, net: u64) -> bool {
     match TRACKED.get_ptr_mut(k) {
         Some(v) if unsafe { *v } == 0 => {
             unsafe { *v = tgid };
+            if let Some(n) = TRACKED_NET.get_ptr_mut(k) {
+                unsafe { *n = net };
+            }
             own(tgid, k);
             true
         }

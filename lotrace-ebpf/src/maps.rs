@@ -49,6 +49,21 @@ pub(crate) static TARGETS: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0)
 #[map]
 pub(crate) static TRACKED: Array<u32> = Array::with_max_entries(agg::ECHOES_MAX, 0);
 
+/// Of each `TRACKED` slot, the network namespace (`struct net *`) of the
+/// socket whose send set it (0: not known). An echo with a tracked id is
+/// the tracked process's only in that namespace, or in one its packets
+/// were handed to (`CROSSED`): another namespace's process may use the
+/// same id (a raw socket's id is often the pid, alike across pid
+/// namespaces).
+#[map]
+pub(crate) static TRACKED_NET: Array<u64> = Array::with_max_entries(agg::ECHOES_MAX, 0);
+
+/// `[namespace, TRACKED slot]` → the owner that slot had when a packet of
+/// its was handed to that namespace (a veth pair's transmit is the
+/// peer's receive): the reply, built there, is the echo's too.
+#[map]
+pub(crate) static CROSSED: LruHashMap<[u64; 2], u32> = LruHashMap::with_max_entries(1024, 0);
+
 /// Per traced process, the `TRACKED` slots it set, plus one (0: none), so
 /// that they are cleared when it ends: an id outlives its process only
 /// until then, and is not another process's later (a pid reused, a

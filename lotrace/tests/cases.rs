@@ -356,6 +356,59 @@ fn another_devices_transmit_is_not_loopback_xmit() {
     assert!(!rows.contains(&"loopback_xmit"), "{rows:?}");
 }
 
+/// Another namespace's ping with the traced ping's id, at the same time:
+/// its echoes carry the same id and sequences, on another namespace's lo.
+/// They are not the traced command's: only its own three journeys, each
+/// stage once. (Echoes that cross namespaces, over veth, are followed
+/// there: `another_devices_transmit_is_not_loopback_xmit`.)
+#[test]
+fn the_same_id_in_another_namespace_is_not_ours() {
+    if skip_without_root() {
+        return;
+    }
+    let _k = kernel_lock();
+    let ours = Netns::new("idours");
+    let other = Netns::new("idother");
+    let mut load = Load(Vec::new());
+    // iputils takes the id it is given on a raw socket (the namespaces
+    // allow no ICMP datagram sockets).
+    load.spawn(
+        &[
+            "ip", "netns", "exec", &other.0, "timeout", "20", "ping", "-q", "-e", "4242", "-c",
+            "60", "-i", "0.05", "127.0.0.1",
+        ],
+        true,
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let ping = ["ping", "-e", "4242", "-c", "3", "-i", "0.2", "127.0.0.1"];
+    let (lines, _) = ours.trace(&ping);
+    let js = journeys(&lines);
+    assert_eq!(js.len(), 3, "{lines:?}");
+    for j in &js {
+        assert_eq!(j["icmp_id"], 4242, "{j}");
+        assert_eq!(j["outcome"]["kind"], "answered", "{j}");
+        assert_eq!(j["complete"], true, "missing {}", j["missing"]);
+        for leg in ["request", "reply"] {
+            let stages: Vec<&str> = events(j, leg)
+                .iter()
+                .filter(|e| e["at_return"] == false)
+                .filter_map(|e| e["stage"].as_str())
+                .collect();
+            for stage in ["dev_queue_xmit", "netif_rx", "netif_receive_skb"] {
+                let n = stages.iter().filter(|s| **s == stage).count();
+                assert_eq!(n, 1, "{leg} {stage} {n} times: {j}");
+            }
+        }
+    }
+    let mut all = vec!["--summary-only"];
+    all.extend_from_slice(&ping);
+    let (lines, _) = ours.trace(&all);
+    let s = summary(&lines);
+    assert_eq!(s["in_kernel"]["answered"], 3, "{s}");
+    assert_eq!(s["in_kernel"]["answered_incomplete"], 0, "{s}");
+    drop(load);
+}
+
 #[test]
 fn raw_and_datagram_sockets_are_told_apart() {
     if skip_without_root() {

@@ -6,7 +6,7 @@ use lotrace_common::{ProbeId, Stage, TpField, catalog::NO_DROP_REASON};
 use crate::kernel::Fields;
 use crate::{
     emit::emit,
-    filter::{identify, in_softirq, is_target, is_tracked, tgid_tid},
+    filter::{identify, in_softirq, is_ours, is_target, tgid_tid},
     kernel::field,
     seen::at,
 };
@@ -24,7 +24,7 @@ pub(crate) fn consume_skb(ctx: &impl Fields, probe: ProbeId, skbaddr: TpField) {
     if free_is_ours()
         && let Some(skb) = field::<u64>(ctx, skbaddr)
         && let Some((key, len)) = identify(skb, true)
-        && is_tracked(&key)
+        && is_ours(&key, skb)
     {
         emit(ctx, &key, at(Stage::Free, probe, skb, len, 0));
     }
@@ -41,7 +41,7 @@ pub(crate) fn kfree_skb(ctx: &impl Fields, probe: ProbeId, skbaddr: TpField, rea
     let Some((key, len)) = identify(skb, true) else {
         return;
     };
-    if !is_tracked(&key) {
+    if !is_ours(&key, skb) {
         return;
     }
     let reason = field::<u32>(ctx, reason).map_or(NO_DROP_REASON, u64::from);

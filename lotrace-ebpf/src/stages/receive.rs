@@ -8,7 +8,7 @@ use lotrace_common::{ProbeId, Stage, TpField, event::is_echo_request};
 use crate::kernel::Fields;
 use crate::{
     emit::{emit, emit_start, skb_event},
-    filter::{identify, is_tracked, reply_of},
+    filter::{identify, is_ours, reply_of},
     kernel::{CONFIG, config, field},
     maps::state,
     seen::at,
@@ -48,7 +48,7 @@ pub(crate) fn netif_receive_skb<C: EbpfContext>(ctx: &C, probe: ProbeId, skb: u6
         st.rx.valid = 0;
         return;
     };
-    if !is_tracked(&key) {
+    if !is_ours(&key, skb) {
         st.rx.valid = 0;
         return;
     }
@@ -124,7 +124,7 @@ pub(crate) fn icmp_echo<C: EbpfContext>(ctx: &C, probe: ProbeId, skb: u64) {
     let Some((key, len)) = identify(skb, false) else {
         return;
     };
-    if !is_tracked(&key) || !is_echo_request(key.family, key.icmp_type) {
+    if !is_ours(&key, skb) || !is_echo_request(key.family, key.icmp_type) {
         return;
     }
     emit(

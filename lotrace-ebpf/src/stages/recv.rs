@@ -7,7 +7,7 @@ use lotrace_common::{ProbeId, Stage, TpField, event::is_echo_reply};
 use crate::kernel::Fields;
 use crate::{
     emit::emit,
-    filter::{get_ctx, identify, is_target, is_tracked, set_ctx, take_ctx, tgid_tid},
+    filter::{get_ctx, identify, is_ours, is_target, set_ctx, take_ctx, tgid_tid},
     kernel::field,
     maps::RECV_CTX,
     seen::at,
@@ -23,7 +23,7 @@ fn copy<C: EbpfContext>(ctx: &C, skb: u64, probe: ProbeId, len: i64) {
     let Some((key, _)) = identify(skb, false) else {
         return;
     };
-    if !is_tracked(&key) || !is_echo_reply(key.family, key.icmp_type) {
+    if !is_ours(&key, skb) || !is_echo_reply(key.family, key.icmp_type) {
         return;
     }
     set_ctx(&RECV_CTX, tid, &key);

@@ -11,7 +11,8 @@ use crate::kernel::Fields;
 use crate::{
     emit::emit,
     filter::{
-        echo_key, get_ctx, is_target, learn_sock, set_ctx, take_ctx, tgid_tid, track, track_key,
+        echo_key, get_ctx, is_target, learn_sock, set_ctx, sock_net, take_ctx, tgid_tid, track,
+        track_key,
     },
     kernel::{field, sk_protocol, sock_of_fd},
     maps::SEND_CTX,
@@ -53,7 +54,7 @@ fn send_starts<C: EbpfContext>(
     };
     set_ctx(&SEND_CTX, tid, &key);
     // Track the id now: the IP output path runs before dev_queue_xmit.
-    track(track_key(&key), tgid_tid().0);
+    track(track_key(&key), tgid_tid().0, sock_net(sk));
     emit(ctx, &key, at(Stage::Sendto, probe, 0, len as u32, 0));
 }
 

@@ -11,7 +11,9 @@ use lotrace_common::{
 use crate::kernel::Fields;
 use crate::{
     emit::emit,
-    filter::{identify, in_softirq, is_target, is_tracked, learn_sock, tgid_tid, track, track_key},
+    filter::{
+        identify, in_softirq, is_ours, is_target, learn_sock, sock_net, tgid_tid, track, track_key,
+    },
     kernel::{CONFIG, config, dev_name, field, read_kernel},
     maps::state,
     seen::at,
@@ -25,7 +27,7 @@ pub(crate) fn ip_output<C: EbpfContext>(ctx: &C, probe: ProbeId, skb: u64) {
         return;
     };
     track_send(ctx, skb, &key);
-    if is_tracked(&key) {
+    if is_ours(&key, skb) {
         emit(ctx, &key, at(Stage::IpOutput, probe, skb, len, 0));
     }
 }
@@ -38,18 +40,19 @@ fn track_send<C: EbpfContext>(ctx: &C, skb: u64, key: &lotrace_common::PktKey) -
     let mut sock_type = 0u32;
     if is_echo_request(key.family, key.icmp_type) {
         let (tgid, _) = tgid_tid();
-        let k = track_key(key);
         if !in_softirq() && is_target(tgid) {
-            if track(k, tgid) {
+            let off = config(&CONFIG.skb_sk) as u64;
+            let sk = if off != 0 {
+                read_kernel::<u64>(skb + off).unwrap_or(0)
+            } else {
+                0
+            };
+            if track(track_key(key), tgid, sock_net(sk)) {
                 info!(ctx, "tracking echo id {} of tgid {}", key.icmp_id, tgid);
             }
             // The reply is delivered to this socket, possibly before the
             // send returns: learn it now.
-            let off = config(&CONFIG.skb_sk) as u64;
-            if off != 0
-                && let Some(sk) = read_kernel::<u64>(skb + off)
-                && sk != 0
-            {
+            if sk != 0 {
                 learn_sock(sk);
                 // Raw or datagram ICMP socket: the report says which.
                 let t_off = config(&CONFIG.sk_type) as u64;
@@ -70,7 +73,7 @@ pub(crate) fn dev_queue_xmit<C: EbpfContext>(ctx: &C, probe: ProbeId, skb: u64) 
         return;
     };
     let sock_type = track_send(ctx, skb, &key);
-    if !is_tracked(&key) {
+    if !is_ours(&key, skb) {
         return;
     }
     let mut e = at(Stage::DevQueueXmit, probe, skb, len, dev_name(skb));
@@ -101,7 +104,7 @@ fn xmit_start<C: EbpfContext>(ctx: &C, probe: ProbeId, skb: u64, lo_fn: bool) {
     let Some((key, len)) = identify(skb, false) else {
         return;
     };
-    if !is_tracked(&key) {
+    if !is_ours(&key, skb) {
         return;
     }
     let name = dev_name(skb);

@@ -25,6 +25,10 @@ pub struct SkbOffsets {
     /// `sk_buff.dev` and `net_device.name`.
     pub dev: u32,
     pub dev_name: u32,
+    /// `net_device.nd_net.net` and `sock.__sk_common.skc_net.net` (0: no
+    /// network namespaces in this kernel).
+    pub dev_net: u32,
+    pub sk_net: u32,
     /// From a file descriptor to its socket (see `Config::task_files`).
     pub task_files: u32,
     pub files_fdt: u32,
@@ -77,7 +81,33 @@ impl KernelBtf {
             file_private_data: self.offset("file", "private_data")?,
             socket_sk: self.offset("socket", "sk")?,
             sk_protocol: self.offset("sock", "sk_protocol")?,
+            dev_net: self.net_of("net_device", &["nd_net"]).unwrap_or(0),
+            sk_net: self
+                .net_of("sock", &["__sk_common", "skc_net"])
+                .unwrap_or(0),
         })
+    }
+
+    /// Where the `struct net *` of a `possible_net_t` reached by `path`
+    /// from `struct name` is; `None` when the kernel has no network
+    /// namespaces (the type is then empty) or the path is not there.
+    fn net_of(&self, name: &str, path: &[&str]) -> Option<u32> {
+        let mut bits = 0;
+        let mut t = self
+            .btf
+            .resolve_types_by_name(name)
+            .ok()?
+            .into_iter()
+            .find(|t| matches!(t, Type::Struct(_)))?;
+        for member in path.iter().chain(&["net"]) {
+            let Type::Struct(s) = self.strip(t)? else {
+                return None;
+            };
+            let (at, next) = self.find_member_type(&s, member, 0, 0)?;
+            bits += at;
+            t = next;
+        }
+        (bits % 8 == 0 && bits > 0).then_some(bits / 8)
     }
 
     fn offset(&self, name: &str, member: &str) -> Result<u32> {

@@ -37,6 +37,8 @@ pub fn build(
     config.sk_type = skb.sk_type;
     config.skb_dev = skb.dev;
     config.dev_name = skb.dev_name;
+    config.dev_net = skb.dev_net;
+    config.sk_net = skb.sk_net;
     config.task_files = skb.task_files;
     config.files_fdt = skb.files_fdt;
     config.fdt_fd = skb.fdt_fd;
