@@ -245,3 +245,12 @@ pub(crate) fn sock_of_fd(fd: i32) -> Option<u64> {
 pub(crate) fn sk_protocol(sk: u64) -> Option<u16> {
     read_kernel(sk + config(&CONFIG.sk_protocol) as u64)
 }
+
+/// A socket's type (`SOCK_RAW`, `SOCK_DGRAM`, ...).
+#[inline(always)]
+pub(crate) fn sk_type(sk: u64) -> Option<u16> {
+    match config(&CONFIG.sk_type) as u64 {
+        0 => None,
+        off => read_kernel(sk + off),
+    }
+}

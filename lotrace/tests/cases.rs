@@ -374,8 +374,21 @@ fn the_same_id_in_another_namespace_is_not_ours() {
     // allow no ICMP datagram sockets).
     load.spawn(
         &[
-            "ip", "netns", "exec", &other.0, "timeout", "20", "ping", "-q", "-e", "4242", "-c",
-            "60", "-i", "0.05", "127.0.0.1",
+            "ip",
+            "netns",
+            "exec",
+            &other.0,
+            "timeout",
+            "20",
+            "ping",
+            "-q",
+            "-e",
+            "4242",
+            "-c",
+            "60",
+            "-i",
+            "0.05",
+            "127.0.0.1",
         ],
         true,
     );
@@ -428,6 +441,67 @@ fn raw_and_datagram_sockets_are_told_apart() {
         // The send's events, read with ping's own id, joined the packet's.
         assert!(events(j, "request").iter().any(|e| e["stage"] == "sendto"));
     }
+}
+
+/// Echo requests with id 0x4242 and sequences 1 to `n`, `gap_ms` apart,
+/// on an ICMP socket of `kind` (`SOCK_RAW` or `SOCK_DGRAM`; a datagram
+/// socket replaces the id with its own), waiting for each answer when
+/// `wait`.
+fn echo_script(kind: &str, n: u16, gap_ms: u32, wait: bool) -> String {
+    format!(
+        "import socket, time\n\
+         def csum(b):\n\
+         \x20   s = sum(b[i] << 8 | b[i + 1] for i in range(0, len(b), 2))\n\
+         \x20   s = (s >> 16) + (s & 0xffff)\n\
+         \x20   return ~(s + (s >> 16)) & 0xffff\n\
+         s = socket.socket(socket.AF_INET, socket.{kind}, socket.IPPROTO_ICMP)\n\
+         s.settimeout(2)\n\
+         for seq in range(1, {n} + 1):\n\
+         \x20   m = bytes([8, 0, 0, 0, 0x42, 0x42, 0, seq]) + b'x' * 8\n\
+         \x20   c = csum(m)\n\
+         \x20   s.sendto(m[:2] + bytes([c >> 8, c & 0xff]) + m[4:], ('127.0.0.1', 0))\n\
+         \x20   if {wait}: s.recv(100)\n\
+         \x20   time.sleep({gap_ms} / 1000)\n",
+        wait = if wait { "True" } else { "False" }
+    )
+}
+
+/// A datagram socket sends under an id of its own, not the one in the
+/// buffer: that one is not tracked. Another process's raw echoes with the
+/// buffer's id, at the same time, are not the traced command's.
+#[test]
+fn a_datagram_sends_buffer_id_is_not_tracked() {
+    if skip_without_root() {
+        return;
+    }
+    let _k = kernel_lock();
+    let ns = Netns::new("dgramid");
+    ns.exec(&["sysctl", "-qw", "net.ipv4.ping_group_range=0 2147483647"]);
+    let mut load = Load(Vec::new());
+    load.spawn(
+        &[
+            "ip",
+            "netns",
+            "exec",
+            &ns.0,
+            "timeout",
+            "20",
+            "python3",
+            "-c",
+            &echo_script("SOCK_RAW", 60, 50, false),
+        ],
+        true,
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let (lines, _) = ns.trace(&["python3", "-c", &echo_script("SOCK_DGRAM", 3, 200, true)]);
+    let js = journeys(&lines);
+    assert_eq!(js.len(), 3, "{lines:?}");
+    for j in &js {
+        assert_eq!(j["socket"], "datagram", "{j}");
+        assert_ne!(j["icmp_id"], 0x4242, "{j}");
+        assert_eq!(j["outcome"]["kind"], "answered", "{j}");
+    }
+    drop(load);
 }
 
 #[test]

@@ -4,7 +4,9 @@
 use aya_ebpf::{EbpfContext, helpers::bpf_probe_read_user};
 use lotrace_common::{
     ProbeId, Stage, TpField,
-    event::{AF_INET, AF_INET6, ICMP_ECHO, ICMPV6_ECHO_REQUEST, IPPROTO_ICMP, IPPROTO_ICMPV6},
+    event::{
+        AF_INET, AF_INET6, ICMP_ECHO, ICMPV6_ECHO_REQUEST, IPPROTO_ICMP, IPPROTO_ICMPV6, SOCK_RAW,
+    },
 };
 
 use crate::kernel::Fields;
@@ -14,7 +16,7 @@ use crate::{
         echo_key, get_ctx, is_target, learn_sock, set_ctx, sock_net, take_ctx, tgid_tid, track,
         track_key,
     },
-    kernel::{field, sk_protocol, sock_of_fd},
+    kernel::{field, sk_protocol, sk_type, sock_of_fd},
     maps::SEND_CTX,
     seen::at,
 };
@@ -53,8 +55,13 @@ fn send_starts<C: EbpfContext>(
         return;
     };
     set_ctx(&SEND_CTX, tid, &key);
-    // Track the id now: the IP output path runs before dev_queue_xmit.
-    track(track_key(&key), tgid_tid().0, sock_net(sk));
+    // Track the id now: the IP output path runs before dev_queue_xmit. Only
+    // on a raw socket: a datagram socket sends under an id of its own (the
+    // buffer's, often 0xffff, is no packet's), tracked where its packet
+    // is first seen.
+    if sk_type(sk) == Some(SOCK_RAW as u16) {
+        track(track_key(&key), tgid_tid().0, sock_net(sk));
+    }
     emit(ctx, &key, at(Stage::Sendto, probe, 0, len as u32, 0));
 }
 

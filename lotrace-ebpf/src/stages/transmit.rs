@@ -14,7 +14,7 @@ use crate::{
     filter::{
         identify, in_softirq, is_ours, is_target, learn_sock, sock_net, tgid_tid, track, track_key,
     },
-    kernel::{CONFIG, config, dev_name, field, read_kernel},
+    kernel::{CONFIG, config, dev_name, field, read_kernel, sk_type},
     maps::state,
     seen::at,
 };
@@ -55,10 +55,7 @@ fn track_send<C: EbpfContext>(ctx: &C, skb: u64, key: &lotrace_common::PktKey) -
             if sk != 0 {
                 learn_sock(sk);
                 // Raw or datagram ICMP socket: the report says which.
-                let t_off = config(&CONFIG.sk_type) as u64;
-                if t_off != 0 {
-                    sock_type = read_kernel::<u16>(sk + t_off).unwrap_or(0) as u32;
-                }
+                sock_type = sk_type(sk).unwrap_or(0) as u32;
             }
         }
     }
