@@ -24,12 +24,13 @@ pub const ICMPV6_ECHO_REPLY: u8 = 129;
 /// Bytes read at once from `skb->network_header` to get `skb->head` too.
 pub const SKB_WINDOW: usize = 32;
 
-/// Where the 8 bytes of `skb->head` start in a `SKB_WINDOW`-byte read at
-/// `skb->network_header`, if they are inside it (the header offsets sit
-/// just before `head` in every layout so far: 12 to 16 bytes apart).
-pub const fn head_in_window(off_nh: u64, off_head: u64) -> Option<usize> {
-    if off_head > off_nh && off_head - off_nh + 8 <= SKB_WINDOW as u64 {
-        Some((off_head - off_nh) as usize)
+/// Where a `size`-byte field at offset `off` starts in a
+/// `SKB_WINDOW`-byte read at `skb->network_header`, if it is inside it
+/// (`tail` and `head` sit just after the header offsets in every layout
+/// so far: 4 and 12 to 16 bytes on).
+pub const fn in_window(off_nh: u64, off: u64, size: u64) -> Option<usize> {
+    if off > off_nh && off - off_nh + size <= SKB_WINDOW as u64 {
+        Some((off - off_nh) as usize)
     } else {
         None
     }
@@ -408,19 +409,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn head_is_inside_the_window_or_read_apart() {
-        for nh in [0u64, 180, 200] {
-            for gap in 0..64u64 {
-                match head_in_window(nh, nh + gap) {
-                    Some(i) => {
-                        assert_eq!(i as u64, gap);
-                        assert!(gap > 0 && i + 8 <= SKB_WINDOW);
-                        assert_eq!(i & (SKB_WINDOW - 1), i, "the mask must not move it");
+    fn fields_are_inside_the_window_or_read_apart() {
+        for size in [4u64, 8] {
+            for nh in [0u64, 180, 200] {
+                for gap in 0..64u64 {
+                    match in_window(nh, nh + gap, size) {
+                        Some(i) => {
+                            assert_eq!(i as u64, gap);
+                            assert!(gap > 0 && i + size as usize <= SKB_WINDOW);
+                            assert_eq!(i & (SKB_WINDOW - 1), i, "the mask must not move it");
+                        }
+                        None => assert!(gap == 0 || gap + size > SKB_WINDOW as u64),
                     }
-                    None => assert!(gap == 0 || gap + 8 > SKB_WINDOW as u64),
                 }
+                assert_eq!(in_window(nh + 8, nh, size), None);
             }
-            assert_eq!(head_in_window(nh + 8, nh), None);
         }
     }
 }

@@ -15,7 +15,7 @@ use lotrace_common::{
 
 use crate::kernel::Fields;
 use crate::{
-    kernel::{CONFIG, config, field, read_kernel, skb_head_nh},
+    kernel::{CONFIG, config, field, read_kernel, skb_head_nh_tail},
     maps::{
         CROSSED, FRAGS, OWNED, OWNED_SLOTS, SEND_CTX, SKBS, SOCKS, TARGETS, TRACKED, TRACKED_NET,
         state,
@@ -222,11 +222,11 @@ pub(crate) fn read_skb(skb: u64) -> Option<(Header, u32)> {
     if off_head == 0 || off_tail == 0 {
         return None;
     }
-    let (head, nh) = skb_head_nh(skb, off_head, off_nh)?;
+    let (head, nh, tail) = skb_head_nh_tail(skb, off_head, off_nh, off_tail)?;
     if nh == u16::MAX || head == 0 {
         return None;
     }
-    let end = head + read_kernel::<u32>(skb + off_tail)? as u64;
+    let end = head + tail as u64;
     // The length only goes into streamed events: aggregation skips the read.
     let len: u32 = if config(&CONFIG.summary_only) != 0 {
         0

@@ -9,7 +9,7 @@ use aya_ebpf::{
 };
 use lotrace_common::{
     Config, ProbeId, TpField,
-    event::{RAW_HOPS, SKB_WINDOW, TP_DATA_LOC, head_in_window},
+    event::{RAW_HOPS, SKB_WINDOW, TP_DATA_LOC, in_window},
 };
 
 /// Offsets filled in by the loader (see `Config`).
@@ -177,21 +177,39 @@ pub(crate) fn now() -> u64 {
     unsafe { bpf_ktime_get_ns() }
 }
 
-/// `skb->head` and `skb->network_header`. They are a few bytes apart in
-/// every layout so far (the header offsets sit just before `head`): one
-/// read of both when so, two otherwise.
+/// `skb->head`, `skb->network_header` and `skb->tail`. They are a few
+/// bytes apart in every layout so far (the header offsets, then `tail`,
+/// `end` and `head`): one read of all three when so, three otherwise.
 #[inline(always)]
-pub(crate) fn skb_head_nh(skb: u64, off_head: u64, off_nh: u64) -> Option<(u64, u16)> {
-    if let Some(i) = head_in_window(off_nh, off_head) {
+pub(crate) fn skb_head_nh_tail(
+    skb: u64,
+    off_head: u64,
+    off_nh: u64,
+    off_tail: u64,
+) -> Option<(u64, u16, u32)> {
+    if let (Some(h), Some(t)) = (
+        in_window(off_nh, off_head, 8),
+        in_window(off_nh, off_tail, 4),
+    ) {
         let buf: [u8; SKB_WINDOW] = read_kernel(skb + off_nh)?;
-        // Masked (and bounds-checked by the slice) so the verifier sees
-        // the 8 bytes inside the buffer.
-        let i = i & (SKB_WINDOW - 1);
-        let mut h = [0u8; 8];
-        h.copy_from_slice(&buf[i..i + 8]);
-        return Some((u64::from_le_bytes(h), u16::from_le_bytes([buf[0], buf[1]])));
+        // Masked (and bounds-checked by the slices) so the verifier sees
+        // the bytes inside the buffer.
+        let (h, t) = (h & (SKB_WINDOW - 1), t & (SKB_WINDOW - 1));
+        let mut head = [0u8; 8];
+        head.copy_from_slice(&buf[h..h + 8]);
+        let mut tail = [0u8; 4];
+        tail.copy_from_slice(&buf[t..t + 4]);
+        return Some((
+            u64::from_le_bytes(head),
+            u16::from_le_bytes([buf[0], buf[1]]),
+            u32::from_le_bytes(tail),
+        ));
     }
-    Some((read_kernel(skb + off_head)?, read_kernel(skb + off_nh)?))
+    Some((
+        read_kernel(skb + off_head)?,
+        read_kernel(skb + off_nh)?,
+        read_kernel(skb + off_tail)?,
+    ))
 }
 
 /// The first 8 bytes of the name of the device an skb is on.
