@@ -16,9 +16,10 @@ use lotrace_common::{
 
 use crate::{
     aggregate::aggregate_later,
-    filter::{identify, is_ours, tgid_tid},
+    filter::{is_ours, tgid_tid},
     kernel::{CONFIG, config},
     maps::{EVENTS, LOST, state},
+    packet::identify,
     seen::{Seen, at},
 };
 

@@ -12,8 +12,9 @@
 //!
 //! - `programs`: the programs, generated from the probe table;
 //! - `stages/`: their handlers, one module per family of stages;
-//! - `filter`: which processes and packets are traced, and how a packet
-//!   is recognised;
+//! - `filter`: which processes, echo ids and namespaces are traced;
+//! - `packet`: what an skb is (its headers, or its address when they are
+//!   out of reach);
 //! - `kernel`: reads of kernel memory at the offsets the loader found;
 //! - `seen`, `emit` and `aggregate`: what a stage saw of a packet, and
 //!   what becomes of it: streamed, or aggregated (`--summary-only`);
@@ -33,6 +34,8 @@ mod filter;
 mod kernel;
 #[cfg(target_arch = "bpf")]
 mod maps;
+#[cfg(target_arch = "bpf")]
+mod packet;
 #[cfg(target_arch = "bpf")]
 mod programs;
 #[cfg(target_arch = "bpf")]

@@ -86,7 +86,7 @@ pub(crate) static SOCKS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(1024
 pub(crate) static SEND_CTX: LruHashMap<u32, PktKey> = LruHashMap::with_max_entries(1024, 0);
 
 /// Traced packets whose ICMP header is out of reach (see
-/// `filter::identify`), by skb address, until their free. LRU: an skb
+/// `packet::identify`), by skb address, until their free. LRU: an skb
 /// freed where no probe sees it must not hold its slot for ever.
 #[map]
 pub(crate) static SKBS: LruHashMap<u64, PktKey> = LruHashMap::with_max_entries(4096, 0);

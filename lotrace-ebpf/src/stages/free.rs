@@ -6,8 +6,9 @@ use lotrace_common::{ProbeId, Stage, TpField, catalog::NO_DROP_REASON};
 use crate::kernel::Fields;
 use crate::{
     emit::emit,
-    filter::{identify, in_softirq, is_ours, is_target, tgid_tid},
+    filter::{in_softirq, is_ours, is_target, tgid_tid},
     kernel::field,
+    packet::identify,
     seen::at,
 };
 

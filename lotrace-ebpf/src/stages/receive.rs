@@ -8,9 +8,10 @@ use lotrace_common::{ProbeId, Stage, TpField, event::is_echo_request};
 use crate::kernel::Fields;
 use crate::{
     emit::{emit, emit_start, skb_event},
-    filter::{identify, is_ours, reply_of},
+    filter::is_ours,
     kernel::{CONFIG, config, field},
     maps::state,
+    packet::{identify, reply_of},
     seen::at,
 };
 

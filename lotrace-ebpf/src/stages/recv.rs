@@ -7,9 +7,10 @@ use lotrace_common::{ProbeId, Stage, TpField, event::is_echo_reply};
 use crate::kernel::Fields;
 use crate::{
     emit::emit,
-    filter::{get_ctx, identify, is_ours, is_target, set_ctx, take_ctx, tgid_tid},
+    filter::{get_ctx, is_ours, is_target, set_ctx, take_ctx, tgid_tid},
     kernel::field,
     maps::RECV_CTX,
+    packet::identify,
     seen::at,
 };
 

@@ -7,9 +7,10 @@ use lotrace_common::{ProbeId, Stage, TpField, event::is_echo_request};
 use crate::kernel::Fields;
 use crate::{
     emit::emit,
-    filter::{get_ctx, is_target, reply_of, tgid_tid},
+    filter::{get_ctx, is_target, tgid_tid},
     kernel::{field, field_name},
     maps::{SEND_CTX, state},
+    packet::reply_of,
     seen::at,
 };
 

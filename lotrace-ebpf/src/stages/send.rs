@@ -13,11 +13,11 @@ use crate::kernel::Fields;
 use crate::{
     emit::emit,
     filter::{
-        echo_key, get_ctx, is_target, learn_sock, set_ctx, sock_net, take_ctx, tgid_tid, track,
-        track_key,
+        get_ctx, is_target, learn_sock, set_ctx, sock_net, take_ctx, tgid_tid, track, track_key,
     },
     kernel::{field, sk_protocol, sk_type, sock_of_fd},
     maps::SEND_CTX,
+    packet::echo_key,
     seen::at,
 };
 

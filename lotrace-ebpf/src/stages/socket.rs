@@ -7,9 +7,10 @@ use lotrace_common::{ProbeId, Stage, TpField};
 use crate::kernel::Fields;
 use crate::{
     emit::emit,
-    filter::{follow_copy, is_target},
+    filter::is_target,
     kernel::field,
     maps::{SOCKS, state},
+    packet::follow_copy,
     seen::at,
 };
 

@@ -11,11 +11,10 @@ use lotrace_common::{
 use crate::kernel::Fields;
 use crate::{
     emit::emit,
-    filter::{
-        identify, in_softirq, is_ours, is_target, learn_sock, sock_net, tgid_tid, track, track_key,
-    },
+    filter::{in_softirq, is_ours, is_target, learn_sock, sock_net, tgid_tid, track, track_key},
     kernel::{CONFIG, config, dev_name, field, read_kernel, sk_type},
     maps::state,
+    packet::identify,
     seen::at,
 };
 
