@@ -78,7 +78,7 @@ pub struct Hop {
     pub cpu: u32,
     pub pid: u32,
     pub tgid: u32,
-    pub comm: String,
+    pub comm: Comm,
     pub context: Context,
     pub softirq_run: u32,
     /// The skb the probe saw (0: none; the route lookup's is a device name).
@@ -115,12 +115,37 @@ impl Hop {
     }
 }
 
+/// A task's name as the kernel keeps it (NUL-padded, 16 bytes): every hop
+/// has one, and a flood has millions of hops, so it is not a `String`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Comm(pub [u8; 16]);
+
+impl Comm {
+    /// Up to the first NUL; `?` when that is not UTF-8.
+    pub fn as_str(&self) -> &str {
+        let end = self.0.iter().position(|&c| c == 0).unwrap_or(16);
+        std::str::from_utf8(&self.0[..end]).unwrap_or("?")
+    }
+}
+
+impl std::fmt::Display for Comm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for Comm {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 /// Where the NET_RX softirq that received a leg ran.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SoftirqWhere {
     pub context: Context,
     pub cpu: u32,
-    pub comm: String,
+    pub comm: Comm,
     pub pid: u32,
     /// From the leg's enqueue on the backlog (netif_rx) to the start of
     /// the NET_RX run that received it, when both were seen.
@@ -440,7 +465,7 @@ pub fn build_journey(mut events: Vec<Event>, expected: &[Expected]) -> Journey {
             cpu: ev.cpu,
             pid: ev.tid,
             tgid: ev.tgid,
-            comm: ev.comm_str().to_string(),
+            comm: Comm(ev.comm),
             context: Context::of(ev),
             softirq_run: ev.softirq_run,
             skb: ev.skb,
@@ -532,7 +557,7 @@ pub fn build_journey(mut events: Vec<Event>, expected: &[Expected]) -> Journey {
         Some(SoftirqWhere {
             context: rx.context.clone(),
             cpu: rx.cpu,
-            comm: rx.comm.clone(),
+            comm: rx.comm,
             pid: rx.pid,
             wait_ns,
             entered,

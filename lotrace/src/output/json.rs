@@ -28,69 +28,63 @@ fn outcome_json(o: &Outcome, meta: &Meta) -> Value {
     }
 }
 
-/// One event of a journey as JSON: written through serde's derive, not
-/// a `Value` tree, because floods render hundreds of thousands of them.
-#[derive(serde::Serialize)]
-struct HopOut<'a> {
-    stage: &'static str,
-    at_return: bool,
-    t_ns: i64,
-    delta_ns: u64,
-    cpu: u32,
-    pid: u32,
-    tgid: u32,
-    comm: &'a str,
-    context: &'static str,
-    probe: std::borrow::Cow<'a, str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    detail: Option<String>,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    fragment: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    explain: Option<&'static str>,
-}
-
-fn hop_out<'a>(h: &'a Hop, meta: &'a Meta, style: Style) -> HopOut<'a> {
-    HopOut {
-        stage: h.stage.name(),
-        at_return: h.probe.info().at_return,
-        t_ns: h.t_ns,
-        delta_ns: h.delta_ns,
-        cpu: h.cpu,
-        pid: h.pid,
-        tgid: h.tgid,
-        comm: &h.comm,
-        context: h.context.name(),
-        probe: meta.probe_label(h.probe),
-        detail: detail(h, meta),
-        fragment: h.fragment,
-        explain: style.explain.map(|lang| explain(h.stage, lang)),
+/// A string as JSON, escaped exactly as serde_json escapes it. Most of
+/// a journey's strings need no escape at all, and are copied as they are.
+fn push_json_str(out: &mut String, s: &str) {
+    if s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
+        out.push_str(&serde_json::to_string(s).expect("a string serializes"));
+    } else {
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
     }
 }
 
-#[derive(serde::Serialize)]
-struct LegOut<'a> {
-    leg: &'static str,
-    softirq: Value,
-    events: Vec<HopOut<'a>>,
-}
-
-#[derive(serde::Serialize)]
-struct JourneyOut<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    icmp_seq: u16,
-    icmp_id: u16,
-    family: &'static str,
-    target: &'a Option<String>,
-    rtt_ns: Option<u64>,
-    ping_rtt_ns: Option<u64>,
-    total_ns: u64,
-    complete: bool,
-    socket: Option<&'static str>,
-    outcome: Value,
-    missing: Value,
-    legs: Vec<LegOut<'a>>,
+/// A leg's events as a JSON array, written by hand rather than through
+/// serde: a flood renders millions of events, and most of serde's time
+/// went into escaping the same field names again and again. The fields,
+/// in order: stage, at_return, t_ns, delta_ns, cpu, pid, tgid, comm,
+/// context, probe, then detail, fragment and explain when they apply.
+fn hops_json<'a>(hops: impl Iterator<Item = &'a Hop>, meta: &Meta, style: Style) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(4096);
+    out.push('[');
+    for (i, h) in hops.enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str("{\"stage\":");
+        push_json_str(&mut out, h.stage.name());
+        let _ = write!(
+            out,
+            ",\"at_return\":{},\"t_ns\":{},\"delta_ns\":{},\"cpu\":{},\"pid\":{},\"tgid\":{},\"comm\":",
+            h.probe.info().at_return,
+            h.t_ns,
+            h.delta_ns,
+            h.cpu,
+            h.pid,
+            h.tgid
+        );
+        push_json_str(&mut out, h.comm.as_str());
+        out.push_str(",\"context\":");
+        push_json_str(&mut out, h.context.name());
+        out.push_str(",\"probe\":");
+        push_json_str(&mut out, &meta.probe_label(h.probe));
+        if let Some(d) = detail(h, meta) {
+            out.push_str(",\"detail\":");
+            push_json_str(&mut out, &d);
+        }
+        if h.fragment {
+            out.push_str(",\"fragment\":true");
+        }
+        if let Some(lang) = style.explain {
+            out.push_str(",\"explain\":");
+            push_json_str(&mut out, explain(h.stage, lang));
+        }
+        out.push('}');
+    }
+    out.push(']');
+    out
 }
 
 fn softirq_json(s: &Option<SoftirqWhere>) -> Value {
@@ -99,7 +93,7 @@ fn softirq_json(s: &Option<SoftirqWhere>) -> Value {
         Some(s) => json!({
             "context": s.context.name(),
             "cpu": s.cpu,
-            "comm": s.comm,
+            "comm": s.comm.as_str(),
             "pid": s.pid,
             "wait_ns": s.wait_ns,
             "entered": s.entered,
@@ -107,46 +101,67 @@ fn softirq_json(s: &Option<SoftirqWhere>) -> Value {
     }
 }
 
-fn journey_out<'a>(d: &'a Done, meta: &'a Meta, style: Style) -> JourneyOut<'a> {
-    let j = &d.journey;
-    let legs = [Leg::Request, Leg::Reply]
-        .iter()
-        .enumerate()
-        .map(|(i, &leg)| LegOut {
-            leg: leg.name(),
-            softirq: softirq_json(&j.softirq[i]),
-            events: j.leg(leg).map(|h| hop_out(h, meta, style)).collect(),
-        })
-        .collect();
-    JourneyOut {
-        kind: "journey",
-        icmp_seq: j.icmp_seq,
-        icmp_id: j.icmp_id,
-        family: j.family_name(),
-        target: &meta.target,
-        rtt_ns: j.rtt_ns,
-        ping_rtt_ns: d.ping_rtt_ns,
-        total_ns: j.total_ns,
-        complete: j.complete(),
-        socket: j.socket_name(),
-        outcome: outcome_json(&j.outcome, meta),
-        missing: j
-            .missing
-            .iter()
-            .map(|(l, s)| json!({"leg": l.map(|l| l.name()), "stage": s.name()}))
-            .collect(),
-        legs,
-    }
+/// Appends `v` as JSON.
+fn push_json<T: serde::Serialize + ?Sized>(out: &mut String, v: &T) {
+    out.push_str(&serde_json::to_string(v).expect("plain data serializes"));
 }
 
-/// A journey as one line of JSON.
+/// A journey as one line of JSON, written by hand (see [`hops_json`]).
+/// The keys, in order: type, icmp_seq, icmp_id, family, target, rtt_ns,
+/// ping_rtt_ns, total_ns, complete, socket, outcome, missing, legs (each
+/// leg: leg, softirq, events).
 pub fn journey_json_line(d: &Done, meta: &Meta, style: Style) -> String {
-    serde_json::to_string(&journey_out(d, meta, style)).expect("plain data serializes")
+    use std::fmt::Write as _;
+    let j = &d.journey;
+    let mut out = String::with_capacity(8192);
+    let _ = write!(
+        out,
+        "{{\"type\":\"journey\",\"icmp_seq\":{},\"icmp_id\":{},\"family\":",
+        j.icmp_seq, j.icmp_id
+    );
+    push_json_str(&mut out, j.family_name());
+    out.push_str(",\"target\":");
+    push_json(&mut out, &meta.target);
+    out.push_str(",\"rtt_ns\":");
+    push_json(&mut out, &j.rtt_ns);
+    out.push_str(",\"ping_rtt_ns\":");
+    push_json(&mut out, &d.ping_rtt_ns);
+    let _ = write!(
+        out,
+        ",\"total_ns\":{},\"complete\":{},\"socket\":",
+        j.total_ns,
+        j.complete()
+    );
+    push_json(&mut out, &j.socket_name());
+    out.push_str(",\"outcome\":");
+    push_json(&mut out, &outcome_json(&j.outcome, meta));
+    out.push_str(",\"missing\":");
+    let missing: Value = j
+        .missing
+        .iter()
+        .map(|(l, s)| json!({"leg": l.map(|l| l.name()), "stage": s.name()}))
+        .collect();
+    push_json(&mut out, &missing);
+    out.push_str(",\"legs\":[");
+    for (i, leg) in [Leg::Request, Leg::Reply].into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str("{\"leg\":");
+        push_json_str(&mut out, leg.name());
+        out.push_str(",\"softirq\":");
+        push_json(&mut out, &softirq_json(&j.softirq[i]));
+        out.push_str(",\"events\":");
+        out.push_str(&hops_json(j.leg(leg), meta, style));
+        out.push('}');
+    }
+    out.push_str("]}");
+    out
 }
 
 /// A journey as a JSON value (the same object as `journey_json_line`).
 pub fn journey_json(d: &Done, meta: &Meta, style: Style) -> Value {
-    serde_json::to_value(journey_out(d, meta, style)).expect("plain data serializes")
+    serde_json::from_str(&journey_json_line(d, meta, style)).expect("the line is JSON")
 }
 
 fn hist_json(h: &Histogram) -> Value {
@@ -217,6 +232,24 @@ mod tests {
         Lang,
         testdata::{done, meta},
     };
+
+    #[test]
+    fn strings_are_escaped_as_serde_escapes_them() {
+        for t in [
+            "ping",
+            "ksoftirqd/1",
+            "a\"quote",
+            "back\\slash",
+            "tab\tnew\nline\u{1}",
+            "网络 软中断",
+            "del\u{7f}",
+            "",
+        ] {
+            let mut out = String::new();
+            push_json_str(&mut out, t);
+            assert_eq!(out, serde_json::to_string(t).unwrap(), "{t:?}");
+        }
+    }
 
     #[test]
     fn explanations_in_json() {
