@@ -40,13 +40,26 @@ fn push_json_str(out: &mut String, s: &str) {
     }
 }
 
+/// One of lotrace's own names (a stage, a context), which never need an
+/// escape (a test holds every one to that).
+fn push_name(out: &mut String, s: &str) {
+    out.push('"');
+    out.push_str(s);
+    out.push('"');
+}
+
+/// Appends `",\"key\":n"`.
+fn push_num(out: &mut String, key: &str, n: impl itoa::Integer) {
+    out.push_str(key);
+    out.push_str(itoa::Buffer::new().format(n));
+}
+
 /// A leg's events as a JSON array, written by hand rather than through
 /// serde: a flood renders millions of events, and most of serde's time
 /// went into escaping the same field names again and again. The fields,
 /// in order: stage, at_return, t_ns, delta_ns, cpu, pid, tgid, comm,
 /// context, probe, then detail, fragment and explain when they apply.
 fn hops_json<'a>(hops: impl Iterator<Item = &'a Hop>, meta: &Meta, style: Style) -> String {
-    use std::fmt::Write as _;
     let mut out = String::with_capacity(4096);
     out.push('[');
     for (i, h) in hops.enumerate() {
@@ -54,20 +67,21 @@ fn hops_json<'a>(hops: impl Iterator<Item = &'a Hop>, meta: &Meta, style: Style)
             out.push(',');
         }
         out.push_str("{\"stage\":");
-        push_json_str(&mut out, h.stage.name());
-        let _ = write!(
-            out,
-            ",\"at_return\":{},\"t_ns\":{},\"delta_ns\":{},\"cpu\":{},\"pid\":{},\"tgid\":{},\"comm\":",
-            h.probe.info().at_return,
-            h.t_ns,
-            h.delta_ns,
-            h.cpu,
-            h.pid,
-            h.tgid
-        );
+        push_name(&mut out, h.stage.name());
+        out.push_str(if h.probe.info().at_return {
+            ",\"at_return\":true"
+        } else {
+            ",\"at_return\":false"
+        });
+        push_num(&mut out, ",\"t_ns\":", h.t_ns);
+        push_num(&mut out, ",\"delta_ns\":", h.delta_ns);
+        push_num(&mut out, ",\"cpu\":", h.cpu);
+        push_num(&mut out, ",\"pid\":", h.pid);
+        push_num(&mut out, ",\"tgid\":", h.tgid);
+        out.push_str(",\"comm\":");
         push_json_str(&mut out, h.comm.as_str());
         out.push_str(",\"context\":");
-        push_json_str(&mut out, h.context.name());
+        push_name(&mut out, h.context.name());
         out.push_str(",\"probe\":");
         push_json_str(&mut out, &meta.probe_label(h.probe));
         if let Some(d) = detail(h, meta) {
@@ -232,6 +246,25 @@ mod tests {
         Lang,
         testdata::{done, meta},
     };
+
+    #[test]
+    fn names_written_unescaped_need_no_escape() {
+        use crate::model::journey::Context;
+        use lotrace_common::catalog::STAGES;
+        let contexts = [
+            Context::Task,
+            Context::SoftirqInline,
+            Context::Ksoftirqd,
+            Context::BacklogThread,
+        ];
+        let names = STAGES
+            .iter()
+            .map(|s| s.name)
+            .chain(contexts.iter().map(|c| c.name()));
+        for n in names {
+            assert_eq!(serde_json::to_string(n).unwrap(), format!("\"{n}\""));
+        }
+    }
 
     #[test]
     fn strings_are_escaped_as_serde_escapes_them() {
