@@ -250,6 +250,38 @@ pub fn expected_stages(covered: &[Stage], target: Option<&str>) -> Vec<Stage> {
 
 type Key = (u8, u16, u16);
 
+/// A hasher for the builder's small integer keys: every event looks its
+/// journey up, and std's default (SipHash, made to resist chosen keys)
+/// costs more than the rest of the lookup. The keys are echo ids and
+/// sequences.
+#[derive(Clone, Copy, Default)]
+pub struct KeyHasher(u64);
+
+impl std::hash::Hasher for KeyHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(b as u64);
+        }
+    }
+    fn write_u8(&mut self, n: u8) {
+        self.write_u64(n as u64);
+    }
+    fn write_u16(&mut self, n: u16) {
+        self.write_u64(n as u64);
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(n as u64);
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type FastMap<K, V> = std::collections::HashMap<K, V, std::hash::BuildHasherDefault<KeyHasher>>;
+
 struct Open {
     events: Vec<Event>,
     first_ts: u64,
@@ -260,13 +292,13 @@ struct Open {
 /// (per-CPU producers share one ring); a journey is closed once no event
 /// has touched it for `quiet_ns`, or at the end.
 pub struct JourneyBuilder {
-    open: BTreeMap<Key, Open>,
+    open: FastMap<Key, Open>,
     /// Ids rewritten by a datagram socket: (family, ping's id, seq, thread)
     /// → the packet's id, for the send's events that come after.
     aliases: BTreeMap<(u8, u16, u16, u32), u16>,
     /// Journeys opened by a send: (family, seq, thread) → their key, so a
     /// datagram socket's packet finds its send without a scan.
-    sends: std::collections::HashMap<(u8, u16, u32), Key>,
+    sends: FastMap<(u8, u16, u32), Key>,
     expected: Vec<Expected>,
     quiet_ns: u64,
     max_open: usize,
@@ -277,9 +309,9 @@ pub struct JourneyBuilder {
 impl JourneyBuilder {
     pub fn new(expected: Vec<Expected>, quiet_ns: u64) -> JourneyBuilder {
         JourneyBuilder {
-            open: BTreeMap::new(),
+            open: FastMap::default(),
             aliases: BTreeMap::new(),
-            sends: std::collections::HashMap::new(),
+            sends: FastMap::default(),
             expected,
             quiet_ns,
             max_open: 4096,
@@ -418,10 +450,15 @@ impl JourneyBuilder {
         self.open.len()
     }
 
+    /// Builds the journeys of `keys`, oldest first (by key among those
+    /// that began at once, so the order never depends on the map's).
     fn close(&mut self, keys: Vec<Key>) -> Vec<Journey> {
-        let mut opens: Vec<Open> = keys.iter().filter_map(|k| self.open.remove(k)).collect();
-        opens.sort_by_key(|o| o.first_ts);
-        opens.into_iter().map(|o| self.build(o)).collect()
+        let mut opens: Vec<(Key, Open)> = keys
+            .into_iter()
+            .filter_map(|k| Some((k, self.open.remove(&k)?)))
+            .collect();
+        opens.sort_by_key(|(k, o)| (o.first_ts, *k));
+        opens.into_iter().map(|(_, o)| self.build(o)).collect()
     }
 
     fn build(&self, o: Open) -> Journey {
