@@ -50,24 +50,32 @@ pub fn explain(stage: Stage, lang: Lang) -> &'static str {
 
 /// 1234 → "1.23 µs".
 pub fn fmt_ns(ns: u64) -> String {
-    let f = ns as f64;
-    if ns < 1_000 {
-        format!("{ns} ns")
-    } else if ns < 1_000_000 {
-        format!("{:.2} µs", f / 1e3)
-    } else if ns < 1_000_000_000 {
-        format!("{:.2} ms", f / 1e6)
-    } else {
-        format!("{:.2} s", f / 1e9)
-    }
+    let mut s = String::new();
+    write_ns(&mut s, ns);
+    s
 }
 
-pub(crate) fn fmt_signed(ns: i64) -> String {
-    if ns < 0 {
-        format!("-{}", fmt_ns(ns.unsigned_abs()))
+/// [`fmt_ns`] into a string of the caller's.
+pub fn write_ns(s: &mut String, ns: u64) {
+    use std::fmt::Write as _;
+    let f = ns as f64;
+    let _ = if ns < 1_000 {
+        write!(s, "{ns} ns")
+    } else if ns < 1_000_000 {
+        write!(s, "{:.2} µs", f / 1e3)
+    } else if ns < 1_000_000_000 {
+        write!(s, "{:.2} ms", f / 1e6)
     } else {
-        fmt_ns(ns as u64)
+        write!(s, "{:.2} s", f / 1e9)
+    };
+}
+
+/// [`write_ns`] of a time that may be negative.
+pub(crate) fn write_signed_ns(s: &mut String, ns: i64) {
+    if ns < 0 {
+        s.push('-');
     }
+    write_ns(s, ns.unsigned_abs());
 }
 
 /// Writes to stdout, returning an error (a closed pipe is one) instead of
@@ -122,6 +130,8 @@ mod tests {
         assert_eq!(fmt_ns(12_345), "12.35 µs");
         assert_eq!(fmt_ns(1_500_000), "1.50 ms");
         assert_eq!(fmt_ns(2_000_000_000), "2.00 s");
-        assert_eq!(fmt_signed(-1500), "-1.50 µs");
+        let mut s = String::new();
+        write_signed_ns(&mut s, -1500);
+        assert_eq!(s, "-1.50 µs");
     }
 }

@@ -12,9 +12,10 @@ use crate::{
         stats::{Histogram, Stats},
     },
     output::{
-        Style, explain, fmt_ns, fmt_signed,
+        Style, explain, fmt_ns,
         hist::histograms,
         words::{detail, outcome_words, softirq_words},
+        write_ns, write_signed_ns,
     },
 };
 
@@ -29,6 +30,24 @@ fn short_probe(p: ProbeId, meta: &Meta) -> String {
         Some(tp) => tp.rsplit(':').next().unwrap_or(tp).to_string(),
         None => label.into_owned(),
     }
+}
+
+fn spaces(s: &mut String, n: usize) {
+    for _ in 0..n {
+        s.push(' ');
+    }
+}
+
+/// `text` left-aligned in `width` characters, as `{:<width}` does.
+fn pad(s: &mut String, text: &str, width: usize) {
+    s.push_str(text);
+    spaces(s, width.saturating_sub(text.chars().count()));
+}
+
+/// `text` right-aligned in `width` characters, as `{:>width}` does.
+fn pad_right(s: &mut String, text: &str, width: usize) {
+    spaces(s, width.saturating_sub(text.chars().count()));
+    s.push_str(text);
 }
 
 fn target(meta: &Meta) -> &str {
@@ -69,28 +88,53 @@ pub fn journey_text(d: &Done, meta: &Meta, style: Style) -> String {
         "leg", "stage", "+prev", "since send", "cpu", "task", "context"
     );
     let mut explained = Vec::new();
+    // One scratch string for the right-aligned times: a flood prints
+    // millions of lines.
+    let mut tmp = String::new();
     for h in &j.hops {
-        let stage = if h.probe.info().at_return {
-            format!("{} ↩", h.stage.name())
+        let start = s.len();
+        s.push_str("   ");
+        pad(&mut s, h.leg.name(), 8);
+        s.push(' ');
+        let stage = h.stage.name();
+        s.push_str(stage);
+        if h.probe.info().at_return {
+            s.push_str(" ↩");
+            spaces(&mut s, 26 - 2 - stage.len().min(24));
         } else {
-            h.stage.name().to_string()
-        };
-        let task = format!("{}/{}", h.comm, h.pid);
-        let mut line = format!(
-            "   {:<8} {:<26} {:>10} {:>11} {:>4}  {:<20} {:<9} {}",
-            h.leg.name(),
-            stage,
-            fmt_ns(h.delta_ns),
-            fmt_signed(h.t_ns),
-            h.cpu,
-            task,
-            h.context.name(),
-            short_probe(h.probe, meta)
-        );
-        if let Some(d) = detail(h, meta) {
-            let _ = write!(line, "  ({d})");
+            spaces(&mut s, 26 - stage.len().min(26));
         }
-        let _ = writeln!(s, "{}", line.trim_end());
+        s.push(' ');
+        tmp.clear();
+        write_ns(&mut tmp, h.delta_ns);
+        pad_right(&mut s, &tmp, 10);
+        s.push(' ');
+        tmp.clear();
+        write_signed_ns(&mut tmp, h.t_ns);
+        pad_right(&mut s, &tmp, 11);
+        s.push(' ');
+        pad_right(&mut s, itoa::Buffer::new().format(h.cpu), 4);
+        s.push_str("  ");
+        let comm = h.comm.as_str();
+        let mut pid = itoa::Buffer::new();
+        let pid = pid.format(h.pid);
+        s.push_str(comm);
+        s.push('/');
+        s.push_str(pid);
+        spaces(
+            &mut s,
+            20usize.saturating_sub(comm.chars().count() + 1 + pid.len()),
+        );
+        s.push(' ');
+        pad(&mut s, h.context.name(), 9);
+        s.push(' ');
+        s.push_str(&short_probe(h.probe, meta));
+        if let Some(d) = detail(h, meta) {
+            let _ = write!(s, "  ({d})");
+        }
+        let end = start + s[start..].trim_end().len();
+        s.truncate(end);
+        s.push('\n');
         if let Some(lang) = style.explain
             && !explained.contains(&h.stage)
         {
