@@ -286,7 +286,19 @@ struct Open {
     events: Vec<Event>,
     first_ts: u64,
     last_ts: u64,
+    /// Its close stage (ping's receive returning the reply) was seen.
+    ended: bool,
 }
+
+/// How long a journey whose close stage was seen waits for stragglers
+/// (other CPUs' events, ping's own line) before it is shown: with the
+/// 10 ms drain, a journey is on screen about 60 ms after it ended, not a
+/// whole quiet period later.
+pub const ENDED_GRACE_NS: u64 = 50_000_000;
+
+/// Shown journeys remembered, so that a straggler is not taken for a new
+/// journey; past this many, those older than a quiet period go.
+const SHOWN_MAX: usize = 65536;
 
 /// Groups a stream of events into journeys. Events may arrive out of order
 /// (per-CPU producers share one ring); a journey is closed once no event
@@ -300,18 +312,35 @@ pub struct JourneyBuilder {
     /// datagram socket's packet finds its send without a scan.
     sends: FastMap<(u8, u16, u32), Key>,
     expected: Vec<Expected>,
+    /// The reply stage that ends a journey (see `Rules::close_stage`),
+    /// when this trace observes it.
+    close_stage: Option<Stage>,
+    /// Journeys already built: key → their last event's time. An event of
+    /// one that comes within a quiet period after it is a straggler.
+    shown: FastMap<Key, u64>,
     quiet_ns: u64,
     max_open: usize,
-    /// Events that carried no packet identity or an unknown stage.
+    /// Events that carried no packet identity or an unknown stage, or came
+    /// after their journey had been built.
     pub discarded: u64,
 }
 
 impl JourneyBuilder {
     pub fn new(expected: Vec<Expected>, quiet_ns: u64) -> JourneyBuilder {
+        let has = |st: Stage| expected.iter().any(|e| e.stage == st);
+        let close = Rules::for_covered(
+            &[Stage::Recvmsg, Stage::CopyToUser]
+                .into_iter()
+                .filter(|st| has(*st))
+                .collect::<Vec<_>>(),
+        )
+        .close_stage;
         JourneyBuilder {
             open: FastMap::default(),
             aliases: BTreeMap::new(),
             sends: FastMap::default(),
+            close_stage: Stage::from_u8(close).filter(|st| has(*st)),
+            shown: FastMap::default(),
             expected,
             quiet_ns,
             max_open: 4096,
@@ -344,12 +373,25 @@ impl JourneyBuilder {
             return Vec::new();
         }
         let key = (ev.family, ev.icmp_id, ev.icmp_seq);
+        if let Some(&last) = self.shown.get(&key) {
+            if ev.ts_ns <= last.saturating_add(self.quiet_ns) {
+                self.discarded += 1;
+                return Vec::new();
+            }
+            self.shown.remove(&key);
+        }
         self.adopt_send(&ev, key);
         let o = self.open.entry(key).or_insert(Open {
             events: Vec::new(),
             first_ts: ev.ts_ns,
             last_ts: ev.ts_ns,
+            ended: false,
         });
+        if Some(ev.stage) == self.close_stage.map(|st| st as u8)
+            && is_echo_reply(ev.family, ev.icmp_type)
+        {
+            o.ended = true;
+        }
         o.first_ts = o.first_ts.min(ev.ts_ns);
         o.last_ts = o.last_ts.max(ev.ts_ns);
         // A single journey has a few dozen events; a runaway one (an id and
@@ -428,15 +470,24 @@ impl JourneyBuilder {
         }
     }
 
-    /// Closes the journeys that have been quiet for `quiet_ns` as of `now_ns`
-    /// (same clock as the events), oldest first.
+    /// Closes, as of `now_ns` (same clock as the events), oldest first, the
+    /// journeys that have been quiet for `quiet_ns`, and those that ended
+    /// (their close stage seen) and have been quiet for
+    /// [`ENDED_GRACE_NS`].
     pub fn take_ready(&mut self, now_ns: u64) -> Vec<Journey> {
+        let grace = ENDED_GRACE_NS.min(self.quiet_ns);
         let ready: Vec<Key> = self
             .open
             .iter()
-            .filter(|(_, o)| o.last_ts.saturating_add(self.quiet_ns) <= now_ns)
+            .filter(|(_, o)| {
+                let wait = if o.ended { grace } else { self.quiet_ns };
+                o.last_ts.saturating_add(wait) <= now_ns
+            })
             .map(|(k, _)| *k)
             .collect();
+        let quiet = self.quiet_ns;
+        self.shown
+            .retain(|_, last| last.saturating_add(quiet) > now_ns);
         self.close(ready)
     }
 
@@ -458,6 +509,15 @@ impl JourneyBuilder {
             .filter_map(|k| Some((k, self.open.remove(&k)?)))
             .collect();
         opens.sort_by_key(|(k, o)| (o.first_ts, *k));
+        if self.shown.len() + opens.len() > SHOWN_MAX {
+            let newest = opens.iter().map(|(_, o)| o.last_ts).max().unwrap_or(0);
+            let quiet = self.quiet_ns;
+            self.shown
+                .retain(|_, last| last.saturating_add(quiet) > newest);
+        }
+        for (k, o) in &opens {
+            self.shown.insert(*k, o.last_ts);
+        }
         opens.into_iter().map(|(_, o)| self.build(o)).collect()
     }
 
@@ -861,6 +921,55 @@ pub(crate) mod tests {
         assert_eq!(ready.len(), 1);
         assert_eq!(ready[0].icmp_seq, 1);
         assert_eq!(b.open_count(), 1);
+    }
+
+    #[test]
+    fn an_ended_journey_is_shown_after_a_grace_not_a_quiet_period() {
+        let quiet = 1_000_000_000;
+        let mut b = JourneyBuilder::new(expected_for(&all_probes()), quiet);
+        let full = echo(1, 0);
+        let last = full.iter().map(|e| e.ts_ns).max().unwrap();
+        for e in full {
+            b.push(e);
+        }
+        // Another echo's request, not answered yet.
+        for e in echo(2, 10_000)
+            .into_iter()
+            .filter(|e| is_echo_request(e.family, e.icmp_type))
+        {
+            b.push(e);
+        }
+        assert!(b.take_ready(last + ENDED_GRACE_NS - 1).is_empty());
+        let ready = b.take_ready(last + ENDED_GRACE_NS);
+        assert_eq!(
+            ready.iter().map(|j| j.icmp_seq).collect::<Vec<_>>(),
+            vec![1]
+        );
+        assert!(ready[0].complete());
+        assert_eq!(b.open_count(), 1, "the unanswered one waits for quiet");
+    }
+
+    #[test]
+    fn a_straggler_of_a_shown_journey_is_not_a_new_one() {
+        let quiet = 1_000_000_000;
+        let mut b = JourneyBuilder::new(expected_for(&all_probes()), quiet);
+        let full = echo(1, 0);
+        let last = full.iter().map(|e| e.ts_ns).max().unwrap();
+        let late = full[0];
+        for e in full {
+            b.push(e);
+        }
+        assert_eq!(b.take_ready(last + ENDED_GRACE_NS).len(), 1);
+        let mut e = late;
+        e.ts_ns = last + ENDED_GRACE_NS + 1;
+        assert!(b.push(e).is_empty());
+        assert_eq!(b.discarded, 1);
+        assert_eq!(b.open_count(), 0);
+        // A quiet period later the key is a new echo's (a wrapped sequence).
+        e.ts_ns = last + quiet + 1;
+        b.push(e);
+        assert_eq!(b.open_count(), 1);
+        assert_eq!(b.discarded, 1);
     }
 
     #[test]
