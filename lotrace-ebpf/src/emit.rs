@@ -88,12 +88,14 @@ pub(crate) fn emit<C: EbpfContext>(ctx: &C, key: &PktKey, e: Seen) {
         icmp_seq: key.icmp_seq,
         _pad1: [0; 6],
     });
-    // Batching: lotrace is woken once a sixteenth of the ring is waiting
-    // (it also drains every 50 ms), not for every event. Each wake-up is
-    // an interrupt on the CPU the traced packet runs on.
+    // lotrace drains the ring every 10 ms on a timer of its own, and is
+    // woken from here only when half the ring is waiting, lest events be
+    // lost. A wake-up from here comes from the traced packet's CPU, and the
+    // scheduler then tends to run lotrace on that CPU, in the traced
+    // command's way (docs/internals.md has the numbers).
     let waiting = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
     let size = EVENTS.query(BPF_RB_RING_SIZE as u64);
-    let flags = if waiting >= size / 16 {
+    let flags = if waiting >= size / 2 {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
