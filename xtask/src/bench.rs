@@ -172,21 +172,31 @@ fn run_ping(flood: bool, n: u32) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Runs the ping under lotrace (JSON to stdout, ping's lines to stderr);
-/// returns ping's output and lotrace's summary.
+/// Runs the ping under lotrace (JSON to a file, ping's lines to stderr);
+/// returns ping's output and lotrace's summary. The journeys go to a file,
+/// not a pipe to xtask: reading 100 MB from a pipe would take a CPU from
+/// the machine being measured, and charge it to lotrace.
 fn run_lotrace(lotrace: &Path, extra: &[&str], flood: bool, n: u32) -> Result<(String, Value)> {
     let args = ping_args(flood, n);
+    let path = std::env::temp_dir().join(format!("lotrace-bench-{}.json", std::process::id()));
+    let file =
+        std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
     let out = Command::new(lotrace)
         .args(["trace", "--format", "json"])
         .args(extra)
         .args(&args)
+        .stdout(file)
         .output()
-        .context("running lotrace")?;
+        .context("running lotrace");
+    let json = std::fs::read_to_string(&path);
+    let _ = std::fs::remove_file(&path);
+    let out = out?;
     if !out.status.success() {
         bail!("lotrace failed: {}", String::from_utf8_lossy(&out.stderr));
     }
-    let summary = String::from_utf8_lossy(&out.stdout)
+    let summary = json?
         .lines()
+        .rev()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .find(|v| v["type"] == "summary")
         .context("no summary from lotrace")?;
