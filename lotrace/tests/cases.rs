@@ -372,14 +372,10 @@ fn the_same_id_in_another_namespace_is_not_ours() {
     let mut load = Load(Vec::new());
     // iputils takes the id it is given on a raw socket (the namespaces
     // allow no ICMP datagram sockets).
-    load.spawn(
+    load.spawn_in(
+        &other,
+        "20",
         &[
-            "ip",
-            "netns",
-            "exec",
-            &other.0,
-            "timeout",
-            "20",
             "ping",
             "-q",
             "-e",
@@ -390,7 +386,6 @@ fn the_same_id_in_another_namespace_is_not_ours() {
             "0.05",
             "127.0.0.1",
         ],
-        true,
     );
     std::thread::sleep(Duration::from_millis(300));
     let ping = ["ping", "-e", "4242", "-c", "3", "-i", "0.2", "127.0.0.1"];
@@ -478,19 +473,10 @@ fn a_datagram_sends_buffer_id_is_not_tracked() {
     let ns = Netns::new("dgramid");
     ns.exec(&["sysctl", "-qw", "net.ipv4.ping_group_range=0 2147483647"]);
     let mut load = Load(Vec::new());
-    load.spawn(
-        &[
-            "ip",
-            "netns",
-            "exec",
-            &ns.0,
-            "timeout",
-            "20",
-            "python3",
-            "-c",
-            &echo_script("SOCK_RAW", 60, 50, false),
-        ],
-        true,
+    load.spawn_in(
+        &ns,
+        "20",
+        &["python3", "-c", &echo_script("SOCK_RAW", 60, 50, false)],
     );
     std::thread::sleep(Duration::from_millis(300));
     let (lines, _) = ns.trace(&["python3", "-c", &echo_script("SOCK_DGRAM", 3, 200, true)]);
@@ -567,14 +553,10 @@ fn a_dropped_copy_does_not_drop_the_echo() {
     let ns = Netns::new("copydrop");
     ns.exec(&["sysctl", "-qw", "net.ipv4.icmp_echo_ignore_all=1"]);
     let mut load = Load(Vec::new());
-    load.spawn(
+    load.spawn_in(
+        &ns,
+        "30",
         &[
-            "ip",
-            "netns",
-            "exec",
-            &ns.0,
-            "timeout",
-            "30",
             "python3",
             "-c",
             // Filled first with a few datagrams of its own.
@@ -586,7 +568,6 @@ fn a_dropped_copy_does_not_drop_the_echo() {
              for i in range(32): u.sendto(b'x', ('127.0.0.1', 9))\n\
              time.sleep(30)",
         ],
-        true,
     );
     std::thread::sleep(Duration::from_millis(500));
     // ping fails (nothing answered): its status is lotrace's.
@@ -648,6 +629,15 @@ impl Load {
             c.stdout(Stdio::null()).stderr(Stdio::null());
         }
         self.0.push(c.spawn().unwrap());
+    }
+}
+
+impl Load {
+    /// Starts `args` quietly in namespace `ns`, for `seconds` at most.
+    fn spawn_in(&mut self, ns: &Netns, seconds: &str, args: &[&str]) {
+        let mut all = vec!["ip", "netns", "exec", ns.0.as_str(), "timeout", seconds];
+        all.extend_from_slice(args);
+        self.spawn(&all, true);
     }
 }
 
