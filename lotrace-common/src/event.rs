@@ -191,12 +191,6 @@ impl Event {
         })
     }
 
-    /// The task name, up to its first NUL.
-    pub fn comm_str(&self) -> &str {
-        let end = self.comm.iter().position(|&c| c == 0).unwrap_or(16);
-        core::str::from_utf8(&self.comm[..end]).unwrap_or("?")
-    }
-
     pub fn key(&self) -> PktKey {
         PktKey {
             icmp_id: self.icmp_id,

@@ -12,8 +12,8 @@ use lotrace_common::{
         AF_INET, AF_INET6, FLAG_FRAGMENT, FLAG_NET_RX, FLAG_PACKET, is_echo_reply, is_echo_request,
     },
     journey::{
-        ECHO_SOCK, Echo, End, Masks, Obs, Ran, Rules, also_meets, builds, still_expected,
-        unroutable,
+        ECHO_SOCK, Echo, End, Masks, Obs, Ran, Rules, also_meets, builds, close_stage,
+        still_expected, unroutable,
     },
 };
 
@@ -131,12 +131,6 @@ impl Comm {
 impl std::fmt::Display for Comm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
-    }
-}
-
-impl PartialEq<&str> for Comm {
-    fn eq(&self, other: &&str) -> bool {
-        self.as_str() == *other
     }
 }
 
@@ -328,18 +322,12 @@ pub struct JourneyBuilder {
 impl JourneyBuilder {
     pub fn new(expected: Vec<Expected>, quiet_ns: u64) -> JourneyBuilder {
         let has = |st: Stage| expected.iter().any(|e| e.stage == st);
-        let close = Rules::for_covered(
-            &[Stage::Recvmsg, Stage::CopyToUser]
-                .into_iter()
-                .filter(|st| has(*st))
-                .collect::<Vec<_>>(),
-        )
-        .close_stage;
+        let close = close_stage(has(Stage::Recvmsg), has(Stage::CopyToUser));
         JourneyBuilder {
             open: FastMap::default(),
             aliases: BTreeMap::new(),
             sends: FastMap::default(),
-            close_stage: Stage::from_u8(close).filter(|st| has(*st)),
+            close_stage: Some(close).filter(|st| has(*st)),
             shown: FastMap::default(),
             expected,
             quiet_ns,
