@@ -9,7 +9,7 @@
 //! lotrace's RSS to show it stays flat.
 
 use std::{
-    io::{BufRead, BufReader, Read},
+    io::{BufRead, BufReader},
     path::Path,
     process::{Command, Stdio},
     time::{Duration, Instant},
@@ -17,6 +17,12 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
+
+mod bpftrace;
+mod bystander;
+
+use bpftrace::{Bpftrace, bpftrace_probes};
+use bystander::footprint;
 
 pub struct BenchOptions {
     pub count: u32,
@@ -77,38 +83,6 @@ struct Sample {
     tracer_cpu_ns: u64,
     tracer_wall_ns: u64,
     tracer_rss_kb: u64,
-}
-
-/// The probes `lotrace trace` attaches by default on this kernel, as
-/// bpftrace names them.
-fn bpftrace_probes(lotrace: &Path) -> Result<Vec<String>> {
-    let out = Command::new(lotrace)
-        .args(["probes", "--format", "json"])
-        .output()
-        .context("running lotrace probes")?;
-    let v: Value = serde_json::from_slice(&out.stdout).context("lotrace probes JSON")?;
-    let mut probes = Vec::new();
-    for st in v["stages"].as_array().context("stages")? {
-        for c in st["candidates"].as_array().context("candidates")? {
-            if c["chosen"] != true {
-                continue;
-            }
-            let p = c["probe"].as_str().context("probe")?;
-            // Debian's bpftrace (0.17) has no raw tracepoints: it counts
-            // the classic tracepoint where lotrace attaches raw (see `run`).
-            let p = p
-                .replacen("raw_tracepoint:", "tracepoint:", 1)
-                .replacen("fentry:", "kfunc:", 1)
-                .replacen("fexit:", "kretfunc:", 1);
-            if !probes.contains(&p) {
-                probes.push(p);
-            }
-        }
-    }
-    if probes.is_empty() {
-        bail!("lotrace probes chose no probe on this kernel");
-    }
-    Ok(probes)
 }
 
 /// From a flood's output: time per ping (ns, ping's own clock: the time it
@@ -212,59 +186,6 @@ fn ping_time(text: &str) -> Result<Duration> {
         .context("no time in ping's summary")
 }
 
-struct Bpftrace {
-    child: std::process::Child,
-}
-
-impl Bpftrace {
-    fn start(probes: &[String]) -> Result<Bpftrace> {
-        let script = format!("{} {{ @[probe] = count(); }}", probes.join(",\n"));
-        let mut child = Command::new("bpftrace")
-            .args(["-e", &script])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("running bpftrace")?;
-        let mut out = BufReader::new(child.stdout.take().context("stdout")?);
-        let mut line = String::new();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            line.clear();
-            if out.read_line(&mut line)? == 0 {
-                let mut err = String::new();
-                let _ = child.stderr.take().map(|mut e| e.read_to_string(&mut err));
-                bail!("bpftrace ended before attaching: {}", err.trim());
-            }
-            if line.starts_with("Attaching") {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!("bpftrace did not attach within 60 s");
-            }
-        }
-        // "Attaching" is printed before the probes are: give it time.
-        std::thread::sleep(Duration::from_secs(2));
-        child.stdout = Some(out.into_inner());
-        Ok(Bpftrace { child })
-    }
-
-    /// Stops it; returns how many probe hits it counted and its peak RSS.
-    fn stop(mut self) -> Result<(u64, u64)> {
-        // SAFETY: kill has no memory-safety preconditions.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        let mut text = String::new();
-        if let Some(mut o) = self.child.stdout.take() {
-            o.read_to_string(&mut text)?;
-        }
-        let rss = reap(self.child.id())?;
-        let hits = text
-            .lines()
-            .filter_map(|l| l.rsplit_once(": ")?.1.trim().parse::<u64>().ok())
-            .sum();
-        Ok((hits, rss))
-    }
-}
-
 /// CPU time (user + system) of a live process so far, from /proc.
 fn proc_cpu_ns(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -287,80 +208,6 @@ fn reap(pid: u32) -> Result<u64> {
         bail!("wait4: {}", std::io::Error::last_os_error());
     }
     Ok(ru.ru_maxrss.max(0) as u64)
-}
-
-/// How long the system calls (getppid) and the loopback UDP round trips of
-/// this process, which no trace targets, take over `window`: ns each.
-fn bystander(window: Duration) -> Result<(f64, f64)> {
-    let sock = std::net::UdpSocket::bind("127.0.0.1:0").context("bystander socket")?;
-    sock.set_read_timeout(Some(Duration::from_secs(1)))?;
-    let to = sock.local_addr()?;
-    let (mut sys, mut sys_n, mut udp, mut udp_n) = (Duration::ZERO, 0u64, Duration::ZERO, 0u64);
-    let mut buf = [0u8; 64];
-    let end = Instant::now() + window;
-    while Instant::now() < end {
-        let t = Instant::now();
-        for _ in 0..1000 {
-            // SAFETY: getppid has no preconditions.
-            std::hint::black_box(unsafe { libc::getppid() });
-        }
-        sys += t.elapsed();
-        sys_n += 1000;
-        let t = Instant::now();
-        for _ in 0..100 {
-            sock.send_to(&buf[..32], to)?;
-            sock.recv_from(&mut buf)
-                .context("bystander's own datagram")?;
-        }
-        udp += t.elapsed();
-        udp_n += 100;
-    }
-    Ok((
-        sys.as_nanos() as f64 / sys_n.max(1) as f64,
-        udp.as_nanos() as f64 / udp_n.max(1) as f64,
-    ))
-}
-
-/// The bystander's times with this mode's probes attached: under lotrace
-/// tracing `sleep` (every probe attached, nothing of its own to trace),
-/// under the counting bpftrace, or with nothing attached.
-fn footprint(mode: Mode, lotrace: &Path, probes: &[String]) -> Result<(f64, f64)> {
-    let window = Duration::from_secs(2);
-    match mode {
-        Mode::Untraced => bystander(window),
-        Mode::Bpftrace => {
-            let bt = Bpftrace::start(probes)?;
-            let r = bystander(window);
-            bt.stop()?;
-            r
-        }
-        Mode::Lotrace | Mode::Summary | Mode::Floor => {
-            let mut child = Command::new(lotrace)
-                .args(["trace", "--format", "json"])
-                .args(mode.lotrace_options())
-                .args(["sleep", "5"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .context("running lotrace")?;
-            // The traced command starts once every probe is attached.
-            let children = format!("/proc/{0}/task/{0}/children", child.id());
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while std::fs::read_to_string(&children).is_ok_and(|c| c.trim().is_empty()) {
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                    bail!("lotrace did not start its command within 60 s");
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let r = bystander(window);
-            let st = child.wait()?;
-            if !st.success() {
-                bail!("lotrace trace sleep 5: {st}");
-            }
-            r
-        }
-    }
 }
 
 fn sample(mode: Mode, lotrace: &Path, probes: &[String], n: u32) -> Result<Sample> {
@@ -389,10 +236,10 @@ fn sample(mode: Mode, lotrace: &Path, probes: &[String], n: u32) -> Result<Sampl
         Mode::Bpftrace => {
             let bt = Bpftrace::start(probes)?;
             let started = Instant::now();
-            let cpu0 = proc_cpu_ns(bt.child.id()).unwrap_or(0);
+            let cpu0 = proc_cpu_ns(bt.pid()).unwrap_or(0);
             let flood = run_ping(true, n);
             let adaptive = run_ping(false, n);
-            let cpu = proc_cpu_ns(bt.child.id()).unwrap_or(0).saturating_sub(cpu0);
+            let cpu = proc_cpu_ns(bt.pid()).unwrap_or(0).saturating_sub(cpu0);
             let wall = started.elapsed();
             let (hits, rss) = bt.stop()?;
             (s.flood_ns_per_ping, s.flood_avg_us) = parse_flood(&flood?, n)?;
