@@ -76,3 +76,14 @@ pub fn clear_flags(field: &mut u32, bits: u32) {
         unsafe { atomic_add(field as *mut u32, set.wrapping_neg()) };
     }
 }
+
+/// Clears `bits`, all of them set, from a field that the programs on
+/// other CPUs may set other bits of meanwhile (a slot's present events:
+/// see `assemble`): subtracted, so their bits stay.
+#[inline(always)]
+pub fn clear_bits(field: &mut u64, bits: u64) {
+    if bits != 0 {
+        // SAFETY: a valid, aligned field.
+        unsafe { atomic_add(field as *mut u64, bits.wrapping_neg()) };
+    }
+}

@@ -501,6 +501,7 @@ pub mod maps {
     pub const ECHOES: &str = "ECHOES";
     pub const AGG_ROWS: &str = "AGG_ROWS";
     pub const AGG_COUNT: &str = "AGG_COUNT";
+    pub const JOURNEYS: &str = "JOURNEYS";
 }
 
 /// Slots of the per-CPU `LOST` map.

@@ -264,6 +264,9 @@ pub struct Config {
     /// Non-zero on PREEMPT_RT: the state kept between probes is the
     /// thread's, not the CPU's (see `CpuState`).
     pub per_thread: u8,
+    /// Non-zero: a streamed trace assembles each echo's events in the
+    /// kernel (see [`crate::assemble`]) rather than sending each alone.
+    pub assemble: u8,
     pub _pad: [u8; CONFIG_PAD],
     /// Bit `p` of `ret_probes[p / 64]`: probe `p` observes a return.
     pub ret_probes: [u64; 2],
@@ -300,7 +303,7 @@ const _: () = assert!(crate::catalog::PROBE_COUNT <= RET_ARG_SLOTS);
 
 /// Explicit padding before `ret_probes`, whatever the number of tracepoint
 /// fields: the loader writes `Config` as bytes, so it must have no hole.
-const CONFIG_HEAD: usize = 17 * 4 + 2 * TP_FIELD_COUNT + 7;
+const CONFIG_HEAD: usize = 17 * 4 + 2 * TP_FIELD_COUNT + 8;
 pub const CONFIG_PAD: usize = (8 - CONFIG_HEAD % 8) % 8;
 const _: () = assert!(
     core::mem::size_of::<Config>()
@@ -335,6 +338,7 @@ impl Config {
             floor: 0,
             lo_xmit_fn: 0,
             per_thread: 0,
+            assemble: 0,
             _pad: [0; CONFIG_PAD],
             ret_probes: [0; 2],
             expect_leg: 0,

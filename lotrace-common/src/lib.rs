@@ -12,6 +12,7 @@
 #![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
 
 pub mod agg;
+pub mod assemble;
 pub mod bits;
 pub mod catalog;
 pub mod event;

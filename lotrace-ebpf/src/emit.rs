@@ -1,10 +1,10 @@
 //! What a stage does once it has seen one of the traced packets: one
-//! [`Event`] into the ring buffer, or, with `--summary-only`, an update of
-//! the in-kernel aggregates instead.
+//! [`Event`], into its echo's slot (see `assemble`) or into the ring
+//! buffer, or, with `--summary-only`, an update of the in-kernel
+//! aggregates instead.
 
 use aya_ebpf::{
     EbpfContext,
-    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE},
     helpers::{bpf_get_current_comm, bpf_get_smp_processor_id},
 };
 use aya_log_ebpf::warn;
@@ -16,6 +16,7 @@ use lotrace_common::{
 
 use crate::{
     aggregate::aggregate_later,
+    assemble::{deliver_later, wake_flags},
     filter::{is_ours, tgid_tid},
     kernel::{CONFIG, config},
     maps::{EVENTS, LOST, state},
@@ -53,21 +54,7 @@ pub(crate) fn emit<C: EbpfContext>(ctx: &C, key: &PktKey, e: Seen) {
     if key.valid != 0 {
         flags |= FLAG_PACKET;
     }
-    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
-        if let Some(lost) = LOST.get_ptr_mut(counters::LOST_IDX) {
-            let n = unsafe {
-                *lost += 1;
-                *lost
-            };
-            // Diagnostics only, and only at powers of two so a full ring
-            // cannot flood the log ring too.
-            if n & (n - 1) == 0 {
-                warn!(ctx, "ring buffer full: {} events lost on this CPU", n);
-            }
-        }
-        return;
-    };
-    entry.write(Event {
+    let event = Event {
         ts_ns: e.ts,
         skb: e.skb,
         aux: e.aux,
@@ -87,20 +74,27 @@ pub(crate) fn emit<C: EbpfContext>(ctx: &C, key: &PktKey, e: Seen) {
         icmp_id: key.icmp_id,
         icmp_seq: key.icmp_seq,
         _pad1: [0; 6],
-    });
-    // lotrace drains the ring every 10 ms on a timer of its own, and is
-    // woken from here only when half the ring is waiting, lest events be
-    // lost. A wake-up from here comes from the traced packet's CPU, and the
-    // scheduler then tends to run lotrace on that CPU, in the traced
-    // command's way (docs/internals.md has the numbers).
-    let waiting = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
-    let size = EVENTS.query(BPF_RB_RING_SIZE as u64);
-    let flags = if waiting >= size / 2 {
-        BPF_RB_FORCE_WAKEUP
-    } else {
-        BPF_RB_NO_WAKEUP
     };
-    entry.submit(flags as u64);
+    if config(&CONFIG.assemble) != 0 {
+        deliver_later(event, e.probe as u8);
+        return;
+    }
+    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
+        if let Some(lost) = LOST.get_ptr_mut(counters::LOST_IDX) {
+            let n = unsafe {
+                *lost += 1;
+                *lost
+            };
+            // Diagnostics only, and only at powers of two so a full ring
+            // cannot flood the log ring too.
+            if n & (n - 1) == 0 {
+                warn!(ctx, "ring buffer full: {} events lost on this CPU", n);
+            }
+        }
+        return;
+    };
+    entry.write(event);
+    entry.submit(wake_flags());
 }
 
 /// An skb stage: emits if the skb is one of the traced echo packets and

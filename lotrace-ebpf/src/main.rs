@@ -16,8 +16,10 @@
 //! - `packet`: what an skb is (its headers, or its address when they are
 //!   out of reach);
 //! - `kernel`: reads of kernel memory at the offsets the loader found;
-//! - `seen`, `emit` and `aggregate`: what a stage saw of a packet, and
-//!   what becomes of it: streamed, or aggregated (`--summary-only`);
+//! - `seen`, `emit`, `assemble` and `aggregate`: what a stage saw of a
+//!   packet, and what becomes of it: streamed on its own, assembled with
+//!   the rest of its echo's events into one record, or aggregated
+//!   (`--summary-only`);
 //! - `maps`: the state shared by all of them.
 //!
 //! [`Event`]: lotrace_common::Event
@@ -26,6 +28,8 @@
 
 #[cfg(target_arch = "bpf")]
 mod aggregate;
+#[cfg(target_arch = "bpf")]
+mod assemble;
 #[cfg(target_arch = "bpf")]
 mod emit;
 #[cfg(target_arch = "bpf")]

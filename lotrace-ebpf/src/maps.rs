@@ -3,18 +3,32 @@
 
 use crate::kernel::{CONFIG, config};
 use aya_ebpf::{
+    bindings::BPF_F_MMAPABLE,
     helpers::bpf_get_current_pid_tgid,
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use lotrace_common::{
-    CpuState, PktKey,
+    CpuState, Event, PktKey,
     agg::{self, Echo, RowAgg},
+    assemble::{self, Slot},
 };
 
 /// The loader resizes it (`--ring-size`).
 #[map]
 pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+
+/// Each echo's events while it is under way (see
+/// `lotrace_common::assemble`), by [`assemble::slot_index`]. User space
+/// maps it into its memory and takes the slots of echoes that went quiet,
+/// and those left at the end, without a system call.
+#[map]
+pub(crate) static JOURNEYS: Array<Slot> =
+    Array::with_max_entries(assemble::SLOTS, BPF_F_MMAPABLE as u32);
+
+/// The event `assemble::deliver` takes next.
+#[map]
+pub(crate) static SCRATCH: PerCpuArray<Event> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per CPU: [LOST_IDX] failed ring-buffer reservations, [SUBMITTED_IDX]
 /// events the probes tried to emit, so that received + lost = submitted

@@ -161,6 +161,12 @@ pub struct Probing {
     /// the traced command, the floor `cargo xtask bench` measures.
     #[arg(long)]
     pub floor: bool,
+    /// Send each stage's event to lotrace on its own, as it happens,
+    /// instead of assembling each echo's events in the kernel and sending
+    /// them as one record when the echo ends. The same journeys, at a
+    /// higher cost to the traced packets; for comparison.
+    #[arg(long)]
+    pub per_event: bool,
 }
 
 /// Where and as whom the traced command runs.
@@ -306,6 +312,7 @@ pub fn trace_options(
         btf: p.btf.clone(),
         verbose: p.verbose,
         floor: p.floor,
+        per_event: p.per_event,
         summary_only,
         run_as: if child.child_as_root {
             None

@@ -280,6 +280,63 @@ fn summary_only_aggregates_in_the_kernel_what_the_stream_shows() {
 }
 
 #[test]
+fn journeys_assembled_in_the_kernel_are_those_streamed_event_by_event() {
+    if skip_without_root() {
+        return;
+    }
+    let _k = kernel_lock();
+    let ping = ["ping", "-c", "5", "-i", "0.1", "127.0.0.1"];
+    let run = |opts: &[&str]| {
+        ok_json(&lotrace(
+            &[&["trace", "--format", "json"][..], opts, &ping[..]].concat(),
+        ))
+    };
+    let assembled = run(&[]);
+    let per_event = run(&["--per-event"]);
+    for lines in [&assembled, &per_event] {
+        let js = journeys(lines);
+        assert_eq!(js.len(), 5, "{lines:?}");
+        js.iter().for_each(|j| check_journey(j));
+        let s = summary(lines);
+        assert_eq!(s["lost_events"], 0, "{s}");
+        assert_eq!(s["events"], s["submitted_events"], "{s}");
+        assert_eq!(s["discarded_events"], 0, "{s}");
+    }
+    // The same stages, each met as often.
+    assert_eq!(
+        summary_rows(summary(&assembled)),
+        summary_rows(summary(&per_event))
+    );
+    // One record per echo, holding most of its events; none without.
+    let s = summary(&assembled);
+    assert_eq!(s["assembled"]["records"], 5, "{s}");
+    let inside = s["assembled"]["events"].as_u64().unwrap();
+    assert!(inside * 10 >= s["events"].as_u64().unwrap() * 8, "{s}");
+    assert_eq!(summary(&per_event)["assembled"], Value::Null);
+
+    // A flood: echoes overlap, and each is still whole.
+    let lines = ok_json(&lotrace(&[
+        "trace",
+        "--format",
+        "json",
+        "ping",
+        "-q",
+        "-f",
+        "-c",
+        "2000",
+        "-w",
+        "30",
+        "127.0.0.1",
+    ]));
+    let s = summary(&lines);
+    assert_eq!(s["journeys"], 2000, "{s}");
+    assert_eq!(s["incomplete"], 0, "{s}");
+    assert_eq!(s["lost_events"], 0, "{s}");
+    assert_eq!(s["discarded_events"], 0, "{s}");
+    assert!(s["assembled"]["records"].as_u64().unwrap() >= 2000, "{s}");
+}
+
+#[test]
 fn text_output_shows_timelines_and_the_summary() {
     if skip_without_root() {
         return;

@@ -8,7 +8,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, anyhow};
-use lotrace_common::Event;
+use lotrace_common::{Event, assemble::SLOT_SIZE};
 use tokio::{
     io::{AsyncBufReadExt, BufReader, Interest, unix::AsyncFd},
     signal::unix::{SignalKind, signal},
@@ -20,13 +20,15 @@ use crate::{
     kernel::{
         self,
         loader::{LoadOptions, Tracer},
+        slots::Slots,
     },
     model::{
+        assembled::{From, Taken},
         kagg,
         meta::Meta,
         plan::BackendChoice,
         record::{self, Record, Trailer},
-        session::{Done, Session, Usage},
+        session::{Assembled, Done, Session, Usage},
     },
     output::{Format, Style, perfetto::PerfettoWriter, printer::Printer},
 };
@@ -51,6 +53,8 @@ pub struct TraceOptions {
     pub summary_only: bool,
     /// Attach, but let every program return at once (`--floor`).
     pub floor: bool,
+    /// Stream each event on its own (`--per-event`).
+    pub per_event: bool,
 }
 
 impl TraceOptions {
@@ -71,6 +75,7 @@ impl TraceOptions {
             run_as: self.run_as,
             summary_only: self.summary_only,
             floor: self.floor,
+            per_event: self.per_event,
         }
     }
 }
@@ -157,6 +162,7 @@ pub async fn run_session(opts: TraceOptions, quiet: bool) -> Result<Finished> {
         allow_missing: opts.allow_missing,
         summary_only: opts.summary_only,
         floor: opts.floor,
+        per_event: opts.per_event,
         target: meta.target.as_deref(),
     })?;
     meta.set_probes(&tracer.plan, &tracer.attached);
@@ -210,6 +216,8 @@ pub async fn run_session(opts: TraceOptions, quiet: bool) -> Result<Finished> {
     let mut stdout_open = true;
     let mut kill_at: Option<Instant> = None;
     let mut last_lost = 0;
+    let mut taken = Taken::default();
+    let slots = tracer.slots()?;
 
     let status: ExitStatus = loop {
         tokio::select! {
@@ -219,7 +227,7 @@ pub async fn run_session(opts: TraceOptions, quiet: bool) -> Result<Finished> {
                 // readiness is cleared before draining: a record committed
                 // during the drain wakes us again instead of being stranded.
                 guard.clear_ready();
-                let done = drain(guard.get_inner_mut(), &mut session, &mut recfile)?;
+                let done = drain(guard.get_inner_mut(), &mut taken, &mut session, &mut recfile)?;
                 printer.journeys(&done, &meta)?;
             }
             line = lines.next_line(), if stdout_open => {
@@ -244,7 +252,9 @@ pub async fn run_session(opts: TraceOptions, quiet: bool) -> Result<Finished> {
                 kill_at = None;
             }
             _ = tick.tick() => {
-                let done = drain(ring.get_mut(), &mut session, &mut recfile)?;
+                let mut done = drain(ring.get_mut(), &mut taken, &mut session, &mut recfile)?;
+                let before = kernel::monotonic_ns().saturating_sub(SLOT_QUIET_NS);
+                done.extend(sweep(slots.as_ref(), &mut taken, From::Map, before, &mut session, &mut recfile)?);
                 printer.journeys(&done, &meta)?;
                 tracer.flush_logs();
                 let lost = tracer.lost_events().unwrap_or(last_lost);
@@ -274,7 +284,23 @@ pub async fn run_session(opts: TraceOptions, quiet: bool) -> Result<Finished> {
             _ = sleep_until(deadline) => stdout_open = false,
         }
     }
-    let mut done = drain(ring.get_mut(), &mut session, &mut recfile)?;
+    let mut done = drain(ring.get_mut(), &mut taken, &mut session, &mut recfile)?;
+    done.extend(sweep(
+        slots.as_ref(),
+        &mut taken,
+        From::Last,
+        u64::MAX,
+        &mut session,
+        &mut recfile,
+    )?);
+    // A record sent during that read holds nothing new, but must not be
+    // left in the ring.
+    done.extend(drain(
+        ring.get_mut(),
+        &mut taken,
+        &mut session,
+        &mut recfile,
+    )?);
     tracer.flush_logs();
     let lost = tracer.lost_events().unwrap_or(last_lost);
     if let Some(r) = recfile.as_mut() {
@@ -283,6 +309,12 @@ pub async fn run_session(opts: TraceOptions, quiet: bool) -> Result<Finished> {
     session.record(&Record::Lost(lost));
     session.missed = Some(tracer.missed_runs());
     session.submitted = tracer.submitted_events().ok();
+    if tracer.assembles {
+        session.assembled = Some(Assembled {
+            records: taken.records,
+            events: taken.events,
+        });
+    }
     if opts.summary_only {
         // Every event went into the kernel's aggregates: none was lost.
         session.stats = kagg::stats(&tracer.aggregate()?);
@@ -315,6 +347,12 @@ pub async fn run_session(opts: TraceOptions, quiet: bool) -> Result<Finished> {
     })
 }
 
+/// An echo whose newest event is this old is taken from its slot, on the
+/// next 10 ms drain: well before the journey builder's quiet period ends
+/// (`QUIET_NS`), so that the events streamed on their own (a copy's free
+/// or drop) and those in the slot make one journey.
+const SLOT_QUIET_NS: u64 = 100_000_000;
+
 /// A line the command printed: passed on, recorded, and read for ping's
 /// RTT and the address it resolved.
 fn child_line(
@@ -340,19 +378,53 @@ fn child_line(
 /// returns the journeys that closed.
 fn drain(
     rb: &mut aya::maps::RingBuf<aya::maps::MapData>,
+    taken: &mut Taken,
     session: &mut Session,
     recfile: &mut Option<RecordFile>,
 ) -> Result<Vec<Done>> {
     let mut done = Vec::new();
     while let Some(item) = rb.next() {
         if let Some(e) = Event::from_bytes(&item) {
-            if let Some(r) = recfile.as_mut() {
-                r.record(&Record::Event(e))?;
+            done.extend(take(e, session, recfile)?);
+        } else if let Some(events) = taken.take(&item, From::Record) {
+            for e in events {
+                done.extend(take(e, session, recfile)?);
             }
-            done.extend(session.event(e));
         }
     }
     Ok(done)
+}
+
+/// Takes what the programs assembled and still hold: the echoes quiet
+/// since `before_ns` (all of them, with `From::Last`).
+fn sweep(
+    slots: Option<&Slots>,
+    taken: &mut Taken,
+    from: From,
+    before_ns: u64,
+    session: &mut Session,
+    recfile: &mut Option<RecordFile>,
+) -> Result<Vec<Done>> {
+    let mut done = Vec::new();
+    let Some(slots) = slots else {
+        return Ok(done);
+    };
+    let mut buf = Vec::new();
+    let n = slots.copy_busy(&mut buf);
+    for slot in buf.chunks_exact(SLOT_SIZE).take(n) {
+        for e in taken.take_quiet(slot, from, before_ns).unwrap_or_default() {
+            done.extend(take(e, session, recfile)?);
+        }
+    }
+    Ok(done)
+}
+
+/// One event into the record file and the session.
+fn take(e: Event, session: &mut Session, recfile: &mut Option<RecordFile>) -> Result<Vec<Done>> {
+    if let Some(r) = recfile.as_mut() {
+        r.record(&Record::Event(e))?;
+    }
+    Ok(session.event(e))
 }
 
 /// lotrace's own CPU time (user + system) and peak RSS so far.

@@ -68,17 +68,16 @@ pub fn build(
     config.backlog_probe = plan
         .start_probe(Stage::ProcessBacklog)
         .map_or(0, |p| p as u8);
-    if summary_only {
-        // The journey's meaning, as the programs need it.
-        let rules = Rules::for_covered(&expected_stages(&plan.covered(), target));
-        config.summary_only = 1;
-        config.expect_leg = rules.expect.leg;
-        config.expect_any = rules.expect.any;
-        config.close_stage = rules.close_stage;
-        for p in PROBES.iter().filter(|p| p.at_return) {
-            let id = p.id as usize;
-            config.ret_probes[id / 64] |= 1 << (id % 64);
-        }
+    // The journey's meaning, as the programs need it: to aggregate, and
+    // to know when a streamed echo's slot is complete.
+    let rules = Rules::for_covered(&expected_stages(&plan.covered(), target));
+    config.summary_only = summary_only as u8;
+    config.expect_leg = rules.expect.leg;
+    config.expect_any = rules.expect.any;
+    config.close_stage = rules.close_stage;
+    for p in PROBES.iter().filter(|p| p.at_return) {
+        let id = p.id as usize;
+        config.ret_probes[id / 64] |= 1 << (id % 64);
     }
     tracepoint_fields(&mut config)?;
     Ok(config)

@@ -1,12 +1,12 @@
 //! Loads the embedded eBPF object into the running kernel, attaches the
 //! plan's probes, and reads the programs' maps and counters.
 
-use std::{collections::BTreeMap, path::Path};
+use std::{collections::BTreeMap, os::fd::AsFd as _, path::Path};
 
 use anyhow::{Context as _, Result, bail};
 use aya::{
     Btf, Ebpf,
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    maps::{HashMap as BpfHashMap, Map as MapType, MapData, PerCpuArray, RingBuf},
     programs::{FEntry, FExit, KProbe, ProgramError, RawTracePoint, TracePoint},
 };
 use lotrace_common::{
@@ -20,6 +20,7 @@ use crate::{
         btf::KernelBtf,
         caps, config,
         object::{load_object, page_size, parse_btf, refusal},
+        slots::Slots,
         tracefs,
     },
     model::{
@@ -42,6 +43,9 @@ pub struct LoadOptions<'a> {
     pub summary_only: bool,
     /// Every program returns at once (`--floor`).
     pub floor: bool,
+    /// Each stage's event to user space on its own, not assembled per
+    /// echo in the kernel (`--per-event`).
+    pub per_event: bool,
     /// What the traced ping pings, when known: the expected stages depend
     /// on it (see `model::journey::expected_stages`).
     pub target: Option<&'a str>,
@@ -56,6 +60,9 @@ pub struct Tracer {
     /// Each attached probe with its label (`kprobe:__dev_queue_xmit`).
     pub attached: Vec<(ProbeId, String)>,
     pub drop_reasons: BTreeMap<u64, String>,
+    /// The programs assemble each echo's events (see
+    /// `lotrace_common::assemble`); user space reads the slots.
+    pub assembles: bool,
 }
 
 impl Tracer {
@@ -128,6 +135,7 @@ impl Tracer {
             config::build(&skb, &plan, &ret_arg, &raw, opts.target, opts.summary_only)?;
         config.floor = opts.floor as u8;
         config.per_thread = caps.preempt_rt as u8;
+        config.assemble = !(opts.summary_only || opts.per_event) as u8;
         // Nothing is streamed when aggregating: the smallest ring will do.
         let ring_size = if opts.summary_only {
             page_size()
@@ -146,6 +154,7 @@ impl Tracer {
             plan,
             attached: Vec::new(),
             drop_reasons,
+            assembles: config.assemble != 0,
         };
         let needs_btf = tracer
             .plan
@@ -307,6 +316,22 @@ impl Tracer {
             out.rows.push(rows.get(&r, 0)?.iter().copied().collect());
         }
         Ok(out)
+    }
+
+    /// The programs' slots (see `lotrace_common::assemble`), mapped into
+    /// lotrace's memory; `None` when they do not assemble.
+    pub fn slots(&self) -> Result<Option<Slots>> {
+        if !self.assembles {
+            return Ok(None);
+        }
+        let map = self
+            .ebpf
+            .map(maps::JOURNEYS)
+            .with_context(|| format!("{} map missing", maps::JOURNEYS))?;
+        let MapType::Array(data) = map else {
+            bail!("{} is not an array", maps::JOURNEYS);
+        };
+        Slots::map(data.fd().as_fd()).map(Some)
     }
 
     pub fn flush_logs(&mut self) {

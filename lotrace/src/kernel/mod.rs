@@ -9,6 +9,7 @@ pub mod caps;
 pub mod config;
 pub mod loader;
 pub mod object;
+pub mod slots;
 pub mod tracefs;
 
 /// Checks that nothing needed is missing before anything is loaded.

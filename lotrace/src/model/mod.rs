@@ -2,6 +2,7 @@
 //! probe plan out. No kernel, no terminal: everything here is tested on
 //! data alone, and a replay builds exactly what the live run did.
 
+pub mod assembled;
 pub mod detail;
 pub mod journey;
 pub mod kagg;

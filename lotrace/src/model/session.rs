@@ -46,6 +46,9 @@ pub struct Session {
     pub submitted: Option<u64>,
     /// lotrace's own cost, for a live trace.
     pub usage: Option<Usage>,
+    /// Journeys assembled in the kernel: records received and the events
+    /// they held (see `model::assembled`), for a live trace that did.
+    pub assembled: Option<Assembled>,
 }
 
 impl Session {
@@ -63,6 +66,7 @@ impl Session {
             missed: None,
             submitted: None,
             usage: None,
+            assembled: None,
         }
     }
 
@@ -132,6 +136,7 @@ impl Session {
             missed: self.missed,
             submitted: self.submitted,
             usage: self.usage,
+            assembled: self.assembled,
         }
     }
 
@@ -232,6 +237,15 @@ pub struct Totals {
     pub submitted: Option<u64>,
     /// lotrace's own CPU time and peak RSS, for a live trace.
     pub usage: Option<Usage>,
+    pub assembled: Option<Assembled>,
+}
+
+/// What came assembled in the kernel: records from the ring buffer, and
+/// the events in them or read from the programs' map.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Assembled {
+    pub records: u64,
+    pub events: u64,
 }
 
 /// What lotrace itself cost while the command ran (after the programs

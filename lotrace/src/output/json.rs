@@ -227,6 +227,10 @@ pub fn summary_json(stats: &Stats, meta: &Meta, t: &Totals) -> Value {
             "wall_ns": u.wall_ns,
         })),
         "discarded_events": t.discarded,
+        "assembled": t.assembled.map(|a| json!({
+            "records": a.records,
+            "events": a.events,
+        })),
         "rtt": hist_json(&stats.rtt),
         "in_kernel": stats.in_kernel,
         "softirq": {

@@ -1,0 +1,347 @@
+//! Journeys assembled in the kernel. A streamed trace does not send each
+//! stage's event to user space on its own: the programs keep each echo's
+//! events in a slot of a map, one position per (leg, stage, at return),
+//! and send the slot to the ring buffer as one record when the echo's
+//! close stage is met, or when a later echo takes the slot over. What
+//! does not fit (a stage met twice on a leg, a copy's free or drop, an
+//! event of an echo that holds no slot) is streamed on its own, as
+//! before: never dropped. User space takes an echo still in its slot after
+//! a quiet period, and what is left at the end, by reading the map (see
+//! [`Taken`]), so a journey that never closes is shown as it was.
+//!
+//! The layout, the positions and the rules are here, once: the programs
+//! apply them, user space decodes with them, and the host tests run them.
+
+use crate::{
+    Event, PktKey, Stage,
+    catalog::STAGE_COUNT,
+    event::{AF_INET6, EVENT_SIZE},
+};
+
+/// Stages that also have a position at their return (a probe observes it
+/// there; `positions_cover_every_return_probe` checks the probe table).
+pub const RETURN_STAGES: [Stage; 6] = [
+    Stage::SockSendmsg,
+    Stage::LoopbackXmit,
+    Stage::NetRxAction,
+    Stage::ProcessBacklog,
+    Stage::SockRecvmsg,
+    Stage::Recvmsg,
+];
+
+/// Frees and drops have no position: copies of a packet are freed and
+/// dropped on several CPUs at once, and a position has one writer.
+const fn has_position(stage: Stage) -> bool {
+    !matches!(stage, Stage::Free | Stage::Drop)
+}
+
+/// Positions of one leg, in the order a packet meets the stages, each
+/// return right after its stage: `[stage id] -> [entry, return]`
+/// (`u8::MAX`: none).
+const LEG: ([[u8; 2]; STAGE_COUNT], usize) = {
+    let mut pos = [[u8::MAX; 2]; STAGE_COUNT];
+    let mut n = 0;
+    let mut i = 0;
+    while i < STAGE_COUNT {
+        let s = Stage::ORDER[i];
+        if has_position(s) {
+            pos[s as usize][0] = n as u8;
+            n += 1;
+            let mut r = 0;
+            while r < RETURN_STAGES.len() {
+                if RETURN_STAGES[r] as u8 == s as u8 {
+                    pos[s as usize][1] = n as u8;
+                    n += 1;
+                }
+                r += 1;
+            }
+        }
+        i += 1;
+    }
+    (pos, n)
+};
+
+/// Positions per leg.
+pub const PER_LEG: usize = LEG.1;
+/// Positions of a slot: the request leg's, then the reply's.
+pub const POSITIONS: usize = 2 * PER_LEG;
+const _: () = assert!(POSITIONS <= 64, "a slot's positions are bits of a u64");
+
+/// The position of an event in its echo's slot, if it has one.
+#[inline(always)]
+pub const fn position(reply: bool, stage: u8, at_return: bool) -> Option<u32> {
+    if stage as usize >= STAGE_COUNT {
+        return None;
+    }
+    let p = LEG.0[stage as usize][at_return as usize];
+    if p == u8::MAX {
+        return None;
+    }
+    Some(p as u32 + if reply { PER_LEG as u32 } else { 0 })
+}
+
+/// Slots per family: the echoes in flight at once that each keep a slot.
+/// A later echo with the same slot sends the earlier one's to the ring.
+pub const SLOTS_PER_FAMILY: u32 = 128;
+pub const SLOTS: u32 = 2 * SLOTS_PER_FAMILY;
+
+/// The slot of an echo: by family and sequence, as `agg::echo_slot` (an
+/// ICMP datagram socket rewrites the id between the send and the packet).
+#[inline(always)]
+pub const fn slot_index(family: u8, seq: u16) -> u32 {
+    (if family == AF_INET6 {
+        SLOTS_PER_FAMILY
+    } else {
+        0
+    }) + (seq as u32 & (SLOTS_PER_FAMILY - 1))
+}
+
+/// Which echo a slot holds, and which of its positions hold an event.
+/// First in the slot: a record is the head and then the events up to the
+/// last one present.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SlotHead {
+    /// Bit `p`: `events[p]` holds an event. Set after the event is
+    /// written, with an atomic add (several CPUs write one slot).
+    pub present: u64,
+    /// Counts the echoes the slot has held: what user space took of one
+    /// echo by reading the map is not taken again from its record.
+    pub generation: u32,
+    /// The slot's own index, so that a record says where it came from.
+    pub index: u32,
+    /// The thread whose send opened the slot.
+    pub tid: u32,
+    pub seq: u16,
+    /// The id of the send, and the id its packet went out with (0 until
+    /// seen; an ICMP datagram socket's packets carry an id of their own).
+    pub id: u16,
+    pub packet_id: u16,
+    pub family: u8,
+    /// Non-zero while the echo takes events: cleared when it closes.
+    pub open: u8,
+    pub _pad: [u8; 4],
+}
+
+pub const HEAD_SIZE: usize = core::mem::size_of::<SlotHead>();
+const _: () = assert!(HEAD_SIZE == 32);
+
+/// One echo's events, in its slot of the `JOURNEYS` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Slot {
+    pub head: SlotHead,
+    pub events: [Event; POSITIONS],
+}
+
+pub const SLOT_SIZE: usize = core::mem::size_of::<Slot>();
+const _: () = assert!(SLOT_SIZE == HEAD_SIZE + POSITIONS * EVENT_SIZE);
+
+/// The size of the record a slot is sent as: its head and its events up
+/// to the last one present.
+#[inline(always)]
+pub const fn record_size(present: u64) -> usize {
+    if present == 0 {
+        return HEAD_SIZE;
+    }
+    let n = crate::agg::msb(present) as usize + 1;
+    HEAD_SIZE + if n > POSITIONS { POSITIONS } else { n } * EVENT_SIZE
+}
+
+/// How an event relates to the echo a slot holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fits {
+    /// It is that echo's.
+    Yes,
+    /// It is that echo's packet, under the id the socket gave it: the
+    /// first request packet the sending thread handles outside NET_RX.
+    /// The slot learns the id.
+    PacketId,
+    No,
+}
+
+/// Whether an event of `key`, seen by thread `tid`, belongs to the echo
+/// in `head`.
+#[inline(always)]
+pub const fn fits(head: &SlotHead, key: &PktKey, reply: bool, tid: u32, net_rx: bool) -> Fits {
+    if head.open == 0 || key.family != head.family || key.icmp_seq != head.seq {
+        return Fits::No;
+    }
+    if key.icmp_id == head.id || (head.packet_id != 0 && key.icmp_id == head.packet_id) {
+        return Fits::Yes;
+    }
+    if head.packet_id == 0 && !reply && tid == head.tid && !net_rx {
+        return Fits::PacketId;
+    }
+    Fits::No
+}
+
+/// Bits set in `v`, without a loop or a count instruction (the eBPF
+/// target has neither to spare).
+#[inline(always)]
+pub const fn popcount(v: u64) -> u32 {
+    let v = v - ((v >> 1) & 0x5555_5555_5555_5555);
+    let v = (v & 0x3333_3333_3333_3333) + ((v >> 2) & 0x3333_3333_3333_3333);
+    let v = (v + (v >> 4)) & 0x0f0f_0f0f_0f0f_0f0f;
+    (v.wrapping_mul(0x0101_0101_0101_0101) >> 56) as u32
+}
+
+impl SlotHead {
+    /// The head of a record or of a slot read from the map.
+    pub fn from_bytes(b: &[u8]) -> Option<SlotHead> {
+        let b = b.get(..HEAD_SIZE)?;
+        let u64_at = |o: usize| {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(&b[o..o + 8]);
+            u64::from_le_bytes(a)
+        };
+        let u32_at = |o: usize| {
+            let mut a = [0u8; 4];
+            a.copy_from_slice(&b[o..o + 4]);
+            u32::from_le_bytes(a)
+        };
+        let u16_at = |o: usize| u16::from_le_bytes([b[o], b[o + 1]]);
+        Some(SlotHead {
+            present: u64_at(0),
+            generation: u32_at(8),
+            index: u32_at(12),
+            tid: u32_at(16),
+            seq: u16_at(20),
+            id: u16_at(22),
+            packet_id: u16_at(24),
+            family: b[26],
+            open: b[27],
+            _pad: [0; 4],
+        })
+    }
+
+    /// The head's bytes, as the programs lay it out.
+    pub fn to_bytes(&self) -> [u8; HEAD_SIZE] {
+        let mut b = [0u8; HEAD_SIZE];
+        b[0..8].copy_from_slice(&self.present.to_le_bytes());
+        b[8..12].copy_from_slice(&self.generation.to_le_bytes());
+        b[12..16].copy_from_slice(&self.index.to_le_bytes());
+        b[16..20].copy_from_slice(&self.tid.to_le_bytes());
+        b[20..22].copy_from_slice(&self.seq.to_le_bytes());
+        b[22..24].copy_from_slice(&self.id.to_le_bytes());
+        b[24..26].copy_from_slice(&self.packet_id.to_le_bytes());
+        b[26] = self.family;
+        b[27] = self.open;
+        b
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{catalog::PROBES, event::AF_INET};
+
+    #[test]
+    fn positions_are_distinct_and_in_order() {
+        let mut seen = 0u64;
+        let mut last = None;
+        for reply in [false, true] {
+            for s in Stage::ORDER {
+                for ret in [false, true] {
+                    let Some(p) = position(reply, s as u8, ret) else {
+                        continue;
+                    };
+                    assert!(seen & (1 << p) == 0, "{s:?} {ret} shares {p}");
+                    seen |= 1 << p;
+                    assert!(last < Some(p), "{s:?} out of order");
+                    last = Some(p);
+                }
+            }
+        }
+        assert_eq!(seen.count_ones() as usize, POSITIONS);
+        assert_eq!(position(false, Stage::Free as u8, false), None);
+        assert_eq!(position(true, Stage::Drop as u8, false), None);
+        assert_eq!(position(false, Stage::Sendto as u8, true), None);
+    }
+
+    #[test]
+    fn positions_cover_every_return_probe() {
+        for p in PROBES.iter() {
+            let Some(s) = p.stage else { continue };
+            if p.at_return && has_position(s) {
+                assert!(
+                    position(false, s as u8, true).is_some(),
+                    "{} observes {s:?} at its return",
+                    p.program
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn popcount_counts() {
+        for v in [0u64, 1, 3, 0x8000_0000_0000_0001, u64::MAX, 0xdead_beef] {
+            assert_eq!(popcount(v), v.count_ones());
+        }
+    }
+
+    #[test]
+    fn a_record_ends_at_its_last_event() {
+        assert_eq!(record_size(0), HEAD_SIZE);
+        assert_eq!(record_size(1), HEAD_SIZE + EVENT_SIZE);
+        assert_eq!(record_size(1 << 5 | 1), HEAD_SIZE + 6 * EVENT_SIZE);
+        assert_eq!(record_size(u64::MAX), SLOT_SIZE);
+    }
+
+    fn head() -> SlotHead {
+        SlotHead {
+            open: 1,
+            family: AF_INET,
+            seq: 7,
+            id: 0xffff,
+            tid: 42,
+            ..SlotHead::default()
+        }
+    }
+
+    fn key(id: u16, seq: u16) -> PktKey {
+        PktKey {
+            icmp_id: id,
+            icmp_seq: seq,
+            family: AF_INET,
+            icmp_type: 8,
+            valid: 1,
+            delivered: 0,
+        }
+    }
+
+    #[test]
+    fn a_datagram_sockets_packet_joins_its_send() {
+        let h = head();
+        assert_eq!(fits(&h, &key(0xffff, 7), false, 42, false), Fits::Yes);
+        // The socket's id, first seen in the sending thread.
+        assert_eq!(fits(&h, &key(9, 7), false, 42, false), Fits::PacketId);
+        // Not in another thread, not in NET_RX, not for a reply.
+        assert_eq!(fits(&h, &key(9, 7), false, 43, false), Fits::No);
+        assert_eq!(fits(&h, &key(9, 7), false, 42, true), Fits::No);
+        assert_eq!(fits(&h, &key(9, 7), true, 42, false), Fits::No);
+        let h = SlotHead {
+            packet_id: 9,
+            ..head()
+        };
+        assert_eq!(fits(&h, &key(9, 7), true, 1, true), Fits::Yes);
+        // Another echo with the same sequence keeps out.
+        assert_eq!(fits(&h, &key(10, 7), false, 42, false), Fits::No);
+        assert_eq!(fits(&h, &key(9, 7 + 128), true, 1, true), Fits::No);
+        let closed = SlotHead { open: 0, ..h };
+        assert_eq!(fits(&closed, &key(9, 7), true, 1, true), Fits::No);
+    }
+
+    #[test]
+    fn a_head_round_trips() {
+        let h = SlotHead {
+            present: 0x8000_0000_0000_0101,
+            generation: 3,
+            index: 200,
+            packet_id: 9,
+            ..head()
+        };
+        assert_eq!(SlotHead::from_bytes(&h.to_bytes()), Some(h));
+        assert_eq!(SlotHead::from_bytes(&[0; HEAD_SIZE - 1]), None);
+    }
+}

@@ -1,0 +1,161 @@
+//! A streamed trace's events, assembled per echo in the kernel (see
+//! `lotrace_common::assemble`): an event goes into its echo's slot, and
+//! the slot goes to the ring buffer as one record when the echo closes or
+//! a later echo takes the slot over. An event without a place there is
+//! streamed on its own.
+
+use aya_ebpf::bindings::{
+    BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE,
+};
+use lotrace_common::{
+    Event, PktKey,
+    assemble::{Fits, Slot, fits, popcount, position, record_size, slot_index},
+    bits::{clear_bits, set_bits},
+    catalog::counters,
+    event::{FLAG_NET_RX, FLAG_PACKET, is_echo_reply, is_echo_request},
+    journey::starts_rtt,
+};
+
+use crate::{
+    kernel::{CONFIG, config},
+    maps::{EVENTS, JOURNEYS, LOST, SCRATCH},
+};
+
+/// lotrace drains the ring every 10 ms on a timer of its own, and is woken
+/// from here only when half the ring is waiting, lest events be lost. A
+/// wake-up from here comes from the traced packet's CPU, and the scheduler
+/// then tends to run lotrace on that CPU, in the traced command's way
+/// (docs/internals.md has the numbers).
+#[inline(always)]
+pub(crate) fn wake_flags() -> u64 {
+    let waiting = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
+    let size = EVENTS.query(BPF_RB_RING_SIZE as u64);
+    if waiting >= size / 2 {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        BPF_RB_NO_WAKEUP as u64
+    }
+}
+
+#[inline(always)]
+fn count_lost(n: u64) {
+    if let Some(lost) = LOST.get_ptr_mut(counters::LOST_IDX) {
+        unsafe { *lost += n };
+    }
+}
+
+/// Hands the event to [`deliver`] through the per-CPU `SCRATCH` slot, for
+/// the reason `aggregate_later` gives: one verifier state for every path.
+#[inline(always)]
+pub(crate) fn deliver_later(ev: Event, probe: u8) {
+    let Some(p) = SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    unsafe { *p = ev };
+    deliver(ev.stage, probe);
+}
+
+#[inline(never)]
+fn deliver(stage: u8, probe: u8) {
+    let Some(ev) = SCRATCH.get_ptr(0) else {
+        return;
+    };
+    let ev = unsafe { &*ev };
+    if !into_slot(ev, stage, probe) && EVENTS.output::<Event>(ev, wake_flags()).is_err() {
+        count_lost(1);
+    }
+}
+
+/// Puts the event in its echo's slot, if it has a place there.
+#[inline(always)]
+fn into_slot(ev: &Event, stage: u8, probe: u8) -> bool {
+    let reply = is_echo_reply(ev.family, ev.icmp_type);
+    if ev.flags & FLAG_PACKET == 0 || !(reply || is_echo_request(ev.family, ev.icmp_type)) {
+        return false;
+    }
+    let Some(slot) = JOURNEYS.get_ptr_mut(slot_index(ev.family, ev.icmp_seq)) else {
+        return false;
+    };
+    let slot = unsafe { &mut *slot };
+    if starts_rtt(reply, stage) {
+        claim(slot, ev);
+    }
+    let key = PktKey {
+        icmp_id: ev.icmp_id,
+        icmp_seq: ev.icmp_seq,
+        family: ev.family,
+        icmp_type: ev.icmp_type,
+        valid: 1,
+        delivered: 0,
+    };
+    match fits(&slot.head, &key, reply, ev.tid, ev.flags & FLAG_NET_RX != 0) {
+        Fits::No => return false,
+        Fits::PacketId => slot.head.packet_id = ev.icmp_id,
+        Fits::Yes => {}
+    }
+    let p = probe as u32;
+    let rets = config(&CONFIG.ret_probes);
+    let word = if p >= 64 { rets[1] } else { rets[0] };
+    let Some(pos) = position(reply, stage, (word >> (p & 63)) & 1 != 0) else {
+        return false;
+    };
+    let bit = 1u64 << pos;
+    if slot.head.present & bit != 0 {
+        return false;
+    }
+    let Some(at) = slot.events.get_mut(pos as usize) else {
+        return false;
+    };
+    *at = *ev;
+    // Set after the event is written: a reader that sees the bit sees it.
+    set_bits(&mut slot.head.present, bit);
+    if reply && stage == config(&CONFIG.close_stage) {
+        close(slot);
+    }
+    true
+}
+
+/// A send opens its echo's slot; an echo still there is sent on first.
+#[inline(always)]
+fn claim(slot: &mut Slot, ev: &Event) {
+    let present = slot.head.present;
+    if present != 0 && !send(slot, present) {
+        count_lost(popcount(present) as u64);
+    }
+    let h = &mut slot.head;
+    h.present = 0;
+    h.generation = h.generation.wrapping_add(1);
+    h.index = slot_index(ev.family, ev.icmp_seq);
+    h.tid = ev.tid;
+    h.seq = ev.icmp_seq;
+    h.id = ev.icmp_id;
+    h.packet_id = 0;
+    h.family = ev.family;
+    h.open = 1;
+}
+
+/// The echo met its close stage: its slot goes to the ring. It takes no
+/// more events (those still to come are streamed on their own), and
+/// keeps any that land in it during the send, for user space to read.
+#[inline(always)]
+fn close(slot: &mut Slot) {
+    slot.head.open = 0;
+    let present = slot.head.present;
+    if send(slot, present) {
+        // Subtracted, not zeroed: a bit another CPU set meanwhile stays.
+        clear_bits(&mut slot.head.present, present);
+    }
+    // If the ring was full, the slot waits for the next send into it or
+    // for user space's read.
+}
+
+/// The slot's head and its events up to the last present, as one record.
+#[inline(always)]
+fn send(slot: &Slot, present: u64) -> bool {
+    let mut size = record_size(present);
+    if size > core::mem::size_of::<Slot>() {
+        size = core::mem::size_of::<Slot>();
+    }
+    let bytes = unsafe { core::slice::from_raw_parts(slot as *const Slot as *const u8, size) };
+    EVENTS.output::<[u8]>(bytes, wake_flags()).is_ok()
+}
