@@ -161,6 +161,14 @@ pub fn check_trace(run: &Run, backend: &str) -> Result<Vec<Value>> {
         "lost events: {}",
         summary["lost_events"]
     );
+    // Each echo's events came assembled in the kernel, as one record.
+    let records = summary["assembled"]["records"].as_u64().unwrap_or(0);
+    ensure!(
+        records >= (PINGS * SOCKETS.len()) as u64,
+        "{records} journey records for {} journeys: {}",
+        PINGS * SOCKETS.len(),
+        summary["assembled"]
+    );
     Ok(journeys.into_iter().cloned().collect())
 }
 
