@@ -1,83 +1,73 @@
 //! Journeys assembled in the kernel. A streamed trace does not send each
 //! stage's event to user space on its own: the programs keep each echo's
 //! events in a slot of a map, one position per (leg, stage, at return),
-//! and send the slot to the ring buffer as one record when the echo's
-//! close stage is met, or when a later echo takes the slot over. What
+//! and send them to the ring buffer, packed, as one record when the
+//! echo's close stage is met, or when a later echo takes the slot over
+//! (see [`record_size`]). What
 //! does not fit (a stage met twice on a leg, a copy's free or drop, an
 //! event of an echo that holds no slot) is streamed on its own, as
 //! before: never dropped. User space takes an echo still in its slot after
-//! a quiet period, and what is left at the end, by reading the map (see
-//! [`Taken`]), so a journey that never closes is shown as it was.
+//! a quiet period, and what is left at the end, by reading the map, so a
+//! journey that never closes is shown as it was.
 //!
 //! The layout, the positions and the rules are here, once: the programs
 //! apply them, user space decodes with them, and the host tests run them.
 
 use crate::{
     Event, PktKey, Stage,
-    catalog::STAGE_COUNT,
+    agg::{STAGE_ROWS, row},
+    catalog::Expect,
     event::{AF_INET6, EVENT_SIZE},
 };
 
-/// Stages that also have a position at their return (a probe observes it
-/// there; `positions_cover_every_return_probe` checks the probe table).
-pub const RETURN_STAGES: [Stage; 6] = [
-    Stage::SockSendmsg,
-    Stage::LoopbackXmit,
-    Stage::NetRxAction,
-    Stage::ProcessBacklog,
-    Stage::SockRecvmsg,
-    Stage::Recvmsg,
-];
+/// Positions of a slot: at most one bit each of [`SlotHead::present`].
+pub const POSITIONS: usize = 52;
+
+/// No position: the row's events are streamed on their own.
+pub const NO_POSITION: u8 = u8::MAX;
 
 /// Frees and drops have no position: copies of a packet are freed and
 /// dropped on several CPUs at once, and a position has one writer.
-const fn has_position(stage: Stage) -> bool {
+pub const fn has_position(stage: Stage) -> bool {
     !matches!(stage, Stage::Free | Stage::Drop)
 }
 
-/// Positions of one leg, in the order a packet meets the stages, each
-/// return right after its stage: `[stage id] -> [entry, return]`
-/// (`u8::MAX`: none).
-const LEG: ([[u8; 2]; STAGE_COUNT], usize) = {
-    let mut pos = [[u8::MAX; 2]; STAGE_COUNT];
-    let mut n = 0;
-    let mut i = 0;
-    while i < STAGE_COUNT {
-        let s = Stage::ORDER[i];
-        if has_position(s) {
-            pos[s as usize][0] = n as u8;
-            n += 1;
-            let mut r = 0;
-            while r < RETURN_STAGES.len() {
-                if RETURN_STAGES[r] as u8 == s as u8 {
-                    pos[s as usize][1] = n as u8;
-                    n += 1;
+/// Whether every loopback echo meets the stage on this leg.
+fn expected_on(stage: Stage, reply: bool) -> bool {
+    match stage.info().expect {
+        Expect::Never => false,
+        Expect::Request => !reply,
+        Expect::Reply | Expect::ReplyOrigin => reply,
+        Expect::Both | Expect::Either => true,
+    }
+}
+
+/// Each (leg, stage, at return) row's position in a slot (see
+/// `agg::row`; [`NO_POSITION`]: none), for the rows this trace's probes
+/// can report. The rows every echo meets come first, in the order a
+/// journey meets them, and the others after: a record ends at its last
+/// event, so a plain echo's has no gaps but for stages it skipped. The
+/// loader writes the table into `Config::slot_pos`.
+pub fn positions(observable: impl Fn(bool, Stage, bool) -> bool) -> [u8; STAGE_ROWS] {
+    let mut table = [NO_POSITION; STAGE_ROWS];
+    let mut next = 0usize;
+    for common in [true, false] {
+        for reply in [false, true] {
+            for s in Stage::ORDER {
+                for ret in [false, true] {
+                    if has_position(s)
+                        && expected_on(s, reply) == common
+                        && observable(reply, s, ret)
+                        && next < POSITIONS
+                    {
+                        table[row(reply, s as u8, ret)] = next as u8;
+                        next += 1;
+                    }
                 }
-                r += 1;
             }
         }
-        i += 1;
     }
-    (pos, n)
-};
-
-/// Positions per leg.
-pub const PER_LEG: usize = LEG.1;
-/// Positions of a slot: the request leg's, then the reply's.
-pub const POSITIONS: usize = 2 * PER_LEG;
-const _: () = assert!(POSITIONS <= 64, "a slot's positions are bits of a u64");
-
-/// The position of an event in its echo's slot, if it has one.
-#[inline(always)]
-pub const fn position(reply: bool, stage: u8, at_return: bool) -> Option<u32> {
-    if stage as usize >= STAGE_COUNT {
-        return None;
-    }
-    let p = LEG.0[stage as usize][at_return as usize];
-    if p == u8::MAX {
-        return None;
-    }
-    Some(p as u32 + if reply { PER_LEG as u32 } else { 0 })
+    table
 }
 
 /// Slots per family: the echoes in flight at once that each keep a slot.
@@ -97,8 +87,7 @@ pub const fn slot_index(family: u8, seq: u16) -> u32 {
 }
 
 /// Which echo a slot holds, and which of its positions hold an event.
-/// First in the slot: a record is the head and then the events up to the
-/// last one present.
+/// First in the slot, and in a record.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SlotHead {
@@ -137,15 +126,12 @@ pub struct Slot {
 pub const SLOT_SIZE: usize = core::mem::size_of::<Slot>();
 const _: () = assert!(SLOT_SIZE == HEAD_SIZE + POSITIONS * EVENT_SIZE);
 
-/// The size of the record a slot is sent as: its head and its events up
-/// to the last one present.
+/// The size of the record a slot is sent as: its head (with the
+/// positions sent as `present`), then the events present, one after
+/// another in position order.
 #[inline(always)]
 pub const fn record_size(present: u64) -> usize {
-    if present == 0 {
-        return HEAD_SIZE;
-    }
-    let n = crate::agg::msb(present) as usize + 1;
-    HEAD_SIZE + if n > POSITIONS { POSITIONS } else { n } * EVENT_SIZE
+    HEAD_SIZE + popcount(present) as usize * EVENT_SIZE
 }
 
 /// How an event relates to the echo a slot holds.
@@ -236,41 +222,55 @@ mod tests {
     use super::*;
     use crate::{catalog::PROBES, event::AF_INET};
 
-    #[test]
-    fn positions_are_distinct_and_in_order() {
-        let mut seen = 0u64;
-        let mut last = None;
-        for reply in [false, true] {
-            for s in Stage::ORDER {
-                for ret in [false, true] {
-                    let Some(p) = position(reply, s as u8, ret) else {
-                        continue;
-                    };
-                    assert!(seen & (1 << p) == 0, "{s:?} {ret} shares {p}");
-                    seen |= 1 << p;
-                    assert!(last < Some(p), "{s:?} out of order");
-                    last = Some(p);
-                }
-            }
-        }
-        assert_eq!(seen.count_ones() as usize, POSITIONS);
-        assert_eq!(position(false, Stage::Free as u8, false), None);
-        assert_eq!(position(true, Stage::Drop as u8, false), None);
-        assert_eq!(position(false, Stage::Sendto as u8, true), None);
+    /// Every row a probe can report, as the loader finds them.
+    fn probed(reply: bool, s: Stage, ret: bool) -> bool {
+        let _ = reply;
+        PROBES
+            .iter()
+            .any(|p| p.stage == Some(s) && p.at_return == ret)
     }
 
     #[test]
-    fn positions_cover_every_return_probe() {
-        for p in PROBES.iter() {
-            let Some(s) = p.stage else { continue };
-            if p.at_return && has_position(s) {
-                assert!(
-                    position(false, s as u8, true).is_some(),
-                    "{} observes {s:?} at its return",
-                    p.program
-                );
-            }
+    fn positions_are_distinct_and_within_a_slot() {
+        let t = positions(probed);
+        let mut seen = 0u64;
+        for p in t.iter().filter(|p| **p != NO_POSITION) {
+            assert!((*p as usize) < POSITIONS);
+            assert!(seen & (1 << p) == 0, "{p} twice");
+            seen |= 1 << p;
         }
+        // Every observable row but frees and drops has one.
+        for r in 0..STAGE_ROWS {
+            let (reply, s, ret) = crate::agg::row_parts(r);
+            let s = Stage::from_u8(s).unwrap();
+            assert_eq!(
+                t[r] != NO_POSITION,
+                probed(reply, s, ret) && has_position(s),
+                "{s:?} reply {reply} return {ret}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_echos_usual_stages_come_first_in_journey_order() {
+        let t = positions(probed);
+        let at = |reply, s: Stage, ret| t[row(reply, s as u8, ret)];
+        assert_eq!(at(false, Stage::Sendto, false), 0);
+        assert!(at(false, Stage::Route, false) < at(false, Stage::DevQueueXmit, false));
+        assert!(at(false, Stage::NetifReceiveSkb, false) < at(true, Stage::IcmpReply, false));
+        // The reply's last usual stage comes before any unusual one.
+        assert!(at(true, Stage::Recvmsg, true) < at(false, Stage::Wakeup, false));
+        assert!(at(true, Stage::Recvmsg, true) < at(true, Stage::Sendto, false));
+        // A row no probe reports takes no room.
+        let tp_only = positions(|reply, s, ret| s != Stage::IpOutput && probed(reply, s, ret));
+        assert_eq!(
+            tp_only[row(false, Stage::IpOutput as u8, false)],
+            NO_POSITION
+        );
+        assert_eq!(
+            tp_only[row(false, Stage::DevQueueXmit as u8, false)] + 1,
+            t[row(false, Stage::DevQueueXmit as u8, false)]
+        );
     }
 
     #[test]
@@ -281,11 +281,11 @@ mod tests {
     }
 
     #[test]
-    fn a_record_ends_at_its_last_event() {
+    fn a_record_holds_the_events_present() {
         assert_eq!(record_size(0), HEAD_SIZE);
-        assert_eq!(record_size(1), HEAD_SIZE + EVENT_SIZE);
-        assert_eq!(record_size(1 << 5 | 1), HEAD_SIZE + 6 * EVENT_SIZE);
-        assert_eq!(record_size(u64::MAX), SLOT_SIZE);
+        assert_eq!(record_size(1 << 40), HEAD_SIZE + EVENT_SIZE);
+        assert_eq!(record_size(1 << 5 | 1), HEAD_SIZE + 2 * EVENT_SIZE);
+        assert_eq!(record_size((1 << POSITIONS) - 1), SLOT_SIZE);
     }
 
     fn head() -> SlotHead {

@@ -278,6 +278,9 @@ pub struct Config {
     /// takes: the return value is the context's next slot. (The helper that
     /// reads it, `bpf_get_func_ret`, came only with 5.17.)
     pub ret_arg: [u8; RET_ARG_SLOTS],
+    /// Each (leg, stage, at return) row's position in an echo's journey
+    /// slot (see [`crate::assemble::positions`]).
+    pub slot_pos: [u8; crate::agg::STAGE_ROWS],
     /// Of each tracepoint field (by [`crate::TpField`]), how a raw
     /// tracepoint's program reaches it from its argument.
     pub raw: [RawField; TP_FIELD_COUNT],
@@ -300,6 +303,8 @@ pub const RAW_HOPS: usize = 3;
 /// Probe ids [`Config::ret_arg`] has room for.
 pub const RET_ARG_SLOTS: usize = 128;
 const _: () = assert!(crate::catalog::PROBE_COUNT <= RET_ARG_SLOTS);
+// `raw` follows `slot_pos` without a hole.
+const _: () = assert!((RET_ARG_SLOTS + crate::agg::STAGE_ROWS) % 2 == 0);
 
 /// Explicit padding before `ret_probes`, whatever the number of tracepoint
 /// fields: the loader writes `Config` as bytes, so it must have no hole.
@@ -307,7 +312,12 @@ const CONFIG_HEAD: usize = 17 * 4 + 2 * TP_FIELD_COUNT + 8;
 pub const CONFIG_PAD: usize = (8 - CONFIG_HEAD % 8) % 8;
 const _: () = assert!(
     core::mem::size_of::<Config>()
-        == CONFIG_HEAD + CONFIG_PAD + 4 * 8 + RET_ARG_SLOTS + 8 * TP_FIELD_COUNT
+        == CONFIG_HEAD
+            + CONFIG_PAD
+            + 4 * 8
+            + RET_ARG_SLOTS
+            + crate::agg::STAGE_ROWS
+            + 8 * TP_FIELD_COUNT
 );
 
 impl Config {
@@ -344,6 +354,7 @@ impl Config {
             expect_leg: 0,
             expect_any: 0,
             ret_arg: [0; RET_ARG_SLOTS],
+            slot_pos: [crate::assemble::NO_POSITION; crate::agg::STAGE_ROWS],
             raw: [RawField {
                 hops: 0,
                 off: [0; RAW_HOPS],

@@ -140,8 +140,16 @@ pub const fn also_meets(stage: u8, ran: Ran) -> Option<Stage> {
     }
 }
 
+/// Whether an event closes its echo: the reply at the trace's close stage
+/// (see [`close_stage`]). The journey builder, the in-kernel aggregation
+/// and the programs' journey slots all end an echo here.
+pub const fn closes(reply: bool, stage: u8, close_stage: u8) -> bool {
+    reply && stage == close_stage
+}
+
 /// The reply stage that ends an answered echo: ping's receive call
 /// returning, else (when that is not observed) the copy to it.
+
 pub const fn close_stage(has_recvmsg: bool, has_copy: bool) -> Stage {
     if has_recvmsg || !has_copy {
         Stage::Recvmsg
@@ -595,7 +603,7 @@ impl Echo {
         if !reply && !dropped && stage != Stage::Free as u8 && !drops(reply, stage) {
             self.drop_after = stage + 1;
         }
-        if reply && stage == rules.close_stage && self.flags & ECHO_CLOSED == 0 {
+        if closes(reply, stage, rules.close_stage) && self.flags & ECHO_CLOSED == 0 {
             set_flags(&mut self.flags, ECHO_CLOSED);
             fx.total = Some(o.ts.saturating_sub(self.first_ts));
             fx.complete = rules.expect.met_by(self.seen);

@@ -6,6 +6,7 @@
 use aya_ebpf::helpers::bpf_get_current_comm;
 use lotrace_common::{
     PktKey, Stage, agg,
+    catalog::counters,
     event::{AF_INET6, is_echo_reply, is_echo_request},
     journey::{Masks, Obs, Ran, Rules, Sink},
 };
@@ -13,7 +14,7 @@ use lotrace_common::{
 use crate::{
     filter::in_softirq,
     kernel::{CONFIG, config},
-    maps::{AGG_COUNT, AGG_ROWS, ECHOES, PENDING},
+    maps::{AGG_COUNT, AGG_ROWS, ECHOES, LOST, PENDING},
     seen::Seen,
 };
 
@@ -61,7 +62,7 @@ pub(crate) fn aggregate_later(key: &PktKey, e: &Seen) {
             aux2: e.aux2,
         }
     };
-    aggregate(e.stage as u8, e.probe as u8);
+    aggregate(e.ts, e.stage as u8, e.probe as u8);
 }
 
 /// An observation on its way to [`aggregate`].
@@ -76,10 +77,19 @@ pub(crate) struct Pending {
 }
 
 #[inline(never)]
-fn aggregate(stage: u8, probe: u8) {
+fn aggregate(at: u64, stage: u8, probe: u8) {
     let Some(p) = PENDING.get_ptr(0) else {
         return;
     };
+    // Another program may have run on this CPU in between and left its own
+    // observation here (see `assemble::deliver`): this one is lost, and
+    // counted so.
+    if unsafe { (*p).ts } != at {
+        if let Some(lost) = LOST.get_ptr_mut(counters::LOST_IDX) {
+            unsafe { *lost += 1 };
+        }
+        return;
+    }
     let Pending {
         key,
         ts,

@@ -1,25 +1,26 @@
 //! A streamed trace's events, assembled per echo in the kernel (see
 //! `lotrace_common::assemble`): an event goes into its echo's slot, and
-//! the slot goes to the ring buffer as one record when the echo closes or
-//! a later echo takes the slot over. An event without a place there is
-//! streamed on its own.
+//! the slot's events go to the ring buffer, packed, as one record when the
+//! echo closes or a later echo takes the slot over. An event without a
+//! place there is streamed on its own.
 
 use aya_ebpf::bindings::{
     BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE,
 };
 use lotrace_common::{
-    Event, PktKey,
-    assemble::{Fits, Slot, fits, popcount, position, record_size, slot_index},
+    Event, PktKey, agg,
+    assemble::{Fits, HEAD_SIZE, POSITIONS, Slot, fits, popcount, slot_index},
     bits::{clear_bits, set_bits},
     catalog::counters,
-    event::{FLAG_NET_RX, FLAG_PACKET, is_echo_reply, is_echo_request},
-    journey::starts_rtt,
+    event::{EVENT_SIZE, FLAG_NET_RX, FLAG_PACKET, is_echo_reply, is_echo_request},
+    journey::{closes, starts_rtt},
 };
 
 use crate::{
     kernel::{CONFIG, config},
-    maps::{EVENTS, JOURNEYS, LOST, SCRATCH},
+    maps::{EVENTS, JOURNEYS, LOST, PACKED, SCRATCH},
 };
+use core::ptr::{read_volatile, write_volatile};
 
 /// lotrace drains the ring every 10 ms on a timer of its own, and is woken
 /// from here only when half the ring is waiting, lest events be lost. A
@@ -52,15 +53,23 @@ pub(crate) fn deliver_later(ev: Event, probe: u8) {
         return;
     };
     unsafe { *p = ev };
-    deliver(ev.stage, probe);
+    deliver(ev.ts_ns, ev.stage, probe);
 }
 
 #[inline(never)]
-fn deliver(stage: u8, probe: u8) {
+fn deliver(ts: u64, stage: u8, probe: u8) {
     let Some(ev) = SCRATCH.get_ptr(0) else {
         return;
     };
     let ev = unsafe { &*ev };
+    // Another program may have run on this CPU in between (an interrupt's
+    // softirq, or on PREEMPT_RT a task preempting this one) and written
+    // its own event here: this one is then counted lost, rather than the
+    // other's sent twice.
+    if ev.ts_ns != ts || ev.stage != stage || ev.probe != probe {
+        count_lost(1);
+        return;
+    }
     if !into_slot(ev, stage, probe) && EVENTS.output::<Event>(ev, wake_flags()).is_err() {
         count_lost(1);
     }
@@ -96,9 +105,13 @@ fn into_slot(ev: &Event, stage: u8, probe: u8) -> bool {
     let p = probe as u32;
     let rets = config(&CONFIG.ret_probes);
     let word = if p >= 64 { rets[1] } else { rets[0] };
-    let Some(pos) = position(reply, stage, (word >> (p & 63)) & 1 != 0) else {
+    let row = agg::row(reply, stage, (word >> (p & 63)) & 1 != 0);
+    let Some(pos) = CONFIG.slot_pos.get(row).map(config) else {
         return false;
     };
+    if pos as usize >= POSITIONS {
+        return false;
+    }
     let bit = 1u64 << pos;
     if slot.head.present & bit != 0 {
         return false;
@@ -109,7 +122,7 @@ fn into_slot(ev: &Event, stage: u8, probe: u8) -> bool {
     *at = *ev;
     // Set after the event is written: a reader that sees the bit sees it.
     set_bits(&mut slot.head.present, bit);
-    if reply && stage == config(&CONFIG.close_stage) {
+    if closes(reply, stage, config(&CONFIG.close_stage)) {
         close(slot);
     }
     true
@@ -149,13 +162,53 @@ fn close(slot: &mut Slot) {
     // for user space's read.
 }
 
-/// The slot's head and its events up to the last present, as one record.
+/// A slot's record in the making (see [`send`]).
+#[repr(C)]
+pub(crate) struct Packed {
+    /// Counts the packings on this CPU: another program's packing in the
+    /// middle of this one (an interrupt's softirq; on PREEMPT_RT, a task
+    /// preempting this one) shows as a change.
+    ticket: u64,
+    /// Events packed so far. Kept in the map, not a register, so that the
+    /// verifier meets the loop below in one state whatever was packed.
+    n: u32,
+    _pad: u32,
+    record: Slot,
+}
+
+/// The slot's head and its present events, packed one after another in
+/// position order, as one record. `false`: not sent (the ring was full,
+/// or another packing overran this one), and the slot keeps its events.
 #[inline(always)]
 fn send(slot: &Slot, present: u64) -> bool {
-    let mut size = record_size(present);
-    if size > core::mem::size_of::<Slot>() {
-        size = core::mem::size_of::<Slot>();
+    let Some(out) = PACKED.get_ptr_mut(0) else {
+        return false;
+    };
+    let out = unsafe { &mut *out };
+    let ticket = out.ticket.wrapping_add(1);
+    out.ticket = ticket;
+    out.record.head = slot.head;
+    out.record.head.present = present;
+    unsafe { write_volatile(&mut out.n, 0) };
+    for p in 0..POSITIONS {
+        if present & (1u64 << p) == 0 {
+            continue;
+        }
+        let i = unsafe { read_volatile(&out.n) } as usize;
+        if let (Some(to), Some(from)) = (out.record.events.get_mut(i), slot.events.get(p)) {
+            *to = *from;
+        }
+        unsafe { write_volatile(&mut out.n, i as u32 + 1) };
     }
-    let bytes = unsafe { core::slice::from_raw_parts(slot as *const Slot as *const u8, size) };
+    if unsafe { read_volatile(&out.ticket) } != ticket {
+        return false;
+    }
+    let mut n = unsafe { read_volatile(&out.n) } as usize;
+    if n > POSITIONS {
+        n = POSITIONS;
+    }
+    let size = HEAD_SIZE + n * EVENT_SIZE;
+    let bytes =
+        unsafe { core::slice::from_raw_parts(&out.record as *const Slot as *const u8, size) };
     EVENTS.output::<[u8]>(bytes, wake_flags()).is_ok()
 }

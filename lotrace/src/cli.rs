@@ -200,7 +200,7 @@ pub enum Cmd {
         /// and long runs: nothing is streamed, so tracing costs the packets
         /// less and lotrace itself almost nothing. Echoes are told apart by
         /// family and sequence number.
-        #[arg(long, help_heading = "Output", conflicts_with_all = ["record", "perfetto", "ring_size"])]
+        #[arg(long, help_heading = "Output", conflicts_with_all = ["record", "perfetto", "ring_size", "per_event"])]
         summary_only: bool,
         #[command(flatten)]
         probing: Probing,

@@ -33,7 +33,10 @@ pub struct BenchOptions {
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Mode {
     Untraced,
+    /// `lotrace trace`: journeys assembled in the kernel, streamed.
     Lotrace,
+    /// `lotrace trace --per-event`: each stage's event streamed alone.
+    PerEvent,
     /// `lotrace trace --summary-only`: aggregated in the kernel.
     Summary,
     Bpftrace,
@@ -47,6 +50,7 @@ impl Mode {
         match self {
             Mode::Untraced => "untraced",
             Mode::Lotrace => "lotrace",
+            Mode::PerEvent => "lotrace --per-event",
             Mode::Summary => "lotrace --summary-only",
             Mode::Bpftrace => "bpftrace (count only)",
             Mode::Floor => "lotrace --floor",
@@ -57,6 +61,7 @@ impl Mode {
     fn lotrace_options(self) -> &'static [&'static str] {
         match self {
             Mode::Summary => &["--summary-only"],
+            Mode::PerEvent => &["--per-event"],
             Mode::Floor => &["--floor"],
             _ => &[],
         }
@@ -217,7 +222,7 @@ fn sample(mode: Mode, lotrace: &Path, probes: &[String], n: u32) -> Result<Sampl
             (s.flood_ns_per_ping, s.flood_avg_us) = parse_flood(&run_ping(true, n)?, n)?;
             (s.mean_ns, s.p99_ns) = parse_adaptive(&run_ping(false, n)?)?;
         }
-        Mode::Lotrace | Mode::Summary | Mode::Floor => {
+        Mode::Lotrace | Mode::PerEvent | Mode::Summary | Mode::Floor => {
             let extra = mode.lotrace_options();
             let (text, sum) = run_lotrace(lotrace, extra, true, n)?;
             (s.flood_ns_per_ping, s.flood_avg_us) = parse_flood(&text, n)?;
@@ -355,6 +360,7 @@ pub fn run(lotrace: &Path, o: &BenchOptions) -> Result<()> {
     let modes = [
         Mode::Untraced,
         Mode::Lotrace,
+        Mode::PerEvent,
         Mode::Summary,
         Mode::Bpftrace,
         Mode::Floor,
@@ -438,7 +444,7 @@ pub fn run(lotrace: &Path, o: &BenchOptions) -> Result<()> {
         flood_f / 1000.0,
         mean_f / 1000.0,
     );
-    for m in [Mode::Lotrace, Mode::Summary] {
+    for m in [Mode::Lotrace, Mode::PerEvent, Mode::Summary] {
         let flood = median(per(m, |s| s.flood_ns_per_ping));
         let mean = median(per(m, |s| s.mean_ns));
         println!(
@@ -448,7 +454,7 @@ pub fn run(lotrace: &Path, o: &BenchOptions) -> Result<()> {
             mean / mean_f
         );
     }
-    for m in [Mode::Lotrace, Mode::Summary] {
+    for m in [Mode::Lotrace, Mode::PerEvent, Mode::Summary] {
         let flood = median(per(m, |s| s.flood_ns_per_ping));
         let mean = median(per(m, |s| s.mean_ns));
         let p99 = median(per(m, |s| s.p99_ns));
@@ -484,7 +490,7 @@ pub fn run(lotrace: &Path, o: &BenchOptions) -> Result<()> {
         "footprint on a process that is not traced (median over rounds; untraced {sys0:.0} ns per system call, {:.2} µs per loopback UDP round trip):",
         udp0 / 1000.0
     );
-    for m in [Mode::Lotrace, Mode::Summary, Mode::Floor] {
+    for m in [Mode::Lotrace, Mode::PerEvent, Mode::Summary, Mode::Floor] {
         let sys = median(per(m, |s| s.bystander_syscall_ns));
         let udp = median(per(m, |s| s.bystander_udp_ns));
         println!(

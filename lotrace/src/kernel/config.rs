@@ -2,11 +2,13 @@
 //! tracefs), the plan's choices, and what in-kernel aggregation must know
 //! of the journey.
 
-use std::collections::{BTreeMap, btree_map::Entry};
+use std::collections::{BTreeMap, BTreeSet, btree_map::Entry};
 
 use anyhow::{Result, ensure};
 use lotrace_common::{
     Config, ProbeId, Stage, TpField,
+    agg::STAGE_ROWS,
+    assemble::positions,
     catalog::{Backend, PROBES, TP_FIELDS},
     event::RawField,
     journey::Rules,
@@ -68,6 +70,7 @@ pub fn build(
     config.backlog_probe = plan
         .start_probe(Stage::ProcessBacklog)
         .map_or(0, |p| p as u8);
+    config.slot_pos = slot_positions(plan);
     // The journey's meaning, as the programs need it: to aggregate, and
     // to know when a streamed echo's slot is complete.
     let rules = Rules::for_covered(&expected_stages(&plan.covered(), target));
@@ -81,6 +84,30 @@ pub fn build(
     }
     tracepoint_fields(&mut config)?;
     Ok(config)
+}
+
+/// Where each row the plan's probes report goes in an echo's slot: the
+/// rows no attached probe reports take no room (see
+/// `lotrace_common::assemble::positions`).
+fn slot_positions(plan: &Plan) -> [u8; STAGE_ROWS] {
+    let mut rows: BTreeSet<(Stage, bool)> = plan
+        .to_attach()
+        .iter()
+        .filter_map(|(p, _)| Some((p.info().stage?, p.info().at_return)))
+        .collect();
+    // A stage observed through another's tracepoints (`ndo_start_xmit`
+    // through loopback's) is reported by their programs.
+    for s in plan.covered() {
+        if let Some(t) = s.shares_tracepoints_of() {
+            let theirs: Vec<bool> = rows
+                .iter()
+                .filter(|(st, _)| *st == t)
+                .map(|(_, r)| *r)
+                .collect();
+            rows.extend(theirs.into_iter().map(|r| (s, r)));
+        }
+    }
+    positions(|_, s, ret| rows.contains(&(s, ret)))
 }
 
 /// The byte offsets of the tracepoint fields the programs read, from each

@@ -12,8 +12,8 @@ use lotrace_common::{
 /// Where a slot's bytes came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum From {
-    /// A record in the ring buffer: the programs sent the slot when its
-    /// echo closed or a later echo took the slot over.
+    /// A record in the ring buffer: the programs sent the slot's events,
+    /// packed, when its echo closed or a later echo took the slot over.
     Record,
     /// The map, read by user space while the programs run: only the
     /// slot's own echo's events are taken, since the programs may be
@@ -71,7 +71,12 @@ impl Taken {
         while bits != 0 {
             let p = bits.trailing_zeros() as usize;
             bits &= bits - 1;
-            let o = HEAD_SIZE + p * EVENT_SIZE;
+            // A record packs its events; the map keeps each at its place.
+            let at = match from {
+                From::Record => (head.present & ((1u64 << p) - 1)).count_ones() as usize,
+                From::Map | From::Last => p,
+            };
+            let o = HEAD_SIZE + at * EVENT_SIZE;
             let Some(e) = b.get(o..o + EVENT_SIZE).and_then(Event::from_bytes) else {
                 continue;
             };
@@ -104,7 +109,8 @@ mod tests {
     use super::*;
     use lotrace_common::{
         Stage,
-        assemble::{position, record_size},
+        agg::row,
+        assemble::{SLOT_SIZE, positions, record_size},
         event::AF_INET,
     };
 
@@ -138,19 +144,34 @@ mod tests {
         if reply {
             e.icmp_type = 0;
         }
-        (position(reply, stage as u8, ret).unwrap(), e)
+        let table = positions(|_, _, _| true);
+        (table[row(reply, stage as u8, ret)] as u32, e)
     }
 
-    /// A slot's bytes as the programs lay them out.
+    /// A slot's bytes as the map holds them: each event at its position.
     fn slot(h: &SlotHead, events: &[(u32, Event)]) -> Vec<u8> {
         let mut h = *h;
         h.present = events.iter().fold(0, |m, (p, _)| m | 1 << p);
-        let mut b = vec![0u8; record_size(h.present)];
+        let mut b = vec![0u8; SLOT_SIZE];
         b[..HEAD_SIZE].copy_from_slice(&h.to_bytes());
         for (p, e) in events {
             let o = HEAD_SIZE + *p as usize * EVENT_SIZE;
             b[o..o + EVENT_SIZE].copy_from_slice(&e.to_bytes());
         }
+        b
+    }
+
+    /// A slot's record as the programs send it: its events packed.
+    fn record(h: &SlotHead, events: &[(u32, Event)]) -> Vec<u8> {
+        let mut h = *h;
+        h.present = events.iter().fold(0, |m, (p, _)| m | 1 << p);
+        let mut sorted = events.to_vec();
+        sorted.sort_by_key(|(p, _)| *p);
+        let mut b = h.to_bytes().to_vec();
+        for (_, e) in sorted {
+            b.extend_from_slice(&e.to_bytes());
+        }
+        assert_eq!(b.len(), record_size(h.present));
         b
     }
 
@@ -161,7 +182,7 @@ mod tests {
         let xmit = at(Stage::DevQueueXmit, false, 30, 0xffff, 7);
         let mut t = Taken::default();
         let got = t
-            .take(&slot(&head(), &[send, sent, xmit]), From::Record)
+            .take(&record(&head(), &[send, sent, xmit]), From::Record)
             .unwrap();
         let ts: Vec<u64> = got.iter().map(|e| e.ts_ns).collect();
         assert_eq!(ts, vec![10, 30, 50]);
@@ -179,7 +200,7 @@ mod tests {
         assert_eq!(read.len(), 2);
         let reply = at(Stage::Recvmsg, true, 90, 0xffff, 7);
         let rec = t
-            .take(&slot(&h, &[send, route, reply]), From::Record)
+            .take(&record(&h, &[send, route, reply]), From::Record)
             .unwrap();
         assert_eq!(rec, vec![reply.1]);
         // The next echo in the slot starts afresh.
@@ -189,7 +210,7 @@ mod tests {
             ..h
         };
         let send2 = at(Stage::Sendto, false, 100, 0xffff, 7 + 128);
-        let got = t.take(&slot(&next, &[send2]), From::Record).unwrap();
+        let got = t.take(&record(&next, &[send2]), From::Record).unwrap();
         assert_eq!(got, vec![send2.1]);
     }
 
@@ -204,7 +225,7 @@ mod tests {
         let read = t.take(&slot(&h, &[ours, next]), From::Map).unwrap();
         assert_eq!(read, vec![ours.1]);
         // A record takes all it holds: each event keeps its own key.
-        let rec = t.take(&slot(&h, &[ours, next]), From::Record).unwrap();
+        let rec = t.take(&record(&h, &[ours, next]), From::Record).unwrap();
         assert_eq!(rec, vec![next.1]);
     }
 

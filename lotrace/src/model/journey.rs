@@ -12,7 +12,7 @@ use lotrace_common::{
         AF_INET, AF_INET6, FLAG_FRAGMENT, FLAG_NET_RX, FLAG_PACKET, is_echo_reply, is_echo_request,
     },
     journey::{
-        ECHO_SOCK, Echo, End, Masks, Obs, Ran, Rules, also_meets, builds, close_stage,
+        ECHO_SOCK, Echo, End, Masks, Obs, Ran, Rules, also_meets, builds, close_stage, closes,
         still_expected, unroutable,
     },
 };
@@ -375,8 +375,12 @@ impl JourneyBuilder {
             last_ts: ev.ts_ns,
             ended: false,
         });
-        if Some(ev.stage) == self.close_stage.map(|st| st as u8)
-            && is_echo_reply(ev.family, ev.icmp_type)
+        if let Some(close) = self.close_stage
+            && closes(
+                is_echo_reply(ev.family, ev.icmp_type),
+                ev.stage,
+                close as u8,
+            )
         {
             o.ended = true;
         }

@@ -57,7 +57,7 @@ pub(super) fn footprint(mode: Mode, lotrace: &Path, probes: &[String]) -> Result
             bt.stop()?;
             r
         }
-        Mode::Lotrace | Mode::Summary | Mode::Floor => {
+        Mode::Lotrace | Mode::PerEvent | Mode::Summary | Mode::Floor => {
             let mut child = Command::new(lotrace)
                 .args(["trace", "--format", "json"])
                 .args(mode.lotrace_options())
