@@ -304,7 +304,7 @@ pub const RAW_HOPS: usize = 3;
 pub const RET_ARG_SLOTS: usize = 128;
 const _: () = assert!(crate::catalog::PROBE_COUNT <= RET_ARG_SLOTS);
 // `raw` follows `slot_pos` without a hole.
-const _: () = assert!((RET_ARG_SLOTS + crate::agg::STAGE_ROWS) % 2 == 0);
+const _: () = assert!((RET_ARG_SLOTS + crate::agg::STAGE_ROWS).is_multiple_of(2));
 
 /// Explicit padding before `ret_probes`, whatever the number of tracepoint
 /// fields: the loader writes `Config` as bytes, so it must have no hole.

@@ -149,7 +149,6 @@ pub const fn closes(reply: bool, stage: u8, close_stage: u8) -> bool {
 
 /// The reply stage that ends an answered echo: ping's receive call
 /// returning, else (when that is not observed) the copy to it.
-
 pub const fn close_stage(has_recvmsg: bool, has_copy: bool) -> Stage {
     if has_recvmsg || !has_copy {
         Stage::Recvmsg
