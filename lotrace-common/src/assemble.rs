@@ -240,11 +240,11 @@ mod tests {
             seen |= 1 << p;
         }
         // Every observable row but frees and drops has one.
-        for r in 0..STAGE_ROWS {
+        for (r, pos) in t.iter().enumerate() {
             let (reply, s, ret) = crate::agg::row_parts(r);
             let s = Stage::from_u8(s).unwrap();
             assert_eq!(
-                t[r] != NO_POSITION,
+                *pos != NO_POSITION,
                 probed(reply, s, ret) && has_position(s),
                 "{s:?} reply {reply} return {ret}"
             );
