@@ -23,19 +23,34 @@ use crate::{
 use core::ptr::{read_volatile, write_volatile};
 
 /// lotrace drains the ring every 10 ms on a timer of its own, and is woken
-/// from here only when half the ring is waiting, lest events be lost. A
-/// wake-up from here comes from the traced packet's CPU, and the scheduler
-/// then tends to run lotrace on that CPU, in the traced command's way
+/// from here when a record of `len` bytes about to go in takes the ring
+/// past half full, and at every record once three quarters are waiting:
+/// lotrace has fallen behind, and each wake-up costs the traced packet's
+/// CPU an interrupt it raises on itself (in a virtual machine, a write
+/// to the interrupt controller that the hypervisor traps), slowing the
+/// traced command until lotrace catches up rather than losing events.
+/// Below that, nothing: woken at every record past half full, lotrace
+/// behind in a flood took a tenth of the traced ping's time in those
+/// interrupts. A wake-up from here also tends to make the scheduler run
+/// lotrace on the traced packet's CPU, in the traced command's way
 /// (docs/internals.md has the numbers).
 #[inline(always)]
-pub(crate) fn wake_flags() -> u64 {
+pub(crate) fn wake_flags(len: u64) -> u64 {
     let waiting = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
     let size = EVENTS.query(BPF_RB_RING_SIZE as u64);
-    if waiting >= size / 2 {
+    let half = size / 2;
+    if (waiting < half && waiting + len >= half) || behind() {
         BPF_RB_FORCE_WAKEUP as u64
     } else {
         BPF_RB_NO_WAKEUP as u64
     }
+}
+
+/// Three quarters of the ring are waiting: lotrace has fallen behind.
+#[inline(always)]
+fn behind() -> bool {
+    let size = EVENTS.query(BPF_RB_RING_SIZE as u64);
+    EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= size - size / 4
 }
 
 #[inline(always)]
@@ -70,7 +85,16 @@ fn deliver(ts: u64, stage: u8, probe: u8) {
         count_lost(1);
         return;
     }
-    if !into_slot(ev, stage, probe) && EVENTS.output::<Event>(ev, wake_flags()).is_err() {
+    // Behind (see `wake_flags`): each event goes on its own, waking
+    // lotrace, as `--per-event` would; the journey builder joins them to
+    // what the slot holds.
+    if !behind() && into_slot(ev, stage, probe) {
+        return;
+    }
+    if EVENTS
+        .output::<Event>(ev, wake_flags(EVENT_SIZE as u64))
+        .is_err()
+    {
         count_lost(1);
     }
 }
@@ -210,5 +234,7 @@ fn send(slot: &Slot, present: u64) -> bool {
     let size = HEAD_SIZE + n * EVENT_SIZE;
     let bytes =
         unsafe { core::slice::from_raw_parts(&out.record as *const Slot as *const u8, size) };
-    EVENTS.output::<[u8]>(bytes, wake_flags()).is_ok()
+    EVENTS
+        .output::<[u8]>(bytes, wake_flags(size as u64))
+        .is_ok()
 }

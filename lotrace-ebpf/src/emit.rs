@@ -11,7 +11,7 @@ use aya_log_ebpf::warn;
 use lotrace_common::{
     Event, PktKey, ProbeId, Stage,
     catalog::counters,
-    event::{FLAG_FRAGMENT, FLAG_NET_RX, FLAG_PACKET},
+    event::{EVENT_SIZE, FLAG_FRAGMENT, FLAG_NET_RX, FLAG_PACKET},
 };
 
 use crate::{
@@ -79,6 +79,7 @@ pub(crate) fn emit<C: EbpfContext>(ctx: &C, key: &PktKey, e: Seen) {
         deliver_later(event, e.probe as u8);
         return;
     }
+    let wake = wake_flags(EVENT_SIZE as u64);
     let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
         if let Some(lost) = LOST.get_ptr_mut(counters::LOST_IDX) {
             let n = unsafe {
@@ -94,7 +95,7 @@ pub(crate) fn emit<C: EbpfContext>(ctx: &C, key: &PktKey, e: Seen) {
         return;
     };
     entry.write(event);
-    entry.submit(wake_flags());
+    entry.submit(wake);
 }
 
 /// An skb stage: emits if the skb is one of the traced echo packets and
