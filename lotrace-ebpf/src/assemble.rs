@@ -29,9 +29,9 @@ use core::ptr::{read_volatile, write_volatile};
 /// CPU an interrupt it raises on itself (in a virtual machine, a write
 /// to the interrupt controller that the hypervisor traps), slowing the
 /// traced command until lotrace catches up rather than losing events.
-/// Below that, nothing: woken at every record past half full, lotrace
-/// behind in a flood took a tenth of the traced ping's time in those
-/// interrupts. A wake-up from here also tends to make the scheduler run
+/// Below that, nothing: woken at every record past half full, with
+/// lotrace behind in a flood, a tenth of a profile's samples were those
+/// interrupts, raised in ping's sends. A wake-up from here also tends to make the scheduler run
 /// lotrace on the traced packet's CPU, in the traced command's way
 /// (docs/internals.md has the numbers).
 #[inline(always)]

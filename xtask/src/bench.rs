@@ -317,7 +317,11 @@ fn long_run(lotrace: &Path, extra: &[&str], n: u32) -> Result<(Vec<u64>, Value)>
             let _ = child.kill();
             bail!("the long run did not finish in 20 minutes");
         }
-        if let Some(kb) = rss_kb(pid) {
+        // From when the traced command runs: loading (BTF, the programs)
+        // is not the steady state.
+        let children = format!("/proc/{pid}/task/{pid}/children");
+        let running = std::fs::read_to_string(&children).is_ok_and(|c| !c.trim().is_empty());
+        if running && let Some(kb) = rss_kb(pid) {
             rss.push(kb);
         }
         std::thread::sleep(Duration::from_secs(1));
