@@ -110,10 +110,17 @@ pub struct SlotHead {
     /// Non-zero while the echo takes events: cleared when it closes.
     pub open: u8,
     pub _pad: [u8; 4],
+    /// The positions user space has taken of this echo by reading the map
+    /// (it writes them here): if the echo's record cannot be sent when a
+    /// later echo takes the slot over, only the others are lost.
+    pub taken: u64,
 }
 
 pub const HEAD_SIZE: usize = core::mem::size_of::<SlotHead>();
-const _: () = assert!(HEAD_SIZE == 32);
+const _: () = assert!(HEAD_SIZE == 40);
+/// Where [`SlotHead::taken`] is in a slot.
+pub const TAKEN_OFFSET: usize = core::mem::offset_of!(SlotHead, taken);
+const _: () = assert!(TAKEN_OFFSET == 32);
 
 /// One echo's events, in its slot of the `JOURNEYS` map.
 #[repr(C)]
@@ -198,6 +205,7 @@ impl SlotHead {
             family: b[26],
             open: b[27],
             _pad: [0; 4],
+            taken: u64_at(TAKEN_OFFSET),
         })
     }
 
@@ -213,6 +221,7 @@ impl SlotHead {
         b[24..26].copy_from_slice(&self.packet_id.to_le_bytes());
         b[26] = self.family;
         b[27] = self.open;
+        b[TAKEN_OFFSET..TAKEN_OFFSET + 8].copy_from_slice(&self.taken.to_le_bytes());
         b
     }
 }
@@ -336,6 +345,7 @@ mod tests {
     fn a_head_round_trips() {
         let h = SlotHead {
             present: 0x8000_0000_0000_0101,
+            taken: 0x101,
             generation: 3,
             index: 200,
             packet_id: 9,

@@ -157,10 +157,12 @@ fn into_slot(ev: &Event, stage: u8, probe: u8) -> bool {
 fn claim(slot: &mut Slot, ev: &Event) {
     let present = slot.head.present;
     if present != 0 && !send(slot, present) {
-        count_lost(popcount(present) as u64);
+        // Those user space has read from the map are not lost.
+        count_lost(popcount(present & !slot.head.taken) as u64);
     }
     let h = &mut slot.head;
     h.present = 0;
+    h.taken = 0;
     h.generation = h.generation.wrapping_add(1);
     h.index = slot_index(ev.family, ev.icmp_seq);
     h.tid = ev.tid;

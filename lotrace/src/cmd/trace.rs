@@ -8,7 +8,10 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, anyhow};
-use lotrace_common::{Event, assemble::SLOT_SIZE};
+use lotrace_common::{
+    Event,
+    assemble::{SLOT_SIZE, SlotHead},
+};
 use tokio::{
     io::{AsyncBufReadExt, BufReader, Interest, unix::AsyncFd},
     signal::unix::{SignalKind, signal},
@@ -413,7 +416,18 @@ fn sweep(
     let mut buf = Vec::new();
     let n = slots.copy_busy(&mut buf);
     for slot in buf.chunks_exact(SLOT_SIZE).take(n) {
-        for e in taken.take_quiet(slot, from, before_ns).unwrap_or_default() {
+        let events = taken.take_quiet(slot, from, before_ns).unwrap_or_default();
+        if events.is_empty() {
+            continue;
+        }
+        // Told to the programs: should the echo's record not be sent,
+        // these are not lost.
+        if let Some(head) = SlotHead::from_bytes(slot)
+            && let Some((generation, positions)) = taken.of(head.index)
+        {
+            slots.mark_taken(head.index, generation, positions);
+        }
+        for e in events {
             done.extend(take(e, session, recfile)?);
         }
     }

@@ -8,9 +8,10 @@ use std::{
 };
 
 use anyhow::{Result, bail};
-use lotrace_common::assemble::{HEAD_SIZE, SLOT_SIZE, SLOTS};
+use lotrace_common::assemble::{HEAD_SIZE, SLOT_SIZE, SLOTS, TAKEN_OFFSET};
 
-/// A read-only view of every slot, unmapped on drop.
+/// Every slot, mapped; unmapped on drop. lotrace only reads them, but for
+/// `SlotHead::taken`, which it sets.
 pub struct Slots {
     base: NonNull<u8>,
     len: usize,
@@ -23,13 +24,13 @@ const STRIDE: usize = SLOT_SIZE.next_multiple_of(8);
 impl Slots {
     pub(crate) fn map(fd: BorrowedFd<'_>) -> Result<Slots> {
         let len = STRIDE * SLOTS as usize;
-        // SAFETY: a shared, read-only mapping of the map's values, which
-        // the kernel keeps alive for as long as it is mapped.
+        // SAFETY: a shared mapping of the map's values, which the kernel
+        // keeps alive for as long as it is mapped.
         let p = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
                 len,
-                libc::PROT_READ,
+                libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_SHARED,
                 fd.as_raw_fd(),
                 0,
@@ -78,6 +79,27 @@ impl Slots {
             n += 1;
         }
         n
+    }
+}
+
+impl Slots {
+    /// Records in slot `index`, if it still holds echo `generation`, that
+    /// lotrace took the events at `positions` from the map.
+    pub fn mark_taken(&self, index: u32, generation: u32, positions: u64) {
+        if index >= SLOTS || positions == 0 {
+            return;
+        }
+        // SAFETY: inside the mapping; both fields are aligned, and the
+        // programs update them with atomic operations or plain stores.
+        unsafe {
+            let slot = self.base.as_ptr().add(index as usize * STRIDE);
+            let gen_at = slot.add(8) as *const u32;
+            if std::ptr::read_volatile(gen_at) != generation {
+                return;
+            }
+            let taken = &*(slot.add(TAKEN_OFFSET) as *const std::sync::atomic::AtomicU64);
+            taken.fetch_or(positions, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 }
 

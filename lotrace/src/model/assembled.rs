@@ -52,6 +52,11 @@ impl Taken {
         self.take_quiet(b, from, u64::MAX)
     }
 
+    /// Of slot `index`, the generation and the positions taken of it.
+    pub fn of(&self, index: u32) -> Option<(u32, u64)> {
+        self.slots.get(index as usize).copied()
+    }
+
     /// `take`, for a slot whose newest event is older than `before_ns`;
     /// else nothing (the echo is still under way).
     pub fn take_quiet(&mut self, b: &[u8], from: From, before_ns: u64) -> Option<Vec<Event>> {
