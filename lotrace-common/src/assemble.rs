@@ -17,7 +17,7 @@ use crate::{
     Event, PktKey, Stage,
     agg::{STAGE_ROWS, row},
     catalog::Expect,
-    event::{AF_INET6, EVENT_SIZE},
+    event::{AF_INET6, EVENT_SIZE, le_u16, le_u32, le_u64},
 };
 
 /// Positions of a slot: at most one bit each of [`SlotHead::present`].
@@ -183,17 +183,7 @@ impl SlotHead {
     /// The head of a record or of a slot read from the map.
     pub fn from_bytes(b: &[u8]) -> Option<SlotHead> {
         let b = b.get(..HEAD_SIZE)?;
-        let u64_at = |o: usize| {
-            let mut a = [0u8; 8];
-            a.copy_from_slice(&b[o..o + 8]);
-            u64::from_le_bytes(a)
-        };
-        let u32_at = |o: usize| {
-            let mut a = [0u8; 4];
-            a.copy_from_slice(&b[o..o + 4]);
-            u32::from_le_bytes(a)
-        };
-        let u16_at = |o: usize| u16::from_le_bytes([b[o], b[o + 1]]);
+        let (u64_at, u32_at, u16_at) = (|o| le_u64(b, o), |o| le_u32(b, o), |o| le_u16(b, o));
         Some(SlotHead {
             present: u64_at(0),
             generation: u32_at(8),

@@ -111,6 +111,24 @@ pub struct Event {
 }
 
 pub const EVENT_SIZE: usize = core::mem::size_of::<Event>();
+
+/// Little-endian fields of a record's bytes, at an offset the caller has
+/// checked.
+pub(crate) fn le_u64(b: &[u8], o: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[o..o + 8]);
+    u64::from_le_bytes(a)
+}
+
+pub(crate) fn le_u32(b: &[u8], o: usize) -> u32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&b[o..o + 4]);
+    u32::from_le_bytes(a)
+}
+
+pub(crate) fn le_u16(b: &[u8], o: usize) -> u16 {
+    u16::from_le_bytes([b[o], b[o + 1]])
+}
 const _: () = assert!(EVENT_SIZE == 80);
 
 impl Event {
@@ -153,17 +171,7 @@ impl Event {
         if b.len() != EVENT_SIZE {
             return None;
         }
-        let u64_at = |o: usize| {
-            let mut a = [0u8; 8];
-            a.copy_from_slice(&b[o..o + 8]);
-            u64::from_le_bytes(a)
-        };
-        let u32_at = |o: usize| {
-            let mut a = [0u8; 4];
-            a.copy_from_slice(&b[o..o + 4]);
-            u32::from_le_bytes(a)
-        };
-        let u16_at = |o: usize| u16::from_le_bytes([b[o], b[o + 1]]);
+        let (u64_at, u32_at, u16_at) = (|o| le_u64(b, o), |o| le_u32(b, o), |o| le_u16(b, o));
         let mut comm = [0u8; 16];
         comm.copy_from_slice(&b[32..48]);
         let mut pad1 = [0u8; 6];
