@@ -112,8 +112,28 @@ pub struct SlotHead {
     pub _pad: [u8; 4],
     /// The positions user space has taken of this echo by reading the map
     /// (it writes them here): if the echo's record cannot be sent when a
-    /// later echo takes the slot over, only the others are lost.
+    /// later echo takes the slot over, only the others are lost. Tagged
+    /// with the echo's generation (see [`taken_tag`]), so that a mark for
+    /// an echo the slot no longer holds is never applied to the next.
     pub taken: u64,
+}
+
+/// The bits of [`SlotHead::taken`] that are positions.
+pub const TAKEN_POSITIONS: u64 = (1 << POSITIONS) - 1;
+
+/// [`SlotHead::taken`] of a fresh echo of `generation`: no position, the
+/// generation's low bits above the positions.
+#[inline(always)]
+pub const fn taken_tag(generation: u32) -> u64 {
+    (generation as u64) << POSITIONS
+}
+
+/// `taken` with `positions` marked, if it is still `generation`'s.
+pub const fn mark(taken: u64, generation: u32, positions: u64) -> Option<u64> {
+    if taken & !TAKEN_POSITIONS != taken_tag(generation) {
+        return None;
+    }
+    Some(taken | (positions & TAKEN_POSITIONS))
 }
 
 pub const HEAD_SIZE: usize = core::mem::size_of::<SlotHead>();
@@ -280,6 +300,21 @@ mod tests {
     }
 
     #[test]
+    fn a_mark_holds_for_its_own_echo_only() {
+        let t = taken_tag(7);
+        assert_eq!(mark(t, 7, 0b101), Some(t | 0b101));
+        assert_eq!(mark(t | 1, 7, 0b100), Some(t | 0b101));
+        // The slot moved on to the next echo: the mark is dropped.
+        assert_eq!(mark(taken_tag(8), 7, 1), None);
+        // Generations wrap within the tag's bits, never into positions.
+        assert_eq!(taken_tag(u32::MAX) & TAKEN_POSITIONS, 0);
+        assert_eq!(
+            mark(taken_tag(u32::MAX), u32::MAX, 1),
+            Some(taken_tag(u32::MAX) | 1)
+        );
+    }
+
+    #[test]
     fn a_record_holds_the_events_present() {
         assert_eq!(record_size(0), HEAD_SIZE);
         assert_eq!(record_size(1 << 40), HEAD_SIZE + EVENT_SIZE);
@@ -335,7 +370,7 @@ mod tests {
     fn a_head_round_trips() {
         let h = SlotHead {
             present: 0x8000_0000_0000_0101,
-            taken: 0x101,
+            taken: taken_tag(3) | 0x101,
             generation: 3,
             index: 200,
             packet_id: 9,

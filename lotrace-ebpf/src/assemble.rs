@@ -9,7 +9,9 @@ use aya_ebpf::bindings::{
 };
 use lotrace_common::{
     Event, PktKey, agg,
-    assemble::{Fits, HEAD_SIZE, POSITIONS, Slot, fits, popcount, slot_index},
+    assemble::{
+        Fits, HEAD_SIZE, POSITIONS, Slot, TAKEN_POSITIONS, fits, popcount, slot_index, taken_tag,
+    },
     bits::{clear_bits, set_bits},
     catalog::counters,
     event::{EVENT_SIZE, FLAG_NET_RX, FLAG_PACKET, is_echo_reply, is_echo_request},
@@ -158,12 +160,12 @@ fn claim(slot: &mut Slot, ev: &Event) {
     let present = slot.head.present;
     if present != 0 && !send(slot, present) {
         // Those user space has read from the map are not lost.
-        count_lost(popcount(present & !slot.head.taken) as u64);
+        count_lost(popcount(present & !(slot.head.taken & TAKEN_POSITIONS)) as u64);
     }
     let h = &mut slot.head;
     h.present = 0;
-    h.taken = 0;
     h.generation = h.generation.wrapping_add(1);
+    h.taken = taken_tag(h.generation);
     h.index = slot_index(ev.family, ev.icmp_seq);
     h.tid = ev.tid;
     h.seq = ev.icmp_seq;

@@ -8,7 +8,9 @@ use std::{
 };
 
 use anyhow::{Result, bail};
-use lotrace_common::assemble::{HEAD_SIZE, SLOT_SIZE, SLOTS, TAKEN_OFFSET};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use lotrace_common::assemble::{HEAD_SIZE, SLOT_SIZE, SLOTS, TAKEN_OFFSET, mark};
 
 /// Every slot, mapped; unmapped on drop. lotrace only reads them, but for
 /// `SlotHead::taken`, which it sets.
@@ -89,16 +91,22 @@ impl Slots {
         if index >= SLOTS || positions == 0 {
             return;
         }
-        // SAFETY: inside the mapping; both fields are aligned, and the
-        // programs update them with atomic operations or plain stores.
-        unsafe {
+        // SAFETY: inside the mapping and aligned; the programs update the
+        // field with plain stores, and only when they hand the slot over.
+        let taken = unsafe {
             let slot = self.base.as_ptr().add(index as usize * STRIDE);
-            let gen_at = slot.add(8) as *const u32;
-            if std::ptr::read_volatile(gen_at) != generation {
+            &*(slot.add(TAKEN_OFFSET) as *const AtomicU64)
+        };
+        let mut cur = taken.load(Ordering::Relaxed);
+        // Bounded: the programs change the field once per echo.
+        for _ in 0..16 {
+            let Some(new) = mark(cur, generation, positions) else {
                 return;
+            };
+            match taken.compare_exchange(cur, new, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return,
+                Err(now) => cur = now,
             }
-            let taken = &*(slot.add(TAKEN_OFFSET) as *const std::sync::atomic::AtomicU64);
-            taken.fetch_or(positions, std::sync::atomic::Ordering::Relaxed);
         }
     }
 }
