@@ -1,9 +1,9 @@
 //! Journeys assembled in the kernel. A streamed trace does not send each
 //! stage's event to user space on its own: the programs keep each echo's
 //! events in a slot of a map, one position per (leg, stage, at return),
-//! and send them to the ring buffer, packed, as one record when the
-//! echo's close stage is met, or when a later echo takes the slot over
-//! (see [`record_size`]). What
+//! and send the slot to the ring buffer as one record when the echo's
+//! close stage is met, or when a later echo takes the slot over (see
+//! [`record_size`]). What
 //! does not fit (a stage met twice on a leg, a copy's free or drop, an
 //! event of an echo that holds no slot) is streamed on its own, as
 //! before: never dropped. User space takes an echo still in its slot after
@@ -16,7 +16,6 @@
 use crate::{
     Event, PktKey, Stage,
     agg::{STAGE_ROWS, row},
-    catalog::Expect,
     event::{AF_INET6, EVENT_SIZE, le_u16, le_u32, le_u64},
 };
 
@@ -32,31 +31,43 @@ pub const fn has_position(stage: Stage) -> bool {
     !matches!(stage, Stage::Free | Stage::Drop)
 }
 
-/// Whether every loopback echo meets the stage on this leg.
-fn expected_on(stage: Stage, reply: bool) -> bool {
-    match stage.info().expect {
-        Expect::Never => false,
-        Expect::Request => !reply,
-        Expect::Reply | Expect::ReplyOrigin => reply,
-        Expect::Both | Expect::Either => true,
+/// Whether a loopback echo may meet the stage on this leg (every one that
+/// is expected there, and those some echoes meet: a softirq's raise, the
+/// reply's route lookup, ping's wake-up). Only a record's size depends on
+/// it: the rows that may be met come first.
+pub const fn usual_on(stage: Stage, reply: bool) -> bool {
+    match stage {
+        // Another device's transmit.
+        Stage::DevXmit => false,
+        // The sender's system call.
+        Stage::Sendto | Stage::SockSendmsg => !reply,
+        // The reply's delivery to ping and ping's receive.
+        Stage::IcmpReply
+        | Stage::SockDeliver
+        | Stage::Wakeup
+        | Stage::CopyToUser
+        | Stage::SockRecvmsg
+        | Stage::Recvmsg => reply,
+        _ => true,
     }
 }
 
 /// Each (leg, stage, at return) row's position in a slot (see
 /// `agg::row`; [`NO_POSITION`]: none), for the rows this trace's probes
-/// can report. The rows every echo meets come first, in the order a
-/// journey meets them, and the others after: a record ends at its last
-/// event, so a plain echo's has no gaps but for stages it skipped. The
-/// loader writes the table into `Config::slot_pos`.
+/// can report. The rows an echo may meet on each leg come first, in the
+/// order a journey meets them ([`usual_on`]), and the others after: a
+/// record ends at its last event (see [`record_size`]), so a plain echo's
+/// holds few empty positions. The loader writes the table into
+/// `Config::slot_pos`.
 pub fn positions(observable: impl Fn(bool, Stage, bool) -> bool) -> [u8; STAGE_ROWS] {
     let mut table = [NO_POSITION; STAGE_ROWS];
     let mut next = 0usize;
-    for common in [true, false] {
+    for usual in [true, false] {
         for reply in [false, true] {
             for s in Stage::ORDER {
                 for ret in [false, true] {
                     if has_position(s)
-                        && expected_on(s, reply) == common
+                        && usual_on(s, reply) == usual
                         && observable(reply, s, ret)
                         && next < POSITIONS
                     {
@@ -153,12 +164,18 @@ pub struct Slot {
 pub const SLOT_SIZE: usize = core::mem::size_of::<Slot>();
 const _: () = assert!(SLOT_SIZE == HEAD_SIZE + POSITIONS * EVENT_SIZE);
 
-/// The size of the record a slot is sent as: its head (with the
-/// positions sent as `present`), then the events present, one after
-/// another in position order.
+/// The size of the record a slot is sent as: its head, then its events
+/// up to the last one present, each at its position (`present` says which
+/// hold one). Copied from the slot in one go: packing the events one
+/// after another cost the traced packets more than the empty positions
+/// cost the ring.
 #[inline(always)]
 pub const fn record_size(present: u64) -> usize {
-    HEAD_SIZE + popcount(present) as usize * EVENT_SIZE
+    if present == 0 {
+        return HEAD_SIZE;
+    }
+    let n = crate::agg::msb(present) as usize + 1;
+    HEAD_SIZE + if n > POSITIONS { POSITIONS } else { n } * EVENT_SIZE
 }
 
 /// How an event relates to the echo a slot holds.
@@ -239,7 +256,10 @@ impl SlotHead {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{catalog::PROBES, event::AF_INET};
+    use crate::{
+        catalog::{Expect, PROBES},
+        event::AF_INET,
+    };
 
     /// Every row a probe can report, as the loader finds them.
     fn probed(reply: bool, s: Stage, ret: bool) -> bool {
@@ -277,19 +297,35 @@ mod tests {
         assert_eq!(at(false, Stage::Sendto, false), 0);
         assert!(at(false, Stage::Route, false) < at(false, Stage::DevQueueXmit, false));
         assert!(at(false, Stage::NetifReceiveSkb, false) < at(true, Stage::IcmpReply, false));
-        // The reply's last usual stage comes before any unusual one.
+        assert!(at(true, Stage::Route, false) < at(true, Stage::Recvmsg, true));
+        // The reply's last stage comes before any unusual row.
         assert!(at(true, Stage::Recvmsg, true) < at(false, Stage::Wakeup, false));
         assert!(at(true, Stage::Recvmsg, true) < at(true, Stage::Sendto, false));
+        assert!(at(true, Stage::Recvmsg, true) < at(false, Stage::DevXmit, false));
         // A row no probe reports takes no room.
-        let tp_only = positions(|reply, s, ret| s != Stage::IpOutput && probed(reply, s, ret));
+        let no_ip_output = positions(|reply, s, ret| s != Stage::IpOutput && probed(reply, s, ret));
         assert_eq!(
-            tp_only[row(false, Stage::IpOutput as u8, false)],
+            no_ip_output[row(false, Stage::IpOutput as u8, false)],
             NO_POSITION
         );
         assert_eq!(
-            tp_only[row(false, Stage::DevQueueXmit as u8, false)] + 1,
+            no_ip_output[row(false, Stage::DevQueueXmit as u8, false)] + 1,
             t[row(false, Stage::DevQueueXmit as u8, false)]
         );
+    }
+
+    #[test]
+    fn every_expected_stage_is_usual_on_its_leg() {
+        for s in Stage::ORDER {
+            let (req, rep) = match s.info().expect {
+                Expect::Never => (false, false),
+                Expect::Request => (true, false),
+                Expect::Reply | Expect::ReplyOrigin => (false, true),
+                Expect::Both | Expect::Either => (true, true),
+            };
+            assert!(!req || usual_on(s, false), "{s:?} on the request");
+            assert!(!rep || usual_on(s, true), "{s:?} on the reply");
+        }
     }
 
     #[test]
@@ -315,11 +351,12 @@ mod tests {
     }
 
     #[test]
-    fn a_record_holds_the_events_present() {
+    fn a_record_ends_at_its_last_event() {
         assert_eq!(record_size(0), HEAD_SIZE);
-        assert_eq!(record_size(1 << 40), HEAD_SIZE + EVENT_SIZE);
-        assert_eq!(record_size(1 << 5 | 1), HEAD_SIZE + 2 * EVENT_SIZE);
-        assert_eq!(record_size((1 << POSITIONS) - 1), SLOT_SIZE);
+        assert_eq!(record_size(1), HEAD_SIZE + EVENT_SIZE);
+        assert_eq!(record_size(1 << 5 | 1), HEAD_SIZE + 6 * EVENT_SIZE);
+        assert_eq!(record_size(u64::MAX), SLOT_SIZE);
+        assert_eq!(record_size(1 << (POSITIONS - 1)), SLOT_SIZE);
     }
 
     fn head() -> SlotHead {

@@ -1,8 +1,8 @@
 //! A streamed trace's events, assembled per echo in the kernel (see
 //! `lotrace_common::assemble`): an event goes into its echo's slot, and
-//! the slot's events go to the ring buffer, packed, as one record when the
-//! echo closes or a later echo takes the slot over. An event without a
-//! place there is streamed on its own.
+//! the slot goes to the ring buffer as one record when the echo closes or
+//! a later echo takes the slot over. An event without a place there is
+//! streamed on its own.
 
 use aya_ebpf::bindings::{
     BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE,
@@ -10,7 +10,7 @@ use aya_ebpf::bindings::{
 use lotrace_common::{
     Event, PktKey, agg,
     assemble::{
-        Fits, HEAD_SIZE, POSITIONS, Slot, TAKEN_POSITIONS, fits, popcount, slot_index, taken_tag,
+        Fits, POSITIONS, Slot, TAKEN_POSITIONS, fits, popcount, record_size, slot_index, taken_tag,
     },
     bits::{clear_bits, set_bits},
     catalog::counters,
@@ -20,9 +20,8 @@ use lotrace_common::{
 
 use crate::{
     kernel::{CONFIG, config},
-    maps::{EVENTS, JOURNEYS, LOST, PACKED, SCRATCH},
+    maps::{EVENTS, JOURNEYS, LOST, SCRATCH},
 };
-use core::ptr::{read_volatile, write_volatile};
 
 /// lotrace drains the ring every 10 ms on a timer of its own, and is woken
 /// from here when a record of `len` bytes about to go in takes the ring
@@ -41,7 +40,7 @@ pub(crate) fn wake_flags(len: u64) -> u64 {
     let waiting = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
     let size = EVENTS.query(BPF_RB_RING_SIZE as u64);
     let half = size / 2;
-    if (waiting < half && waiting + len >= half) || behind() {
+    if (waiting < half && waiting + len >= half) || waiting >= size - size / 4 {
         BPF_RB_FORCE_WAKEUP as u64
     } else {
         BPF_RB_NO_WAKEUP as u64
@@ -87,10 +86,7 @@ fn deliver(ts: u64, stage: u8, probe: u8) {
         count_lost(1);
         return;
     }
-    // Behind (see `wake_flags`): each event goes on its own, waking
-    // lotrace, as `--per-event` would; the journey builder joins them to
-    // what the slot holds.
-    if !behind() && into_slot(ev, stage, probe) {
+    if into_slot(ev, stage, probe) {
         return;
     }
     if EVENTS
@@ -112,7 +108,10 @@ fn into_slot(ev: &Event, stage: u8, probe: u8) -> bool {
         return false;
     };
     let slot = unsafe { &mut *slot };
-    if starts_rtt(reply, stage) {
+    // Behind (see `wake_flags`), an echo gets no slot: each of its events
+    // goes on its own, waking lotrace, as `--per-event` would. Checked
+    // once per echo, not per event.
+    if starts_rtt(reply, stage) && !behind() {
         claim(slot, ev);
     }
     let key = PktKey {
@@ -190,54 +189,18 @@ fn close(slot: &mut Slot) {
     // for user space's read.
 }
 
-/// A slot's record in the making (see [`send`]).
-#[repr(C)]
-pub(crate) struct Packed {
-    /// Counts the packings on this CPU: another program's packing in the
-    /// middle of this one (an interrupt's softirq; on PREEMPT_RT, a task
-    /// preempting this one) shows as a change.
-    ticket: u64,
-    /// Events packed so far. Kept in the map, not a register, so that the
-    /// verifier meets the loop below in one state whatever was packed.
-    n: u32,
-    _pad: u32,
-    record: Slot,
-}
-
-/// The slot's head and its present events, packed one after another in
-/// position order, as one record. `false`: not sent (the ring was full,
-/// or another packing overran this one), and the slot keeps its events.
+/// The slot's head and its events up to the last present, as one record
+/// (see `assemble::record_size`). `false`: not sent (the ring was full),
+/// and the slot keeps its events. Copied straight from the slot: an event
+/// another CPU adds meanwhile is in the record only if its bit, set after
+/// it was written, is in the head copied first.
 #[inline(always)]
 fn send(slot: &Slot, present: u64) -> bool {
-    let Some(out) = PACKED.get_ptr_mut(0) else {
-        return false;
-    };
-    let out = unsafe { &mut *out };
-    let ticket = out.ticket.wrapping_add(1);
-    out.ticket = ticket;
-    out.record.head = slot.head;
-    out.record.head.present = present;
-    unsafe { write_volatile(&mut out.n, 0) };
-    for p in 0..POSITIONS {
-        if present & (1u64 << p) == 0 {
-            continue;
-        }
-        let i = unsafe { read_volatile(&out.n) } as usize;
-        if let (Some(to), Some(from)) = (out.record.events.get_mut(i), slot.events.get(p)) {
-            *to = *from;
-        }
-        unsafe { write_volatile(&mut out.n, i as u32 + 1) };
+    let mut size = record_size(present);
+    if size > core::mem::size_of::<Slot>() {
+        size = core::mem::size_of::<Slot>();
     }
-    if unsafe { read_volatile(&out.ticket) } != ticket {
-        return false;
-    }
-    let mut n = unsafe { read_volatile(&out.n) } as usize;
-    if n > POSITIONS {
-        n = POSITIONS;
-    }
-    let size = HEAD_SIZE + n * EVENT_SIZE;
-    let bytes =
-        unsafe { core::slice::from_raw_parts(&out.record as *const Slot as *const u8, size) };
+    let bytes = unsafe { core::slice::from_raw_parts(slot as *const Slot as *const u8, size) };
     EVENTS
         .output::<[u8]>(bytes, wake_flags(size as u64))
         .is_ok()

@@ -26,11 +26,6 @@ pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 pub(crate) static JOURNEYS: Array<Slot> =
     Array::with_max_entries(assemble::SLOTS, BPF_F_MMAPABLE as u32);
 
-/// A journey record in the making (see `assemble::send`).
-#[map]
-pub(crate) static PACKED: PerCpuArray<crate::assemble::Packed> =
-    PerCpuArray::with_max_entries(1, 0);
-
 /// The event `assemble::deliver` takes next.
 #[map]
 pub(crate) static SCRATCH: PerCpuArray<Event> = PerCpuArray::with_max_entries(1, 0);

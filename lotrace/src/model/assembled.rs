@@ -12,8 +12,9 @@ use lotrace_common::{
 /// Where a slot's bytes came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum From {
-    /// A record in the ring buffer: the programs sent the slot's events,
-    /// packed, when its echo closed or a later echo took the slot over.
+    /// A record in the ring buffer: the programs sent the slot, up to its
+    /// last event, when its echo closed or a later echo took the slot
+    /// over.
     Record,
     /// The map, read by user space while the programs run: only the
     /// slot's own echo's events are taken, since the programs may be
@@ -76,12 +77,7 @@ impl Taken {
         while bits != 0 {
             let p = bits.trailing_zeros() as usize;
             bits &= bits - 1;
-            // A record packs its events; the map keeps each at its place.
-            let at = match from {
-                From::Record => (head.present & ((1u64 << p) - 1)).count_ones() as usize,
-                From::Map | From::Last => p,
-            };
-            let o = HEAD_SIZE + at * EVENT_SIZE;
+            let o = HEAD_SIZE + p * EVENT_SIZE;
             let Some(e) = b.get(o..o + EVENT_SIZE).and_then(Event::from_bytes) else {
                 continue;
             };
@@ -116,6 +112,7 @@ mod tests {
         Stage,
         agg::row,
         assemble::{SLOT_SIZE, positions, record_size},
+        catalog::PROBES,
         event::AF_INET,
     };
 
@@ -149,7 +146,12 @@ mod tests {
         if reply {
             e.icmp_type = 0;
         }
-        let table = positions(|_, _, _| true);
+        // Every row some probe reports, as the loader would find them.
+        let table = positions(|_, s, ret| {
+            PROBES
+                .iter()
+                .any(|p| p.stage == Some(s) && p.at_return == ret)
+        });
         (table[row(reply, stage as u8, ret)] as u32, e)
     }
 
@@ -166,17 +168,11 @@ mod tests {
         b
     }
 
-    /// A slot's record as the programs send it: its events packed.
+    /// A slot's record as the programs send it: up to its last event.
     fn record(h: &SlotHead, events: &[(u32, Event)]) -> Vec<u8> {
-        let mut h = *h;
-        h.present = events.iter().fold(0, |m, (p, _)| m | 1 << p);
-        let mut sorted = events.to_vec();
-        sorted.sort_by_key(|(p, _)| *p);
-        let mut b = h.to_bytes().to_vec();
-        for (_, e) in sorted {
-            b.extend_from_slice(&e.to_bytes());
-        }
-        assert_eq!(b.len(), record_size(h.present));
+        let mut b = slot(h, events);
+        let present = SlotHead::from_bytes(&b).unwrap().present;
+        b.truncate(record_size(present));
         b
     }
 
