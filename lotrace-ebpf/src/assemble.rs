@@ -32,9 +32,9 @@ use crate::{
 /// traced command until lotrace catches up rather than losing events.
 /// Below that, nothing: woken at every record past half full, with
 /// lotrace behind in a flood, a tenth of a profile's samples were those
-/// interrupts, raised in ping's sends. A wake-up from here also tends to make the scheduler run
-/// lotrace on the traced packet's CPU, in the traced command's way
-/// (docs/internals.md has the numbers).
+/// interrupts, raised in ping's sends. A wake-up from here also tends to
+/// make the scheduler run lotrace on the traced packet's CPU, in the
+/// traced command's way (docs/internals.md has the numbers).
 #[inline(always)]
 pub(crate) fn wake_flags(len: u64) -> u64 {
     let waiting = EVENTS.query(BPF_RB_AVAIL_DATA as u64);

@@ -163,8 +163,9 @@ pub struct Probing {
     pub floor: bool,
     /// Send each stage's event to lotrace on its own, as it happens,
     /// instead of assembling each echo's events in the kernel and sending
-    /// them as one record when the echo ends. The same journeys, at a
-    /// higher cost to the traced packets; for comparison.
+    /// them as one record when the echo ends. The same journeys, from
+    /// about 25 ring buffer records per echo instead of one; for
+    /// comparison.
     #[arg(long)]
     pub per_event: bool,
 }
