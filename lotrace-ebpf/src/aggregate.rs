@@ -6,7 +6,6 @@
 use aya_ebpf::helpers::bpf_get_current_comm;
 use lotrace_common::{
     PktKey, Stage, agg,
-    catalog::counters,
     event::{AF_INET6, is_echo_reply, is_echo_request},
     journey::{Masks, Obs, Ran, Rules, Sink},
 };
@@ -14,7 +13,7 @@ use lotrace_common::{
 use crate::{
     filter::in_softirq,
     kernel::{CONFIG, config},
-    maps::{AGG_COUNT, AGG_ROWS, ECHOES, LOST, PENDING},
+    maps::{AGG_COUNT, AGG_ROWS, ECHOES, PENDING, count_lost},
     seen::Seen,
 };
 
@@ -85,9 +84,7 @@ fn aggregate(at: u64, stage: u8, probe: u8) {
     // observation here (see `assemble::deliver`): this one is lost, and
     // counted so.
     if unsafe { (*p).ts } != at {
-        if let Some(lost) = LOST.get_ptr_mut(counters::LOST_IDX) {
-            unsafe { *lost += 1 };
-        }
+        count_lost(1);
         return;
     }
     let Pending {

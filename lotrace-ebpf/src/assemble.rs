@@ -13,14 +13,13 @@ use lotrace_common::{
         Fits, POSITIONS, Slot, TAKEN_POSITIONS, fits, popcount, record_size, slot_index, taken_tag,
     },
     bits::{clear_bits, set_bits},
-    catalog::counters,
     event::{EVENT_SIZE, FLAG_NET_RX, FLAG_PACKET, is_echo_reply, is_echo_request},
     journey::{closes, starts_rtt},
 };
 
 use crate::{
     kernel::{CONFIG, config},
-    maps::{EVENTS, JOURNEYS, LOST, SCRATCH},
+    maps::{EVENTS, JOURNEYS, SCRATCH, count_lost},
 };
 
 /// lotrace drains the ring every 10 ms on a timer of its own, and is woken
@@ -37,28 +36,34 @@ use crate::{
 /// traced command's way (docs/internals.md has the numbers).
 #[inline(always)]
 pub(crate) fn wake_flags(len: u64) -> u64 {
-    let waiting = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
-    let size = EVENTS.query(BPF_RB_RING_SIZE as u64);
+    let (waiting, size) = ring_fill();
     let half = size / 2;
-    if (waiting < half && waiting + len >= half) || waiting >= size - size / 4 {
+    if (waiting < half && waiting + len >= half) || behind_at(waiting, size) {
         BPF_RB_FORCE_WAKEUP as u64
     } else {
         BPF_RB_NO_WAKEUP as u64
     }
 }
 
+/// The bytes waiting in the ring, and its size.
+#[inline(always)]
+fn ring_fill() -> (u64, u64) {
+    (
+        EVENTS.query(BPF_RB_AVAIL_DATA as u64),
+        EVENTS.query(BPF_RB_RING_SIZE as u64),
+    )
+}
+
 /// Three quarters of the ring are waiting: lotrace has fallen behind.
 #[inline(always)]
-fn behind() -> bool {
-    let size = EVENTS.query(BPF_RB_RING_SIZE as u64);
-    EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= size - size / 4
+fn behind_at(waiting: u64, size: u64) -> bool {
+    waiting >= size - size / 4
 }
 
 #[inline(always)]
-fn count_lost(n: u64) {
-    if let Some(lost) = LOST.get_ptr_mut(counters::LOST_IDX) {
-        unsafe { *lost += n };
-    }
+fn behind() -> bool {
+    let (waiting, size) = ring_fill();
+    behind_at(waiting, size)
 }
 
 /// Hands the event to [`deliver`] through the per-CPU `SCRATCH` slot, for

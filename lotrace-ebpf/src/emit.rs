@@ -19,7 +19,7 @@ use crate::{
     assemble::{deliver_later, wake_flags},
     filter::{is_ours, tgid_tid},
     kernel::{CONFIG, config},
-    maps::{EVENTS, LOST, state},
+    maps::{EVENTS, LOST, count_lost, state},
     packet::identify,
     seen::{Seen, at},
 };
@@ -81,16 +81,11 @@ pub(crate) fn emit<C: EbpfContext>(ctx: &C, key: &PktKey, e: Seen) {
     }
     let wake = wake_flags(EVENT_SIZE as u64);
     let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
-        if let Some(lost) = LOST.get_ptr_mut(counters::LOST_IDX) {
-            let n = unsafe {
-                *lost += 1;
-                *lost
-            };
-            // Diagnostics only, and only at powers of two so a full ring
-            // cannot flood the log ring too.
-            if n & (n - 1) == 0 {
-                warn!(ctx, "ring buffer full: {} events lost on this CPU", n);
-            }
+        let n = count_lost(1);
+        // Diagnostics only, and only at powers of two so a full ring
+        // cannot flood the log ring too.
+        if n != 0 && n & (n - 1) == 0 {
+            warn!(ctx, "ring buffer full: {} events lost on this CPU", n);
         }
         return;
     };

@@ -139,6 +139,18 @@ pub(crate) static AGG_COUNT: PerCpuArray<u64> =
 #[map]
 pub(crate) static RECV_CTX: LruHashMap<u32, PktKey> = LruHashMap::with_max_entries(1024, 0);
 
+/// Counts `n` events lost on this CPU; returns this CPU's count so far.
+#[inline(always)]
+pub(crate) fn count_lost(n: u64) -> u64 {
+    match LOST.get_ptr_mut(lotrace_common::catalog::counters::LOST_IDX) {
+        Some(lost) => unsafe {
+            *lost += n;
+            *lost
+        },
+        None => 0,
+    }
+}
+
 /// The state kept between probes: this CPU's, or on PREEMPT_RT this
 /// thread's (`Config::per_thread`).
 #[inline(always)]

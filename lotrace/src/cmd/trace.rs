@@ -213,8 +213,9 @@ pub async fn run_session(opts: TraceOptions, quiet: bool) -> Result<Finished> {
     let mut lines = BufReader::new(proc.stdout.take().context("child stdout")?).lines();
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
-    // The ring is drained on this timer: the programs wake lotrace only
-    // when half the ring is waiting (see lotrace-ebpf's emit).
+    // The ring is drained, and quiet slots read, on this timer: the
+    // programs wake lotrace only as the ring fills (see lotrace-ebpf's
+    // `assemble::wake_flags`).
     let mut tick = interval(Duration::from_millis(10));
     let mut stdout_open = true;
     let mut kill_at: Option<Instant> = None;
