@@ -15,6 +15,7 @@ pub mod agg;
 pub mod assemble;
 pub mod bits;
 pub mod catalog;
+pub mod config;
 pub mod event;
 pub mod follow;
 pub mod journey;
@@ -22,4 +23,5 @@ pub mod order;
 pub mod probes;
 
 pub use catalog::{ProbeId, Stage, TpField};
-pub use event::{Config, CpuState, Event, PktKey};
+pub use config::Config;
+pub use event::{CpuState, Event, PktKey};

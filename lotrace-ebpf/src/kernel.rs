@@ -9,7 +9,8 @@ use aya_ebpf::{
 };
 use lotrace_common::{
     Config, ProbeId, TpField,
-    event::{RAW_HOPS, SKB_WINDOW, TP_DATA_LOC, in_window},
+    config::{RAW_HOPS, TP_DATA_LOC},
+    event::{SKB_WINDOW, in_window},
 };
 
 /// Offsets filled in by the loader (see `Config`).

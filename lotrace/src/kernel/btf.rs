@@ -7,7 +7,7 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use btf_rs::{Btf, Type};
 use lotrace_common::{
     catalog::RawSpec,
-    event::{RAW_HOPS, RawField},
+    config::{RAW_HOPS, RawField},
 };
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";

@@ -10,7 +10,7 @@ use lotrace_common::{
     agg::STAGE_ROWS,
     assemble::positions,
     catalog::{Backend, PROBES, TP_FIELDS},
-    event::RawField,
+    config::RawField,
     journey::Rules,
 };
 

@@ -3,7 +3,7 @@
 use std::{collections::HashMap, path::Path};
 
 use anyhow::{Context as _, Result, bail};
-use lotrace_common::event::TP_DATA_LOC;
+use lotrace_common::config::TP_DATA_LOC;
 
 pub const TRACEFS: &str = "/sys/kernel/tracing";
 

@@ -7,7 +7,7 @@ use crate::model::unavailable::Unavailable;
 use lotrace_common::{
     ProbeId, Stage, TpField,
     catalog::{Backend, PROBES, ProbeInfo},
-    event::RawField,
+    config::RawField,
 };
 
 /// What the running kernel lets lotrace attach.
