@@ -1,103 +1,178 @@
-//! Which traced packet an skb is. Its header says so when the header is in
-//! the skb's linear data; when it is not (a large raw-socket send puts the
-//! ICMP header in the paged fragments: it is the message's first bytes),
-//! the skb is followed by its address from where a traced send built it
-//! until its free, after which the address belongs to the next skb.
+//! Which traced packet an skb is. A packet is identified once, where it is
+//! first seen: its header read where the kernel builds it or first hands
+//! it on (the transmit), or, when the header is out of the skb's linear
+//! data (a large raw-socket send puts the ICMP header in the paged
+//! fragments), by the traced send under way. From then on it is followed
+//! by the skb's address through every stage, with no header read and no
+//! other check: loopback and veth hand the receive path the very skb the
+//! transmit had. Its free ends the following, after which the address
+//! belongs to the next skb.
 //!
-//! The eBPF programs run this over an LRU hash map; the tests below over a
-//! plain one, on synthetic sequences of stages.
+//! Nothing here knows ICMP: a packet's key is whatever the header says it
+//! is (an echo's id and sequence today, a segment of a flow tomorrow).
+//! The eBPF programs run this over a small array indexed by address; the
+//! tests below over a plain map, on synthetic sequences of stages.
 
-use crate::PktKey;
-
-/// What an skb's headers say of it.
+/// What an skb's headers say of it. A struct, not an enum with data: the
+/// programs build it, and every byte of it must be written on every path
+/// (the verifier refuses a program that copies an unset byte).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Header {
-    /// An echo request or reply, read from the linear data.
-    Echo(PktKey),
-    /// An ICMP/ICMPv6 packet of this family whose ICMP header is outside
-    /// the linear data (reading there would read what the buffer held
-    /// before).
-    Unread(u8),
+pub struct Header<K> {
+    pub kind: Kind,
+    /// `Unread`: the packet's address family.
+    pub family: u8,
+    /// `Packet` and `Fragment`: the packet.
+    pub key: K,
 }
 
-/// The skbs being followed: skb address → packet.
-pub trait Followed {
-    fn get(&self, skb: u64) -> Option<PktKey>;
-    fn set(&mut self, skb: u64, key: &PktKey);
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    /// A whole packet, its header read from the linear data.
+    Packet,
+    /// One fragment of an IP datagram, known by the datagram's first.
+    /// Reassembly moves the datagram into one fragment's skb, so a
+    /// fragment is read at every stage, never followed by address.
+    Fragment,
+    /// A packet of this family whose transport header is outside the
+    /// linear data (reading there would read what the buffer held before).
+    Unread,
+}
+
+impl<K: Default> Header<K> {
+    #[inline(always)]
+    pub fn packet(key: K) -> Self {
+        Header {
+            kind: Kind::Packet,
+            family: 0,
+            key,
+        }
+    }
+
+    #[inline(always)]
+    pub fn fragment(key: K) -> Self {
+        Header {
+            kind: Kind::Fragment,
+            family: 0,
+            key,
+        }
+    }
+
+    #[inline(always)]
+    pub fn unread(family: u8) -> Self {
+        Header {
+            kind: Kind::Unread,
+            family,
+            key: K::default(),
+        }
+    }
+}
+
+/// The skbs followed: address → packet. A map may forget an entry (a
+/// fuller map, two addresses in one slot): the packet's next stage then
+/// reads its header again. It must never return another skb's.
+pub trait Followed<K> {
+    fn get(&self, skb: u64) -> Option<K>;
+    fn set(&mut self, skb: u64, key: &K);
+    /// Forgets `skb`, if that is the address followed there.
     fn remove(&mut self, skb: u64);
 }
 
-/// What a stage knows of where it runs.
+/// Where a stage sees the skb.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum At {
-    /// A stage on the packet's way: `sending` is the echo a traced
-    /// thread's send is building here, if that is where this runs (not
-    /// inside NET_RX, in the sending thread, during its send).
-    Way { sending: Option<PktKey> },
+pub enum Sight {
+    /// The transmit's entry (`ip_output`, `dev_queue_xmit`), which every
+    /// packet the trace follows passes first, its request in the sending
+    /// thread, its reply where the kernel builds it. The packet is
+    /// identified here from its header, whatever the address held before
+    /// (a free that went unseen must not name a new packet).
+    Transmit,
+    /// Any later stage on the packet's way.
+    Way,
     /// The skb's free: following ends.
     Free,
 }
 
-/// The packet an skb is, at a stage that saw `header` of it.
+/// The packet `skb` is, at a stage that sees it as `sight` says. Only on
+/// an skb not followed yet are the others called: `read` for its headers,
+/// `sending` for the packet a traced send is building here (when the
+/// header cannot be read), `ours` to judge what they say.
 #[inline(always)]
-pub fn identify<F: Followed>(map: &mut F, skb: u64, header: Header, at: At) -> Option<PktKey> {
-    let family = match header {
-        Header::Echo(key) => {
-            // Receive pulls the header into the linear data: a packet
-            // followed until then ends its following at its free all the
-            // same.
-            if at == At::Free {
-                map.remove(skb);
-            }
-            return Some(key);
-        }
-        Header::Unread(family) => family,
-    };
-    match at {
-        At::Way { sending } => {
-            // A send under way builds its packet: whatever the address held
-            // before is stale (its free may have gone unseen).
-            if let Some(key) = sending.filter(|k| k.family == family) {
-                if map.get(skb) != Some(key) {
-                    map.set(skb, &key);
-                }
-                return Some(key);
-            }
-            map.get(skb)
-        }
-        At::Free => {
-            let key = map.get(skb)?;
+pub fn identify<K: Copy, F: Followed<K>>(
+    map: &mut F,
+    skb: u64,
+    sight: Sight,
+    read: impl FnOnce() -> Option<Header<K>>,
+    sending: impl FnOnce(u8) -> Option<K>,
+    ours: impl FnOnce(&K) -> bool,
+) -> Option<K> {
+    if sight != Sight::Transmit
+        && let Some(key) = map.get(skb)
+    {
+        if sight == Sight::Free {
             map.remove(skb);
-            Some(key)
         }
+        return Some(key);
     }
+    let (key, follow) = match read() {
+        Some(Header {
+            kind: Kind::Packet,
+            key,
+            ..
+        }) => (Some(key), true),
+        Some(Header {
+            kind: Kind::Fragment,
+            key,
+            ..
+        }) => (Some(key), false),
+        Some(Header {
+            kind: Kind::Unread,
+            family,
+            ..
+        }) => (sending(family), true),
+        None => (None, false),
+    };
+    let Some(key) = key.filter(ours) else {
+        if sight == Sight::Transmit {
+            map.remove(skb);
+        }
+        return None;
+    };
+    match sight {
+        // Not followed, so nothing to end.
+        Sight::Free => {}
+        _ if follow => map.set(skb, &key),
+        Sight::Transmit => map.remove(skb),
+        Sight::Way => {}
+    }
+    Some(key)
 }
 
-/// A copy of `key`'s packet (a raw socket's clone, queued to the socket)
-/// is followed by its own address when its header cannot be read.
+/// A copy of a followed packet (a raw socket's clone, queued to the
+/// socket) is followed by its own address.
 #[inline(always)]
-pub fn follow_copy<F: Followed>(map: &mut F, copy: u64, header: Option<Header>, key: &PktKey) {
-    if let Some(Header::Unread(_)) = header {
-        map.set(copy, key);
-    }
+pub fn follow_copy<K, F: Followed<K>>(map: &mut F, copy: u64, key: &K) {
+    map.set(copy, key);
 }
 
 #[cfg(test)]
 mod tests {
     extern crate std;
-    use std::collections::HashMap;
+    use std::{cell::Cell, collections::HashMap};
 
     use super::*;
-    use crate::event::{AF_INET, AF_INET6, ICMP_ECHO, ICMP_ECHOREPLY};
+
+    /// An echo: (family, sequence, is the reply).
+    type Key = (u8, u16, bool);
 
     #[derive(Default)]
-    struct Map(HashMap<u64, PktKey>);
+    struct Map(HashMap<u64, Key>);
 
-    impl Followed for Map {
-        fn get(&self, skb: u64) -> Option<PktKey> {
+    impl Followed<Key> for Map {
+        fn get(&self, skb: u64) -> Option<Key> {
             self.0.get(&skb).copied()
         }
-        fn set(&mut self, skb: u64, key: &PktKey) {
+        fn set(&mut self, skb: u64, key: &Key) {
             self.0.insert(skb, *key);
         }
         fn remove(&mut self, skb: u64) {
@@ -105,102 +180,177 @@ mod tests {
         }
     }
 
-    fn echo(seq: u16, icmp_type: u8) -> PktKey {
-        PktKey {
-            icmp_id: 7,
-            icmp_seq: seq,
-            family: AF_INET,
-            icmp_type,
-            valid: 1,
-            delivered: 0,
+    const V4: u8 = 2;
+    const V6: u8 = 10;
+    const SKB: u64 = 0xffff_8880_0100_0000;
+
+    fn req(seq: u16) -> Key {
+        (V4, seq, false)
+    }
+
+    /// A stream's stages, counting the header reads.
+    struct Stages {
+        map: Map,
+        reads: Cell<u32>,
+        /// The traced send under way, if this runs in it.
+        sending: Option<Key>,
+    }
+
+    impl Stages {
+        fn new() -> Self {
+            Stages {
+                map: Map::default(),
+                reads: Cell::new(0),
+                sending: None,
+            }
+        }
+
+        /// A stage that would read `header`; only sequence numbers below
+        /// 100 are the trace's.
+        fn see(&mut self, skb: u64, sight: Sight, header: Option<Header<Key>>) -> Option<Key> {
+            let reads = &self.reads;
+            let sending = self.sending;
+            identify(
+                &mut self.map,
+                skb,
+                sight,
+                || {
+                    reads.set(reads.get() + 1);
+                    header
+                },
+                |family| sending.filter(|k| k.0 == family),
+                |k| k.1 < 100,
+            )
         }
     }
 
-    const SKB: u64 = 0xffff_8880_0100_0000;
-    const HIDDEN: Header = Header::Unread(AF_INET);
-
-    fn way(sending: Option<PktKey>) -> At {
-        At::Way { sending }
-    }
-
     #[test]
-    fn a_large_send_is_followed_until_its_free() {
-        let mut m = Map::default();
-        let req = echo(1, ICMP_ECHO);
-        // dev_queue_xmit in the sending thread, then loopback and the
-        // receive (NET_RX: no send there).
-        assert_eq!(identify(&mut m, SKB, HIDDEN, way(Some(req))), Some(req));
-        assert_eq!(identify(&mut m, SKB, HIDDEN, way(None)), Some(req));
-        // icmp_rcv pulled the header into the linear data.
-        assert_eq!(
-            identify(&mut m, SKB, Header::Echo(req), way(None)),
-            Some(req)
-        );
-        assert_eq!(
-            identify(&mut m, SKB, Header::Echo(req), At::Free),
-            Some(req)
-        );
-        assert!(m.0.is_empty(), "the free ends the following");
+    fn a_packet_is_read_once_then_followed_to_its_free() {
+        let mut s = Stages::new();
+        let h = Some(Header::packet(req(1)));
+        assert_eq!(s.see(SKB, Sight::Transmit, h), Some(req(1)));
+        // loopback_xmit, netif_rx, netif_receive_skb: the same skb.
+        for _ in 0..3 {
+            assert_eq!(s.see(SKB, Sight::Way, h), Some(req(1)));
+        }
+        assert_eq!(s.see(SKB, Sight::Free, h), Some(req(1)));
+        assert_eq!(s.reads.get(), 1, "only the transmit reads the header");
+        assert!(s.map.0.is_empty(), "the free ends the following");
     }
 
     #[test]
     fn a_recycled_address_does_not_continue_an_old_journey() {
-        let mut m = Map::default();
-        let req = echo(1, ICMP_ECHO);
-        identify(&mut m, SKB, HIDDEN, way(Some(req)));
-        assert_eq!(identify(&mut m, SKB, HIDDEN, At::Free), Some(req));
-        // Another ICMP packet, not ours, at the same address.
-        assert_eq!(identify(&mut m, SKB, HIDDEN, way(None)), None);
-        assert_eq!(identify(&mut m, SKB, HIDDEN, At::Free), None);
+        let mut s = Stages::new();
+        s.see(SKB, Sight::Transmit, Some(Header::packet(req(1))));
+        assert_eq!(s.see(SKB, Sight::Free, None), Some(req(1)));
+        // Another packet, not the trace's, at the same address: read, and
+        // not taken for the old one.
+        let other = Some(Header::packet(req(500)));
+        assert_eq!(s.see(SKB, Sight::Way, other), None);
+        assert_eq!(s.see(SKB, Sight::Free, other), None);
+        assert!(s.map.0.is_empty());
     }
 
     #[test]
-    fn a_new_send_replaces_what_an_unseen_free_left() {
-        let mut m = Map::default();
-        let (one, two) = (echo(1, ICMP_ECHO), echo(2, ICMP_ECHO));
-        identify(&mut m, SKB, HIDDEN, way(Some(one)));
-        // seq 1's skb was freed where no probe saw it; seq 2 gets its address.
-        assert_eq!(identify(&mut m, SKB, HIDDEN, way(Some(two))), Some(two));
-        assert_eq!(identify(&mut m, SKB, HIDDEN, way(None)), Some(two));
-    }
-
-    #[test]
-    fn a_readable_header_is_believed_over_the_address() {
-        let mut m = Map::default();
-        let (one, reply) = (echo(1, ICMP_ECHO), echo(9, ICMP_ECHOREPLY));
-        identify(&mut m, SKB, HIDDEN, way(Some(one)));
+    fn a_transmit_does_not_trust_an_address_whose_free_went_unseen() {
+        let mut s = Stages::new();
+        s.see(SKB, Sight::Transmit, Some(Header::packet(req(1))));
+        // Freed where no probe saw it; the next echo gets the address.
         assert_eq!(
-            identify(&mut m, SKB, Header::Echo(reply), way(None)),
-            Some(reply)
+            s.see(SKB, Sight::Transmit, Some(Header::packet(req(2)))),
+            Some(req(2))
         );
+        assert_eq!(s.see(SKB, Sight::Way, None), Some(req(2)));
+        // And a packet not the trace's, transmitted there, clears it.
+        assert_eq!(
+            s.see(SKB, Sight::Transmit, Some(Header::packet(req(500)))),
+            None
+        );
+        assert_eq!(s.see(SKB, Sight::Way, None), None);
+    }
+
+    #[test]
+    fn a_header_out_of_reach_is_the_send_under_way() {
+        let mut s = Stages::new();
+        s.sending = Some(req(3));
+        assert_eq!(
+            s.see(SKB, Sight::Transmit, Some(Header::unread(V4))),
+            Some(req(3))
+        );
+        // In NET_RX, no send: followed by address.
+        s.sending = None;
+        assert_eq!(
+            s.see(SKB, Sight::Way, Some(Header::unread(V4))),
+            Some(req(3))
+        );
+        assert_eq!(
+            s.see(SKB, Sight::Free, Some(Header::unread(V4))),
+            Some(req(3))
+        );
+        // Unread, and no send under way: not known.
+        assert_eq!(s.see(SKB, Sight::Way, Some(Header::unread(V4))), None);
     }
 
     #[test]
     fn a_send_of_the_other_family_is_not_this_packet() {
-        let mut m = Map::default();
-        let req = echo(1, ICMP_ECHO);
+        let mut s = Stages::new();
+        s.sending = Some(req(1));
+        assert_eq!(s.see(SKB, Sight::Transmit, Some(Header::unread(V6))), None);
+        assert!(s.map.0.is_empty());
+    }
+
+    #[test]
+    fn a_packet_not_ours_is_never_followed() {
+        let mut s = Stages::new();
+        let h = Some(Header::packet(req(500)));
+        assert_eq!(s.see(SKB, Sight::Transmit, h), None);
+        assert_eq!(s.see(SKB, Sight::Way, h), None);
+        assert_eq!(s.reads.get(), 2, "read at every stage, as before");
+        assert!(s.map.0.is_empty());
+    }
+
+    #[test]
+    fn fragments_are_read_at_every_stage() {
+        let mut s = Stages::new();
+        let frag = Some(Header::fragment(req(4)));
+        assert_eq!(s.see(SKB, Sight::Transmit, frag), Some(req(4)));
+        assert_eq!(s.see(SKB, Sight::Way, frag), Some(req(4)));
+        assert!(s.map.0.is_empty());
+        // Reassembly made this fragment's skb the whole datagram: read.
+        let whole = Some(Header::packet(req(4)));
+        assert_eq!(s.see(SKB, Sight::Way, whole), Some(req(4)));
+        assert_eq!(s.reads.get(), 3);
+        assert_eq!(s.see(SKB, Sight::Free, None), Some(req(4)));
+        assert!(s.map.0.is_empty());
+    }
+
+    #[test]
+    fn a_packet_first_seen_on_its_way_is_followed_from_there() {
+        // A raw socket's clone of a reply, first seen at ping's copy.
+        let mut s = Stages::new();
+        let reply = (V4, 5, true);
         assert_eq!(
-            identify(&mut m, SKB, Header::Unread(AF_INET6), way(Some(req))),
-            None
+            s.see(SKB, Sight::Way, Some(Header::packet(reply))),
+            Some(reply)
         );
-        assert!(m.0.is_empty());
+        assert_eq!(s.see(SKB, Sight::Free, None), Some(reply));
+        assert_eq!(s.reads.get(), 1);
     }
 
     #[test]
     fn a_clone_is_followed_as_its_own_skb() {
-        let mut m = Map::default();
-        let req = echo(1, ICMP_ECHO);
+        let mut s = Stages::new();
+        s.sending = Some(req(1));
         let clone = SKB + 0x100;
-        identify(&mut m, SKB, HIDDEN, way(Some(req)));
-        follow_copy(&mut m, clone, Some(HIDDEN), &req);
+        s.see(SKB, Sight::Transmit, Some(Header::unread(V4)));
+        s.sending = None;
+        follow_copy(&mut s.map, clone, &req(1));
         // The original is consumed by ICMP; the clone lives on in the
         // socket until ping reads it.
-        assert_eq!(identify(&mut m, SKB, HIDDEN, At::Free), Some(req));
-        assert_eq!(identify(&mut m, clone, HIDDEN, way(None)), Some(req));
-        assert_eq!(identify(&mut m, clone, HIDDEN, At::Free), Some(req));
-        assert!(m.0.is_empty());
-        // A clone whose header can be read needs no following.
-        follow_copy(&mut m, clone, Some(Header::Echo(req)), &req);
-        assert!(m.0.is_empty());
+        assert_eq!(s.see(SKB, Sight::Free, None), Some(req(1)));
+        assert_eq!(s.see(clone, Sight::Way, None), Some(req(1)));
+        assert_eq!(s.see(clone, Sight::Free, None), Some(req(1)));
+        assert!(s.map.0.is_empty());
+        assert_eq!(s.reads.get(), 1);
     }
 }

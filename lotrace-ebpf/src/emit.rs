@@ -12,6 +12,7 @@ use lotrace_common::{
     Event, PktKey, ProbeId, Stage,
     catalog::counters,
     event::{EVENT_SIZE, FLAG_FRAGMENT, FLAG_NET_RX, FLAG_PACKET},
+    follow::Sight,
 };
 
 use crate::{
@@ -20,7 +21,7 @@ use crate::{
     filter::{is_ours, tgid_tid},
     kernel::{CONFIG, config},
     maps::{EVENTS, LOST, count_lost, state},
-    packet::identify,
+    packet::ours,
     seen::{Seen, at},
 };
 
@@ -114,10 +115,7 @@ pub(crate) fn skb_event_aux<C: EbpfContext>(
     probe: ProbeId,
     aux: impl FnOnce() -> u64,
 ) -> Option<PktKey> {
-    let (key, len) = identify(skb, false)?;
-    if !is_ours(&key, skb) {
-        return None;
-    }
+    let (key, len) = ours(skb, Sight::Way, || true, |k| is_ours(k, skb))?;
     emit(ctx, &key, at(stage, probe, skb, len, aux()));
     Some(key)
 }

@@ -13,6 +13,8 @@ use lotrace_common::{
     event::{SKB_WINDOW, in_window},
 };
 
+use crate::maps::NUMBER;
+
 /// Offsets filled in by the loader (see `Config`).
 #[unsafe(no_mangle)]
 pub(crate) static CONFIG: Config = Config::zeroed();
@@ -165,6 +167,21 @@ pub(crate) fn fexit_ret(ctx: &FExitContext, probe: ProbeId) -> i64 {
         5 => ctx.arg::<i64>(5),
         6 => ctx.arg::<i64>(6),
         _ => 0,
+    }
+}
+
+/// An fentry argument as a number, as kprobes and tracepoints hand them.
+/// fentry's pointers are typed from BTF, and the verifier allows them no
+/// arithmetic but adding (following an skb hashes its address); written
+/// to a map value and read back, the pointer is a plain number.
+#[inline(always)]
+pub(crate) fn number(v: u64) -> u64 {
+    match NUMBER.get_ptr_mut(0) {
+        Some(p) => unsafe {
+            core::ptr::write_volatile(p, v);
+            core::ptr::read_volatile(p)
+        },
+        None => 0,
     }
 }
 

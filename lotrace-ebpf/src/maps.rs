@@ -99,11 +99,27 @@ pub(crate) static SOCKS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(1024
 #[map]
 pub(crate) static SEND_CTX: LruHashMap<u32, PktKey> = LruHashMap::with_max_entries(1024, 0);
 
-/// Traced packets whose ICMP header is out of reach (see
-/// `packet::identify`), by skb address, until their free. LRU: an skb
-/// freed where no probe sees it must not hold its slot for ever.
+/// Per CPU: where `kernel::number` turns a pointer into a number.
 #[map]
-pub(crate) static SKBS: LruHashMap<u64, PktKey> = LruHashMap::with_max_entries(4096, 0);
+pub(crate) static NUMBER: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// The packets followed by skb address (see `packet::ours`): a slot per
+/// address hash, lock-free. Two addresses in one slot keep the later one;
+/// the other's stages then read its header again.
+#[map]
+pub(crate) static FOLLOWED: Array<Follow> = Array::with_max_entries(FOLLOWED_SLOTS, 0);
+
+pub(crate) const FOLLOWED_SLOTS: u32 = 4096;
+
+/// One followed skb. Two CPUs may write a slot at once: `tag` binds the
+/// address to the packet, so a slot read half-written is no one's.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct Follow {
+    pub(crate) skb: u64,
+    pub(crate) key: PktKey,
+    pub(crate) tag: u64,
+}
 
 /// The echo each fragmented IP datagram carries, by family and IP
 /// identification (`(family << 32) | id`): only its first fragment has the

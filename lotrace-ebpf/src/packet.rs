@@ -1,8 +1,8 @@
-//! What an skb is: its IP and ICMP headers read inside its linear data,
-//! the fragments of a datagram known by its first, and the skbs whose
-//! header is out of reach followed by address (see
-//! `lotrace_common::follow`). Whether the echo it is belongs to the trace
-//! is `filter`'s.
+//! What an skb is: a traced packet is identified once, from its IP and
+//! ICMP headers read inside its linear data (a fragment by its datagram's
+//! first) or from the traced send building it, then followed by address
+//! (see `lotrace_common::follow`). Whether the echo a header names belongs
+//! to the trace is `filter`'s.
 
 use lotrace_common::{
     PktKey,
@@ -10,22 +10,23 @@ use lotrace_common::{
         AF_INET, AF_INET6, ICMP_ECHO, ICMP_ECHOREPLY, ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST,
         IPPROTO_FRAGMENT, IPPROTO_ICMP, IPPROTO_ICMPV6,
     },
-    follow::{self, At, Followed, Header},
+    follow::{self, Followed, Header, Sight},
 };
 
 use crate::{
-    filter::{get_ctx, in_softirq, is_target, tgid_tid},
+    filter::{get_ctx, in_softirq, is_ours, is_target, tgid_tid},
     kernel::{CONFIG, config, read_kernel, skb_head_nh_tail},
-    maps::{FRAGS, SEND_CTX, SKBS, state},
+    maps::{FOLLOWED, FOLLOWED_SLOTS, FRAGS, Follow, SEND_CTX, state},
 };
 
 /// Reads the IP and ICMP/ICMPv6 headers of an skb at the offsets the loader
 /// found in BTF, inside its linear data only. `None` for anything that is
 /// not ICMP. A fragment of a datagram is its echo's: the first fragment's
 /// header says which, and is remembered by the datagram's id for the
-/// others (see `FRAGS`); the skb is marked a fragment for `emit`.
+/// others (see `FRAGS`). Also the skb's length, and whether it is a
+/// fragment (a first fragment may have its header out of reach too).
 #[inline(always)]
-pub(crate) fn read_skb(skb: u64) -> Option<(Header, u32)> {
+fn read_skb(skb: u64) -> Option<(Header<PktKey>, u32, bool)> {
     if skb == 0 {
         return None;
     }
@@ -44,11 +45,7 @@ pub(crate) fn read_skb(skb: u64) -> Option<(Header, u32)> {
     }
     let end = head + tail as u64;
     // The length only goes into streamed events: aggregation skips the read.
-    let len: u32 = if config(&CONFIG.summary_only) != 0 {
-        0
-    } else {
-        read_kernel(skb + off_len).unwrap_or(0)
-    };
+    let len = skb_len(skb, off_len);
     let ip = head + nh as u64;
     // One read covers what both IP versions need: the version, IPv4's
     // identification (bytes 4-5), fragment offset and flags (6-7) and
@@ -62,7 +59,7 @@ pub(crate) fn read_skb(skb: u64) -> Option<(Header, u32)> {
             let flags_off = u16::from_be_bytes([iph[6], iph[7]]);
             let id = u16::from_be_bytes([iph[4], iph[5]]) as u32;
             if flags_off & 0x1fff != 0 {
-                return later_fragment(skb, AF_INET, id, len);
+                return later_fragment(AF_INET, id, len);
             }
             let frag = (flags_off & 0x2000 != 0).then_some(id);
             (AF_INET, ip + ((iph[0] & 0x0f) as u64) * 4, frag)
@@ -76,7 +73,7 @@ pub(crate) fn read_skb(skb: u64) -> Option<(Header, u32)> {
             let fh: [u8; 8] = read_kernel(ip + 40)?;
             let id = u32::from_be_bytes([fh[4], fh[5], fh[6], fh[7]]);
             if u16::from_be_bytes([fh[2], fh[3]]) & 0xfff8 != 0 {
-                return later_fragment(skb, AF_INET6, id, len);
+                return later_fragment(AF_INET6, id, len);
             }
             if fh[0] != IPPROTO_ICMPV6 {
                 return None;
@@ -86,20 +83,28 @@ pub(crate) fn read_skb(skb: u64) -> Option<(Header, u32)> {
         _ => return None,
     };
     if icmp_at + 8 > end {
-        mark_fragment(skb, frag.is_some());
-        return Some((Header::Unread(family), len));
+        return Some((Header::unread(family), len, frag.is_some()));
     }
     let hdr: [u8; 8] = read_kernel(icmp_at)?;
     let key = echo_key(family, &hdr)?;
-    // Only for echoes: every other packet of the machine passes here too.
-    mark_fragment(skb, frag.is_some());
-    if let Some(id) = frag {
-        let k = frag_key(family, id);
-        if unsafe { FRAGS.get(&k) } != Some(&key) {
-            let _ = FRAGS.insert(&k, &key, 0);
-        }
+    let Some(id) = frag else {
+        return Some((Header::packet(key), len, false));
+    };
+    let k = frag_key(family, id);
+    if unsafe { FRAGS.get(&k) } != Some(&key) {
+        let _ = FRAGS.insert(&k, &key, 0);
     }
-    Some((Header::Echo(key), len))
+    Some((Header::fragment(key), len, true))
+}
+
+/// The skb's length, for streamed events only: aggregation skips the read.
+#[inline(always)]
+fn skb_len(skb: u64, off_len: u64) -> u32 {
+    if config(&CONFIG.summary_only) != 0 {
+        0
+    } else {
+        read_kernel(skb + off_len).unwrap_or(0)
+    }
 }
 
 #[inline(always)]
@@ -110,66 +115,126 @@ fn frag_key(family: u8, id: u32) -> u64 {
 /// A fragment other than the first: the echo its datagram's first fragment
 /// carried, if seen.
 #[inline(always)]
-fn later_fragment(skb: u64, family: u8, id: u32, len: u32) -> Option<(Header, u32)> {
+fn later_fragment(family: u8, id: u32, len: u32) -> Option<(Header<PktKey>, u32, bool)> {
     let key = unsafe { FRAGS.get(&frag_key(family, id)) }.copied()?;
-    mark_fragment(skb, true);
-    Some((Header::Echo(key), len))
+    Some((Header::fragment(key), len, true))
 }
 
-/// Whether the skb just read is a fragment (its events say so). The
-/// reassembled datagram takes over one fragment's skb: the mark goes with
-/// the next read of that address.
-#[inline(always)]
-fn mark_fragment(skb: u64, frag: bool) {
-    if let Some(st) = state() {
-        if frag {
-            st.frag_skb = skb;
-        } else if st.frag_skb == skb {
-            st.frag_skb = 0;
-        }
-    }
-}
-
-/// The skbs followed by address, for `lotrace_common::follow`.
+/// The packets followed by address, for `lotrace_common::follow`.
 struct Skbs;
 
-impl Followed for Skbs {
+#[inline(always)]
+fn follow_slot(skb: u64) -> u32 {
+    // skbs are slab objects a few hundred bytes apart: a multiplicative
+    // hash spreads them over the slots.
+    ((skb >> 6).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 52) as u32 & (FOLLOWED_SLOTS - 1)
+}
+
+#[inline(always)]
+fn follow_tag(skb: u64, key: &PktKey) -> u64 {
+    let k = u64::from_le_bytes([
+        key.icmp_id as u8,
+        (key.icmp_id >> 8) as u8,
+        key.icmp_seq as u8,
+        (key.icmp_seq >> 8) as u8,
+        key.family,
+        key.icmp_type,
+        key.valid,
+        0,
+    ]);
+    !(skb ^ k.rotate_left(17))
+}
+
+impl Followed<PktKey> for Skbs {
     #[inline(always)]
     fn get(&self, skb: u64) -> Option<PktKey> {
-        unsafe { SKBS.get(&skb) }.copied()
+        let f = FOLLOWED.get(follow_slot(skb))?;
+        let f = unsafe { core::ptr::read_volatile(f) };
+        (f.skb == skb && f.tag == follow_tag(skb, &f.key)).then_some(f.key)
     }
     #[inline(always)]
     fn set(&mut self, skb: u64, key: &PktKey) {
-        let _ = SKBS.insert(&skb, key, 0);
+        let Some(f) = FOLLOWED.get_ptr_mut(follow_slot(skb)) else {
+            return;
+        };
+        let mut key = *key;
+        key.delivered = 0;
+        unsafe {
+            *f = Follow {
+                skb,
+                key,
+                tag: follow_tag(skb, &key),
+            }
+        };
     }
     #[inline(always)]
     fn remove(&mut self, skb: u64) {
-        let _ = SKBS.remove(&skb);
+        if let Some(f) = FOLLOWED.get_ptr_mut(follow_slot(skb))
+            && unsafe { (*f).skb } == skb
+        {
+            unsafe { (*f).skb = 0 };
+        }
     }
 }
 
-/// Which echo packet an skb is, and its length (see
-/// `lotrace_common::follow`); the caller decides whether that echo is
-/// traced. `free`: the skb's free, which ends its following.
+/// Which traced packet `skb` is, and its length (see
+/// `lotrace_common::follow`). An skb not followed yet has its headers
+/// read if `may_read` says so, and is the trace's if `judge` says so of
+/// the packet they name; a followed one is the trace's.
 #[inline(always)]
-pub(crate) fn identify(skb: u64, free: bool) -> Option<(PktKey, u32)> {
-    let (header, len) = read_skb(skb)?;
-    let at = if free {
-        At::Free
-    } else {
-        At::Way {
-            sending: match header {
-                Header::Unread(_) => sending(),
-                Header::Echo(_) => None,
-            },
-        }
+pub(crate) fn ours(
+    skb: u64,
+    sight: Sight,
+    may_read: impl FnOnce() -> bool,
+    judge: impl FnOnce(&PktKey) -> bool,
+) -> Option<(PktKey, u32)> {
+    if skb == 0 {
+        return None;
+    }
+    // What the headers said, when read: the length, and whether a fragment.
+    let mut read = None;
+    let key = follow::identify(
+        &mut Skbs,
+        skb,
+        sight,
+        || {
+            if !may_read() {
+                return None;
+            }
+            let (header, len, frag) = read_skb(skb)?;
+            read = Some((len, frag));
+            Some(header)
+        },
+        sending,
+        judge,
+    )?;
+    let (len, frag) = match read {
+        Some(r) => r,
+        None => (skb_len(skb, config(&CONFIG.skb_len) as u64), false),
     };
-    Some((follow::identify(&mut Skbs, skb, header, at)?, len))
+    let Some(st) = state() else {
+        return Some((key, len));
+    };
+    // Whether the skb is a fragment, for `emit`. The reassembled datagram
+    // takes over one fragment's skb: the mark goes with the next read, or
+    // the next stage that finds the address followed.
+    if frag {
+        st.frag_skb = skb;
+    } else if st.frag_skb == skb {
+        st.frag_skb = 0;
+    }
+    // Our own transmit hands this followed skb to a receive: that
+    // receive's namespace is the echo's too (`is_ours` records it).
+    if read.is_none() && st.xmit_skb == skb {
+        let _ = is_ours(&key, skb);
+    }
+    Some((key, len))
 }
 
-/// The echo a traced thread's send is building, outside NET_RX.
+/// The echo a traced thread's send is building, outside NET_RX, if of
+/// this family.
 #[inline(always)]
-fn sending() -> Option<PktKey> {
+fn sending(family: u8) -> Option<PktKey> {
     if in_softirq() {
         return None;
     }
@@ -177,14 +242,14 @@ fn sending() -> Option<PktKey> {
     if !is_target(tgid) {
         return None;
     }
-    get_ctx(&SEND_CTX, tid)
+    get_ctx(&SEND_CTX, tid).filter(|k| k.family == family)
 }
 
 /// Follows a copy of a traced packet (a raw socket's clone) by its own
-/// address, when its header cannot be read.
+/// address.
 #[inline(always)]
 pub(crate) fn follow_copy(skb: u64, key: &PktKey) {
-    follow::follow_copy(&mut Skbs, skb, read_skb(skb).map(|(h, _)| h), key);
+    follow::follow_copy(&mut Skbs, skb, key);
 }
 
 #[inline(always)]

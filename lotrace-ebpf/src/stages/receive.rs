@@ -3,7 +3,7 @@
 //! answers the echo request (the reply leg begins there).
 
 use aya_ebpf::EbpfContext;
-use lotrace_common::{ProbeId, Stage, TpField, event::is_echo_request};
+use lotrace_common::{ProbeId, Stage, TpField, event::is_echo_request, follow::Sight};
 
 use crate::kernel::Fields;
 use crate::{
@@ -11,7 +11,7 @@ use crate::{
     filter::is_ours,
     kernel::{CONFIG, config, field},
     maps::state,
-    packet::{identify, reply_of},
+    packet::{ours, reply_of},
     seen::at,
 };
 
@@ -44,15 +44,11 @@ pub(crate) fn netif_rx_exit(_ctx: &impl Fields, _probe: ProbeId, _ret: TpField) 
 #[inline(always)]
 pub(crate) fn netif_receive_skb<C: EbpfContext>(ctx: &C, probe: ProbeId, skb: u64) {
     let Some(st) = state() else { return };
-    let Some((mut key, len)) = identify(skb, false) else {
+    let Some((mut key, len)) = ours(skb, Sight::Way, || true, |k| is_ours(k, skb)) else {
         // Any other packet ends the attribution to the previous echo.
         st.rx.valid = 0;
         return;
     };
-    if !is_ours(&key, skb) {
-        st.rx.valid = 0;
-        return;
-    }
     key.delivered = 0;
     st.rx = key;
     st.delivered_sk = 0;
@@ -122,10 +118,10 @@ pub(crate) fn icmp_rcv<C: EbpfContext>(ctx: &C, probe: ProbeId, skb: u64) {
 /// icmpv6_echo_reply): the reply leg begins.
 #[inline(always)]
 pub(crate) fn icmp_echo<C: EbpfContext>(ctx: &C, probe: ProbeId, skb: u64) {
-    let Some((key, len)) = identify(skb, false) else {
+    let Some((key, len)) = ours(skb, Sight::Way, || true, |k| is_ours(k, skb)) else {
         return;
     };
-    if !is_ours(&key, skb) || !is_echo_request(key.family, key.icmp_type) {
+    if !is_echo_request(key.family, key.icmp_type) {
         return;
     }
     emit(

@@ -2,7 +2,7 @@
 //! socket's queue and returns it.
 
 use aya_ebpf::EbpfContext;
-use lotrace_common::{ProbeId, Stage, TpField, event::is_echo_reply};
+use lotrace_common::{ProbeId, Stage, TpField, event::is_echo_reply, follow::Sight};
 
 use crate::kernel::Fields;
 use crate::{
@@ -10,7 +10,7 @@ use crate::{
     filter::{get_ctx, is_ours, is_target, set_ctx, take_ctx, tgid_tid},
     kernel::field,
     maps::RECV_CTX,
-    packet::identify,
+    packet::ours,
     seen::at,
 };
 
@@ -21,10 +21,10 @@ fn copy<C: EbpfContext>(ctx: &C, skb: u64, probe: ProbeId, len: i64) {
     if !is_target(tgid) {
         return;
     }
-    let Some((key, _)) = identify(skb, false) else {
+    let Some((key, _)) = ours(skb, Sight::Way, || true, |k| is_ours(k, skb)) else {
         return;
     };
-    if !is_ours(&key, skb) || !is_echo_reply(key.family, key.icmp_type) {
+    if !is_echo_reply(key.family, key.icmp_type) {
         return;
     }
     set_ctx(&RECV_CTX, tid, &key);

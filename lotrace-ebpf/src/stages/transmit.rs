@@ -4,8 +4,9 @@
 use aya_ebpf::EbpfContext;
 use aya_log_ebpf::info;
 use lotrace_common::{
-    ProbeId, Stage, TpField,
+    PktKey, ProbeId, Stage, TpField,
     event::{LO_NAME, is_echo_request},
+    follow::Sight,
 };
 
 use crate::kernel::Fields;
@@ -14,7 +15,7 @@ use crate::{
     filter::{in_softirq, is_ours, is_target, learn_sock, sock_net, tgid_tid, track, track_key},
     kernel::{CONFIG, config, dev_name, field, read_kernel, sk_type},
     maps::state,
-    packet::identify,
+    packet::ours,
     seen::at,
 };
 
@@ -22,20 +23,34 @@ use crate::{
 /// sees the packet.
 #[inline(always)]
 pub(crate) fn ip_output<C: EbpfContext>(ctx: &C, probe: ProbeId, skb: u64) {
-    let Some((key, len)) = identify(skb, false) else {
-        return;
-    };
-    track_send(ctx, skb, &key);
-    if is_ours(&key, skb) {
+    if let Some((key, len)) = sent(ctx, skb).0 {
         emit(ctx, &key, at(Stage::IpOutput, probe, skb, len, 0));
     }
+}
+
+/// The traced packet the transmit's entry sees (it is identified here,
+/// see `lotrace_common::follow`), and what [`track_send`] found of its
+/// socket.
+#[inline(always)]
+fn sent<C: EbpfContext>(ctx: &C, skb: u64) -> (Option<(PktKey, u32)>, u32) {
+    let mut sock_type = 0;
+    let found = ours(
+        skb,
+        Sight::Transmit,
+        || true,
+        |k| {
+            sock_type = track_send(ctx, skb, k);
+            is_ours(k, skb)
+        },
+    );
+    (found, sock_type)
 }
 
 /// A packet built by a traced command's send (the first stage to see it,
 /// in the sending thread): an echo request's id is tracked from here, and
 /// its socket learnt. Returns the socket's type (0: not such a packet).
 #[inline(always)]
-fn track_send<C: EbpfContext>(ctx: &C, skb: u64, key: &lotrace_common::PktKey) -> u32 {
+fn track_send<C: EbpfContext>(ctx: &C, skb: u64, key: &PktKey) -> u32 {
     let mut sock_type = 0u32;
     if is_echo_request(key.family, key.icmp_type) {
         let (tgid, _) = tgid_tid();
@@ -65,13 +80,9 @@ fn track_send<C: EbpfContext>(ctx: &C, skb: u64, key: &lotrace_common::PktKey) -
 /// command's echo request is first seen (see [`track_send`]).
 #[inline(always)]
 pub(crate) fn dev_queue_xmit<C: EbpfContext>(ctx: &C, probe: ProbeId, skb: u64) {
-    let Some((key, len)) = identify(skb, false) else {
+    let (Some((key, len)), sock_type) = sent(ctx, skb) else {
         return;
     };
-    let sock_type = track_send(ctx, skb, &key);
-    if !is_ours(&key, skb) {
-        return;
-    }
     let mut e = at(Stage::DevQueueXmit, probe, skb, len, dev_name(skb));
     e.aux2 = sock_type;
     emit(ctx, &key, e);
@@ -97,12 +108,9 @@ pub(crate) fn loopback_xmit<C: EbpfContext>(ctx: &C, probe: ProbeId, skb: u64) {
 /// (a device whose name cannot be read, too: that is always true).
 #[inline(always)]
 fn xmit_start<C: EbpfContext>(ctx: &C, probe: ProbeId, skb: u64, lo_fn: bool) {
-    let Some((key, len)) = identify(skb, false) else {
+    let Some((key, len)) = ours(skb, Sight::Way, || true, |k| is_ours(k, skb)) else {
         return;
     };
-    if !is_ours(&key, skb) {
-        return;
-    }
     let name = dev_name(skb);
     let stage = if lo_fn || name == LO_NAME {
         Stage::LoopbackXmit

@@ -2,7 +2,8 @@
 //! again (kernel, probes, the child's output), so that `lotrace replay`
 //! works without root and traces can be shared.
 //!
-//! Layout: the magic `LOTRACE1`, then frames of `tag: u8, len: u32 LE,
+//! Layout: the magic `LOTRACE1` (its last byte is the format's version),
+//! then frames of `tag: u8, len: u32 LE,
 //! payload`. The first frame is the JSON header ([`Meta`]); then events
 //! (80 bytes each), child output lines and lost-event counts, in the order
 //! they were read; the last frame is the JSON trailer. A reader treats the
@@ -17,6 +18,8 @@ use serde::{Deserialize, Serialize};
 use crate::model::meta::Meta;
 
 pub const MAGIC: &[u8; 8] = b"LOTRACE1";
+/// The magic without its version byte.
+const MAGIC_NAME: &[u8; 7] = b"LOTRACE";
 const MAX_FRAME: u32 = 1 << 20;
 
 const TAG_HEADER: u8 = 1;
@@ -106,8 +109,20 @@ pub fn read(mut r: impl Read) -> Result<Recording> {
 }
 
 pub fn decode(buf: &[u8]) -> Result<Recording> {
-    if buf.len() < MAGIC.len() || &buf[..MAGIC.len()] != MAGIC {
+    if buf.len() < MAGIC.len() || &buf[..MAGIC_NAME.len()] != MAGIC_NAME {
         bail!("not a lotrace record file (bad magic)");
+    }
+    let version = buf[MAGIC_NAME.len()];
+    if version != MAGIC[MAGIC_NAME.len()] {
+        let shown = if version.is_ascii_graphic() {
+            (version as char).to_string()
+        } else {
+            format!("byte {version:#04x}")
+        };
+        bail!(
+            "record file format version {shown}, and this lotrace reads version {}: replay it with the lotrace that recorded it",
+            MAGIC[MAGIC_NAME.len()] as char
+        );
     }
     let mut at = MAGIC.len();
     let mut meta = None;
@@ -254,6 +269,14 @@ mod tests {
         let mut bad = full.clone();
         bad[0] = b'X';
         assert!(decode(&bad).unwrap_err().to_string().contains("magic"));
+        // A later format: its version, and what to do.
+        let mut later = full.clone();
+        later[7] = b'2';
+        let msg = decode(&later).unwrap_err().to_string();
+        assert!(
+            msg.contains("format version 2") && msg.contains("reads version 1"),
+            "{msg}"
+        );
         // The first event frame's stage byte.
         let header_len = u32::from_le_bytes(full[9..13].try_into().unwrap()) as usize;
         let first_event = 8 + 5 + header_len + 5;
