@@ -9,7 +9,7 @@ use lotrace_common::{PktKey, ProbeId, TpField, agg, event::AF_INET6};
 use crate::kernel::Fields;
 use crate::{
     kernel::{CONFIG, config, field, read_kernel},
-    maps::{CROSSED, OWNED, OWNED_SLOTS, SOCKS, TARGETS, TRACKED, TRACKED_NET, state},
+    maps::{CROSSED, OWNED, OWNED_SLOTS, SOCKS, TARGETS, TRACKED, TRACKED_NET, TRACKED_SK, state},
 };
 
 /// Sets a thread's context. A thread keeps its slot between system calls
@@ -123,21 +123,54 @@ pub(crate) fn is_ours(key: &PktKey, skb: u64) -> bool {
     false
 }
 
-/// Starts tracking an id for the process `tgid`, whose socket is in the
-/// namespace `net`; true if it was not tracked yet.
+/// Starts tracking an id for the process `tgid`, sent on socket `sk` in
+/// the namespace `net`; true if it was not tracked yet. A later send of
+/// the id by the same process names the socket it now uses.
 #[inline(always)]
-pub(crate) fn track(k: u32, tgid: u32, net: u64) -> bool {
-    match TRACKED.get_ptr_mut(k) {
-        Some(v) if unsafe { *v } == 0 => {
-            unsafe { *v = tgid };
-            if let Some(n) = TRACKED_NET.get_ptr_mut(k) {
-                unsafe { *n = net };
-            }
-            own(tgid, k);
-            true
+pub(crate) fn track(k: u32, tgid: u32, sk: u64, net: u64) -> bool {
+    let Some(v) = TRACKED.get_ptr_mut(k) else {
+        return false;
+    };
+    let owner = unsafe { *v };
+    if owner == 0 {
+        unsafe { *v = tgid };
+        if let Some(n) = TRACKED_NET.get_ptr_mut(k) {
+            unsafe { *n = net };
         }
-        _ => false,
+    } else if owner != tgid {
+        return false;
     }
+    if let Some(s) = TRACKED_SK.get_ptr_mut(k)
+        && unsafe { *s } != sk
+    {
+        unsafe { *s = sk };
+    }
+    if owner != 0 {
+        return false;
+    }
+    own(tgid, k);
+    true
+}
+
+/// Whether socket `sk` is the one `key`'s echo was sent on: its reply is
+/// delivered there, while every raw ICMP socket, another traced ping's
+/// too, gets a copy. True when either is not known (0).
+#[inline(always)]
+pub(crate) fn echo_socket_is(key: &PktKey, sk: u64) -> bool {
+    match TRACKED_SK.get(track_key(key)) {
+        Some(&s) => s == 0 || sk == 0 || s == sk,
+        None => true,
+    }
+}
+
+/// The socket an skb belongs to (0: none, or not known here).
+#[inline(always)]
+pub(crate) fn skb_sock(skb: u64) -> u64 {
+    let off = config(&CONFIG.skb_sk) as u64;
+    if off == 0 {
+        return 0;
+    }
+    read_kernel::<u64>(skb + off).unwrap_or(0)
 }
 
 /// Remembers that `tgid` set slot `k` of `TRACKED`.

@@ -72,6 +72,12 @@ pub(crate) static TRACKED: Array<u32> = Array::with_max_entries(agg::ECHOES_MAX,
 #[map]
 pub(crate) static TRACKED_NET: Array<u64> = Array::with_max_entries(agg::ECHOES_MAX, 0);
 
+/// Of each `TRACKED` slot, the socket (`struct sock *`) its owner last
+/// sent the id on (0: not known): the reply's delivery to that socket,
+/// and its copy out of it, are the echo's; another socket's copy is not.
+#[map]
+pub(crate) static TRACKED_SK: Array<u64> = Array::with_max_entries(agg::ECHOES_MAX, 0);
+
 /// `[namespace, TRACKED slot]` → the owner that slot had when a packet of
 /// its was handed to that namespace (a veth pair's transmit is the
 /// peer's receive): the reply, built there, is the echo's too.

@@ -438,6 +438,50 @@ fn raw_and_datagram_sockets_are_told_apart() {
     }
 }
 
+/// Two traced pings on raw sockets: each socket gets a copy of every echo
+/// reply, both pings' too. An echo's journey holds only its own socket's
+/// delivery, ping's read of it and its free: another ping's copy is not
+/// its journey (it used to end there, two reads and all).
+#[test]
+fn two_traced_pings_each_read_only_their_own_replies() {
+    if skip_without_root() {
+        return;
+    }
+    let _k = kernel_lock();
+    let (lines, _) = trace_json(&[
+        "sh",
+        "-c",
+        "ping -c 3 -i 0.2 127.0.0.1 > /dev/null & ping -c 3 -i 0.2 127.0.0.1 > /dev/null; wait",
+    ]);
+    let js = journeys(&lines);
+    assert_eq!(js.len(), 6, "{lines:?}");
+    let ids: std::collections::BTreeSet<u64> =
+        js.iter().filter_map(|j| j["icmp_id"].as_u64()).collect();
+    assert_eq!(ids.len(), 2, "two pings, two ids: {ids:?}");
+    for j in js {
+        assert_eq!(j["outcome"]["kind"], "answered", "{j}");
+        assert_eq!(j["complete"], true, "missing {}", j["missing"]);
+        let sender = events(j, "request")
+            .iter()
+            .find(|e| e["stage"] == "sendto")
+            .map(|e| e["tgid"].clone())
+            .expect("the request's sendto");
+        let reply = events(j, "reply");
+        for stage in ["sock_deliver", "copy_to_user", "recvmsg"] {
+            let n = reply.iter().filter(|e| e["stage"] == stage).count();
+            assert_eq!(n, 1, "{stage} once in {j}");
+        }
+        // What runs in a task on the reply's way is the sender's own.
+        for e in reply.iter().filter(|e| e["context"] == "task") {
+            assert_eq!(
+                e["tgid"], sender,
+                "{} by another process in {j}",
+                e["stage"]
+            );
+        }
+    }
+}
+
 /// Echo requests with id 0x4242 and sequences 1 to `n`, `gap_ms` apart,
 /// on an ICMP socket of `kind` (`SOCK_RAW` or `SOCK_DGRAM`; a datagram
 /// socket replaces the id with its own), waiting for each answer when

@@ -6,7 +6,7 @@ use lotrace_common::{PktKey, ProbeId, Stage, TpField, catalog::NO_DROP_REASON, f
 use crate::kernel::Fields;
 use crate::{
     emit::emit,
-    filter::{in_softirq, is_ours, is_target, tgid_tid},
+    filter::{echo_socket_is, in_softirq, is_ours, is_target, skb_sock, tgid_tid},
     kernel::field,
     packet::ours,
     seen::at,
@@ -14,15 +14,18 @@ use crate::{
 
 /// The traced packet an skb freed was, if any. A followed skb is, where
 /// ever it is freed. Raw ICMP sockets each get a clone of every echo
-/// packet, and another ping frees its clones in its own system calls: in
-/// task context only the traced processes' frees are read.
+/// packet, and a ping frees its clones in its own system calls: in task
+/// context only the traced processes' frees are read, and only a clone
+/// of the socket the echo was sent on is the echo's (another traced
+/// ping's is not).
 #[inline(always)]
 fn freed(skb: u64) -> Option<(PktKey, u32)> {
+    let softirq = in_softirq();
     ours(
         skb,
         Sight::Free,
-        || in_softirq() || is_target(tgid_tid().0),
-        |k| is_ours(k, skb),
+        || softirq || is_target(tgid_tid().0),
+        |k| is_ours(k, skb) && (softirq || echo_socket_is(k, skb_sock(skb))),
     )
 }
 

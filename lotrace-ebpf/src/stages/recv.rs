@@ -2,12 +2,12 @@
 //! socket's queue and returns it.
 
 use aya_ebpf::EbpfContext;
-use lotrace_common::{ProbeId, Stage, TpField, event::is_echo_reply, follow::Sight};
+use lotrace_common::{PktKey, ProbeId, Stage, TpField, event::is_echo_reply, follow::Sight};
 
 use crate::kernel::Fields;
 use crate::{
     emit::emit,
-    filter::{get_ctx, is_ours, is_target, set_ctx, take_ctx, tgid_tid},
+    filter::{echo_socket_is, get_ctx, is_ours, is_target, set_ctx, skb_sock, take_ctx, tgid_tid},
     kernel::field,
     maps::RECV_CTX,
     packet::ours,
@@ -21,7 +21,11 @@ fn copy<C: EbpfContext>(ctx: &C, skb: u64, probe: ProbeId, len: i64) {
     if !is_target(tgid) {
         return;
     }
-    let Some((key, _)) = ours(skb, Sight::Way, || true, |k| is_ours(k, skb)) else {
+    // Every raw ICMP socket gets a copy of the reply: only the copy out
+    // of the socket the echo was sent on is its read (nor is another
+    // socket's copy followed to its free).
+    let judge = |k: &PktKey| is_ours(k, skb) && echo_socket_is(k, skb_sock(skb));
+    let Some((key, _)) = ours(skb, Sight::Way, || true, judge) else {
         return;
     };
     if !is_echo_reply(key.family, key.icmp_type) {

@@ -60,7 +60,7 @@ fn send_starts<C: EbpfContext>(
     // buffer's, often 0xffff, is no packet's), tracked where its packet
     // is first seen.
     if sk_type(sk) == Some(SOCK_RAW as u16) {
-        track(track_key(&key), tgid_tid().0, sock_net(sk));
+        track(track_key(&key), tgid_tid().0, sk, sock_net(sk));
     }
     emit(ctx, &key, at(Stage::Sendto, probe, 0, len as u32, 0));
 }

@@ -7,7 +7,7 @@ use lotrace_common::{ProbeId, Stage, TpField};
 use crate::kernel::Fields;
 use crate::{
     emit::emit,
-    filter::is_target,
+    filter::{echo_socket_is, is_target},
     kernel::field,
     maps::{SOCKS, state},
     packet::follow_copy,
@@ -22,6 +22,12 @@ use crate::{
 pub(crate) fn deliver<C: EbpfContext>(ctx: &C, probe: ProbeId, sk: u64, skb: u64) {
     let Some(st) = state() else { return };
     if st.rx.valid == 0 || sk == 0 || unsafe { SOCKS.get(&sk) }.is_none() {
+        return;
+    }
+    // Another traced socket's copy (a second ping's raw socket): not this
+    // echo's delivery, nor is the wake-up it causes.
+    if !echo_socket_is(&st.rx, sk) {
+        st.rx.delivered = 0;
         return;
     }
     st.rx.delivered = 1;

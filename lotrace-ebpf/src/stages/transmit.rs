@@ -12,8 +12,10 @@ use lotrace_common::{
 use crate::kernel::Fields;
 use crate::{
     emit::emit,
-    filter::{in_softirq, is_ours, is_target, learn_sock, sock_net, tgid_tid, track, track_key},
-    kernel::{CONFIG, config, dev_name, field, read_kernel, sk_type},
+    filter::{
+        in_softirq, is_ours, is_target, learn_sock, skb_sock, sock_net, tgid_tid, track, track_key,
+    },
+    kernel::{CONFIG, config, dev_name, field, sk_type},
     maps::state,
     packet::ours,
     seen::at,
@@ -55,13 +57,8 @@ fn track_send<C: EbpfContext>(ctx: &C, skb: u64, key: &PktKey) -> u32 {
     if is_echo_request(key.family, key.icmp_type) {
         let (tgid, _) = tgid_tid();
         if !in_softirq() && is_target(tgid) {
-            let off = config(&CONFIG.skb_sk) as u64;
-            let sk = if off != 0 {
-                read_kernel::<u64>(skb + off).unwrap_or(0)
-            } else {
-                0
-            };
-            if track(track_key(key), tgid, sock_net(sk)) {
+            let sk = skb_sock(skb);
+            if track(track_key(key), tgid, sk, sock_net(sk)) {
                 info!(ctx, "tracking echo id {} of tgid {}", key.icmp_id, tgid);
             }
             // The reply is delivered to this socket, possibly before the
