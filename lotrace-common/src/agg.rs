@@ -185,7 +185,6 @@ mod pod {
     // SAFETY: plain `repr(C)` data without padding holes.
     unsafe impl aya::Pod for super::RowAgg {}
     unsafe impl aya::Pod for super::Echo {}
-    unsafe impl aya::Pod for crate::assemble::Slot {}
 }
 
 #[cfg(test)]

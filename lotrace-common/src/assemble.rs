@@ -253,6 +253,10 @@ impl SlotHead {
     }
 }
 
+#[cfg(feature = "user")]
+// SAFETY: plain `repr(C)` data without padding holes.
+unsafe impl aya::Pod for Slot {}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,7 +13,7 @@ use lotrace_common::{
 use crate::{
     filter::in_softirq,
     kernel::{CONFIG, config},
-    maps::{AGG_COUNT, AGG_ROWS, ECHOES, PENDING, count_lost},
+    maps::{AGG_COUNT, AGG_ROWS, ECHOES, PENDING, Pending, count_lost},
     seen::Seen,
 };
 
@@ -62,17 +62,6 @@ pub(crate) fn aggregate_later(key: &PktKey, e: &Seen) {
         }
     };
     aggregate(e.ts, e.stage as u8, e.probe as u8);
-}
-
-/// An observation on its way to [`aggregate`].
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub(crate) struct Pending {
-    key: PktKey,
-    ts: u64,
-    skb: u64,
-    len: u32,
-    aux2: u32,
 }
 
 #[inline(never)]

@@ -5,6 +5,8 @@
 use aya_ebpf::{
     EbpfContext,
     helpers::{bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel},
+    macros::map,
+    maps::PerCpuArray,
     programs::{FExitContext, RawTracePointContext, TracePointContext},
 };
 use lotrace_common::{
@@ -12,8 +14,6 @@ use lotrace_common::{
     config::{RAW_HOPS, TP_DATA_LOC},
     event::{SKB_WINDOW, in_window},
 };
-
-use crate::maps::NUMBER;
 
 /// Offsets filled in by the loader (see `Config`).
 #[unsafe(no_mangle)]
@@ -169,6 +169,10 @@ pub(crate) fn fexit_ret(ctx: &FExitContext, probe: ProbeId) -> i64 {
         _ => 0,
     }
 }
+
+/// Per CPU: where [`number`] turns a pointer into a number.
+#[map]
+pub(crate) static NUMBER: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 /// An fentry argument as a number, as kprobes and tracepoints hand them.
 /// fentry's pointers are typed from BTF, and the verifier allows them no

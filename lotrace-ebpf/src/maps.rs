@@ -105,10 +105,6 @@ pub(crate) static SOCKS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(1024
 #[map]
 pub(crate) static SEND_CTX: LruHashMap<u32, PktKey> = LruHashMap::with_max_entries(1024, 0);
 
-/// Per CPU: where `kernel::number` turns a pointer into a number.
-#[map]
-pub(crate) static NUMBER: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
-
 /// The packets followed by skb address (see `packet::ours`): a slot per
 /// address hash, lock-free. Two addresses in one slot keep the later one;
 /// the other's stages then read its header again.
@@ -143,8 +139,7 @@ pub(crate) static ECHOES: Array<Echo> = Array::with_max_entries(agg::ECHOES_MAX,
 /// `--summary-only`: the observation `aggregate` takes next (see
 /// `aggregate::aggregate_later`).
 #[map]
-pub(crate) static PENDING: PerCpuArray<crate::aggregate::Pending> =
-    PerCpuArray::with_max_entries(1, 0);
+pub(crate) static PENDING: PerCpuArray<Pending> = PerCpuArray::with_max_entries(1, 0);
 
 /// `--summary-only`: per-row totals and histograms, per CPU.
 #[map]
@@ -171,6 +166,17 @@ pub(crate) fn count_lost(n: u64) -> u64 {
         },
         None => 0,
     }
+}
+
+/// An observation on its way to `aggregate::aggregate`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct Pending {
+    pub(crate) key: PktKey,
+    pub(crate) ts: u64,
+    pub(crate) skb: u64,
+    pub(crate) len: u32,
+    pub(crate) aux2: u32,
 }
 
 /// The state kept between probes: this CPU's, or on PREEMPT_RT this
