@@ -56,6 +56,14 @@ impl Flavour {
             Flavour::Rt => "-rt-amd64",
         }
     }
+
+    /// What a guest's run directory adds for the flavour (`run-6.12-rt`).
+    pub fn run_tag(self) -> &'static str {
+        match self {
+            Flavour::Cloud => "",
+            Flavour::Rt => "-rt",
+        }
+    }
 }
 
 /// One kernel, unpacked.

@@ -274,7 +274,6 @@ fn vm_run(kernel: &str, rt: bool, cpus: u32, args: Vec<String>) -> Result<u8> {
             kernels::Flavour::Cloud
         },
         cpus,
-        suffix: if rt { "-rt" } else { "" },
         ..vm::PLAIN
     };
     let guest = vm::boot(kernel, &bin, &[args], true, &machine)?;

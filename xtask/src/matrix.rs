@@ -89,7 +89,6 @@ const EXTRAS: &[Extra] = &[
         ],
         machine: vm::Machine {
             flavour: Flavour::Rt,
-            suffix: "-rt",
             ..vm::PLAIN
         },
         says: "6.12's PREEMPT_RT build (-rt-amd64), with the same checks",

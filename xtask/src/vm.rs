@@ -76,7 +76,11 @@ pub fn boot(
         kernel.release, kernel.version
     );
     let vmlinuz = &kernel.vmlinuz;
-    let dir = vm_dir().join(format!("run-{series}{}", machine.suffix));
+    let dir = vm_dir().join(format!(
+        "run-{series}{}{}",
+        machine.flavour.run_tag(),
+        machine.suffix
+    ));
     std::fs::create_dir_all(&dir)?;
     let initrd = dir.join("initramfs.cpio");
     std::fs::write(&initrd, initramfs(lotrace, runs, machine)?)?;
@@ -181,7 +185,8 @@ pub struct Machine {
     pub cmdline: &'static str,
     /// Shell lines the guest's init runs before lotrace.
     pub setup: &'static str,
-    /// Told apart from the plain guest's files by this.
+    /// Told apart from the plain guest's files by this (the flavour's
+    /// own tag comes first, see `Flavour::run_tag`).
     pub suffix: &'static str,
 }
 
