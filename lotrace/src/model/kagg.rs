@@ -187,8 +187,9 @@ mod same_meaning {
 
     use super::*;
     use crate::model::{
+        builder::JourneyBuilder,
         journey::{
-            JourneyBuilder, Outcome, expected_for,
+            Outcome, expected_for,
             tests::{backlog_threaded, echo, ev},
         },
         stats::Stats,

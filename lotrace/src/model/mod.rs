@@ -3,6 +3,7 @@
 //! data alone, and a replay builds exactly what the live run did.
 
 pub mod assembled;
+pub mod builder;
 pub mod detail;
 pub mod journey;
 pub mod kagg;

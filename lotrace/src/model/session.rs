@@ -10,7 +10,8 @@ use lotrace_common::{
 };
 
 use crate::model::{
-    journey::{Journey, JourneyBuilder, expected_for, expected_stages},
+    builder::JourneyBuilder,
+    journey::{Journey, expected_for, expected_stages},
     meta::Meta,
     pingout::{Dialect, PingLine, PingReply, SeqStyle, parse_line},
     record::Record,

@@ -225,7 +225,7 @@ impl Stats {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::journey::{build_journey, tests::echo};
+    use crate::model::{builder::build_journey, journey::tests::echo};
 
     #[test]
     fn extreme_values_stay_in_range() {

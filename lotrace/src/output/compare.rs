@@ -168,7 +168,7 @@ pub fn json(cols: &[Column]) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::journey::{build_journey, tests::echo};
+    use crate::model::{builder::build_journey, journey::tests::echo};
 
     #[test]
     fn side_by_side_marks_the_slow_cells() {

@@ -92,7 +92,8 @@ pub fn write_stdout(s: &str) -> std::io::Result<()> {
 #[cfg(test)]
 pub(crate) mod testdata {
     use crate::model::{
-        journey::{build_journey, tests::echo},
+        builder::build_journey,
+        journey::tests::echo,
         meta::Meta,
         plan::{BackendChoice, plan, tests::host},
         session::Done,

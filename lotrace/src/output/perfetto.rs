@@ -140,7 +140,7 @@ impl Drop for PerfettoWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::journey::{build_journey, tests::echo};
+    use crate::model::{builder::build_journey, journey::tests::echo};
 
     #[test]
     fn slices_tracks_and_a_flow() {
