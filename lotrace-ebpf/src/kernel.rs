@@ -5,9 +5,7 @@
 use aya_ebpf::{
     EbpfContext,
     helpers::{bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel},
-    macros::map,
-    maps::PerCpuArray,
-    programs::{FExitContext, RawTracePointContext, TracePointContext},
+    programs::{FEntryContext, FExitContext, RawTracePointContext, TracePointContext},
 };
 use lotrace_common::{
     Config, ProbeId, TpField,
@@ -170,23 +168,16 @@ pub(crate) fn fexit_ret(ctx: &FExitContext, probe: ProbeId) -> i64 {
     }
 }
 
-/// Per CPU: where [`number`] turns a pointer into a number.
-#[map]
-pub(crate) static NUMBER: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
-
-/// An fentry argument as a number, as kprobes and tracepoints hand them.
-/// fentry's pointers are typed from BTF, and the verifier allows them no
-/// arithmetic but adding (following an skb hashes its address); written
-/// to a map value and read back, the pointer is a plain number.
+/// fentry's argument `n` as a number, as kprobes and tracepoints hand
+/// them. fentry's pointers are typed from BTF, and the verifier allows
+/// them no arithmetic but adding (following an skb hashes its address);
+/// read from the context through a helper, the argument is a plain
+/// number. Nothing is shared on the way, so a program that preempts this
+/// one (PREEMPT_RT) cannot change it, as it could through a map.
 #[inline(always)]
-pub(crate) fn number(v: u64) -> u64 {
-    match NUMBER.get_ptr_mut(0) {
-        Some(p) => unsafe {
-            core::ptr::write_volatile(p, v);
-            core::ptr::read_volatile(p)
-        },
-        None => 0,
-    }
+pub(crate) fn fentry_arg(ctx: &FEntryContext, n: usize) -> u64 {
+    let at = unsafe { (ctx.as_ptr() as *const u64).add(n) };
+    unsafe { bpf_probe_read_kernel(at) }.unwrap_or(0)
 }
 
 #[inline(always)]

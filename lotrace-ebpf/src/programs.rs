@@ -14,7 +14,7 @@ use lotrace_common::{ProbeId, TpField};
 
 use crate::{
     filter,
-    kernel::{RawTp, fexit_ret, floor, number},
+    kernel::{RawTp, fentry_arg, fexit_ret, floor},
     stages::{free, receive, recv, route, send, socket, softirq, transmit},
 };
 
@@ -82,7 +82,7 @@ macro_rules! program {
             if floor() {
                 return 0;
             }
-            $handler(&ctx, ProbeId::$id $(, number(ctx.arg::<u64>($n)))*);
+            $handler(&ctx, ProbeId::$id $(, fentry_arg(&ctx, $n))*);
             0
         }
     };
