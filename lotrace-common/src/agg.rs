@@ -168,13 +168,18 @@ pub mod counters {
     pub const SOFTIRQ_KSOFTIRQD: u32 = 10;
     /// Receives done by a backlog thread, without the softirq.
     pub const BACKLOG_THREAD: u32 = 11;
-    pub const COUNT: u32 = 12;
+    /// Events the aggregation gave no echo: the slot of their sequence
+    /// held another echo (two traced pings with one sequence in flight at
+    /// once, or an echo whose send went unseen).
+    pub const UNASSIGNED: u32 = 12;
+    pub const COUNT: u32 = 13;
 }
 
-/// Slots of the `ECHOES` array: one per family and sequence number.
+/// Slots of the arrays indexed by family and a 16-bit number (the
+/// tracked echo ids).
 pub const ECHOES_MAX: u32 = 2 << 16;
 
-/// The `ECHOES` slot of an echo.
+/// The slot of a family and a 16-bit number in those arrays.
 #[inline(always)]
 pub const fn echo_slot(ipv6: bool, seq: u16) -> u32 {
     ((ipv6 as u32) << 16) | seq as u32

@@ -17,6 +17,7 @@ use crate::{
     Event, PktKey, Stage,
     agg::{STAGE_ROWS, row},
     event::{AF_INET6, EVENT_SIZE, le_u16, le_u32, le_u64},
+    journey::Echo,
 };
 
 /// Positions of a slot: at most one bit each of [`SlotHead::present`].
@@ -153,16 +154,26 @@ const _: () = assert!(HEAD_SIZE == 40);
 pub const TAKEN_OFFSET: usize = core::mem::offset_of!(SlotHead, taken);
 const _: () = assert!(TAKEN_OFFSET == 32);
 
-/// One echo's events, in its slot of the `JOURNEYS` map.
+/// One echo under way, in its slot of the `JOURNEYS` map: which echo
+/// (`head`), and either its events (a streamed trace) or what the
+/// journey's meaning made of them so far (`--summary-only`). Both views
+/// give an event to the echo the slot holds by the same rules (`claim`,
+/// [`belongs`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct Slot {
     pub head: SlotHead,
     pub events: [Event; POSITIONS],
+    /// After the events, so that a record (the head and a prefix of the
+    /// events) does not carry it.
+    pub echo: Echo,
 }
 
 pub const SLOT_SIZE: usize = core::mem::size_of::<Slot>();
-const _: () = assert!(SLOT_SIZE == HEAD_SIZE + POSITIONS * EVENT_SIZE);
+const _: () = assert!(
+    SLOT_SIZE == HEAD_SIZE + POSITIONS * EVENT_SIZE + core::mem::size_of::<Echo>()
+        && SLOT_SIZE.is_multiple_of(8)
+);
 
 /// The size of the record a slot is sent as: its head, then its events
 /// up to the last one present, each at its position (`present` says which
@@ -190,11 +201,23 @@ pub enum Fits {
     No,
 }
 
-/// Whether an event of `key`, seen by thread `tid`, belongs to the echo
-/// in `head`.
+/// Whether an event of `key`, seen by thread `tid`, has a place in the
+/// echo `head` holds: it [`belongs`] to it, and the echo is still open
+/// (a streamed echo's slot takes nothing once its record is sent).
 #[inline(always)]
 pub const fn fits(head: &SlotHead, key: &PktKey, reply: bool, tid: u32, net_rx: bool) -> Fits {
-    if head.open == 0 || key.family != head.family || key.icmp_seq != head.seq {
+    if head.open == 0 {
+        return Fits::No;
+    }
+    belongs(head, key, reply, tid, net_rx)
+}
+
+/// Whether an event of `key`, seen by thread `tid`, is the echo's that
+/// `head` holds: the same family and sequence, and its id (the send's,
+/// or the one the socket gave its packet).
+#[inline(always)]
+pub const fn belongs(head: &SlotHead, key: &PktKey, reply: bool, tid: u32, net_rx: bool) -> Fits {
+    if key.family != head.family || key.icmp_seq != head.seq {
         return Fits::No;
     }
     if key.icmp_id == head.id || (head.packet_id != 0 && key.icmp_id == head.packet_id) {
@@ -217,6 +240,22 @@ pub const fn popcount(v: u64) -> u32 {
 }
 
 impl SlotHead {
+    /// A send opens the slot for its echo (`key`, sent by thread `tid`):
+    /// the next generation, open, no event present.
+    #[inline(always)]
+    pub fn claim(&mut self, key: &PktKey, tid: u32) {
+        self.present = 0;
+        self.generation = self.generation.wrapping_add(1);
+        self.taken = taken_tag(self.generation);
+        self.index = slot_index(key.family, key.icmp_seq);
+        self.tid = tid;
+        self.seq = key.icmp_seq;
+        self.id = key.icmp_id;
+        self.packet_id = 0;
+        self.family = key.family;
+        self.open = 1;
+    }
+
     /// The head of a record or of a slot read from the map.
     pub fn from_bytes(b: &[u8]) -> Option<SlotHead> {
         let b = b.get(..HEAD_SIZE)?;
@@ -359,8 +398,10 @@ mod tests {
         assert_eq!(record_size(0), HEAD_SIZE);
         assert_eq!(record_size(1), HEAD_SIZE + EVENT_SIZE);
         assert_eq!(record_size(1 << 5 | 1), HEAD_SIZE + 6 * EVENT_SIZE);
-        assert_eq!(record_size(u64::MAX), SLOT_SIZE);
-        assert_eq!(record_size(1 << (POSITIONS - 1)), SLOT_SIZE);
+        // The whole slot but its aggregation state.
+        let events_end = HEAD_SIZE + POSITIONS * EVENT_SIZE;
+        assert_eq!(record_size(u64::MAX), events_end);
+        assert_eq!(record_size(1 << (POSITIONS - 1)), events_end);
     }
 
     fn head() -> SlotHead {
@@ -405,6 +446,26 @@ mod tests {
         assert_eq!(fits(&h, &key(9, 7 + 128), true, 1, true), Fits::No);
         let closed = SlotHead { open: 0, ..h };
         assert_eq!(fits(&closed, &key(9, 7), true, 1, true), Fits::No);
+        // A closed echo's later events are still its own (the aggregation
+        // takes them; a streamed trace sends them on their own).
+        assert_eq!(belongs(&closed, &key(9, 7), true, 1, true), Fits::Yes);
+        assert_eq!(belongs(&closed, &key(10, 7), true, 1, true), Fits::No);
+    }
+
+    #[test]
+    fn a_send_claims_the_slot_for_its_echo() {
+        let mut h = SlotHead {
+            present: 0b101,
+            generation: 4,
+            packet_id: 3,
+            ..SlotHead::default()
+        };
+        h.claim(&key(0xffff, 7), 42);
+        assert_eq!((h.generation, h.present, h.packet_id, h.open), (5, 0, 0, 1));
+        assert_eq!((h.id, h.seq, h.tid, h.family), (0xffff, 7, 42, AF_INET));
+        assert_eq!(h.index, slot_index(AF_INET, 7));
+        assert_eq!(h.taken, taken_tag(5));
+        assert_eq!(belongs(&h, &key(0xffff, 7), true, 1, true), Fits::Yes);
     }
 
     #[test]

@@ -498,7 +498,6 @@ pub mod maps {
     pub const LOST: &str = "LOST";
     pub const TARGETS: &str = "TARGETS";
     pub const CONFIG: &str = "CONFIG";
-    pub const ECHOES: &str = "ECHOES";
     pub const AGG_ROWS: &str = "AGG_ROWS";
     pub const AGG_COUNT: &str = "AGG_COUNT";
     pub const JOURNEYS: &str = "JOURNEYS";

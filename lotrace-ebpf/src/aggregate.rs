@@ -5,15 +5,17 @@
 
 use aya_ebpf::helpers::bpf_get_current_comm;
 use lotrace_common::{
-    PktKey, Stage, agg,
+    PktKey, Stage,
+    agg::counters,
+    assemble::{Fits, belongs, slot_index},
     event::{AF_INET6, is_echo_reply, is_echo_request},
-    journey::{Masks, Obs, Ran, Rules, Sink},
+    journey::{Masks, Obs, Ran, Rules, Sink, starts_rtt},
 };
 
 use crate::{
-    filter::in_softirq,
+    filter::{in_softirq, tgid_tid},
     kernel::{CONFIG, config},
-    maps::{AGG_COUNT, AGG_ROWS, ECHOES, PENDING, Pending, count_lost},
+    maps::{AGG_COUNT, AGG_ROWS, JOURNEYS, PENDING, Pending, count_lost},
     seen::Seen,
 };
 
@@ -59,6 +61,8 @@ pub(crate) fn aggregate_later(key: &PktKey, e: &Seen) {
             skb: e.skb,
             len: e.len,
             aux2: e.aux2,
+            tid: tgid_tid().1,
+            _pad: 0,
         }
     };
     aggregate(e.ts, e.stage as u8, e.probe as u8);
@@ -82,22 +86,41 @@ fn aggregate(at: u64, stage: u8, probe: u8) {
         skb,
         len,
         aux2,
+        tid,
+        ..
     } = unsafe { *p };
     let reply = is_echo_reply(key.family, key.icmp_type);
     if key.valid == 0 || !(reply || is_echo_request(key.family, key.icmp_type)) {
         return;
     }
     let ipv6 = key.family == AF_INET6;
-    let Some(echo) = ECHOES.get_ptr_mut(agg::echo_slot(ipv6, key.icmp_seq)) else {
+    // The echo's slot, given the event by the rules a streamed trace's
+    // slot uses (see `lotrace_common::assemble`): the send opens it, and
+    // an event of another echo than the one it holds is counted, not
+    // mixed in.
+    let Some(slot) = JOURNEYS.get_ptr_mut(slot_index(key.family, key.icmp_seq)) else {
         return;
     };
-    let echo = unsafe { &mut *echo };
+    let slot = unsafe { &mut *slot };
+    if starts_rtt(reply, stage) {
+        slot.head.claim(&key, tid);
+    }
+    let net_rx = in_softirq();
+    match belongs(&slot.head, &key, reply, tid, net_rx) {
+        Fits::No => {
+            Maps.add(counters::UNASSIGNED, 1);
+            return;
+        }
+        Fits::PacketId => slot.head.packet_id = key.icmp_id,
+        Fits::Yes => {}
+    }
+    let echo = &mut slot.echo;
     let p = probe as u32;
     let rets = config(&CONFIG.ret_probes);
     let word = if p >= 64 { rets[1] } else { rets[0] };
     // Only a receive's context matters: the command name is read there.
     let ran = if stage == Stage::NetifReceiveSkb as u8 {
-        Ran::of(in_softirq(), &bpf_get_current_comm().unwrap_or([0; 16]))
+        Ran::of(net_rx, &bpf_get_current_comm().unwrap_or([0; 16]))
     } else {
         Ran::Task
     };

@@ -9,9 +9,7 @@ use aya_ebpf::bindings::{
 };
 use lotrace_common::{
     Event, PktKey, agg,
-    assemble::{
-        Fits, POSITIONS, Slot, TAKEN_POSITIONS, fits, popcount, record_size, slot_index, taken_tag,
-    },
+    assemble::{Fits, POSITIONS, Slot, TAKEN_POSITIONS, fits, popcount, record_size, slot_index},
     bits::{clear_bits, set_bits},
     event::{EVENT_SIZE, FLAG_NET_RX, FLAG_PACKET, is_echo_reply, is_echo_request},
     journey::{closes, starts_rtt},
@@ -116,9 +114,6 @@ fn into_slot(ev: &Event, stage: u8, probe: u8) -> bool {
     // Behind (see `wake_flags`), an echo gets no slot: each of its events
     // goes on its own, waking lotrace, as `--per-event` would. Checked
     // once per echo, not per event.
-    if starts_rtt(reply, stage) && !behind() {
-        claim(slot, ev);
-    }
     let key = PktKey {
         icmp_id: ev.icmp_id,
         icmp_seq: ev.icmp_seq,
@@ -127,6 +122,9 @@ fn into_slot(ev: &Event, stage: u8, probe: u8) -> bool {
         valid: 1,
         delivered: 0,
     };
+    if starts_rtt(reply, stage) && !behind() {
+        claim(slot, &key, ev.tid);
+    }
     match fits(&slot.head, &key, reply, ev.tid, ev.flags & FLAG_NET_RX != 0) {
         Fits::No => return false,
         Fits::PacketId => slot.head.packet_id = ev.icmp_id,
@@ -160,23 +158,13 @@ fn into_slot(ev: &Event, stage: u8, probe: u8) -> bool {
 
 /// A send opens its echo's slot; an echo still there is sent on first.
 #[inline(always)]
-fn claim(slot: &mut Slot, ev: &Event) {
+fn claim(slot: &mut Slot, key: &PktKey, tid: u32) {
     let present = slot.head.present;
     if present != 0 && !send(slot, present) {
         // Those user space has read from the map are not lost.
         count_lost(popcount(present & !(slot.head.taken & TAKEN_POSITIONS)) as u64);
     }
-    let h = &mut slot.head;
-    h.present = 0;
-    h.generation = h.generation.wrapping_add(1);
-    h.taken = taken_tag(h.generation);
-    h.index = slot_index(ev.family, ev.icmp_seq);
-    h.tid = ev.tid;
-    h.seq = ev.icmp_seq;
-    h.id = ev.icmp_id;
-    h.packet_id = 0;
-    h.family = ev.family;
-    h.open = 1;
+    slot.head.claim(key, tid);
 }
 
 /// The echo met its close stage: its slot goes to the ring. It takes no

@@ -10,7 +10,7 @@ use aya_ebpf::{
 };
 use lotrace_common::{
     CpuState, Event, PktKey,
-    agg::{self, Echo, RowAgg},
+    agg::{self, RowAgg},
     assemble::{self, Slot},
 };
 
@@ -129,13 +129,6 @@ pub(crate) struct Follow {
 #[map]
 pub(crate) static FRAGS: LruHashMap<u64, PktKey> = LruHashMap::with_max_entries(1024, 0);
 
-/// `--summary-only`: each echo in flight, by family and sequence (not id:
-/// an ICMP datagram socket rewrites the id between the send and the
-/// packet, the sequence it keeps). An array: a lookup is an index, with no
-/// hashing, locking or allocation on the packet's path.
-#[map]
-pub(crate) static ECHOES: Array<Echo> = Array::with_max_entries(agg::ECHOES_MAX, 0);
-
 /// `--summary-only`: the observation `aggregate` takes next (see
 /// `aggregate::aggregate_later`).
 #[map]
@@ -177,6 +170,9 @@ pub(crate) struct Pending {
     pub(crate) skb: u64,
     pub(crate) len: u32,
     pub(crate) aux2: u32,
+    /// The thread that saw it (whose send may have opened the slot).
+    pub(crate) tid: u32,
+    pub(crate) _pad: u32,
 }
 
 /// The state kept between probes: this CPU's, or on PREEMPT_RT this

@@ -19,11 +19,9 @@ pub fn load_object(config: &Config, ring_size: u32, verbose: bool) -> Result<Ebp
         .override_global(aya_log::LEVEL, &level, false)
         .map_max_entries(maps::EVENTS, ring_size);
     if config.summary_only == 0 {
-        // The aggregation maps are per CPU and large: allocate them only
+        // The aggregation rows are per CPU and large: allocate them only
         // when they are used.
-        for m in [maps::ECHOES, maps::AGG_ROWS] {
-            loader.map_max_entries(m, 1);
-        }
+        loader.map_max_entries(maps::AGG_ROWS, 1);
     }
     loader
         .load(OBJECT)

@@ -84,6 +84,7 @@ pub fn stats(k: &KernelAgg) -> Stats {
         dropped: k.counter(counters::DROPPED),
         no_route: k.counter(counters::NO_ROUTE),
         unfinished: 0,
+        unassigned_events: k.counter(counters::UNASSIGNED),
     };
     let ended = o.answered + o.answered_incomplete + o.dropped + o.no_route;
     let o = KernelOutcomes {
@@ -180,9 +181,10 @@ mod same_meaning {
     use std::collections::BTreeMap;
 
     use lotrace_common::{
-        Event, ProbeId, Stage,
+        Event, PktKey, ProbeId, Stage,
+        assemble::{Fits, SlotHead, belongs, slot_index},
         event::{AF_INET6, FLAG_NET_RX, SOCK_DGRAM, SOCK_RAW, is_echo_reply},
-        journey::{Echo, Obs, Ran, Rules, Sink, on_path},
+        journey::{Echo, Obs, Ran, Rules, Sink, on_path, starts_rtt},
     };
 
     use super::*;
@@ -221,16 +223,26 @@ mod same_meaning {
         c
     }
 
-    /// The programs' view: each event as it happens, on its CPU.
+    /// The programs' view: each event as it happens, on its CPU, given to
+    /// the echo its slot holds by the slots' rules.
     fn in_kernel(events: &[Event]) -> KernelAgg {
         let rules = Rules::for_covered(&covered());
         let mut cpus: BTreeMap<u32, Arrays> = BTreeMap::new();
-        let mut echoes: BTreeMap<(bool, u16), Echo> = BTreeMap::new();
+        let mut slots: BTreeMap<u32, (SlotHead, Echo)> = BTreeMap::new();
         let mut sorted = events.to_vec();
         sorted.sort_by_key(|e| e.ts_ns);
         for e in &sorted {
             let probe = ProbeId::from_u8(e.probe).unwrap();
             let ipv6 = e.family == AF_INET6;
+            let reply = is_echo_reply(e.family, e.icmp_type);
+            let key = PktKey {
+                icmp_id: e.icmp_id,
+                icmp_seq: e.icmp_seq,
+                family: e.family,
+                icmp_type: e.icmp_type,
+                valid: 1,
+                delivered: 0,
+            };
             let obs = Obs::of_fields(
                 is_echo_reply(e.family, e.icmp_type),
                 e.stage,
@@ -245,11 +257,19 @@ mod same_meaning {
                 rows: vec![RowAgg::zeroed(); agg::ROWS],
                 counters: vec![0; counters::COUNT as usize],
             });
-            echoes
-                .entry((ipv6, e.icmp_seq))
-                .or_default()
-                .observe(&obs, ipv6, &rules)
-                .apply(sink);
+            let (head, echo) = slots.entry(slot_index(e.family, e.icmp_seq)).or_default();
+            if starts_rtt(reply, e.stage) {
+                head.claim(&key, e.tid);
+            }
+            match belongs(head, &key, reply, e.tid, e.flags & FLAG_NET_RX != 0) {
+                Fits::No => {
+                    sink.add(counters::UNASSIGNED, 1);
+                    continue;
+                }
+                Fits::PacketId => head.packet_id = e.icmp_id,
+                Fits::Yes => {}
+            }
+            echo.observe(&obs, ipv6, &rules).apply(sink);
         }
         let mut k = KernelAgg {
             rows: vec![Vec::new(); agg::ROWS],
@@ -339,6 +359,34 @@ mod same_meaning {
             .filter(|e| !is_echo_reply(e.family, e.icmp_type))
             .take_while(|e| e.stage != stop as u8)
             .collect()
+    }
+
+    /// Two pings' echoes with one sequence in flight at once (another
+    /// id): the second's send takes the slot, and what is left of the
+    /// first is counted, not mixed into the second's rows.
+    #[test]
+    fn an_echo_whose_slot_another_took_is_counted_not_mixed() {
+        let first = echo(9, 1_000_000);
+        let mut second = echo(9, 1_000_000 + 2_100);
+        for e in &mut second {
+            e.icmp_id = 8;
+            e.tid = 200;
+            e.tgid = 200;
+        }
+        // The second's send comes after the first's dev_queue_xmit.
+        let after = first.iter().filter(|e| e.ts_ns > 1_000_000 + 2_100).count() as u64;
+        let mut both = first.clone();
+        both.extend(second.iter().copied());
+        let got = stats(&in_kernel(&both));
+        let o = got.in_kernel.unwrap();
+        assert_eq!((o.answered, o.unfinished), (1, 1), "{o:?}");
+        assert_eq!(o.unassigned_events, after);
+        // The answered echo's rows are the second's alone.
+        let alone = stats(&in_kernel(&second));
+        assert_eq!(got.rtt.count, 1);
+        assert_eq!(got.rtt.sum, alone.rtt.sum);
+        // Streamed, both are whole journeys.
+        assert_eq!(streamed(&both).1.answered, 2);
     }
 
     #[test]

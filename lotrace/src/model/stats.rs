@@ -154,6 +154,10 @@ pub struct KernelOutcomes {
     /// Not answered when the trace ended, or when a later send with the
     /// same sequence number took its slot.
     pub unfinished: u64,
+    /// Stage observations given to no echo: the slot of their sequence
+    /// held another echo (two traced pings with one sequence in flight at
+    /// once), or their echo's send was not seen.
+    pub unassigned_events: u64,
 }
 
 impl Stats {

@@ -261,6 +261,13 @@ pub fn summary_text(stats: &Stats, meta: &Meta, t: &Totals, style: Style) -> Str
             "\n   aggregated in the kernel (--summary-only): {} answered, {} answered with a stage unseen, {} dropped, {} without a route, {} unanswered when the trace ended",
             o.answered, o.answered_incomplete, o.dropped, o.no_route, o.unfinished
         );
+        if o.unassigned_events > 0 {
+            let _ = writeln!(
+                s,
+                "   {} stage observations went to no echo: their sequence's slot held another echo in flight, or their send was not seen",
+                o.unassigned_events
+            );
+        }
     }
     let _ = writeln!(
         s,
