@@ -235,6 +235,7 @@ fn summary_only_aggregates_in_the_kernel_what_the_stream_shows() {
     assert_eq!(s["journeys"], 5, "{s}");
     assert_eq!(s["incomplete"], 0, "{s}");
     assert_eq!(s["in_kernel"]["answered"], 5, "{s}");
+    assert_eq!(s["in_kernel"]["unassigned_events"], 0, "{s}");
     assert_eq!(s["rtt"]["count"], 5);
     assert_eq!(s["lost_events"], 0);
     assert_eq!(s["events"], s["submitted_events"]);
@@ -270,6 +271,7 @@ fn summary_only_aggregates_in_the_kernel_what_the_stream_shows() {
     let rows = summary_rows(s);
     assert_eq!(rows[&("request".into(), "sendto".into(), false)], 20000);
     assert_eq!(s["rtt"]["count"], 20000);
+    assert_eq!(k["unassigned_events"], 0, "{s}");
 
     let after = lotrace_programs();
     assert!(
