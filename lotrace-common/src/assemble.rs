@@ -121,7 +121,9 @@ pub struct SlotHead {
     pub family: u8,
     /// Non-zero while the echo takes events: cleared when it closes.
     pub open: u8,
-    pub _pad: [u8; 4],
+    /// When the send claimed the slot, in units of 2^20 ns (about 1 ms),
+    /// wrapping (see [`may_claim`]).
+    pub claimed: u32,
     /// The positions user space has taken of this echo by reading the map
     /// (it writes them here): if the echo's record cannot be sent when a
     /// later echo takes the slot over, only the others are lost. Tagged
@@ -201,6 +203,32 @@ pub enum Fits {
     No,
 }
 
+/// The clock of [`SlotHead::claimed`].
+#[inline(always)]
+pub const fn claim_clock(now: u64) -> u32 {
+    (now >> 20) as u32
+}
+
+/// How long another thread's echo keeps its slot while it is open: about
+/// a second, in [`claim_clock`] units (an echo never answered must not
+/// keep it for ever).
+pub const CLAIM_HELD: u32 = 1000;
+
+/// Whether thread `tid`'s send at `now` ns may claim the streamed slot
+/// `head` describes. Not while another thread's echo is open there and
+/// recent: two pings sending one sequence at once run on two CPUs, and a
+/// claim is not atomic (no lock or compare-and-swap for tracing programs
+/// on every kernel lotrace runs on); taking the slot from under the other
+/// CPU's writes lost its events, or put them in the wrong record. The
+/// later echo then goes without a slot, its events sent on their own. A
+/// thread's own earlier echo (unanswered, 128 sequences back) is taken
+/// over as before. Two sends at the same instant can still both see the
+/// slot closed and both claim it: that race is narrowed, not closed.
+#[inline(always)]
+pub const fn may_claim(head: &SlotHead, tid: u32, now: u64) -> bool {
+    head.open == 0 || head.tid == tid || claim_clock(now).wrapping_sub(head.claimed) > CLAIM_HELD
+}
+
 /// Whether an event of `key`, seen by thread `tid`, has a place in the
 /// echo `head` holds: it [`belongs`] to it, and the echo is still open
 /// (a streamed echo's slot takes nothing once its record is sent).
@@ -240,10 +268,10 @@ pub const fn popcount(v: u64) -> u32 {
 }
 
 impl SlotHead {
-    /// A send opens the slot for its echo (`key`, sent by thread `tid`):
-    /// the next generation, open, no event present.
+    /// A send opens the slot for its echo (`key`, sent by thread `tid`
+    /// at `now` ns): the next generation, open, no event present.
     #[inline(always)]
-    pub fn claim(&mut self, key: &PktKey, tid: u32) {
+    pub fn claim(&mut self, key: &PktKey, tid: u32, now: u64) {
         self.present = 0;
         self.generation = self.generation.wrapping_add(1);
         self.taken = taken_tag(self.generation);
@@ -254,6 +282,7 @@ impl SlotHead {
         self.packet_id = 0;
         self.family = key.family;
         self.open = 1;
+        self.claimed = claim_clock(now);
     }
 
     /// The head of a record or of a slot read from the map.
@@ -270,7 +299,7 @@ impl SlotHead {
             packet_id: u16_at(24),
             family: b[26],
             open: b[27],
-            _pad: [0; 4],
+            claimed: u32_at(28),
             taken: u64_at(TAKEN_OFFSET),
         })
     }
@@ -287,6 +316,7 @@ impl SlotHead {
         b[24..26].copy_from_slice(&self.packet_id.to_le_bytes());
         b[26] = self.family;
         b[27] = self.open;
+        b[28..32].copy_from_slice(&self.claimed.to_le_bytes());
         b[TAKEN_OFFSET..TAKEN_OFFSET + 8].copy_from_slice(&self.taken.to_le_bytes());
         b
     }
@@ -460,12 +490,33 @@ mod tests {
             packet_id: 3,
             ..SlotHead::default()
         };
-        h.claim(&key(0xffff, 7), 42);
+        h.claim(&key(0xffff, 7), 42, 5 << 20);
         assert_eq!((h.generation, h.present, h.packet_id, h.open), (5, 0, 0, 1));
         assert_eq!((h.id, h.seq, h.tid, h.family), (0xffff, 7, 42, AF_INET));
         assert_eq!(h.index, slot_index(AF_INET, 7));
         assert_eq!(h.taken, taken_tag(5));
+        assert_eq!(h.claimed, 5);
         assert_eq!(belongs(&h, &key(0xffff, 7), true, 1, true), Fits::Yes);
+    }
+
+    #[test]
+    fn another_threads_open_echo_keeps_its_slot_for_a_while() {
+        let mut h = SlotHead::default();
+        assert!(may_claim(&h, 42, 0), "a slot never claimed");
+        h.claim(&key(9, 7), 42, 100 << 20);
+        // Another ping, the same sequence, while the first is in flight.
+        assert!(!may_claim(&h, 43, 101 << 20));
+        // The first's own next echo with that slot takes it.
+        assert!(may_claim(&h, 42, 101 << 20));
+        // Closed, anyone's.
+        let closed = SlotHead { open: 0, ..h };
+        assert!(may_claim(&closed, 43, 101 << 20));
+        // Never closed, and old: taken.
+        assert!(may_claim(&h, 43, (100 + CLAIM_HELD as u64 + 1) << 20));
+        // The clock wraps.
+        let mut w = SlotHead::default();
+        w.claim(&key(9, 7), 42, (u32::MAX as u64) << 20);
+        assert!(!may_claim(&w, 43, (u32::MAX as u64 + 3) << 20));
     }
 
     #[test]

@@ -102,8 +102,11 @@ fn aggregate(at: u64, stage: u8, probe: u8) {
         return;
     };
     let slot = unsafe { &mut *slot };
+    // The send takes the slot over even from another thread's echo still
+    // under way (what is left of that one is then counted, below): unlike
+    // a streamed slot (`assemble::may_claim`), no event of it is lost.
     if starts_rtt(reply, stage) {
-        slot.head.claim(&key, tid);
+        slot.head.claim(&key, tid, ts);
     }
     let net_rx = in_softirq();
     match belongs(&slot.head, &key, reply, tid, net_rx) {

@@ -9,7 +9,9 @@ use aya_ebpf::bindings::{
 };
 use lotrace_common::{
     Event, PktKey, agg,
-    assemble::{Fits, POSITIONS, Slot, TAKEN_POSITIONS, fits, popcount, record_size, slot_index},
+    assemble::{
+        Fits, POSITIONS, Slot, TAKEN_POSITIONS, fits, may_claim, popcount, record_size, slot_index,
+    },
     bits::{clear_bits, set_bits},
     event::{EVENT_SIZE, FLAG_NET_RX, FLAG_PACKET, is_echo_reply, is_echo_request},
     journey::{closes, starts_rtt},
@@ -122,8 +124,8 @@ fn into_slot(ev: &Event, stage: u8, probe: u8) -> bool {
         valid: 1,
         delivered: 0,
     };
-    if starts_rtt(reply, stage) && !behind() {
-        claim(slot, &key, ev.tid);
+    if starts_rtt(reply, stage) && may_claim(&slot.head, ev.tid, ev.ts_ns) && !behind() {
+        claim(slot, &key, ev.tid, ev.ts_ns);
     }
     match fits(&slot.head, &key, reply, ev.tid, ev.flags & FLAG_NET_RX != 0) {
         Fits::No => return false,
@@ -158,21 +160,22 @@ fn into_slot(ev: &Event, stage: u8, probe: u8) -> bool {
 
 /// A send opens its echo's slot; an echo still there is sent on first.
 #[inline(always)]
-fn claim(slot: &mut Slot, key: &PktKey, tid: u32) {
+fn claim(slot: &mut Slot, key: &PktKey, tid: u32, now: u64) {
     let present = slot.head.present;
     if present != 0 && !send(slot, present) {
         // Those user space has read from the map are not lost.
         count_lost(popcount(present & !(slot.head.taken & TAKEN_POSITIONS)) as u64);
     }
-    slot.head.claim(key, tid);
+    slot.head.claim(key, tid, now);
 }
 
-/// The echo met its close stage: its slot goes to the ring. It takes no
-/// more events (those still to come are streamed on their own), and
-/// keeps any that land in it during the send, for user space to read.
+/// The echo met its close stage: its slot goes to the ring, and then it
+/// takes no more events (those still to come are streamed on their own).
+/// It is closed last: until then no other thread's send may claim the
+/// slot (see `may_claim`), so the bits cleared here are this echo's, and
+/// any of its events that land during the send stay for user space.
 #[inline(always)]
 fn close(slot: &mut Slot) {
-    slot.head.open = 0;
     let present = slot.head.present;
     if send(slot, present) {
         // Subtracted, not zeroed: a bit another CPU set meanwhile stays.
@@ -180,6 +183,7 @@ fn close(slot: &mut Slot) {
     }
     // If the ring was full, the slot waits for the next send into it or
     // for user space's read.
+    slot.head.open = 0;
 }
 
 /// The slot's head and its events up to the last present, as one record

@@ -259,7 +259,7 @@ mod same_meaning {
             });
             let (head, echo) = slots.entry(slot_index(e.family, e.icmp_seq)).or_default();
             if starts_rtt(reply, e.stage) {
-                head.claim(&key, e.tid);
+                head.claim(&key, e.tid, e.ts_ns);
             }
             match belongs(head, &key, reply, e.tid, e.flags & FLAG_NET_RX != 0) {
                 Fits::No => {
