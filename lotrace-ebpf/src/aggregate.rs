@@ -94,10 +94,10 @@ fn aggregate(at: u64, stage: u8, probe: u8) {
         return;
     }
     let ipv6 = key.family == AF_INET6;
-    // The echo's slot, given the event by the rules a streamed trace's
-    // slot uses (see `lotrace_common::assemble`): the send opens it, and
-    // an event of another echo than the one it holds is counted, not
-    // mixed in.
+    // The echo's slot, the one a streamed trace assembles it in (see
+    // `lotrace_common::assemble`): the send opens it, and an event belongs
+    // to the echo it holds by the streamed slots' rule; an event of
+    // another echo is counted, not mixed in.
     let Some(slot) = JOURNEYS.get_ptr_mut(slot_index(key.family, key.icmp_seq)) else {
         return;
     };
