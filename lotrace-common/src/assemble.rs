@@ -159,8 +159,8 @@ const _: () = assert!(TAKEN_OFFSET == 32);
 /// One echo under way, in its slot of the `JOURNEYS` map: which echo
 /// (`head`), and either its events (a streamed trace) or what the
 /// journey's meaning made of them so far (`--summary-only`). Both views
-/// give an event to the echo the slot holds by the same rules (`claim`,
-/// [`belongs`]).
+/// give an event to the echo the slot holds by the same rules (a claim
+/// by one send at a time, opened last; [`fits`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct Slot {
@@ -169,11 +169,16 @@ pub struct Slot {
     /// After the events, so that a record (the head and a prefix of the
     /// events) does not carry it.
     pub echo: Echo,
+    /// The sends claiming the slot at this moment: one at a time may (see
+    /// `bits::try_enter`). Two pings sending one sequence at once on two
+    /// CPUs otherwise both claimed it, and the head they wrote over each
+    /// other put one echo's events in the other's record.
+    pub claiming: u64,
 }
 
 pub const SLOT_SIZE: usize = core::mem::size_of::<Slot>();
 const _: () = assert!(
-    SLOT_SIZE == HEAD_SIZE + POSITIONS * EVENT_SIZE + core::mem::size_of::<Echo>()
+    SLOT_SIZE == HEAD_SIZE + POSITIONS * EVENT_SIZE + core::mem::size_of::<Echo>() + 8
         && SLOT_SIZE.is_multiple_of(8)
 );
 
@@ -216,14 +221,13 @@ pub const CLAIM_HELD: u32 = 1000;
 
 /// Whether thread `tid`'s send at `now` ns may claim the streamed slot
 /// `head` describes. Not while another thread's echo is open there and
-/// recent: two pings sending one sequence at once run on two CPUs, and a
-/// claim is not atomic (no lock or compare-and-swap for tracing programs
-/// on every kernel lotrace runs on); taking the slot from under the other
-/// CPU's writes lost its events, or put them in the wrong record. The
-/// later echo then goes without a slot, its events sent on their own. A
-/// thread's own earlier echo (unanswered, 128 sequences back) is taken
-/// over as before. Two sends at the same instant can still both see the
-/// slot closed and both claim it: that race is narrowed, not closed.
+/// recent: two pings sending one sequence at once run on two CPUs, and
+/// taking the slot from under the other CPU's writes lost its events, or
+/// put them in the wrong record. The later echo then goes without a
+/// slot, its events sent on their own. A thread's own earlier echo
+/// (unanswered, 128 sequences back) is taken over as before. Two sends
+/// at the same instant are kept apart by [`Slot::claiming`]: one claims
+/// the slot, or neither.
 #[inline(always)]
 pub const fn may_claim(head: &SlotHead, tid: u32, now: u64) -> bool {
     head.open == 0 || head.tid == tid || claim_clock(now).wrapping_sub(head.claimed) > CLAIM_HELD
@@ -272,6 +276,16 @@ impl SlotHead {
     /// at `now` ns): the next generation, open, no event present.
     #[inline(always)]
     pub fn claim(&mut self, key: &PktKey, tid: u32, now: u64) {
+        self.take(key, tid, now);
+        self.open = 1;
+    }
+
+    /// [`claim`](Self::claim) but for `open`, which the programs write on
+    /// its own, last, after closing the slot first: an event on another
+    /// CPU that finds the slot open then finds the echo it holds whole,
+    /// never half of one and half of the next (see [`fits`]).
+    #[inline(always)]
+    pub fn take(&mut self, key: &PktKey, tid: u32, now: u64) {
         self.present = 0;
         self.generation = self.generation.wrapping_add(1);
         self.taken = taken_tag(self.generation);
@@ -281,7 +295,6 @@ impl SlotHead {
         self.id = key.icmp_id;
         self.packet_id = 0;
         self.family = key.family;
-        self.open = 1;
         self.claimed = claim_clock(now);
     }
 

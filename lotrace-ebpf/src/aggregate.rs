@@ -7,12 +7,13 @@ use aya_ebpf::helpers::bpf_get_current_comm;
 use lotrace_common::{
     PktKey, Stage,
     agg::counters,
-    assemble::{Fits, belongs, slot_index},
+    assemble::{Fits, slot_index},
     event::{AF_INET6, is_echo_reply, is_echo_request},
     journey::{Masks, Obs, Ran, Rules, Sink, starts_rtt},
 };
 
 use crate::{
+    assemble::{claim, fits_now},
     filter::{in_softirq, tgid_tid},
     kernel::{CONFIG, config},
     maps::{AGG_COUNT, AGG_ROWS, JOURNEYS, PENDING, Pending, count_lost},
@@ -104,12 +105,13 @@ fn aggregate(at: u64, stage: u8, probe: u8) {
     let slot = unsafe { &mut *slot };
     // The send takes the slot over even from another thread's echo still
     // under way (what is left of that one is then counted, below): unlike
-    // a streamed slot (`assemble::may_claim`), no event of it is lost.
+    // a streamed slot (`assemble::may_claim`), no event of it is lost. Of
+    // two sends claiming it at once, one does, or neither (`claim`).
     if starts_rtt(reply, stage) {
-        slot.head.claim(&key, tid, ts);
+        claim(slot, &key, tid, ts, |_| true);
     }
     let net_rx = in_softirq();
-    match belongs(&slot.head, &key, reply, tid, net_rx) {
+    match fits_now(slot, &key, reply, tid, net_rx) {
         Fits::No => {
             Maps.add(counters::UNASSIGNED, 1);
             return;

@@ -4,6 +4,8 @@
 //! a later echo takes the slot over. An event without a place there is
 //! streamed on its own.
 
+use core::ptr::{read_volatile, write_volatile};
+
 use aya_ebpf::bindings::{
     BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE,
 };
@@ -12,7 +14,7 @@ use lotrace_common::{
     assemble::{
         Fits, POSITIONS, Slot, TAKEN_POSITIONS, fits, may_claim, popcount, record_size, slot_index,
     },
-    bits::{clear_bits, set_bits},
+    bits::{clear_bits, leave, set_bits, try_enter},
     event::{EVENT_SIZE, FLAG_NET_RX, FLAG_PACKET, is_echo_reply, is_echo_request},
     journey::{closes, starts_rtt},
 };
@@ -124,10 +126,20 @@ fn into_slot(ev: &Event, stage: u8, probe: u8) -> bool {
         valid: 1,
         delivered: 0,
     };
-    if starts_rtt(reply, stage) && may_claim(&slot.head, ev.tid, ev.ts_ns) && !behind() {
-        claim(slot, &key, ev.tid, ev.ts_ns);
+    if starts_rtt(reply, stage) {
+        claim(slot, &key, ev.tid, ev.ts_ns, |slot| {
+            if !may_claim(&slot.head, ev.tid, ev.ts_ns) || behind() {
+                return false;
+            }
+            let present = slot.head.present;
+            if present != 0 && !send(slot, present) {
+                // Those user space has read from the map are not lost.
+                count_lost(popcount(present & !(slot.head.taken & TAKEN_POSITIONS)) as u64);
+            }
+            true
+        });
     }
-    match fits(&slot.head, &key, reply, ev.tid, ev.flags & FLAG_NET_RX != 0) {
+    match fits_now(slot, &key, reply, ev.tid, ev.flags & FLAG_NET_RX != 0) {
         Fits::No => return false,
         Fits::PacketId => slot.head.packet_id = ev.icmp_id,
         Fits::Yes => {}
@@ -158,15 +170,50 @@ fn into_slot(ev: &Event, stage: u8, probe: u8) -> bool {
     true
 }
 
-/// A send opens its echo's slot; an echo still there is sent on first.
+/// A send opens its echo's slot, if no other send is claiming it at the
+/// same moment (see `Slot::claiming`) and `first` agrees (it may send the
+/// echo still there on first). The slot is closed while the head is
+/// written and opened last, and an event reads the head only once it has
+/// seen it open ([`fits_now`]): on another CPU it never finds half of one
+/// echo and half of the next. The streamed slots and the aggregation
+/// claim by this one rule.
 #[inline(always)]
-fn claim(slot: &mut Slot, key: &PktKey, tid: u32, now: u64) {
-    let present = slot.head.present;
-    if present != 0 && !send(slot, present) {
-        // Those user space has read from the map are not lost.
-        count_lost(popcount(present & !(slot.head.taken & TAKEN_POSITIONS)) as u64);
+pub(crate) fn claim(
+    slot: &mut Slot,
+    key: &PktKey,
+    tid: u32,
+    now: u64,
+    first: impl FnOnce(&mut Slot) -> bool,
+) {
+    if try_enter(&mut slot.claiming) && first(slot) {
+        // Volatile, so that the compiler keeps the order (the eBPF target
+        // has no compiler fence).
+        // SAFETY: fields of a map value this program holds.
+        unsafe { write_volatile(&mut slot.head.open, 0) };
+        let mut head = slot.head;
+        head.take(key, tid, now);
+        head.open = 0;
+        unsafe {
+            write_volatile(&mut slot.head, head);
+            write_volatile(&mut slot.head.open, 1);
+        }
     }
-    slot.head.claim(key, tid, now);
+    leave(&mut slot.claiming);
+}
+
+/// How the event of `key` relates to the echo `slot` holds
+/// (`assemble::fits`), the head read only after it was seen open (see
+/// [`claim`]). That order holds on x86-64, whose stores and loads are
+/// each seen in program order.
+#[inline(always)]
+pub(crate) fn fits_now(slot: &Slot, key: &PktKey, reply: bool, tid: u32, net_rx: bool) -> Fits {
+    // SAFETY: fields of a map value this program holds; volatile, so
+    // that the compiler keeps the order.
+    if unsafe { read_volatile(&slot.head.open) } == 0 {
+        return Fits::No;
+    }
+    let head = unsafe { read_volatile(&slot.head) };
+    fits(&head, key, reply, tid, net_rx)
 }
 
 /// The echo met its close stage: its slot goes to the ring, and then it

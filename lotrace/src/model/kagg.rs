@@ -182,7 +182,7 @@ mod same_meaning {
 
     use lotrace_common::{
         Event, PktKey, ProbeId, Stage,
-        assemble::{Fits, SlotHead, belongs, slot_index},
+        assemble::{Fits, SlotHead, fits, slot_index},
         event::{AF_INET6, FLAG_NET_RX, SOCK_DGRAM, SOCK_RAW, is_echo_reply},
         journey::{Echo, Obs, Ran, Rules, Sink, on_path, starts_rtt},
     };
@@ -261,7 +261,7 @@ mod same_meaning {
             if starts_rtt(reply, e.stage) {
                 head.claim(&key, e.tid, e.ts_ns);
             }
-            match belongs(head, &key, reply, e.tid, e.flags & FLAG_NET_RX != 0) {
+            match fits(head, &key, reply, e.tid, e.flags & FLAG_NET_RX != 0) {
                 Fits::No => {
                     sink.add(counters::UNASSIGNED, 1);
                     continue;
