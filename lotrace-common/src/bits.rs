@@ -40,6 +40,13 @@ impl AtomicInt for u32 {
     }
 }
 
+/// Adds `n` to a counter that the programs on every CPU add to.
+#[inline(always)]
+pub fn add(field: &mut u64, n: u64) {
+    // SAFETY: a valid, aligned field.
+    unsafe { atomic_add(field as *mut u64, n) };
+}
+
 /// Sets `bits` in a field that the programs on other CPUs may update at
 /// the same time (a reply received under RPS while the request's send
 /// returns): a plain `|=` there loses the other CPU's bit. The kernels

@@ -496,6 +496,7 @@ macro_rules! probe_table {
 pub mod maps {
     pub const EVENTS: &str = "EVENTS";
     pub const LOST: &str = "LOST";
+    pub const SUBMITTED: &str = "SUBMITTED";
     pub const TARGETS: &str = "TARGETS";
     pub const CONFIG: &str = "CONFIG";
     pub const AGG_ROWS: &str = "AGG_ROWS";
@@ -503,12 +504,18 @@ pub mod maps {
     pub const JOURNEYS: &str = "JOURNEYS";
 }
 
-/// Slots of the per-CPU `LOST` map.
-pub mod counters {
-    /// Events that did not fit in the ring buffer.
-    pub const LOST_IDX: u32 = 0;
-    /// Events the probes tried to emit (received + lost).
-    pub const SUBMITTED_IDX: u32 = 1;
+/// What a process is to the `TARGETS` map, keyed by its id.
+pub mod targets {
+    /// Traced: its sends, its packets, and its children.
+    pub const TRACED: u8 = 1;
+    /// lotrace itself, while it runs the traced command: not traced, but
+    /// its children are, from the fork on. Set once, before the command
+    /// is spawned: a map update or lookup from user space while the
+    /// command runs made a PREEMPT_RT kernel skip the command's probes
+    /// (the update holds the CPU's count of running eBPF programs up
+    /// while it can be preempted; a kprobe or classic tracepoint then
+    /// finds it non-zero and does not run).
+    pub const SPAWNER: u8 = 2;
 }
 
 #[cfg(test)]

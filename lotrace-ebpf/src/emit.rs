@@ -10,7 +10,6 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use lotrace_common::{
     Event, PktKey, ProbeId, Stage,
-    catalog::counters,
     event::{EVENT_SIZE, FLAG_FRAGMENT, FLAG_NET_RX, FLAG_PACKET},
     follow::Sight,
 };
@@ -20,7 +19,7 @@ use crate::{
     assemble::{deliver_later, wake_flags},
     filter::{is_ours, tgid_tid},
     kernel::{CONFIG, config},
-    maps::{EVENTS, LOST, count_lost, state},
+    maps::{EVENTS, SUBMITTED, count_lost, state},
     packet::ours,
     seen::{Seen, at},
 };
@@ -29,7 +28,7 @@ use crate::{
 /// `--summary-only`.
 #[inline(always)]
 pub(crate) fn emit<C: EbpfContext>(ctx: &C, key: &PktKey, e: Seen) {
-    if let Some(n) = LOST.get_ptr_mut(counters::SUBMITTED_IDX) {
+    if let Some(n) = SUBMITTED.get_ptr_mut(0) {
         unsafe { *n += 1 };
     }
     if config(&CONFIG.summary_only) != 0 {
@@ -86,7 +85,7 @@ pub(crate) fn emit<C: EbpfContext>(ctx: &C, key: &PktKey, e: Seen) {
         // Diagnostics only, and only at powers of two so a full ring
         // cannot flood the log ring too.
         if n != 0 && n & (n - 1) == 0 {
-            warn!(ctx, "ring buffer full: {} events lost on this CPU", n);
+            warn!(ctx, "ring buffer full: {} events lost so far", n);
         }
         return;
     };

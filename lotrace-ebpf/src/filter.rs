@@ -4,7 +4,7 @@
 //! an skb is, is `packet`'s.
 
 use aya_ebpf::{helpers::bpf_get_current_pid_tgid, maps::LruHashMap};
-use lotrace_common::{PktKey, ProbeId, TpField, agg, event::AF_INET6};
+use lotrace_common::{PktKey, ProbeId, TpField, agg, catalog::targets, event::AF_INET6};
 
 use crate::kernel::Fields;
 use crate::{
@@ -50,7 +50,7 @@ pub(crate) fn tgid_tid() -> (u32, u32) {
 
 #[inline(always)]
 pub(crate) fn is_target(tgid: u32) -> bool {
-    unsafe { TARGETS.get(&tgid) }.is_some()
+    unsafe { TARGETS.get(&tgid) }.is_some_and(|v| *v == targets::TRACED)
 }
 
 #[inline(always)]
@@ -226,7 +226,8 @@ pub(crate) fn in_softirq() -> bool {
     state().map(|s| s.in_net_rx != 0).unwrap_or(false)
 }
 
-/// A traced process forks: its child is traced too. The tracepoint runs
+/// A traced process forks, or lotrace spawns the command: the child is
+/// traced. The tracepoint runs
 /// in the parent, whose process is the current one (its `parent_pid` is
 /// the forking thread's id, not its process's; threads were found only
 /// because their own ids were added as children).
@@ -240,8 +241,9 @@ pub(crate) fn sched_process_fork(
     let Some(child) = field::<i32>(ctx, child) else {
         return;
     };
-    if is_target(tgid_tid().0) {
-        let _ = TARGETS.insert(&(child as u32), &1, 0);
+    // A traced process's child, or lotrace's (the command it runs).
+    if unsafe { TARGETS.get(&tgid_tid().0) }.is_some() {
+        let _ = TARGETS.insert(&(child as u32), &targets::TRACED, 0);
     }
 }
 

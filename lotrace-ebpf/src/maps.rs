@@ -12,6 +12,7 @@ use lotrace_common::{
     CpuState, Event, PktKey,
     agg::{self, RowAgg},
     assemble::{self, Slot},
+    bits::add,
 };
 
 /// The loader resizes it (`--ring-size`).
@@ -30,14 +31,18 @@ pub(crate) static JOURNEYS: Array<Slot> =
 #[map]
 pub(crate) static SCRATCH: PerCpuArray<Event> = PerCpuArray::with_max_entries(1, 0);
 
-/// Per CPU: [LOST_IDX] failed ring-buffer reservations, [SUBMITTED_IDX]
-/// events the probes tried to emit, so that received + lost = submitted
-/// can be checked.
-///
-/// [LOST_IDX]: lotrace_common::catalog::counters::LOST_IDX
-/// [SUBMITTED_IDX]: lotrace_common::catalog::counters::SUBMITTED_IDX
+/// Events that did not fit in the ring buffer, on every CPU: one counter,
+/// added to atomically (losses are rare), that lotrace reads from its
+/// memory while the traced command runs (a read by system call then
+/// could make the kernel skip the command's probes: see
+/// `lotrace_common::catalog::targets::SPAWNER`).
 #[map]
-pub(crate) static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
+pub(crate) static LOST: Array<u64> = Array::with_max_entries(1, BPF_F_MMAPABLE as u32);
+
+/// Per CPU: events the probes tried to emit, so that received + lost =
+/// submitted can be checked (read once the command is gone).
+#[map]
+pub(crate) static SUBMITTED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 /// The CPU's state (see [`state`]); on PREEMPT_RT only its run counter.
 #[map]
@@ -149,13 +154,13 @@ pub(crate) static AGG_COUNT: PerCpuArray<u64> =
 #[map]
 pub(crate) static RECV_CTX: LruHashMap<u32, PktKey> = LruHashMap::with_max_entries(1024, 0);
 
-/// Counts `n` events lost on this CPU; returns this CPU's count so far.
+/// Counts `n` events lost; returns the count so far, on every CPU.
 #[inline(always)]
 pub(crate) fn count_lost(n: u64) -> u64 {
-    match LOST.get_ptr_mut(lotrace_common::catalog::counters::LOST_IDX) {
+    match LOST.get_ptr_mut(0) {
         Some(lost) => unsafe {
-            *lost += n;
-            *lost
+            add(&mut *lost, n);
+            core::ptr::read_volatile(lost)
         },
         None => 0,
     }

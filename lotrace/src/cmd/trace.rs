@@ -191,20 +191,24 @@ pub async fn run_session(opts: TraceOptions, quiet: bool) -> Result<Finished> {
         .map_err(|e| anyhow!("cannot poll the event ring buffer: {e}"))?;
 
     // The child becomes a target in the fork tracepoint, before it runs, so
-    // not even its first packet can be missed.
+    // not even its first packet can be missed; and lotrace touches no map
+    // by system call while it runs (see `targets::SPAWNER`).
     let me = std::process::id();
-    tracer.add_target(me)?;
+    tracer.spawner(me)?;
     let spawned = child.command().spawn();
-    let removed = tracer.remove_target(me);
-    let mut proc = spawned.with_context(|| format!("cannot run {}", opts.command[0]))?;
-    removed?;
+    let mut proc = match spawned {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = tracer.remove_target(me);
+            return Err(e).with_context(|| format!("cannot run {}", opts.command[0]));
+        }
+    };
     let pid = proc
         .id()
         .context("child exited before it could be traced")?;
     // lotrace's cost is counted from here: loading the programs is not
     // part of what tracing costs the traced command.
     let base = self_usage(started);
-    tracer.add_target(pid)?;
 
     let mut printer = Printer::new(opts.format, opts.style);
     printer.perfetto = perfetto;
@@ -261,7 +265,7 @@ pub async fn run_session(opts: TraceOptions, quiet: bool) -> Result<Finished> {
                 done.extend(sweep(slots.as_ref(), &mut taken, From::Map, before, &mut session, &mut recfile)?);
                 printer.journeys(&done, &meta)?;
                 tracer.flush_logs();
-                let lost = tracer.lost_events().unwrap_or(last_lost);
+                let lost = tracer.lost_events();
                 if lost != last_lost {
                     last_lost = lost;
                     if let Some(r) = recfile.as_mut() { r.record(&Record::Lost(lost))?; }
@@ -275,7 +279,8 @@ pub async fn run_session(opts: TraceOptions, quiet: bool) -> Result<Finished> {
     };
 
     // The child is gone: what it printed and what its packets did are all
-    // in the pipes and the ring already.
+    // in the pipes and the ring already. lotrace spawns nothing more.
+    let _ = tracer.remove_target(me);
     let deadline = Instant::now() + Duration::from_secs(1);
     while stdout_open {
         tokio::select! {
@@ -306,7 +311,7 @@ pub async fn run_session(opts: TraceOptions, quiet: bool) -> Result<Finished> {
         &mut recfile,
     )?);
     tracer.flush_logs();
-    let lost = tracer.lost_events().unwrap_or(last_lost);
+    let lost = tracer.lost_events();
     if let Some(r) = recfile.as_mut() {
         r.record(&Record::Lost(lost))?;
     }

@@ -1,24 +1,29 @@
 //! Loads the embedded eBPF object into the running kernel, attaches the
 //! plan's probes, and reads the programs' maps and counters.
 
-use std::{collections::BTreeMap, os::fd::AsFd as _, path::Path};
+use std::{
+    collections::BTreeMap,
+    path::Path,
+    sync::atomic::{AtomicU64, Ordering},
+};
 
 use anyhow::{Context as _, Result, bail};
 use aya::{
     Btf, Ebpf,
-    maps::{HashMap as BpfHashMap, Map as MapType, MapData, PerCpuArray, RingBuf},
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::{FEntry, FExit, KProbe, ProgramError, RawTracePoint, TracePoint},
 };
 use lotrace_common::{
     ProbeId, Stage,
     agg::{self, RowAgg},
-    catalog::{Backend, counters, maps},
+    catalog::{Backend, maps, targets},
 };
 
 use crate::{
     kernel::{
         btf::KernelBtf,
         caps, config,
+        mapped::Mapped,
         object::{load_object, page_size, parse_btf, refusal},
         slots::Slots,
         tracefs,
@@ -63,6 +68,8 @@ pub struct Tracer {
     /// The programs assemble each echo's events (see
     /// `lotrace_common::assemble`); user space reads the slots.
     pub assembles: bool,
+    /// The programs' `LOST` counter, mapped.
+    lost: Mapped,
 }
 
 impl Tracer {
@@ -148,6 +155,7 @@ impl Tracer {
         } else {
             None
         };
+        let lost = Mapped::array(&ebpf, maps::LOST, 8)?;
         let mut tracer = Tracer {
             ebpf,
             logger,
@@ -155,6 +163,7 @@ impl Tracer {
             attached: Vec::new(),
             drop_reasons,
             assembles: config.assemble != 0,
+            lost,
         };
         let needs_btf = tracer
             .plan
@@ -234,9 +243,10 @@ impl Tracer {
         )?)
     }
 
-    /// Adds a process to the traced set, before it sends anything.
-    pub fn add_target(&mut self, tgid: u32) -> Result<()> {
-        self.targets()?.insert(tgid, 1, 0)?;
+    /// Makes lotrace the traced command's spawner (`targets::SPAWNER`):
+    /// what it spawns is traced from its fork on.
+    pub fn spawner(&mut self, tgid: u32) -> Result<()> {
+        self.targets()?.insert(tgid, targets::SPAWNER, 0)?;
         Ok(())
     }
 
@@ -254,21 +264,23 @@ impl Tracer {
         Ok(RingBuf::try_from(map)?)
     }
 
-    /// Failed reservations so far, summed over CPUs.
-    fn counter(&self, idx: u32) -> Result<u64> {
-        let lost: PerCpuArray<&MapData, u64> =
-            PerCpuArray::try_from(self.ebpf.map(maps::LOST).context("LOST map missing")?)?;
-        Ok(lost.get(&idx, 0)?.iter().sum())
+    /// Events that did not fit in the ring buffer, read from lotrace's
+    /// memory (see `kernel::mapped`).
+    pub fn lost_events(&self) -> u64 {
+        // SAFETY: the mapping's first 8 bytes, aligned; the programs only
+        // ever add to them atomically.
+        unsafe { &*(self.lost.base() as *const AtomicU64) }.load(Ordering::Relaxed)
     }
 
-    /// Events that did not fit in the ring buffer.
-    pub fn lost_events(&self) -> Result<u64> {
-        self.counter(counters::LOST_IDX)
-    }
-
-    /// Events the probes tried to emit: received + lost.
+    /// Events the probes tried to emit: received + lost. A system call:
+    /// only once the traced command is gone.
     pub fn submitted_events(&self) -> Result<u64> {
-        self.counter(counters::SUBMITTED_IDX)
+        let submitted: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(
+            self.ebpf
+                .map(maps::SUBMITTED)
+                .context("SUBMITTED map missing")?,
+        )?;
+        Ok(submitted.get(&0, 0)?.iter().sum())
     }
 
     /// Times the kernel skipped one of our programs because another eBPF
@@ -324,14 +336,7 @@ impl Tracer {
         if !self.assembles {
             return Ok(None);
         }
-        let map = self
-            .ebpf
-            .map(maps::JOURNEYS)
-            .with_context(|| format!("{} map missing", maps::JOURNEYS))?;
-        let MapType::Array(data) = map else {
-            bail!("{} is not an array", maps::JOURNEYS);
-        };
-        Slots::map(data.fd().as_fd()).map(Some)
+        Slots::map(&self.ebpf).map(Some)
     }
 
     pub fn flush_logs(&mut self) {

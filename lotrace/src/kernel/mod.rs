@@ -8,6 +8,7 @@ pub mod btf;
 pub mod caps;
 pub mod config;
 pub mod loader;
+pub mod mapped;
 pub mod object;
 pub mod slots;
 pub mod tracefs;

@@ -2,52 +2,28 @@
 //! into lotrace's memory: reading a slot is a copy, not a system call, so
 //! the slots can be looked at on every drain.
 
-use std::{
-    os::fd::{AsRawFd as _, BorrowedFd},
-    ptr::NonNull,
-};
-
-use anyhow::{Result, bail};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use lotrace_common::assemble::{HEAD_SIZE, SLOT_SIZE, SLOTS, TAKEN_OFFSET, mark};
+use anyhow::Result;
+use aya::Ebpf;
+use lotrace_common::{
+    assemble::{HEAD_SIZE, SLOT_SIZE, SLOTS, TAKEN_OFFSET, mark},
+    catalog::maps,
+};
 
-/// Every slot, mapped; unmapped on drop. lotrace only reads them, but for
+use super::mapped::Mapped;
+
+/// Every slot, mapped. lotrace only reads them, but for
 /// `SlotHead::taken`, which it sets.
-pub struct Slots {
-    base: NonNull<u8>,
-    len: usize,
-}
+pub struct Slots(Mapped);
 
 /// An array map's values are laid out one after another, each rounded up
 /// to 8 bytes.
 const STRIDE: usize = SLOT_SIZE.next_multiple_of(8);
 
 impl Slots {
-    pub(crate) fn map(fd: BorrowedFd<'_>) -> Result<Slots> {
-        let len = STRIDE * SLOTS as usize;
-        // SAFETY: a shared mapping of the map's values, which the kernel
-        // keeps alive for as long as it is mapped.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            bail!(
-                "cannot map the journeys' slots into memory: {}",
-                std::io::Error::last_os_error()
-            );
-        }
-        Ok(Slots {
-            base: NonNull::new(p as *mut u8).expect("mmap gave a null mapping"),
-            len,
-        })
+    pub(crate) fn map(ebpf: &Ebpf) -> Result<Slots> {
+        Mapped::array(ebpf, maps::JOURNEYS, STRIDE * SLOTS as usize).map(Slots)
     }
 
     /// Copies out every slot that holds events, into `buf` (one after
@@ -58,7 +34,7 @@ impl Slots {
         for i in 0..SLOTS as usize {
             // SAFETY: inside the mapping. The programs write it meanwhile,
             // so it is only ever copied, byte by byte, never referenced.
-            let slot = unsafe { self.base.as_ptr().add(i * STRIDE) };
+            let slot = unsafe { self.0.base().add(i * STRIDE) };
             let mut present = [0u8; 8];
             unsafe { std::ptr::copy_nonoverlapping(slot, present.as_mut_ptr(), 8) };
             if u64::from_le_bytes(present) == 0 {
@@ -94,7 +70,7 @@ impl Slots {
         // SAFETY: inside the mapping and aligned; the programs update the
         // field with plain stores, and only when they hand the slot over.
         let taken = unsafe {
-            let slot = self.base.as_ptr().add(index as usize * STRIDE);
+            let slot = self.0.base().add(index as usize * STRIDE);
             &*(slot.add(TAKEN_OFFSET) as *const AtomicU64)
         };
         let mut cur = taken.load(Ordering::Relaxed);
@@ -108,12 +84,5 @@ impl Slots {
                 Err(now) => cur = now,
             }
         }
-    }
-}
-
-impl Drop for Slots {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in `map`, unmapped once.
-        unsafe { libc::munmap(self.base.as_ptr() as *mut libc::c_void, self.len) };
     }
 }
