@@ -13,13 +13,13 @@ use lotrace_common::{
     assemble::{SLOT_SIZE, SlotHead},
 };
 use tokio::{
-    io::{AsyncBufReadExt, BufReader, Interest, unix::AsyncFd},
+    io::{Interest, unix::AsyncFd},
     signal::unix::{SignalKind, signal},
     time::{Instant, interval, sleep_until},
 };
 
 use crate::{
-    cmd::child::{Child, exit_code, exit_words, forward},
+    cmd::child::{Child, Output, exit_code, exit_words, forward},
     kernel::{
         self,
         loader::{LoadOptions, Tracer},
@@ -214,14 +214,13 @@ pub async fn run_session(opts: TraceOptions, quiet: bool) -> Result<Finished> {
     printer.perfetto = perfetto;
     printer.quiet = quiet;
     let mut session = Session::new(&meta);
-    let mut lines = BufReader::new(proc.stdout.take().context("child stdout")?).lines();
+    let mut output = Output::new(proc.stdout.take().context("child stdout")?)?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     // The ring is drained, and quiet slots read, on this timer: the
     // programs wake lotrace only as the ring fills (see lotrace-ebpf's
     // `assemble::wake_flags`).
     let mut tick = interval(Duration::from_millis(10));
-    let mut stdout_open = true;
     let mut kill_at: Option<Instant> = None;
     let mut last_lost = 0;
     let mut taken = Taken::default();
@@ -235,16 +234,12 @@ pub async fn run_session(opts: TraceOptions, quiet: bool) -> Result<Finished> {
                 // readiness is cleared before draining: a record committed
                 // during the drain wakes us again instead of being stranded.
                 guard.clear_ready();
+                // ping's lines first: a journey's own may be among them.
+                for text in output.lines() {
+                    child_line(&text, &mut printer, &mut recfile, &mut session, &mut meta)?;
+                }
                 let done = drain(guard.get_inner_mut(), &mut taken, &mut session, &mut recfile)?;
                 printer.journeys(&done, &meta)?;
-            }
-            line = lines.next_line(), if stdout_open => {
-                match line {
-                    Ok(Some(text)) => {
-                        child_line(&text, &mut printer, &mut recfile, &mut session, &mut meta)?;
-                    }
-                    _ => stdout_open = false,
-                }
             }
             st = proc.wait() => break st?,
             _ = sigint.recv() => {
@@ -260,6 +255,9 @@ pub async fn run_session(opts: TraceOptions, quiet: bool) -> Result<Finished> {
                 kill_at = None;
             }
             _ = tick.tick() => {
+                for text in output.lines() {
+                    child_line(&text, &mut printer, &mut recfile, &mut session, &mut meta)?;
+                }
                 let mut done = drain(ring.get_mut(), &mut taken, &mut session, &mut recfile)?;
                 let before = kernel::monotonic_ns().saturating_sub(SLOT_QUIET_NS);
                 done.extend(sweep(slots.as_ref(), &mut taken, From::Map, before, &mut session, &mut recfile)?);
@@ -282,16 +280,14 @@ pub async fn run_session(opts: TraceOptions, quiet: bool) -> Result<Finished> {
     // in the pipes and the ring already. lotrace spawns nothing more.
     let _ = tracer.remove_target(me);
     let deadline = Instant::now() + Duration::from_secs(1);
-    while stdout_open {
-        tokio::select! {
-            line = lines.next_line() => match line {
-                Ok(Some(text)) => {
-                    child_line(&text, &mut printer, &mut recfile, &mut session, &mut meta)?;
-                }
-                _ => stdout_open = false,
-            },
-            _ = sleep_until(deadline) => stdout_open = false,
+    loop {
+        for text in output.lines() {
+            child_line(&text, &mut printer, &mut recfile, &mut session, &mut meta)?;
         }
+        if !output.open || Instant::now() >= deadline {
+            break;
+        }
+        sleep_until(Instant::now() + Duration::from_millis(10)).await;
     }
     let mut done = drain(ring.get_mut(), &mut taken, &mut session, &mut recfile)?;
     done.extend(sweep(
