@@ -37,6 +37,10 @@ pub enum Kind {
     /// A packet of this family whose transport header is outside the
     /// linear data (reading there would read what the buffer held before).
     Unread,
+    /// Nothing read: not a packet lotrace reads, or not to be read here.
+    /// A kind rather than an `Option`: 5.10's verifier refused a program
+    /// whose compiled code loaded the key of a `None` before testing it.
+    Absent,
 }
 
 impl<K: Default> Header<K> {
@@ -55,6 +59,15 @@ impl<K: Default> Header<K> {
             kind: Kind::Fragment,
             family: 0,
             key,
+        }
+    }
+
+    #[inline(always)]
+    pub fn absent() -> Self {
+        Header {
+            kind: Kind::Absent,
+            family: 0,
+            key: K::default(),
         }
     }
 
@@ -102,7 +115,7 @@ pub fn identify<K: Copy, F: Followed<K>>(
     map: &mut F,
     skb: u64,
     sight: Sight,
-    read: impl FnOnce() -> Option<Header<K>>,
+    read: impl FnOnce() -> Header<K>,
     sending: impl FnOnce(u8) -> Option<K>,
     ours: impl FnOnce(&K) -> bool,
 ) -> Option<K> {
@@ -114,23 +127,12 @@ pub fn identify<K: Copy, F: Followed<K>>(
         }
         return Some(key);
     }
-    let (key, follow) = match read() {
-        Some(Header {
-            kind: Kind::Packet,
-            key,
-            ..
-        }) => (Some(key), true),
-        Some(Header {
-            kind: Kind::Fragment,
-            key,
-            ..
-        }) => (Some(key), false),
-        Some(Header {
-            kind: Kind::Unread,
-            family,
-            ..
-        }) => (sending(family), true),
-        None => (None, false),
+    let header = read();
+    let (key, follow) = match header.kind {
+        Kind::Packet => (Some(header.key), true),
+        Kind::Fragment => (Some(header.key), false),
+        Kind::Unread => (sending(header.family), true),
+        Kind::Absent => (None, false),
     };
     let Some(key) = key.filter(ours) else {
         if sight == Sight::Transmit {
@@ -216,7 +218,7 @@ mod tests {
                 sight,
                 || {
                     reads.set(reads.get() + 1);
-                    header
+                    header.unwrap_or(Header::absent())
                 },
                 |family| sending.filter(|k| k.0 == family),
                 |k| k.1 < 100,

@@ -199,11 +199,13 @@ pub(crate) fn ours(
         sight,
         || {
             if !may_read() {
-                return None;
+                return Header::absent();
             }
-            let (header, len, frag) = read_skb(skb)?;
+            let Some((header, len, frag)) = read_skb(skb) else {
+                return Header::absent();
+            };
             read = Some((len, frag));
-            Some(header)
+            header
         },
         sending,
         judge,
