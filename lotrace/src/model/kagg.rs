@@ -419,6 +419,26 @@ mod same_meaning {
             without(echo(3, at(3)), Stage::Recvmsg, true),
             one(|o| o.answered_incomplete = 1),
         );
+        // ping took the reply from its socket, and returned, before the
+        // receiving CPU called the socket's data-ready: whole all the same.
+        let mut late = echo(21, at(21));
+        let close = late
+            .iter()
+            .filter(|e| e.stage == Stage::Recvmsg as u8)
+            .map(|e| e.ts_ns)
+            .max()
+            .unwrap();
+        for e in late
+            .iter_mut()
+            .filter(|e| e.stage == Stage::SockDeliver as u8)
+        {
+            e.ts_ns = close + 500;
+        }
+        case(
+            "answered, its delivery seen after ping's return",
+            late,
+            one(|o| o.answered = 1),
+        );
         let mut dropped = request_until(4, at(4), Stage::NetifReceiveSkb);
         dropped.push(ev(at(4) + 4100, Stage::Drop, ProbeId::KfreeSkb, false, 4));
         case("dropped", dropped, one(|o| o.dropped = 1));
