@@ -235,9 +235,7 @@ pub async fn run_session(opts: TraceOptions, quiet: bool) -> Result<Finished> {
                 // during the drain wakes us again instead of being stranded.
                 guard.clear_ready();
                 // ping's lines first: a journey's own may be among them.
-                for text in output.lines() {
-                    child_line(&text, &mut printer, &mut recfile, &mut session, &mut meta)?;
-                }
+                child_lines(&mut output, &mut printer, &mut recfile, &mut session, &mut meta)?;
                 let done = drain(guard.get_inner_mut(), &mut taken, &mut session, &mut recfile)?;
                 printer.journeys(&done, &meta)?;
             }
@@ -255,9 +253,7 @@ pub async fn run_session(opts: TraceOptions, quiet: bool) -> Result<Finished> {
                 kill_at = None;
             }
             _ = tick.tick() => {
-                for text in output.lines() {
-                    child_line(&text, &mut printer, &mut recfile, &mut session, &mut meta)?;
-                }
+                child_lines(&mut output, &mut printer, &mut recfile, &mut session, &mut meta)?;
                 let mut done = drain(ring.get_mut(), &mut taken, &mut session, &mut recfile)?;
                 let before = kernel::monotonic_ns().saturating_sub(SLOT_QUIET_NS);
                 done.extend(sweep(slots.as_ref(), &mut taken, From::Map, before, &mut session, &mut recfile)?);
@@ -281,9 +277,13 @@ pub async fn run_session(opts: TraceOptions, quiet: bool) -> Result<Finished> {
     let _ = tracer.remove_target(me);
     let deadline = Instant::now() + Duration::from_secs(1);
     loop {
-        for text in output.lines() {
-            child_line(&text, &mut printer, &mut recfile, &mut session, &mut meta)?;
-        }
+        child_lines(
+            &mut output,
+            &mut printer,
+            &mut recfile,
+            &mut session,
+            &mut meta,
+        )?;
         if !output.open || Instant::now() >= deadline {
             break;
         }
@@ -361,6 +361,20 @@ const SLOT_QUIET_NS: u64 = 100_000_000;
 
 /// A line the command printed: passed on, recorded, and read for ping's
 /// RTT and the address it resolved.
+/// Every line of the command's output that has arrived.
+fn child_lines(
+    output: &mut Output,
+    printer: &mut Printer,
+    recfile: &mut Option<RecordFile>,
+    session: &mut Session,
+    meta: &mut Meta,
+) -> Result<()> {
+    for text in output.lines() {
+        child_line(&text, printer, recfile, session, meta)?;
+    }
+    Ok(())
+}
+
 fn child_line(
     text: &str,
     printer: &mut Printer,
