@@ -227,10 +227,10 @@ pub(crate) fn in_softirq() -> bool {
 }
 
 /// A traced process forks, or lotrace spawns the command: the child is
-/// traced. The tracepoint runs
-/// in the parent, whose process is the current one (its `parent_pid` is
-/// the forking thread's id, not its process's; threads were found only
-/// because their own ids were added as children).
+/// traced. The tracepoint runs in the parent, whose process is the
+/// current one (its `parent_pid` is the forking thread's id, not its
+/// process's; threads were found only because their own ids were added as
+/// children).
 #[inline(always)]
 pub(crate) fn sched_process_fork(
     ctx: &impl Fields,

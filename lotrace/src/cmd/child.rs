@@ -292,18 +292,12 @@ const LONGEST_LINE: usize = 64 << 10;
 
 impl Output {
     pub fn new(stdout: tokio::process::ChildStdout) -> Result<Output> {
+        use std::os::fd::AsRawFd as _;
         let fd = stdout.into_owned_fd()?;
+        let raw = fd.as_raw_fd();
         // SAFETY: a valid descriptor, owned here.
-        let flags = unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&fd), libc::F_GETFL) };
-        if flags < 0
-            || unsafe {
-                libc::fcntl(
-                    std::os::fd::AsRawFd::as_raw_fd(&fd),
-                    libc::F_SETFL,
-                    flags | libc::O_NONBLOCK,
-                )
-            } < 0
-        {
+        let flags = unsafe { libc::fcntl(raw, libc::F_GETFL) };
+        if flags < 0 || unsafe { libc::fcntl(raw, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
             bail!(
                 "cannot read the command's output: {}",
                 std::io::Error::last_os_error()
