@@ -47,6 +47,13 @@ pub fn add(field: &mut u64, n: u64) {
     unsafe { atomic_add(field as *mut u64, n) };
 }
 
+/// [`add`] for a `u32` counter.
+#[inline(always)]
+pub fn add_u32(field: &mut u32, n: u32) {
+    // SAFETY: a valid, aligned field.
+    unsafe { atomic_add(field as *mut u32, n) };
+}
+
 /// Sets `bits` in a field that the programs on other CPUs may update at
 /// the same time (a reply received under RPS while the request's send
 /// returns): a plain `|=` there loses the other CPU's bit. The kernels

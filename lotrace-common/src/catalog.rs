@@ -293,6 +293,58 @@ stage_table! {
         zh "skb 被丢弃（kfree_skb）；内核记录了原因。副本被丢弃（例如接收缓冲区已满的 packet 套接字或另一个原始套接字的副本）也会显示，但只有回显自身路径上的 skb 被丢弃才算这次回显被丢弃。";
 }
 
+/// What the kernel does at a stage for a TCP segment or UDP datagram,
+/// where the echo's words in the stage table (ping, its sockets, the
+/// reply) do not fit; the other stages' words hold for every packet.
+/// English, then Chinese.
+const FLOW_EXPLAIN: [(Stage, &str, &str); 6] = [
+    (
+        Stage::SockDeliver,
+        "TCP (tcp_v4_rcv or tcp_v6_rcv, then tcp_rcv_established and tcp_data_queue) or UDP (udp_rcv, then __udp_enqueue_schedule_skb) queues the packet on the receiving socket and calls its data-ready (sock_def_readable), which wakes a reader waiting on it. A bare TCP ACK queues nothing, and has no such call; nor has a segment handled while its reader held the socket (it waits on the socket's backlog).",
+        "TCP（tcp_v4_rcv 或 tcp_v6_rcv，再到 tcp_rcv_established、tcp_data_queue）或 UDP（udp_rcv，再到 __udp_enqueue_schedule_skb）把包放进接收套接字的队列，并调用它的 data-ready（sock_def_readable），唤醒等在上面的读者。纯 TCP ACK 不入队，也就没有这一步；读者正持有套接字时到达的段先进套接字的 backlog，也没有这一步。",
+    ),
+    (
+        Stage::Wakeup,
+        "The traced process was asleep waiting for this data and is woken; absent when it was not waiting.",
+        "被跟踪的进程正睡眠等待这些数据，被唤醒；它当时没有在等就没有这一步。",
+    ),
+    (
+        Stage::CopyToUser,
+        "The reader's receive copies the packet's data from the socket's queue into its buffer (skb_copy_datagram_iter). TCP may have merged this segment's bytes into the one before it in the queue, and a small UDP datagram is copied without this call: then no copy is seen.",
+        "读者的接收调用把包里的数据从套接字队列复制到它的缓冲区（skb_copy_datagram_iter）。TCP 可能已经把这个段的字节并进队列里前一个段，小的 UDP 数据报的复制也不经过这个函数：这时看不到复制。",
+    ),
+    (
+        Stage::SockRecvmsg,
+        "The socket layer's recvmsg returns the bytes the protocol (tcp_recvmsg or udp_recvmsg) took off the socket's queue.",
+        "套接字层的 recvmsg 返回协议（tcp_recvmsg 或 udp_recvmsg）从套接字队列取出的字节。",
+    ),
+    (
+        Stage::Free,
+        "The skb is freed (consume_skb). TCP frees a segment it has read without this tracepoint (__kfree_skb; from 6.1 skb_attempt_defer_free, which traces only a free handed to the CPU that allocated the skb, later, in its NET_RX), and so does UDP from 6.18: most packets show no free.",
+        "skb 被释放（consume_skb）。TCP 释放读完的段时不经过这个跟踪点（__kfree_skb；从 6.1 起是 skb_attempt_defer_free，只有交给分配它的 CPU、稍后在那里的 NET_RX 里释放时才经过），UDP 从 6.18 起也一样：多数包看不到释放。",
+    ),
+    (
+        Stage::Drop,
+        "The skb is dropped (kfree_skb); the kernel records why. TCP will send the segment's data again if it is not acknowledged.",
+        "skb 被丢弃（kfree_skb）；内核记录了原因。没有被确认的 TCP 数据会重传。",
+    ),
+];
+
+impl Stage {
+    /// What the kernel does here for a TCP segment or UDP datagram, in
+    /// English and Chinese.
+    pub fn flow_explain(self) -> (&'static str, &'static str) {
+        let mut i = 0;
+        while i < FLOW_EXPLAIN.len() {
+            if FLOW_EXPLAIN[i].0 as u8 == self as u8 {
+                return (FLOW_EXPLAIN[i].1, FLOW_EXPLAIN[i].2);
+            }
+            i += 1;
+        }
+        (self.info().explain, self.info().explain_zh)
+    }
+}
+
 pub use crate::probes::{
     Backend, PROBE_COUNT, PROBES, ProbeId, ProbeInfo, ProbeKind, RawSpec, TP_FIELD_COUNT,
     TP_FIELDS, TP_RAW, TpField,

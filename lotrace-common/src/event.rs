@@ -36,6 +36,34 @@ pub const fn in_window(off_nh: u64, off: u64, size: u64) -> Option<usize> {
     }
 }
 
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+
+/// A TCP segment's or UDP datagram's key holds its protocol in
+/// `PktKey::icmp_type` (an echo's key holds an echo type there, never
+/// these), its flow's number in `icmp_id` and its number within the
+/// flow in `icmp_seq`: [`FLOW_REVERSE`] set for the direction opposite
+/// to the flow's first packet, and a count of that direction's packets
+/// (from 1, wrapping at 32768) below it.
+pub const PKT_TCP: u8 = IPPROTO_TCP;
+pub const PKT_UDP: u8 = IPPROTO_UDP;
+/// In a flow packet's `icmp_seq`: sent from the flow's destination.
+pub const FLOW_REVERSE: u16 = 1 << 15;
+
+/// Is this key's `icmp_type` a TCP or UDP packet's?
+pub const fn is_flow(icmp_type: u8) -> bool {
+    icmp_type == PKT_TCP || icmp_type == PKT_UDP
+}
+
+/// Event flag: not a stage but a flow's announcement, sent once when the
+/// programs start following a TCP or UDP flow of the traced command: its
+/// source address in `comm` (16 bytes, IPv4 in the first 4), its
+/// destination address in `skb` and `aux` (16 bytes, little-endian u64s
+/// of the address bytes), its source port in the high 16 bits of `len`
+/// and its destination port in the low 16, and its flow number in
+/// `icmp_id`.
+pub const FLAG_FLOW_NEW: u8 = 1 << 3;
+
 /// Socket kinds, from `sk_type`.
 pub const SOCK_DGRAM: u32 = 2;
 pub const SOCK_RAW: u32 = 3;
@@ -104,10 +132,14 @@ pub struct Event {
     pub flags: u8,
     pub family: u8,
     pub icmp_type: u8,
-    pub _pad0: u8,
+    /// A TCP segment's flags, at the transmit that identified it.
+    pub tcp_flags: u8,
     pub icmp_id: u16,
     pub icmp_seq: u16,
-    pub _pad1: [u8; 6],
+    /// A TCP segment's sequence number (little-endian), at the transmit
+    /// that identified it.
+    pub tcp_seq: [u8; 4],
+    pub _pad1: [u8; 2],
 }
 
 pub const EVENT_SIZE: usize = core::mem::size_of::<Event>();
@@ -156,10 +188,11 @@ impl Event {
             self.flags,
             self.family,
             self.icmp_type,
-            self._pad0,
+            self.tcp_flags,
         ]);
         put(&self.icmp_id.to_le_bytes());
         put(&self.icmp_seq.to_le_bytes());
+        put(&self.tcp_seq);
         put(&self._pad1);
         out
     }
@@ -174,8 +207,8 @@ impl Event {
         let (u64_at, u32_at, u16_at) = (|o| le_u64(b, o), |o| le_u32(b, o), |o| le_u16(b, o));
         let mut comm = [0u8; 16];
         comm.copy_from_slice(&b[32..48]);
-        let mut pad1 = [0u8; 6];
-        pad1.copy_from_slice(&b[74..80]);
+        let mut tcp_seq = [0u8; 4];
+        tcp_seq.copy_from_slice(&b[74..78]);
         Some(Event {
             ts_ns: u64_at(0),
             skb: u64_at(8),
@@ -192,10 +225,11 @@ impl Event {
             flags: b[66],
             family: b[67],
             icmp_type: b[68],
-            _pad0: b[69],
+            tcp_flags: b[69],
             icmp_id: u16_at(70),
             icmp_seq: u16_at(72),
-            _pad1: pad1,
+            tcp_seq,
+            _pad1: [b[78], b[79]],
         })
     }
 
@@ -247,7 +281,22 @@ pub struct CpuState {
     pub backlog_emitted: u8,
     /// The stage of the transmit in progress (see `xmit_skb`).
     pub xmit_stage: u8,
-    pub _pad: [u8; 6],
+    /// A transmit's entry is identifying a packet (see `sent` in the
+    /// programs): 1 at an entry another follows on the same packet
+    /// (`ip_output`), 2 at the last (`dev_queue_xmit`).
+    pub tx_entry: u8,
+    pub _pad: [u8; 5],
+    /// The TCP or UDP packet a transmit's entry last numbered here, so
+    /// that the next entry on the same skb and call keeps its number.
+    pub tx_flow_skb: u64,
+    /// What the transmit's entry read of the packet it identified (when
+    /// `flow_skb` is its skb): TCP flags in bits 0-7, the sequence
+    /// number in 32-63; and for `aux2`, the payload's bytes, with bit 31
+    /// set for the flow's reverse direction.
+    pub flow_skb: u64,
+    pub flow_hdr: u64,
+    pub flow_aux2: u32,
+    pub _pad2: u32,
     /// The last echo packet `netif_receive_skb` saw in this run (valid only
     /// if it is one of ours); the reply's route lookup and its socket
     /// delivery happen under it.
@@ -259,6 +308,8 @@ pub struct CpuState {
     pub xmit: PktKey,
     /// The tracked packet inside `netif_rx` (see `in_tracked_netif_rx`).
     pub netif_rx: PktKey,
+    /// The packet `tx_flow_skb` was numbered as.
+    pub tx_flow: PktKey,
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use lotrace_common::{
     Event, PktKey, ProbeId, Stage,
-    event::{EVENT_SIZE, FLAG_FRAGMENT, FLAG_NET_RX, FLAG_PACKET},
+    event::{EVENT_SIZE, FLAG_FRAGMENT, FLAG_NET_RX, FLAG_PACKET, is_flow},
     follow::Sight,
 };
 
@@ -31,8 +31,11 @@ pub(crate) fn emit<C: EbpfContext>(ctx: &C, key: &PktKey, e: Seen) {
     if let Some(n) = SUBMITTED.get_ptr_mut(0) {
         unsafe { *n += 1 };
     }
+    let flow = is_flow(key.icmp_type);
     if config(&CONFIG.summary_only) != 0 {
-        aggregate_later(key, &e);
+        if !flow {
+            aggregate_later(key, &e);
+        }
         return;
     }
     let (tgid, tid) = tgid_tid();
@@ -54,6 +57,17 @@ pub(crate) fn emit<C: EbpfContext>(ctx: &C, key: &PktKey, e: Seen) {
     if key.valid != 0 {
         flags |= FLAG_PACKET;
     }
+    // A TCP or UDP packet's transmit that identified it says what it is.
+    let (mut aux2, mut tcp_flags, mut tcp_seq) = (e.aux2, 0, [0; 4]);
+    if flow
+        && matches!(e.stage, Stage::DevQueueXmit | Stage::IpOutput)
+        && let Some(s) = state()
+        && s.flow_skb == e.skb
+    {
+        aux2 = s.flow_aux2;
+        tcp_flags = s.flow_hdr as u8;
+        tcp_seq = ((s.flow_hdr >> 32) as u32).to_le_bytes();
+    }
     let event = Event {
         ts_ns: e.ts,
         skb: e.skb,
@@ -64,18 +78,20 @@ pub(crate) fn emit<C: EbpfContext>(ctx: &C, key: &PktKey, e: Seen) {
         cpu: unsafe { bpf_get_smp_processor_id() },
         len: e.len,
         softirq_run: run,
-        aux2: e.aux2,
+        aux2,
         stage: e.stage as u8,
         probe: e.probe as u8,
         flags,
         family: key.family,
         icmp_type: key.icmp_type,
-        _pad0: 0,
+        tcp_flags,
         icmp_id: key.icmp_id,
         icmp_seq: key.icmp_seq,
-        _pad1: [0; 6],
+        tcp_seq,
+        _pad1: [0; 2],
     };
-    if config(&CONFIG.assemble) != 0 {
+    // Slots hold echoes: a flow packet's events go into the ring each.
+    if config(&CONFIG.assemble) != 0 && !flow {
         deliver_later(event, e.probe as u8);
         return;
     }

@@ -4,7 +4,11 @@
 //! an skb is, is `packet`'s.
 
 use aya_ebpf::{helpers::bpf_get_current_pid_tgid, maps::LruHashMap};
-use lotrace_common::{PktKey, ProbeId, TpField, agg, catalog::targets, event::AF_INET6};
+use lotrace_common::{
+    PktKey, ProbeId, TpField, agg,
+    catalog::targets,
+    event::{AF_INET6, is_flow},
+};
 
 use crate::kernel::Fields;
 use crate::{
@@ -95,6 +99,10 @@ pub(crate) fn is_ours(key: &PktKey, skb: u64) -> bool {
     if key.valid == 0 {
         return false;
     }
+    // A flow packet's key is only ever made for a flow the trace follows.
+    if is_flow(key.icmp_type) {
+        return true;
+    }
     let k = track_key(key);
     let owner = match TRACKED.get(k) {
         Some(v) if *v != 0 => *v,
@@ -157,6 +165,9 @@ pub(crate) fn track(k: u32, tgid: u32, sk: u64, net: u64) -> bool {
 /// too, gets a copy. True when either is not known (0).
 #[inline(always)]
 pub(crate) fn echo_socket_is(key: &PktKey, sk: u64) -> bool {
+    if is_flow(key.icmp_type) {
+        return true;
+    }
     match TRACKED_SK.get(track_key(key)) {
         Some(&s) => s == 0 || sk == 0 || s == sk,
         None => true,

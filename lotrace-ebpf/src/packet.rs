@@ -8,12 +8,13 @@ use lotrace_common::{
     PktKey,
     event::{
         AF_INET, AF_INET6, ICMP_ECHO, ICMP_ECHOREPLY, ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST,
-        IPPROTO_FRAGMENT, IPPROTO_ICMP, IPPROTO_ICMPV6,
+        IPPROTO_FRAGMENT, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, is_flow,
     },
     follow::{self, Followed, Header, Sight},
 };
 
 use crate::{
+    flow,
     filter::{get_ctx, in_softirq, is_ours, is_target, tgid_tid},
     kernel::{CONFIG, config, read_kernel, skb_head_nh_tail},
     maps::{FOLLOWED, FOLLOWED_SLOTS, FRAGS, Follow, SEND_CTX, state},
@@ -55,6 +56,20 @@ fn read_skb(skb: u64) -> Option<(Header<PktKey>, u32, bool)> {
     }
     let iph: [u8; 10] = read_kernel(ip)?;
     let (family, icmp_at, frag) = match iph[0] >> 4 {
+        // A TCP segment or UDP datagram, of a flow the trace follows. A
+        // fragment of one is not followed.
+        4 if iph[9] == IPPROTO_TCP || iph[9] == IPPROTO_UDP => {
+            if u16::from_be_bytes([iph[6], iph[7]]) & 0x3fff != 0 {
+                return None;
+            }
+            let th = ip + ((iph[0] & 0x0f) as u64) * 4;
+            let key = flow::read(skb, AF_INET, iph[9], ip, &iph, th, end)?;
+            return Some((Header::packet(key), len, false));
+        }
+        6 if iph[6] == IPPROTO_TCP || iph[6] == IPPROTO_UDP => {
+            let key = flow::read(skb, AF_INET6, iph[6], ip, &iph, ip + 40, end)?;
+            return Some((Header::packet(key), len, false));
+        }
         4 if iph[9] == IPPROTO_ICMP => {
             let flags_off = u16::from_be_bytes([iph[6], iph[7]]);
             let id = u16::from_be_bytes([iph[4], iph[5]]) as u32;
@@ -95,6 +110,41 @@ fn read_skb(skb: u64) -> Option<(Header<PktKey>, u32, bool)> {
         let _ = FRAGS.insert(&k, &key, 0);
     }
     Some((Header::fragment(key), len, true))
+}
+
+/// Whether `skb`'s headers still name the flow of the followed packet
+/// `key`.
+#[inline(always)]
+fn flow_still(skb: u64, key: &PktKey) -> bool {
+    let (off_head, off_nh, off_tail) = (
+        config(&CONFIG.skb_head) as u64,
+        config(&CONFIG.skb_network_header) as u64,
+        config(&CONFIG.skb_tail) as u64,
+    );
+    let Some((head, nh, tail)) = skb_head_nh_tail(skb, off_head, off_nh, off_tail) else {
+        return false;
+    };
+    if nh == u16::MAX || head == 0 {
+        return false;
+    }
+    let (ip, end) = (head + nh as u64, head + tail as u64);
+    if ip + 10 > end {
+        return false;
+    }
+    let Some(iph) = read_kernel::<[u8; 10]>(ip) else {
+        return false;
+    };
+    let flow = match iph[0] >> 4 {
+        4 if iph[9] == IPPROTO_TCP || iph[9] == IPPROTO_UDP => {
+            let th = ip + ((iph[0] & 0x0f) as u64) * 4;
+            flow::flow_of(AF_INET, iph[9], ip, th, end)
+        }
+        6 if iph[6] == IPPROTO_TCP || iph[6] == IPPROTO_UDP => {
+            flow::flow_of(AF_INET6, iph[6], ip, ip + 40, end)
+        }
+        _ => None,
+    };
+    flow == Some(key.icmp_id)
 }
 
 /// The skb's length, for streamed events only: aggregation skips the read.
@@ -210,6 +260,14 @@ pub(crate) fn ours(
         sending,
         judge,
     )?;
+    // A followed TCP or UDP packet's skb may have been freed unseen and
+    // reused since (see `flow::flow_of`): its headers must still name its
+    // flow.
+    if read.is_none() && is_flow(key.icmp_type) && sight != Sight::Transmit && !flow_still(skb, &key)
+    {
+        Skbs.remove(skb);
+        return None;
+    }
     let (len, frag) = match read {
         Some(r) => r,
         None => (skb_len(skb, config(&CONFIG.skb_len) as u64), false),

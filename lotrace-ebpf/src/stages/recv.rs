@@ -2,7 +2,11 @@
 //! socket's queue and returns it.
 
 use aya_ebpf::EbpfContext;
-use lotrace_common::{PktKey, ProbeId, Stage, TpField, event::is_echo_reply, follow::Sight};
+use lotrace_common::{
+    PktKey, ProbeId, Stage, TpField,
+    event::{is_echo_reply, is_flow},
+    follow::Sight,
+};
 
 use crate::kernel::Fields;
 use crate::{
@@ -14,24 +18,28 @@ use crate::{
     seen::at,
 };
 
-/// recvmsg copies a reply out: the traced command's recvmsg then returns it.
+/// recvmsg copies a reply out: the traced command's recvmsg then returns
+/// it. A TCP or UDP packet's copy is shown whoever reads it (the peer's
+/// read too), but only the traced command's reads are looked at unless
+/// the skb is followed.
 #[inline(always)]
 fn copy<C: EbpfContext>(ctx: &C, skb: u64, probe: ProbeId, len: i64) {
     let (tgid, tid) = tgid_tid();
-    if !is_target(tgid) {
-        return;
-    }
+    let target = is_target(tgid);
     // Every raw ICMP socket gets a copy of the reply: only the copy out
     // of the socket the echo was sent on is its read (nor is another
     // socket's copy followed to its free).
     let judge = |k: &PktKey| is_ours(k, skb) && echo_socket_is(k, skb_sock(skb));
-    let Some((key, _)) = ours(skb, Sight::Way, || true, judge) else {
+    let Some((key, _)) = ours(skb, Sight::Way, || target, judge) else {
         return;
     };
-    if !is_echo_reply(key.family, key.icmp_type) {
+    let flow = is_flow(key.icmp_type);
+    if !flow && (!target || !is_echo_reply(key.family, key.icmp_type)) {
         return;
     }
-    set_ctx(&RECV_CTX, tid, &key);
+    if target {
+        set_ctx(&RECV_CTX, tid, &key);
+    }
     emit(
         ctx,
         &key,

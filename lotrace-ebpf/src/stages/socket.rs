@@ -2,7 +2,7 @@
 //! are attributed to the echo the softirq is handling on this CPU.
 
 use aya_ebpf::EbpfContext;
-use lotrace_common::{ProbeId, Stage, TpField};
+use lotrace_common::{ProbeId, Stage, TpField, event::is_flow};
 
 use crate::kernel::Fields;
 use crate::{
@@ -21,7 +21,22 @@ use crate::{
 #[inline(always)]
 pub(crate) fn deliver<C: EbpfContext>(ctx: &C, probe: ProbeId, sk: u64, skb: u64) {
     let Some(st) = state() else { return };
-    if st.rx.valid == 0 || sk == 0 || unsafe { SOCKS.get(&sk) }.is_none() {
+    if st.rx.valid == 0 || sk == 0 {
+        return;
+    }
+    // A TCP or UDP packet is queued on its socket, whoever's, inside the
+    // NET_RX run that received it (outside it, a data-ready on this CPU
+    // is some other socket's).
+    if is_flow(st.rx.icmp_type) {
+        if st.in_net_rx == 0 {
+            return;
+        }
+        st.rx.delivered = 1;
+        let key = st.rx;
+        emit(ctx, &key, at(Stage::SockDeliver, probe, 0, 0, sk));
+        return;
+    }
+    if unsafe { SOCKS.get(&sk) }.is_none() {
         return;
     }
     // Another traced socket's copy (a second ping's raw socket): not this

@@ -25,17 +25,21 @@ use crate::{
 /// sees the packet.
 #[inline(always)]
 pub(crate) fn ip_output<C: EbpfContext>(ctx: &C, probe: ProbeId, skb: u64) {
-    if let Some((key, len)) = sent(ctx, skb).0 {
+    if let Some((key, len)) = sent(ctx, skb, 1).0 {
         emit(ctx, &key, at(Stage::IpOutput, probe, skb, len, 0));
     }
 }
 
 /// The traced packet the transmit's entry sees (it is identified here,
 /// see `lotrace_common::follow`), and what [`track_send`] found of its
-/// socket.
+/// socket. `entry` says which entry this is (`CpuState::tx_entry`): a
+/// TCP or UDP packet keeps the number the earlier one gave it.
 #[inline(always)]
-fn sent<C: EbpfContext>(ctx: &C, skb: u64) -> (Option<(PktKey, u32)>, u32) {
+fn sent<C: EbpfContext>(ctx: &C, skb: u64, entry: u8) -> (Option<(PktKey, u32)>, u32) {
     let mut sock_type = 0;
+    if let Some(st) = state() {
+        st.tx_entry = entry;
+    }
     let found = ours(
         skb,
         Sight::Transmit,
@@ -45,6 +49,9 @@ fn sent<C: EbpfContext>(ctx: &C, skb: u64) -> (Option<(PktKey, u32)>, u32) {
             is_ours(k, skb)
         },
     );
+    if let Some(st) = state() {
+        st.tx_entry = 0;
+    }
     (found, sock_type)
 }
 
@@ -77,7 +84,7 @@ fn track_send<C: EbpfContext>(ctx: &C, skb: u64, key: &PktKey) -> u32 {
 /// command's echo request is first seen (see [`track_send`]).
 #[inline(always)]
 pub(crate) fn dev_queue_xmit<C: EbpfContext>(ctx: &C, probe: ProbeId, skb: u64) {
-    let (Some((key, len)), sock_type) = sent(ctx, skb) else {
+    let (Some((key, len)), sock_type) = sent(ctx, skb, 2) else {
         return;
     };
     let mut e = at(Stage::DevQueueXmit, probe, skb, len, dev_name(skb));

@@ -28,6 +28,7 @@ pub fn run(path: &Path, format: Format, style: Style, perfetto: Option<&Path>) -
                 // those quiet by the time the line was read come first.
                 let done = session.ready(*ts_ns);
                 printer.journeys(&done, &meta)?;
+                printer.packets(&mut session, &meta)?;
                 printer.child_line(text)?;
                 session.line(text);
                 session.update_target(&mut meta);
@@ -43,6 +44,7 @@ pub fn run(path: &Path, format: Format, style: Style, perfetto: Option<&Path>) -
     }
     let done = session.finish();
     printer.journeys(&done, &meta)?;
+    printer.packets(&mut session, &meta)?;
     printer.summary(&session, &meta)?;
     if rec.trailer.is_none() {
         eprintln!(

@@ -267,6 +267,7 @@ pub async fn run_session(opts: TraceOptions, quiet: bool) -> Result<Finished> {
                 }
                 let done = session.ready(kernel::monotonic_ns());
                 printer.journeys(&done, &meta)?;
+                printer.packets(&mut session, &meta)?;
                 printer.flush()?;
             }
         }
@@ -334,6 +335,7 @@ pub async fn run_session(opts: TraceOptions, quiet: bool) -> Result<Finished> {
     });
     done.extend(session.finish());
     printer.journeys(&done, &meta)?;
+    printer.packets(&mut session, &meta)?;
     printer.summary(&session, &meta)?;
     let exit = exit_words(status);
     if let Some(r) = recfile.take() {

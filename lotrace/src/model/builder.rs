@@ -301,6 +301,33 @@ fn leg_of(ev: &Event) -> Leg {
     }
 }
 
+/// One event as a hop of its journey: `t0` is when the journey began,
+/// `prev` the previous hop's time. `None` for an unknown stage or probe.
+pub(crate) fn hop(ev: &Event, leg: Leg, t0: u64, prev: u64) -> Option<Hop> {
+    let (Some(stage), Some(probe)) = (Stage::from_u8(ev.stage), ProbeId::from_u8(ev.probe)) else {
+        return None;
+    };
+    let at_return = probe.info().at_return;
+    Some(Hop {
+        leg,
+        stage,
+        probe,
+        ts_ns: ev.ts_ns,
+        // In i128: a replayed file's timestamps may be anything.
+        t_ns: (ev.ts_ns as i128 - t0 as i128).clamp(i64::MIN as i128, i64::MAX as i128) as i64,
+        delta_ns: ev.ts_ns.saturating_sub(prev),
+        cpu: ev.cpu,
+        pid: ev.tid,
+        tgid: ev.tgid,
+        comm: Comm(ev.comm),
+        context: Context::of(ev),
+        softirq_run: ev.softirq_run,
+        skb: ev.skb,
+        fragment: ev.flags & FLAG_FRAGMENT != 0,
+        detail: StageDetail::decode(ev, stage, at_return),
+    })
+}
+
 /// Builds one journey from its events, in any order.
 pub fn build_journey(mut events: Vec<Event>, expected: &[Expected]) -> Journey {
     events.sort_by_key(|e| (e.ts_ns, leg_of(e), e.stage, e.probe));
@@ -313,29 +340,10 @@ pub fn build_journey(mut events: Vec<Event>, expected: &[Expected]) -> Journey {
     let mut hops = Vec::with_capacity(events.len());
     let mut prev = first.ts_ns;
     for ev in &events {
-        let (Some(stage), Some(probe)) = (Stage::from_u8(ev.stage), ProbeId::from_u8(ev.probe))
-        else {
+        let Some(h) = hop(ev, leg_of(ev), t0, prev) else {
             continue;
         };
-        let at_return = probe.info().at_return;
-        hops.push(Hop {
-            leg: leg_of(ev),
-            stage,
-            probe,
-            ts_ns: ev.ts_ns,
-            // In i128: a replayed file's timestamps may be anything.
-            t_ns: (ev.ts_ns as i128 - t0 as i128).clamp(i64::MIN as i128, i64::MAX as i128) as i64,
-            delta_ns: ev.ts_ns - prev,
-            cpu: ev.cpu,
-            pid: ev.tid,
-            tgid: ev.tgid,
-            comm: Comm(ev.comm),
-            context: Context::of(ev),
-            softirq_run: ev.softirq_run,
-            skb: ev.skb,
-            fragment: ev.flags & FLAG_FRAGMENT != 0,
-            detail: StageDetail::decode(ev, stage, at_return),
-        });
+        hops.push(h);
         prev = ev.ts_ns;
     }
     let total_ns = hops.last().map(|h| h.ts_ns - first.ts_ns).unwrap_or(0);

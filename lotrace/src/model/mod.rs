@@ -5,6 +5,7 @@
 pub mod assembled;
 pub mod builder;
 pub mod detail;
+pub mod flow;
 pub mod journey;
 pub mod kagg;
 pub mod meta;

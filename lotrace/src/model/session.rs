@@ -2,7 +2,7 @@
 //! lines in, finished journeys (with ping's own RTT beside them) and
 //! statistics out. Pure, so a replay renders exactly what the live run did.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 
 use lotrace_common::{
     Event,
@@ -11,6 +11,7 @@ use lotrace_common::{
 
 use crate::model::{
     builder::JourneyBuilder,
+    flow::{Flow, Packet, PacketBuilder, PacketStats},
     journey::{Journey, expected_for, expected_stages},
     meta::Meta,
     pingout::{Dialect, PingLine, PingReply, SeqStyle, parse_line},
@@ -35,6 +36,11 @@ pub struct Done {
 
 pub struct Session {
     builder: JourneyBuilder,
+    /// TCP and UDP packets: their flows, their journeys.
+    packets: PacketBuilder,
+    /// Packets closed and not yet taken by the printer.
+    closed: Vec<Packet>,
+    pub packet_stats: PacketStats,
     pub stats: Stats,
     ping_rtt: PingRtts,
     /// The address the child said it pinged, from its `PING` line.
@@ -59,6 +65,9 @@ impl Session {
                 expected_for(&expected_stages(&meta.covered(), meta.target.as_deref())),
                 QUIET_NS,
             ),
+            packets: PacketBuilder::new(QUIET_NS),
+            closed: Vec::new(),
+            packet_stats: PacketStats::default(),
             stats: Stats::default(),
             ping_rtt: PingRtts::default(),
             resolved: None,
@@ -87,6 +96,9 @@ impl Session {
 
     pub fn event(&mut self, e: Event) -> Vec<Done> {
         self.events += 1;
+        if self.packets.push(&e) {
+            return Vec::new();
+        }
         let closed = self.builder.push(e);
         self.done(closed)
     }
@@ -108,13 +120,35 @@ impl Session {
 
     /// Journeys quiet since before `now_ns` (the events' clock).
     pub fn ready(&mut self, now_ns: u64) -> Vec<Done> {
+        let packets = self.packets.take_ready(now_ns);
+        self.close_packets(packets);
         let closed = self.builder.take_ready(now_ns);
         self.done(closed)
     }
 
     pub fn finish(&mut self) -> Vec<Done> {
+        let packets = self.packets.finish();
+        self.close_packets(packets);
         let closed = self.builder.finish();
         self.done(closed)
+    }
+
+    fn close_packets(&mut self, ps: Vec<Packet>) {
+        for p in &ps {
+            self.packet_stats.add(p);
+        }
+        self.closed.extend(ps);
+    }
+
+    /// The TCP and UDP packets closed since the last call, in the order
+    /// they began, with the flows they belong to.
+    pub fn take_packets(&mut self) -> (Vec<Packet>, &BTreeMap<u16, Flow>) {
+        (std::mem::take(&mut self.closed), &self.packets.flows)
+    }
+
+    /// The flows followed so far.
+    pub fn flows(&self) -> &BTreeMap<u16, Flow> {
+        &self.packets.flows
     }
 
     /// The target as the command reported resolving it, once it has.

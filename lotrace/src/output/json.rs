@@ -5,12 +5,13 @@ use serde_json::{Value, json};
 
 use crate::{
     model::{
-        journey::{Hop, Leg, Outcome, SoftirqWhere},
+        flow::{Flow, Packet, PacketStats, Proto, tcp_flag_names},
+        journey::{Hop, Leg, Outcome, SoftirqWhere, family_name},
         meta::Meta,
         session::{Done, Totals},
         stats::{Histogram, Stats},
     },
-    output::{Style, explain, words::detail},
+    output::{Style, explain, explain_flow, words::detail},
 };
 
 fn outcome_json(o: &Outcome, meta: &Meta) -> Value {
@@ -60,6 +61,16 @@ fn push_num(out: &mut String, key: &str, n: impl itoa::Integer) {
 /// in order: stage, at_return, t_ns, delta_ns, cpu, pid, tgid, comm,
 /// context, probe, then detail, fragment and explain when they apply.
 fn hops_json<'a>(hops: impl Iterator<Item = &'a Hop>, meta: &Meta, style: Style) -> String {
+    hops_json_as(hops, meta, style, explain)
+}
+
+/// [`hops_json`], explained by `explain`.
+fn hops_json_as<'a>(
+    hops: impl Iterator<Item = &'a Hop>,
+    meta: &Meta,
+    style: Style,
+    explain: fn(lotrace_common::Stage, crate::output::Lang) -> &'static str,
+) -> String {
     let mut out = String::with_capacity(4096);
     out.push('[');
     for (i, h) in hops.enumerate() {
@@ -171,6 +182,73 @@ pub fn journey_json_line(d: &Done, meta: &Meta, style: Style) -> String {
     }
     out.push_str("]}");
     out
+}
+
+/// A TCP segment's or UDP datagram's journey as one line of JSON. The
+/// keys, in order: type ("packet"), proto, family, flow, number,
+/// direction, src, dst, tcp_flags, tcp_seq, payload, reach, total_ns,
+/// events.
+pub fn packet_json_line(p: &Packet, flow: Option<&Flow>, meta: &Meta, style: Style) -> String {
+    let (src, dst) = match flow {
+        Some(f) => {
+            let (a, b) = f.ends(p.reverse);
+            (Some(a), Some(b))
+        }
+        None => (None, None),
+    };
+    let tcp = p.proto == Proto::Tcp;
+    let head = json!({
+        "type": "packet",
+        "proto": p.proto.name(),
+        "family": family_name(p.family),
+        "flow": p.flow,
+        "number": p.number,
+        "direction": if p.reverse { "back" } else { "forth" },
+        "src": src,
+        "dst": dst,
+        "tcp_flags": p.wire.filter(|_| tcp).map(|w| tcp_flag_names(w.tcp_flags)),
+        "tcp_seq": p.wire.filter(|_| tcp).map(|w| w.tcp_seq),
+        "payload": p.wire.map(|w| w.payload),
+        "reach": p.reach.name(),
+        "total_ns": p.total_ns,
+    });
+    let mut out = serde_json::to_string(&head).expect("plain data serializes");
+    out.pop();
+    out.push_str(",\"events\":");
+    out.push_str(&hops_json_as(p.hops.iter(), meta, style, explain_flow));
+    out.push('}');
+    out
+}
+
+/// The TCP and UDP packets' part of the summary (its `packets` key).
+pub fn packets_summary_json(ps: &PacketStats, flows: usize) -> Value {
+    let stages: Vec<Value> = ps
+        .rows
+        .iter()
+        .filter(|(_, (_, h))| h.count > 0)
+        .map(|((proto, _, at_return), (stage, h))| {
+            let mut v = hist_json(h);
+            v["proto"] = json!(proto.name());
+            v["stage"] = json!(stage.name());
+            v["at_return"] = json!(at_return);
+            v
+        })
+        .collect();
+    let by_proto = |proto: Proto| {
+        json!({
+            "count": ps.packets.get(&proto).copied().unwrap_or(0),
+            "reach": ps.reach.iter().filter(|((p, _), _)| *p == proto)
+                .map(|((_, r), n)| (r.to_string(), json!(n)))
+                .collect::<serde_json::Map<_, _>>(),
+            "total": ps.total.get(&proto).map(hist_json),
+        })
+    };
+    json!({
+        "flows": flows,
+        "tcp": by_proto(Proto::Tcp),
+        "udp": by_proto(Proto::Udp),
+        "stages": stages,
+    })
 }
 
 /// A journey as a JSON value (the same object as `journey_json_line`).

@@ -48,6 +48,15 @@ pub fn explain(stage: Stage, lang: Lang) -> &'static str {
     }
 }
 
+/// [`explain`] for a TCP segment's or UDP datagram's stage.
+pub fn explain_flow(stage: Stage, lang: Lang) -> &'static str {
+    let (en, zh) = stage.flow_explain();
+    match lang {
+        Lang::En => en,
+        Lang::Zh => zh,
+    }
+}
+
 /// 1234 → "1.23 µs".
 pub fn fmt_ns(ns: u64) -> String {
     let mut s = String::new();

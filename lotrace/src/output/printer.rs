@@ -70,6 +70,26 @@ impl Printer {
         Ok(())
     }
 
+    /// The TCP and UDP packets the session closed since the last call.
+    pub fn packets(&mut self, session: &mut Session, meta: &Meta) -> Result<()> {
+        let (packets, flows) = session.take_packets();
+        if self.quiet {
+            return Ok(());
+        }
+        for p in &packets {
+            let flow = flows.get(&p.flow);
+            match self.format {
+                Format::Text => write!(self.out, "{}", text::packet_text(p, flow, meta, self.style))?,
+                Format::Json => writeln!(
+                    self.out,
+                    "{}",
+                    json::packet_json_line(p, flow, meta, self.style)
+                )?,
+            }
+        }
+        Ok(())
+    }
+
     pub fn summary(&mut self, s: &Session, meta: &Meta) -> Result<()> {
         if self.quiet {
             if let Some(p) = self.perfetto.take() {
@@ -81,10 +101,18 @@ impl Printer {
         match self.format {
             Format::Text => write!(
                 self.out,
-                "{}",
-                text::summary_text(&s.stats, meta, &t, self.style)
+                "{}{}",
+                text::summary_text(&s.stats, meta, &t, self.style),
+                text::packets_summary_text(&s.packet_stats, s.flows().len())
             )?,
-            Format::Json => writeln!(self.out, "{}", json::summary_json(&s.stats, meta, &t))?,
+            Format::Json => {
+                let mut v = json::summary_json(&s.stats, meta, &t);
+                // Only when there are any: an echo trace's summary is as it was.
+                if !s.packet_stats.is_empty() || !s.flows().is_empty() {
+                    v["packets"] = json::packets_summary_json(&s.packet_stats, s.flows().len());
+                }
+                writeln!(self.out, "{v}")?
+            }
         }
         self.out.flush()?;
         if let Some(p) = self.perfetto.take() {

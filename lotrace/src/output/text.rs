@@ -6,13 +6,15 @@ use lotrace_common::ProbeId;
 
 use crate::{
     model::{
-        journey::{Journey, Leg, Outcome},
+        journey::family_name,
+        flow::{Flow, Packet, PacketStats, Proto, tcp_flag_names},
+        journey::{Hop, Journey, Leg, Outcome},
         meta::Meta,
         session::{Done, Totals},
         stats::{Histogram, Stats},
     },
     output::{
-        Style, explain, fmt_ns,
+        Style, explain, explain_flow, fmt_ns,
         hist::histograms,
         words::{detail, outcome_words, softirq_words},
         write_ns, write_signed_ns,
@@ -87,61 +89,7 @@ pub fn journey_text(d: &Done, meta: &Meta, style: Style) -> String {
         "   {:<8} {:<26} {:>10} {:>11} {:>4}  {:<20} {:<9} probe",
         "leg", "stage", "+prev", "since send", "cpu", "task", "context"
     );
-    let mut explained = Vec::new();
-    // One scratch string for the right-aligned times: a flood prints
-    // millions of lines.
-    let mut tmp = String::new();
-    for h in &j.hops {
-        let start = s.len();
-        s.push_str("   ");
-        pad(&mut s, h.leg.name(), 8);
-        s.push(' ');
-        let stage = h.stage.name();
-        s.push_str(stage);
-        if h.probe.info().at_return {
-            s.push_str(" ↩");
-            spaces(&mut s, 26 - 2 - stage.len().min(24));
-        } else {
-            spaces(&mut s, 26 - stage.len().min(26));
-        }
-        s.push(' ');
-        tmp.clear();
-        write_ns(&mut tmp, h.delta_ns);
-        pad_right(&mut s, &tmp, 10);
-        s.push(' ');
-        tmp.clear();
-        write_signed_ns(&mut tmp, h.t_ns);
-        pad_right(&mut s, &tmp, 11);
-        s.push(' ');
-        pad_right(&mut s, itoa::Buffer::new().format(h.cpu), 4);
-        s.push_str("  ");
-        let comm = h.comm.as_str();
-        let mut pid = itoa::Buffer::new();
-        let pid = pid.format(h.pid);
-        s.push_str(comm);
-        s.push('/');
-        s.push_str(pid);
-        spaces(
-            &mut s,
-            20usize.saturating_sub(comm.chars().count() + 1 + pid.len()),
-        );
-        s.push(' ');
-        pad(&mut s, h.context.name(), 9);
-        s.push(' ');
-        s.push_str(&short_probe(h.probe, meta));
-        if let Some(d) = detail(h, meta) {
-            let _ = write!(s, "  ({d})");
-        }
-        let end = start + s[start..].trim_end().len();
-        s.truncate(end);
-        s.push('\n');
-        if let Some(lang) = style.explain
-            && !explained.contains(&h.stage)
-        {
-            explained.push(h.stage);
-            let _ = writeln!(s, "{:>14}↳ {}", "", explain(h.stage, lang));
-        }
-    }
+    hops_text(&mut s, &j.hops, meta, style, true);
     let mut notes = Vec::new();
     for (i, leg) in [Leg::Request, Leg::Reply].iter().enumerate() {
         if let Some(w) = &j.softirq[i] {
@@ -163,6 +111,196 @@ pub fn journey_text(d: &Done, meta: &Meta, style: Style) -> String {
         let _ = writeln!(s, "   incomplete: missing {}", missing_words(j));
     }
     s
+}
+
+/// A TCP segment's or UDP datagram's journey: what it was, then its
+/// hops.
+pub fn packet_text(p: &Packet, flow: Option<&Flow>, meta: &Meta, style: Style) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "── {} {} ── {} in {} ──",
+        packet_title(p, flow),
+        packet_wire(p),
+        p.reach.name(),
+        fmt_ns(p.total_ns)
+    );
+    let _ = writeln!(
+        s,
+        "   {:<26} {:>10} {:>11} {:>4}  {:<20} {:<9} probe",
+        "stage", "+prev", "since xmit", "cpu", "task", "context"
+    );
+    hops_text(&mut s, &p.hops, meta, style, false);
+    s
+}
+
+/// The TCP and UDP packets' part of the summary: how many, how far they
+/// went, and the time from each stage to the next.
+pub fn packets_summary_text(ps: &PacketStats, flows: usize) -> String {
+    let mut s = String::new();
+    if ps.is_empty() {
+        return s;
+    }
+    let counts: Vec<String> = ps
+        .packets
+        .iter()
+        .map(|(p, n)| match p {
+            Proto::Tcp => format!("{n} TCP segments"),
+            Proto::Udp => format!("{n} UDP datagrams"),
+        })
+        .collect();
+    let _ = writeln!(
+        s,
+        "\n   TCP and UDP: {} in {flows} flow{}",
+        counts.join(", "),
+        if flows == 1 { "" } else { "s" }
+    );
+    for (proto, n) in &ps.packets {
+        let reach: Vec<String> = ps
+            .reach
+            .iter()
+            .filter(|((p, _), _)| p == proto)
+            .map(|((_, r), c)| format!("{c} {r}"))
+            .collect();
+        let _ = writeln!(
+            s,
+            "   {} ({n}): last seen {}",
+            proto.name(),
+            reach.join(", ")
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\n   {:<5} {:<29} {:>7} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        "proto", "stage (time since previous)", "count", "min", "p50", "p90", "p99", "max"
+    );
+    for ((proto, _, at_return), (stage, h)) in &ps.rows {
+        if h.count == 0 {
+            continue;
+        }
+        let label = if *at_return {
+            format!("{} (return)", stage.name())
+        } else {
+            stage.name().to_string()
+        };
+        let _ = writeln!(s, "   {:<5} {:<29} {}", proto.name(), label, hist_cols(h));
+    }
+    for (proto, h) in &ps.total {
+        let _ = writeln!(
+            s,
+            "   {:<5} {:<29} {}",
+            proto.name(),
+            "packet: first→last stage",
+            hist_cols(h)
+        );
+    }
+    s
+}
+
+/// `tcp 127.0.0.1:41000 → 127.0.0.1:8000 · flow 1 segment 3`.
+fn packet_title(p: &Packet, flow: Option<&Flow>) -> String {
+    let what = match p.proto {
+        Proto::Tcp => "segment",
+        Proto::Udp => "datagram",
+    };
+    match flow {
+        Some(f) => {
+            let (from, to) = f.ends(p.reverse);
+            format!(
+                "{} {from} → {to} · flow {} {what} {}{}",
+                p.proto.name(),
+                p.flow,
+                p.number,
+                if p.reverse { " back" } else { "" }
+            )
+        }
+        None => format!(
+            "{} {} · flow {} {what} {}{}",
+            p.proto.name(),
+            family_name(p.family),
+            p.flow,
+            p.number,
+            if p.reverse { " back" } else { "" }
+        ),
+    }
+}
+
+/// `[SYN,ACK] seq 1234 · 0 bytes`, from what its transmit read.
+fn packet_wire(p: &Packet) -> String {
+    match p.wire {
+        None => "· headers not seen".into(),
+        Some(w) if p.proto == Proto::Tcp => format!(
+            "[{}] seq {} · {} bytes",
+            tcp_flag_names(w.tcp_flags),
+            w.tcp_seq,
+            w.payload
+        ),
+        Some(w) => format!("· {} bytes", w.payload),
+    }
+}
+
+/// The hops of a journey, a line each, with `--explain`'s sentence under
+/// each stage's first; `legs` puts the leg in the first column (an
+/// echo's; without, a TCP or UDP packet's, explained as such).
+fn hops_text(s: &mut String, hops: &[Hop], meta: &Meta, style: Style, legs: bool) {
+    let explain = if legs { explain } else { explain_flow };
+    let mut explained = Vec::new();
+    // One scratch string for the right-aligned times: a flood prints
+    // millions of lines.
+    let mut tmp = String::new();
+    for h in hops {
+        let start = s.len();
+        s.push_str("   ");
+        if legs {
+            pad(s, h.leg.name(), 8);
+            s.push(' ');
+        }
+        let stage = h.stage.name();
+        s.push_str(stage);
+        if h.probe.info().at_return {
+            s.push_str(" ↩");
+            spaces(s, 26 - 2 - stage.len().min(24));
+        } else {
+            spaces(s, 26 - stage.len().min(26));
+        }
+        s.push(' ');
+        tmp.clear();
+        write_ns(&mut tmp, h.delta_ns);
+        pad_right(s, &tmp, 10);
+        s.push(' ');
+        tmp.clear();
+        write_signed_ns(&mut tmp, h.t_ns);
+        pad_right(s, &tmp, 11);
+        s.push(' ');
+        pad_right(s, itoa::Buffer::new().format(h.cpu), 4);
+        s.push_str("  ");
+        let comm = h.comm.as_str();
+        let mut pid = itoa::Buffer::new();
+        let pid = pid.format(h.pid);
+        s.push_str(comm);
+        s.push('/');
+        s.push_str(pid);
+        spaces(
+            s,
+            20usize.saturating_sub(comm.chars().count() + 1 + pid.len()),
+        );
+        s.push(' ');
+        pad(s, h.context.name(), 9);
+        s.push(' ');
+        s.push_str(&short_probe(h.probe, meta));
+        if let Some(d) = detail(h, meta) {
+            let _ = write!(s, "  ({d})");
+        }
+        let end = start + s[start..].trim_end().len();
+        s.truncate(end);
+        s.push('\n');
+        if let Some(lang) = style.explain
+            && !explained.contains(&h.stage)
+        {
+            explained.push(h.stage);
+            let _ = writeln!(s, "{:>14}↳ {}", "", explain(h.stage, lang));
+        }
+    }
 }
 
 fn missing_words(j: &Journey) -> String {

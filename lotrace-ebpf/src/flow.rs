@@ -1,0 +1,275 @@
+//! TCP and UDP packets of the traced command's flows. A flow (one
+//! protocol, two addresses, two ports) becomes the trace's when a traced
+//! process transmits its first packet, outside NET_RX; from then on every
+//! packet of it, either way, is numbered where it is first seen and
+//! followed like an echo (see `packet`): so the peer's side (a server on
+//! this machine answering) is the trace's too, and nothing else is.
+
+use aya_ebpf::macros::map;
+use aya_ebpf::maps::{Array, LruHashMap};
+use lotrace_common::{
+    Event, PktKey, ProbeId, Stage,
+    bits::add_u32,
+    event::{
+        AF_INET, EVENT_SIZE, FLAG_FLOW_NEW, FLAG_PACKET, FLOW_REVERSE, IPPROTO_TCP, PKT_TCP,
+        PKT_UDP,
+    },
+};
+
+use crate::{
+    assemble::wake_flags,
+    filter::{in_softirq, is_target, skb_sock, tgid_tid},
+    kernel::{CONFIG, config, now, read_kernel},
+    maps::{EVENTS, SUBMITTED, count_lost, state},
+};
+
+/// A flow as a packet's headers name it, from its sender's side.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct Tuple {
+    family: u8,
+    proto: u8,
+    /// Ports as they sit in the header (network order).
+    sport: [u8; 2],
+    dport: [u8; 2],
+    _pad: [u8; 2],
+    saddr: [u8; 16],
+    daddr: [u8; 16],
+}
+
+/// Each flow the trace follows, in both orientations: its number, with
+/// bit 16 set for the orientation opposite to its first packet's. LRU:
+/// a long trace's old flows make room.
+#[map]
+static FLOW_IDS: LruHashMap<Tuple, u32> = LruHashMap::with_max_entries(8192, 0);
+
+/// Flows numbered so far.
+#[map]
+static FLOW_COUNT: Array<u32> = Array::with_max_entries(1, 0);
+
+const FLOW_SLOTS: u32 = 8192;
+
+/// Per flow and direction (`(number << 1 | reverse) % FLOW_SLOTS`), the
+/// packets numbered so far. One socket sends each direction, and the
+/// kernel serialises a TCP socket's transmits under its lock.
+#[map]
+static FLOW_PKTS: Array<u32> = Array::with_max_entries(FLOW_SLOTS, 0);
+
+/// The key of a TCP segment or UDP datagram whose IP header is at `ip`
+/// (`iph` its first 10 bytes, `th` its transport header, `end` the end
+/// of the linear data), if its flow is the trace's, or becomes it here.
+/// Records what the transmit's event reports of it in the CPU's state.
+#[inline(always)]
+pub(crate) fn read(
+    skb: u64,
+    family: u8,
+    proto: u8,
+    ip: u64,
+    iph: &[u8; 10],
+    th: u64,
+    end: u64,
+) -> Option<PktKey> {
+    // Flows are streamed only, for now: `--summary-only` aggregates echoes.
+    if config(&CONFIG.summary_only) != 0 {
+        return None;
+    }
+    let tcp = proto == IPPROTO_TCP;
+    // Ports, and TCP's sequence number, data offset and flags.
+    let need = if tcp { 14 } else { 4 };
+    if th + need > end {
+        return None;
+    }
+    let hdr: [u8; 14] = if tcp {
+        read_kernel(th)?
+    } else {
+        let p: [u8; 4] = read_kernel(th)?;
+        [p[0], p[1], p[2], p[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+    };
+    let mut t = tuple(family, proto, ip, [hdr[0], hdr[1], hdr[2], hdr[3]])?;
+    // The IP payload's length, past the IP header.
+    let ip_payload = if family == AF_INET {
+        (u16::from_be_bytes([iph[2], iph[3]]) as u32).saturating_sub((th - ip) as u32)
+    } else {
+        u16::from_be_bytes([iph[4], iph[5]]) as u32
+    };
+    let (flow, reverse) = match unsafe { FLOW_IDS.get(&t) } {
+        Some(v) => (*v as u16, (*v >> 16) & 1 != 0),
+        None => (register(skb, &mut t)?, false),
+    };
+    let (payload, flags, seq) = if tcp {
+        let hlen = ((hdr[12] >> 4) as u32) * 4;
+        (
+            ip_payload.saturating_sub(hlen),
+            hdr[13],
+            u32::from_be_bytes([hdr[4], hdr[5], hdr[6], hdr[7]]),
+        )
+    } else {
+        (ip_payload.saturating_sub(8), 0, 0)
+    };
+    let key = number(skb, family, tcp, flow, reverse)?;
+    if let Some(st) = state() {
+        st.flow_skb = skb;
+        st.flow_hdr = flags as u64 | ((seq as u64) << 32);
+        st.flow_aux2 = payload.min(0x7fff_ffff) | if reverse { 1 << 31 } else { 0 };
+    }
+    Some(key)
+}
+
+/// The packet's number: a new one, unless an earlier entry of this very
+/// transmit (`ip_output`, then `dev_queue_xmit`) numbered this skb.
+#[inline(always)]
+fn number(skb: u64, family: u8, tcp: bool, flow: u16, reverse: bool) -> Option<PktKey> {
+    let st = state()?;
+    if st.tx_entry == 2 && st.tx_flow_skb == skb {
+        st.tx_flow_skb = 0;
+        if st.tx_flow.icmp_id == flow {
+            return Some(st.tx_flow);
+        }
+    }
+    let slot = ((flow as u32) << 1 | reverse as u32) % FLOW_SLOTS;
+    let p = FLOW_PKTS.get_ptr_mut(slot)?;
+    let n = unsafe {
+        add_u32(&mut *p, 1);
+        core::ptr::read_volatile(p)
+    };
+    let key = PktKey {
+        icmp_id: flow,
+        icmp_seq: (n as u16 & !FLOW_REVERSE) | if reverse { FLOW_REVERSE } else { 0 },
+        family,
+        icmp_type: if tcp { PKT_TCP } else { PKT_UDP },
+        valid: 1,
+        delivered: 0,
+    };
+    if st.tx_entry == 1 {
+        st.tx_flow_skb = skb;
+        st.tx_flow = key;
+    } else {
+        st.tx_flow_skb = 0;
+    }
+    Some(key)
+}
+
+/// A flow's first packet, transmitted by a traced process outside NET_RX
+/// from one of its sockets: the flow becomes the trace's, announced to
+/// user space once.
+#[inline(always)]
+fn register(skb: u64, t: &mut Tuple) -> Option<u16> {
+    let st = state()?;
+    if st.tx_entry == 0 || in_softirq() || !is_target(tgid_tid().0) || skb_sock(skb) == 0 {
+        return None;
+    }
+    let c = FLOW_COUNT.get_ptr_mut(0)?;
+    let n = unsafe {
+        add_u32(&mut *c, 1);
+        core::ptr::read_volatile(c)
+    };
+    // Flow numbers run from 1; 0 is no flow's.
+    let flow = (n.wrapping_sub(1) % 0xffff) as u16 + 1;
+    for dir in 0..2u32 {
+        if let Some(p) = FLOW_PKTS.get_ptr_mut(((flow as u32) << 1 | dir) % FLOW_SLOTS) {
+            unsafe { core::ptr::write_volatile(p, 0) };
+        }
+    }
+    announce(t, flow);
+    let _ = FLOW_IDS.insert(&*t, &(flow as u32), 0);
+    // The other way round, in place: the stack has no room for a copy.
+    swap(t);
+    let _ = FLOW_IDS.insert(&*t, &(flow as u32 | 1 << 16), 0);
+    swap(t);
+    Some(flow)
+}
+
+#[inline(always)]
+fn swap(t: &mut Tuple) {
+    core::mem::swap(&mut t.sport, &mut t.dport);
+    core::mem::swap(&mut t.saddr, &mut t.daddr);
+}
+
+/// The flow's announcement: see `FLAG_FLOW_NEW`. Written in place in the
+/// ring: an `Event` on the stack would not fit beside the caller's.
+#[inline(always)]
+fn announce(t: &Tuple, flow: u16) {
+    let (tgid, tid) = tgid_tid();
+    let wake = wake_flags(EVENT_SIZE as u64);
+    if let Some(n) = SUBMITTED.get_ptr_mut(0) {
+        unsafe { *n += 1 };
+    }
+    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
+        count_lost(1);
+        return;
+    };
+    let e = entry.as_mut_ptr();
+    unsafe {
+        (*e).ts_ns = now();
+        (*e).skb = u64::from_le_bytes([
+            t.daddr[0], t.daddr[1], t.daddr[2], t.daddr[3], t.daddr[4], t.daddr[5], t.daddr[6],
+            t.daddr[7],
+        ]);
+        (*e).aux = u64::from_le_bytes([
+            t.daddr[8], t.daddr[9], t.daddr[10], t.daddr[11], t.daddr[12], t.daddr[13],
+            t.daddr[14], t.daddr[15],
+        ]);
+        (*e).tid = tid;
+        (*e).tgid = tgid;
+        (*e).comm = t.saddr;
+        (*e).cpu = 0;
+        (*e).len = (u16::from_be_bytes(t.sport) as u32) << 16 | u16::from_be_bytes(t.dport) as u32;
+        (*e).softirq_run = 0;
+        (*e).aux2 = 0;
+        (*e).stage = Stage::DevQueueXmit as u8;
+        (*e).probe = ProbeId::NetDevQueue as u8;
+        (*e).flags = FLAG_FLOW_NEW | FLAG_PACKET;
+        (*e).family = t.family;
+        (*e).icmp_type = if t.proto == IPPROTO_TCP {
+            PKT_TCP
+        } else {
+            PKT_UDP
+        };
+        (*e).tcp_flags = 0;
+        (*e).icmp_id = flow;
+        (*e).icmp_seq = 0;
+        (*e).tcp_seq = [0; 4];
+        (*e)._pad1 = [0; 2];
+    }
+    entry.submit(wake);
+}
+
+/// The flow a packet's headers name: its addresses, read at `ip`, and
+/// the ports it carries.
+#[inline(always)]
+fn tuple(family: u8, proto: u8, ip: u64, ports: [u8; 4]) -> Option<Tuple> {
+    let mut t = Tuple {
+        family,
+        proto,
+        sport: [ports[0], ports[1]],
+        dport: [ports[2], ports[3]],
+        _pad: [0; 2],
+        saddr: [0; 16],
+        daddr: [0; 16],
+    };
+    if family == AF_INET {
+        let a: [u8; 8] = read_kernel(ip + 12)?;
+        t.saddr[..4].copy_from_slice(&a[..4]);
+        t.daddr[..4].copy_from_slice(&a[4..]);
+    } else {
+        let a: [u8; 32] = read_kernel(ip + 8)?;
+        t.saddr.copy_from_slice(&a[..16]);
+        t.daddr.copy_from_slice(&a[16..]);
+    }
+    Some(t)
+}
+
+/// The flow a TCP or UDP header names, if the trace follows it: nothing
+/// numbered, nothing registered. TCP frees most skbs without a
+/// tracepoint (and UDP from 6.18), so a followed address may since hold
+/// anything (an AF_UNIX message at a copy, another packet at a free):
+/// a stage checks a followed flow packet's skb with this.
+#[inline(always)]
+pub(crate) fn flow_of(family: u8, proto: u8, ip: u64, th: u64, end: u64) -> Option<u16> {
+    if th + 4 > end {
+        return None;
+    }
+    let p: [u8; 4] = read_kernel(th)?;
+    let t = tuple(family, proto, ip, p)?;
+    unsafe { FLOW_IDS.get(&t) }.map(|v| *v as u16)
+}
