@@ -519,7 +519,7 @@ macro_rules! probe_table {
             // busybox's ping receives with recvfrom.
             // The socket layer's recvmsg returning; the family's recvmsg (an
             // ops pointer, never inlined) for function probes.
-            SockRecvLength       = 76: tp_sock_recv_length        tracepoint(sock:sock_recv_length)               {SockRecvRet: ret = 1}                        -> SockRecvmsg 0 at_return   => recv::sock_recv_length;
+            SockRecvLength       = 76: tp_sock_recv_length        tracepoint(sock:sock_recv_length)               {SockRecvSk: sk = 0, SockRecvRet: ret = 1, SockRecvFlags: flags = 2} -> SockRecvmsg 0 at_return => recv::sock_recv_length;
             KrSockRecvmsg        = 77: kr_sock_recvmsg            kretprobe[inet_recvmsg]                                                                       -> SockRecvmsg 0             => recv::recvmsg_return;
             KrInet6Recvmsg       = 78: kr_inet6_recvmsg           kretprobe[inet6_recvmsg]                                                                      -> SockRecvmsg 1             => recv::recvmsg_return;
             FxSockRecvmsg        = 79: fx_sock_recvmsg            fexit[inet_recvmsg]                                                                           -> SockRecvmsg 0             => recv::recvmsg_return;

@@ -42,6 +42,12 @@ pub struct Config {
     /// both on a kernel without network namespaces.
     pub dev_net: u32,
     pub sk_net: u32,
+    /// The length of a socket's receive queue (`sock.sk_receive_queue`'s
+    /// `qlen`), and of a UDP socket's queue its reader takes from first
+    /// (`udp_sock.reader_queue`'s): a datagram alone in them is what the
+    /// socket's next read takes (0: not known).
+    pub sk_rcvq_len: u32,
+    pub udp_readq_len: u32,
     /// Byte offset of each tracepoint field, indexed by [`crate::TpField`];
     /// `u16::MAX` when the field does not exist on this kernel. With
     /// [`TP_DATA_LOC`] set, the field is a `__data_loc` (a `u32` holding the
@@ -109,7 +115,7 @@ const _: () = assert!((RET_ARG_SLOTS + crate::agg::STAGE_ROWS).is_multiple_of(2)
 
 /// Explicit padding before `ret_probes`, whatever the number of tracepoint
 /// fields: the loader writes `Config` as bytes, so it must have no hole.
-const CONFIG_HEAD: usize = 17 * 4 + 2 * TP_FIELD_COUNT + 8;
+const CONFIG_HEAD: usize = 19 * 4 + 2 * TP_FIELD_COUNT + 8;
 pub const CONFIG_PAD: usize = (8 - CONFIG_HEAD % 8) % 8;
 const _: () = assert!(
     core::mem::size_of::<Config>()
@@ -141,6 +147,8 @@ impl Config {
             dev_name: 0,
             dev_net: 0,
             sk_net: 0,
+            sk_rcvq_len: 0,
+            udp_readq_len: 0,
             tp: [u16::MAX; TP_FIELD_COUNT],
             net_rx_probe: 0,
             backlog_probe: 0,

@@ -154,6 +154,29 @@ pub(crate) static AGG_COUNT: PerCpuArray<u64> =
 #[map]
 pub(crate) static RECV_CTX: LruHashMap<u32, PktKey> = LruHashMap::with_max_entries(1024, 0);
 
+/// Per traced thread: the TCP or UDP send under way (see `FlowSend`).
+#[map]
+pub(crate) static FLOW_SEND: LruHashMap<u32, FlowSend> = LruHashMap::with_max_entries(1024, 0);
+
+/// A traced thread's send on a TCP or UDP socket: when its system call
+/// began, by which probe, and the first packet it transmitted (its key
+/// `valid` once known), which the send's stages are reported under.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct FlowSend {
+    pub(crate) ts: u64,
+    pub(crate) len: u32,
+    pub(crate) probe: u8,
+    pub(crate) _pad: [u8; 3],
+    pub(crate) key: PktKey,
+}
+
+/// Per UDP socket (`struct sock *`): the traced datagram at the head of
+/// its queue, which its next read takes. Set only when the datagram was
+/// alone in the socket's queues when queued.
+#[map]
+pub(crate) static QUEUED: LruHashMap<u64, PktKey> = LruHashMap::with_max_entries(1024, 0);
+
 /// Counts `n` events lost; returns the count so far, on every CPU.
 #[inline(always)]
 pub(crate) fn count_lost(n: u64) -> u64 {

@@ -29,3 +29,18 @@ pub(crate) fn at(stage: Stage, probe: ProbeId, skb: u64, len: u32, aux: u64) -> 
         aux2: 0,
     }
 }
+
+/// An observation made earlier, at `ts`, reported once its packet is
+/// known (a send's start, at its first packet's transmit).
+#[inline(always)]
+pub(crate) fn at_time(ts: u64, stage: Stage, probe: ProbeId, len: u32) -> Seen {
+    Seen {
+        ts,
+        stage,
+        probe,
+        skb: 0,
+        len,
+        aux: 0,
+        aux2: 0,
+    }
+}

@@ -13,7 +13,7 @@ use crate::{
     emit::emit,
     filter::{echo_socket_is, get_ctx, is_ours, is_target, set_ctx, skb_sock, take_ctx, tgid_tid},
     kernel::field,
-    maps::RECV_CTX,
+    maps::{QUEUED, RECV_CTX},
     packet::ours,
     seen::at,
 };
@@ -37,9 +37,9 @@ fn copy<C: EbpfContext>(ctx: &C, skb: u64, probe: ProbeId, len: i64) {
     if !flow && (!target || !is_echo_reply(key.family, key.icmp_type)) {
         return;
     }
-    if target {
-        set_ctx(&RECV_CTX, tid, &key);
-    }
+    // The read returns it next (a peer's read too: taken at its socket
+    // layer's return, see `returned`).
+    set_ctx(&RECV_CTX, tid, &key);
     emit(
         ctx,
         &key,
@@ -67,14 +67,13 @@ pub(crate) fn skb_copy_datagram_iter<C: EbpfContext>(ctx: &C, probe: ProbeId, sk
 
 /// A receive returns the reply its copy took out: the socket layer's
 /// recvmsg (the system call returns it next, so the context stays), then
-/// the system call itself (which ends it).
+/// the system call itself (which ends it). A TCP or UDP packet's read by
+/// a process not traced (the peer's) ends at the socket layer.
 #[inline(always)]
 fn returned<C: EbpfContext>(ctx: &C, stage: Stage, probe: ProbeId, ret: i64) {
     let (tgid, tid) = tgid_tid();
-    if !is_target(tgid) {
-        return;
-    }
-    let key = if stage == Stage::Recvmsg {
+    let target = is_target(tgid);
+    let key = if stage == Stage::Recvmsg || !target {
         take_ctx(&RECV_CTX, tid)
     } else {
         get_ctx(&RECV_CTX, tid)
@@ -82,6 +81,9 @@ fn returned<C: EbpfContext>(ctx: &C, stage: Stage, probe: ProbeId, ret: i64) {
     let Some(key) = key else {
         return;
     };
+    if !target && !is_flow(key.icmp_type) {
+        return;
+    }
     emit(
         ctx,
         &key,
@@ -89,9 +91,32 @@ fn returned<C: EbpfContext>(ctx: &C, stage: Stage, probe: ProbeId, ret: i64) {
     );
 }
 
+/// `MSG_PEEK`: a read that leaves the data queued.
+const MSG_PEEK: i32 = 2;
+
 #[inline(always)]
-pub(crate) fn sock_recv_length(ctx: &impl Fields, probe: ProbeId, ret: TpField) {
+pub(crate) fn sock_recv_length(
+    ctx: &impl Fields,
+    probe: ProbeId,
+    sk: TpField,
+    ret: TpField,
+    flags: TpField,
+) {
     let ret = field::<i32>(ctx, ret).unwrap_or(0);
+    // A read that took a traced UDP datagram without copying it through
+    // skb_copy_datagram_iter (a small one): the one heading its queue.
+    if let Some(sk) = field::<u64>(ctx, sk)
+        && sk != 0
+        && ret >= 0
+        && field::<i32>(ctx, flags).unwrap_or(0) & MSG_PEEK == 0
+        && let Some(key) = unsafe { QUEUED.get(&sk) }.copied()
+    {
+        let _ = QUEUED.remove(&sk);
+        let tid = tgid_tid().1;
+        if get_ctx(&RECV_CTX, tid).is_none() {
+            set_ctx(&RECV_CTX, tid, &key);
+        }
+    }
     returned(ctx, Stage::SockRecvmsg, probe, ret as i64);
 }
 

@@ -3,9 +3,10 @@
 
 use aya_ebpf::{EbpfContext, helpers::bpf_probe_read_user};
 use lotrace_common::{
-    ProbeId, Stage, TpField,
+    PktKey, ProbeId, Stage, TpField,
     event::{
-        AF_INET, AF_INET6, ICMP_ECHO, ICMPV6_ECHO_REQUEST, IPPROTO_ICMP, IPPROTO_ICMPV6, SOCK_RAW,
+        AF_INET, AF_INET6, ICMP_ECHO, ICMPV6_ECHO_REQUEST, IPPROTO_ICMP, IPPROTO_ICMPV6,
+        IPPROTO_TCP, IPPROTO_UDP, SOCK_RAW,
     },
 };
 
@@ -15,8 +16,8 @@ use crate::{
     filter::{
         get_ctx, is_target, learn_sock, set_ctx, sock_net, take_ctx, tgid_tid, track, track_key,
     },
-    kernel::{field, sk_protocol, sk_type, sock_of_fd},
-    maps::SEND_CTX,
+    kernel::{field, now, sk_protocol, sk_type, sock_of_fd},
+    maps::{FLOW_SEND, FlowSend, SEND_CTX},
     packet::echo_key,
     seen::at,
 };
@@ -36,6 +37,19 @@ fn send_starts<C: EbpfContext>(
     let Some(sk) = fd.and_then(|fd| sock_of_fd(fd as i32)) else {
         return;
     };
+    // A TCP or UDP send: its packets are known when transmitted (see
+    // `transmit::sent`), the first under this send's stages.
+    if matches!(sk_protocol(sk), Some(p) if p == IPPROTO_TCP as u16 || p == IPPROTO_UDP as u16) {
+        let start = FlowSend {
+            ts: now(),
+            len: len as u32,
+            probe: probe as u8,
+            _pad: [0; 3],
+            key: PktKey::default(),
+        };
+        let _ = FLOW_SEND.insert(&tid, &start, 0);
+        return;
+    }
     if !matches!(sk_protocol(sk), Some(p) if p == IPPROTO_ICMP as u16 || p == IPPROTO_ICMPV6 as u16)
     {
         return;
@@ -111,6 +125,7 @@ pub(crate) fn sys_exit_sendto(_ctx: &impl Fields, _probe: ProbeId, _ret: TpField
     let (tgid, tid) = tgid_tid();
     if is_target(tgid) {
         let _ = take_ctx(&SEND_CTX, tid);
+        let _ = FLOW_SEND.remove(&tid);
     }
 }
 
@@ -122,6 +137,19 @@ fn sock_sendmsg<C: EbpfContext>(ctx: &C, probe: ProbeId, sk: u64, ret: Option<i6
         return;
     }
     let Some(key) = get_ctx(&SEND_CTX, tid) else {
+        // A TCP or UDP send's return, under its first packet's key.
+        if let Some(f) = FLOW_SEND.get_ptr_mut(&tid) {
+            let key = unsafe { (*f).key };
+            let _ = FLOW_SEND.remove(&tid);
+            if key.valid != 0 {
+                let r = ret.unwrap_or(0);
+                emit(
+                    ctx,
+                    &key,
+                    at(Stage::SockSendmsg, probe, 0, r.max(0) as u32, r as u64),
+                );
+            }
+        }
         return;
     };
     if sk != 0 {

@@ -2,14 +2,17 @@
 //! are attributed to the echo the softirq is handling on this CPU.
 
 use aya_ebpf::EbpfContext;
-use lotrace_common::{ProbeId, Stage, TpField, event::is_flow};
+use lotrace_common::{
+    PktKey, ProbeId, Stage, TpField,
+    event::{PKT_UDP, is_flow},
+};
 
 use crate::kernel::Fields;
 use crate::{
     emit::emit,
     filter::{echo_socket_is, is_target},
-    kernel::field,
-    maps::{SOCKS, state},
+    kernel::{CONFIG, config, field, read_kernel},
+    maps::{QUEUED, SOCKS, state},
     packet::follow_copy,
     seen::at,
 };
@@ -21,7 +24,16 @@ use crate::{
 #[inline(always)]
 pub(crate) fn deliver<C: EbpfContext>(ctx: &C, probe: ProbeId, sk: u64, skb: u64) {
     let Some(st) = state() else { return };
-    if st.rx.valid == 0 || sk == 0 {
+    if sk == 0 {
+        return;
+    }
+    if st.rx.valid == 0 || !is_flow(st.rx.icmp_type) {
+        // Something else queued here: the socket's next read may not be
+        // the traced datagram that headed its queue (this may be a new
+        // socket at a freed one's address).
+        forget_queued(sk);
+    }
+    if st.rx.valid == 0 {
         return;
     }
     // A TCP or UDP packet is queued on its socket, whoever's, inside the
@@ -33,6 +45,9 @@ pub(crate) fn deliver<C: EbpfContext>(ctx: &C, probe: ProbeId, sk: u64, skb: u64
         }
         st.rx.delivered = 1;
         let key = st.rx;
+        if key.icmp_type == PKT_UDP {
+            queued(sk, &key);
+        }
         emit(ctx, &key, at(Stage::SockDeliver, probe, 0, 0, sk));
         return;
     }
@@ -52,6 +67,31 @@ pub(crate) fn deliver<C: EbpfContext>(ctx: &C, probe: ProbeId, sk: u64, skb: u64
         follow_copy(skb, &key);
     }
     emit(ctx, &key, at(Stage::SockDeliver, probe, 0, 0, sk));
+}
+
+/// A traced UDP datagram queued on `sk`: the socket's next read takes it
+/// if it is alone in the socket's queues (the queue its reader takes
+/// from first, and the one the softirq fills).
+#[inline(always)]
+fn queued(sk: u64, key: &PktKey) {
+    let (rq, readq) = (
+        config(&CONFIG.sk_rcvq_len) as u64,
+        config(&CONFIG.udp_readq_len) as u64,
+    );
+    if rq == 0 || readq == 0 {
+        return;
+    }
+    let alone = read_kernel::<u32>(sk + rq) == Some(1) && read_kernel::<u32>(sk + readq) == Some(0);
+    if alone {
+        let _ = QUEUED.insert(&sk, key, 0);
+    }
+}
+
+#[inline(always)]
+fn forget_queued(sk: u64) {
+    if unsafe { QUEUED.get(&sk) }.is_some() {
+        let _ = QUEUED.remove(&sk);
+    }
 }
 
 /// A socket's data-ready call (`sock_def_readable`), the end of every path

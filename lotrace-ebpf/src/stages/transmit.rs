@@ -5,7 +5,7 @@ use aya_ebpf::EbpfContext;
 use aya_log_ebpf::info;
 use lotrace_common::{
     PktKey, ProbeId, Stage, TpField,
-    event::{LO_NAME, is_echo_request},
+    event::{LO_NAME, is_echo_request, is_flow},
     follow::Sight,
 };
 
@@ -16,9 +16,9 @@ use crate::{
         in_softirq, is_ours, is_target, learn_sock, skb_sock, sock_net, tgid_tid, track, track_key,
     },
     kernel::{CONFIG, config, dev_name, field, sk_type},
-    maps::state,
+    maps::{FLOW_SEND, state},
     packet::ours,
-    seen::at,
+    seen::{at, at_time},
 };
 
 /// ip_output and ip6_output: with function probes, the first stage that
@@ -52,7 +52,33 @@ fn sent<C: EbpfContext>(ctx: &C, skb: u64, entry: u8) -> (Option<(PktKey, u32)>,
     if let Some(st) = state() {
         st.tx_entry = 0;
     }
+    if let Some((key, _)) = &found
+        && is_flow(key.icmp_type)
+    {
+        send_of(ctx, key);
+    }
     (found, sock_type)
+}
+
+/// A TCP or UDP packet transmitted by a traced thread's send: the first
+/// one carries the send's start (its system call's entry).
+#[inline(always)]
+fn send_of<C: EbpfContext>(ctx: &C, key: &PktKey) {
+    if in_softirq() {
+        return;
+    }
+    let Some(f) = FLOW_SEND.get_ptr_mut(&tgid_tid().1) else {
+        return;
+    };
+    let f = unsafe { &mut *f };
+    if f.key.valid != 0 {
+        return;
+    }
+    f.key = *key;
+    let Some(probe) = ProbeId::from_u8(f.probe) else {
+        return;
+    };
+    emit(ctx, key, at_time(f.ts, Stage::Sendto, probe, f.len));
 }
 
 /// A packet built by a traced command's send (the first stage to see it,

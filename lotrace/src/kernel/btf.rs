@@ -37,6 +37,10 @@ pub struct SkbOffsets {
     pub file_private_data: u32,
     pub socket_sk: u32,
     pub sk_protocol: u32,
+    /// `sock.sk_receive_queue.qlen` and `udp_sock.reader_queue.qlen` (0:
+    /// not found).
+    pub sk_rcvq_len: u32,
+    pub udp_readq_len: u32,
 }
 
 pub struct KernelBtf {
@@ -85,7 +89,15 @@ impl KernelBtf {
             sk_net: self
                 .net_of("sock", &["__sk_common", "skc_net"])
                 .unwrap_or(0),
+            sk_rcvq_len: self.queue_len("sock", "sk_receive_queue").unwrap_or(0),
+            udp_readq_len: self.queue_len("udp_sock", "reader_queue").unwrap_or(0),
         })
+    }
+
+    /// Where the `qlen` of the `struct sk_buff_head` `member` of `struct
+    /// name` is.
+    fn queue_len(&self, name: &str, member: &str) -> Result<u32> {
+        Ok(self.offset(name, member)? + self.offset("sk_buff_head", "qlen")?)
     }
 
     /// Where the `struct net *` of a `possible_net_t` reached by `path`

@@ -48,6 +48,8 @@ pub fn build(
     config.file_private_data = skb.file_private_data;
     config.socket_sk = skb.socket_sk;
     config.sk_protocol = skb.sk_protocol;
+    config.sk_rcvq_len = skb.sk_rcvq_len;
+    config.udp_readq_len = skb.udp_readq_len;
     for &(p, n) in ret_arg {
         // The programs read the return value after at most six arguments
         // (see lotrace-ebpf's fexit_ret), as many as x86-64 passes in

@@ -188,6 +188,57 @@ impl Packet {
         self.hops.iter().any(|h| h.stage == stage)
     }
 
+    /// When it was first seen: its send's start, or its transmit.
+    pub fn sent_ns(&self) -> u64 {
+        self.first_ns()
+    }
+
+    /// The hop that says how far it went (its `reach`): its reader's
+    /// first stage (the copy, else the socket layer's return), else the
+    /// last of the others.
+    pub fn reach_hop(&self) -> Option<&Hop> {
+        let first = |f: &dyn Fn(Stage) -> bool| self.hops.iter().find(|h| f(h.stage));
+        match self.reach {
+            Reach::Read => first(&|s| s == Stage::CopyToUser)
+                .or_else(|| first(&|s| s == Stage::SockRecvmsg))
+                .or_else(|| first(&|s| s == Stage::Recvmsg)),
+            Reach::Queued => first(&|s| s == Stage::SockDeliver),
+            Reach::Dropped => first(&|s| s == Stage::Drop),
+            Reach::Received => first(&|s| s == Stage::NetifReceiveSkb),
+            Reach::Sent => self.hops.last(),
+        }
+    }
+
+    /// Time from its first stage to [`Packet::reach_hop`].
+    pub fn reach_ns(&self) -> u64 {
+        self.reach_hop()
+            .map_or(0, |h| h.ts_ns.saturating_sub(self.first_ns()))
+    }
+
+    /// Bytes its skb gave the reader beyond its own payload: TCP merged
+    /// later segments' bytes into it in the receive queue
+    /// (`tcp_try_coalesce`), whose own skbs were freed unread.
+    pub fn merged_bytes(&self) -> u32 {
+        let (Some(w), Proto::Tcp) = (self.wire, self.proto) else {
+            return 0;
+        };
+        let copied: u32 = self
+            .hops
+            .iter()
+            .filter(|h| h.stage == Stage::CopyToUser)
+            .map(|h| match h.detail {
+                Some(StageDetail::Bytes(len)) => len,
+                _ => 0,
+            })
+            .sum();
+        copied.saturating_sub(w.payload)
+    }
+
+    /// The reader's task, when its read was seen.
+    pub fn reader(&self) -> Option<&Hop> {
+        self.hops.iter().find(|h| is_read(h.stage))
+    }
+
     /// A packet that carries data (not a bare TCP ACK, SYN or FIN).
     pub fn carries_data(&self) -> bool {
         self.wire.is_some_and(|w| w.payload > 0)
@@ -260,6 +311,11 @@ impl PacketBuilder {
     }
 }
 
+/// A stage of a read that took the packet's data.
+fn is_read(s: Stage) -> bool {
+    matches!(s, Stage::CopyToUser | Stage::SockRecvmsg | Stage::Recvmsg)
+}
+
 /// One packet from its events, in any order.
 pub fn build_packet(mut events: Vec<Event>) -> Packet {
     events.sort_by_key(|e| (e.ts_ns, Stage::from_u8(e.stage), e.probe));
@@ -289,7 +345,7 @@ pub fn build_packet(mut events: Vec<Event>) -> Packet {
     let total_ns = hops.last().map_or(0, |h| h.ts_ns - first.ts_ns);
     let reach = if hops.iter().any(|h| h.stage == Stage::Drop) {
         Reach::Dropped
-    } else if hops.iter().any(|h| h.stage == Stage::CopyToUser) {
+    } else if hops.iter().any(|h| is_read(h.stage)) {
         Reach::Read
     } else if hops.iter().any(|h| h.stage == Stage::SockDeliver) {
         Reach::Queued
@@ -328,6 +384,19 @@ pub struct PacketStats {
     /// Per protocol and (stage, at return), in the order the stages come.
     pub rows: BTreeMap<(Proto, u8, bool), (Stage, Histogram)>,
     pub total: BTreeMap<Proto, Histogram>,
+    /// Per protocol and kind of exchange: its request's way, the
+    /// server's time, its response's way, and the whole.
+    pub exchanges: BTreeMap<(Proto, &'static str), ExchangeHists>,
+}
+
+#[derive(Default)]
+pub struct ExchangeHists {
+    pub request: Histogram,
+    pub server: Histogram,
+    pub response: Histogram,
+    pub total: Histogram,
+    /// Exchanges with no response seen.
+    pub unanswered: u64,
 }
 
 impl PacketStats {
@@ -347,7 +416,240 @@ impl PacketStats {
         self.total.entry(p.proto).or_default().record(p.total_ns);
     }
 
+    pub fn add_exchange(&mut self, x: &Exchange) {
+        let h = self.exchanges.entry((x.proto, x.kind.name())).or_default();
+        if let Some(w) = x.request_way() {
+            h.request.record(w.ns());
+        }
+        match x.response_way() {
+            Some(w) => h.response.record(w.ns()),
+            None => h.unanswered += 1,
+        }
+        if let Some(n) = x.server_ns() {
+            h.server.record(n);
+        }
+        if let Some(n) = x.total_ns() {
+            h.total.record(n);
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.packets.is_empty()
+    }
+}
+
+/// What an exchange is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExchangeKind {
+    /// TCP's handshake: SYN, SYN-ACK, ACK.
+    Handshake,
+    /// A request (the bytes one side sends before the other sends back)
+    /// and its response.
+    Request,
+}
+
+impl ExchangeKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ExchangeKind::Handshake => "handshake",
+            ExchangeKind::Request => "request",
+        }
+    }
+}
+
+/// A request and its response on one flow, or a TCP handshake.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Exchange {
+    pub flow: u16,
+    pub proto: Proto,
+    pub kind: ExchangeKind,
+    /// Its number among its flow's exchanges of its kind, from 1.
+    pub number: u32,
+    /// The direction the request went (`Packet::reverse`).
+    pub request_reverse: bool,
+    pub request: Vec<Packet>,
+    /// Empty when no response was seen.
+    pub response: Vec<Packet>,
+}
+
+/// One direction of an exchange, in time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Way {
+    pub bytes: u64,
+    pub packets: usize,
+    /// Its first packet's first stage.
+    pub sent_ns: u64,
+    /// Its last packet's furthest stage, and what that was.
+    pub arrived_ns: u64,
+    pub reach: Reach,
+}
+
+impl Way {
+    fn of(ps: &[Packet]) -> Option<Way> {
+        let first = ps.iter().map(Packet::sent_ns).min()?;
+        let last = ps.iter().max_by_key(|p| p.sent_ns())?;
+        let hop = last.reach_hop()?;
+        Some(Way {
+            bytes: ps
+                .iter()
+                .map(|p| p.wire.map_or(0, |w| w.payload as u64))
+                .sum(),
+            packets: ps.len(),
+            sent_ns: first,
+            arrived_ns: hop.ts_ns,
+            reach: last.reach,
+        })
+    }
+
+    /// From the first packet's first stage to the last one's furthest:
+    /// the kernel's time (and the reader's, until it read).
+    pub fn ns(&self) -> u64 {
+        self.arrived_ns.saturating_sub(self.sent_ns)
+    }
+}
+
+impl Exchange {
+    pub fn request_way(&self) -> Option<Way> {
+        Way::of(&self.request)
+    }
+
+    pub fn response_way(&self) -> Option<Way> {
+        Way::of(&self.response)
+    }
+
+    /// The server's own time: from the request's arrival (its read, or
+    /// its queueing when the read was not seen) to the response's first
+    /// stage.
+    pub fn server_ns(&self) -> Option<u64> {
+        let (q, r) = (self.request_way()?, self.response_way()?);
+        r.sent_ns.checked_sub(q.arrived_ns)
+    }
+
+    /// From the request's first stage to the response's arrival; for a
+    /// handshake, from the SYN's first stage to the ACK's arrival.
+    pub fn total_ns(&self) -> Option<u64> {
+        if self.kind == ExchangeKind::Handshake {
+            let (syn, ack) = (self.request.first()?, self.request.last()?);
+            return ack.reach_hop()?.ts_ns.checked_sub(syn.sent_ns());
+        }
+        let (q, r) = (self.request_way()?, self.response_way()?);
+        r.arrived_ns.checked_sub(q.sent_ns)
+    }
+}
+
+#[derive(Default)]
+struct FlowState {
+    /// The handshake's packets so far (SYN, then SYN-ACK).
+    syn: Vec<Packet>,
+    handshakes: u32,
+    exchanges: u32,
+    /// The request's direction, once data was seen.
+    request_reverse: Option<bool>,
+    request: Vec<Packet>,
+    response: Vec<Packet>,
+    /// The last packet's first stage.
+    last_ns: u64,
+}
+
+/// Packets in (as they close), exchanges out.
+#[derive(Default)]
+pub struct ExchangeBuilder {
+    flows: BTreeMap<u16, FlowState>,
+}
+
+impl ExchangeBuilder {
+    /// Takes a closed packet; returns the exchanges it ends (the one
+    /// before a new request, a handshake at its ACK).
+    pub fn push(&mut self, p: &Packet) -> Vec<Exchange> {
+        let f = self.flows.entry(p.flow).or_default();
+        f.last_ns = f.last_ns.max(p.sent_ns());
+        let mut out = Vec::new();
+        if p.proto == Proto::Tcp
+            && let Some(w) = p.wire
+        {
+            let (syn, ack) = (w.tcp_flags & 0x02 != 0, w.tcp_flags & 0x10 != 0);
+            match (syn, ack, f.syn.len()) {
+                (true, false, _) => {
+                    f.syn = vec![p.clone()];
+                    return out;
+                }
+                (true, true, 1) if f.syn[0].reverse != p.reverse => {
+                    f.syn.push(p.clone());
+                    return out;
+                }
+                (false, true, 2) if p.reverse == f.syn[0].reverse && w.payload == 0 => {
+                    let syns = std::mem::take(&mut f.syn);
+                    f.handshakes += 1;
+                    out.push(Exchange {
+                        flow: p.flow,
+                        proto: p.proto,
+                        kind: ExchangeKind::Handshake,
+                        number: f.handshakes,
+                        request_reverse: p.reverse,
+                        request: vec![syns[0].clone(), p.clone()],
+                        response: vec![syns[1].clone()],
+                    });
+                    return out;
+                }
+                _ => {}
+            }
+        }
+        if !p.carries_data() {
+            return out;
+        }
+        match f.request_reverse {
+            None => {
+                f.request_reverse = Some(p.reverse);
+                f.request.push(p.clone());
+            }
+            Some(r) if r == p.reverse => {
+                if !f.response.is_empty() {
+                    out.extend(Self::end(p.flow, p.proto, f));
+                }
+                f.request.push(p.clone());
+            }
+            Some(_) => f.response.push(p.clone()),
+        }
+        out
+    }
+
+    fn end(flow: u16, proto: Proto, f: &mut FlowState) -> Option<Exchange> {
+        if f.request.is_empty() {
+            return None;
+        }
+        f.exchanges += 1;
+        Some(Exchange {
+            flow,
+            proto,
+            kind: ExchangeKind::Request,
+            number: f.exchanges,
+            request_reverse: f.request_reverse.unwrap_or(false),
+            request: std::mem::take(&mut f.request),
+            response: std::mem::take(&mut f.response),
+        })
+    }
+
+    /// Exchanges whose response has had no packet since before
+    /// `before_ns`: the flow went quiet after it.
+    pub fn take_quiet(&mut self, before_ns: u64) -> Vec<Exchange> {
+        let mut out = Vec::new();
+        for (&flow, f) in self.flows.iter_mut() {
+            if !f.response.is_empty() && f.last_ns < before_ns {
+                let proto = f.response[0].proto;
+                out.extend(Self::end(flow, proto, f));
+            }
+        }
+        out
+    }
+
+    /// Every exchange still open, answered or not.
+    pub fn finish(&mut self) -> Vec<Exchange> {
+        let mut out = Vec::new();
+        for (&flow, f) in self.flows.iter_mut() {
+            if let Some(proto) = f.request.first().map(|p| p.proto) {
+                out.extend(Self::end(flow, proto, f));
+            }
+        }
+        out
     }
 }

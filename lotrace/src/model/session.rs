@@ -11,7 +11,7 @@ use lotrace_common::{
 
 use crate::model::{
     builder::JourneyBuilder,
-    flow::{Flow, Packet, PacketBuilder, PacketStats},
+    flow::{Exchange, ExchangeBuilder, Flow, Packet, PacketBuilder, PacketStats},
     journey::{Journey, expected_for, expected_stages},
     meta::Meta,
     pingout::{Dialect, PingLine, PingReply, SeqStyle, parse_line},
@@ -22,6 +22,9 @@ use crate::model::{
 /// A journey is closed when none of its events has been seen for this long.
 /// Long enough for ping's own line to be read, short enough to stream.
 pub const QUIET_NS: u64 = 250_000_000;
+/// An exchange whose response has had no new packet for this long is
+/// ended: a response may come in several packets, each closed on its own.
+pub const EXCHANGE_QUIET_NS: u64 = 1_000_000_000;
 /// ping RTTs kept waiting for their journey (flood pings print none); the
 /// oldest go first.
 const MAX_PING_RTTS: usize = 4096;
@@ -40,6 +43,9 @@ pub struct Session {
     packets: PacketBuilder,
     /// Packets closed and not yet taken by the printer.
     closed: Vec<Packet>,
+    exchanges: ExchangeBuilder,
+    /// Exchanges ended and not yet taken by the printer.
+    ended: Vec<Exchange>,
     pub packet_stats: PacketStats,
     pub stats: Stats,
     ping_rtt: PingRtts,
@@ -67,6 +73,8 @@ impl Session {
             ),
             packets: PacketBuilder::new(QUIET_NS),
             closed: Vec::new(),
+            exchanges: ExchangeBuilder::default(),
+            ended: Vec::new(),
             packet_stats: PacketStats::default(),
             stats: Stats::default(),
             ping_rtt: PingRtts::default(),
@@ -122,6 +130,10 @@ impl Session {
     pub fn ready(&mut self, now_ns: u64) -> Vec<Done> {
         let packets = self.packets.take_ready(now_ns);
         self.close_packets(packets);
+        let quiet = self
+            .exchanges
+            .take_quiet(now_ns.saturating_sub(EXCHANGE_QUIET_NS));
+        self.end_exchanges(quiet);
         let closed = self.builder.take_ready(now_ns);
         self.done(closed)
     }
@@ -129,6 +141,8 @@ impl Session {
     pub fn finish(&mut self) -> Vec<Done> {
         let packets = self.packets.finish();
         self.close_packets(packets);
+        let open = self.exchanges.finish();
+        self.end_exchanges(open);
         let closed = self.builder.finish();
         self.done(closed)
     }
@@ -136,14 +150,27 @@ impl Session {
     fn close_packets(&mut self, ps: Vec<Packet>) {
         for p in &ps {
             self.packet_stats.add(p);
+            let xs = self.exchanges.push(p);
+            self.end_exchanges(xs);
         }
         self.closed.extend(ps);
     }
 
+    fn end_exchanges(&mut self, xs: Vec<Exchange>) {
+        for x in &xs {
+            self.packet_stats.add_exchange(x);
+        }
+        self.ended.extend(xs);
+    }
+
     /// The TCP and UDP packets closed since the last call, in the order
-    /// they began, with the flows they belong to.
-    pub fn take_packets(&mut self) -> (Vec<Packet>, &BTreeMap<u16, Flow>) {
-        (std::mem::take(&mut self.closed), &self.packets.flows)
+    /// they began, the exchanges ended since, and the flows they belong to.
+    pub fn take_packets(&mut self) -> (Vec<Packet>, Vec<Exchange>, &BTreeMap<u16, Flow>) {
+        (
+            std::mem::take(&mut self.closed),
+            std::mem::take(&mut self.ended),
+            &self.packets.flows,
+        )
     }
 
     /// The flows followed so far.
@@ -166,6 +193,7 @@ impl Session {
     pub fn totals(&self) -> Totals {
         Totals {
             events: self.events,
+            packets: self.packet_stats.packets.values().sum(),
             lost: self.lost,
             discarded: self.discarded(),
             missed: self.missed,
@@ -263,6 +291,8 @@ impl PingRtts {
 #[derive(Default)]
 pub struct Totals {
     pub events: u64,
+    /// TCP segments and UDP datagrams.
+    pub packets: u64,
     pub lost: u64,
     pub discarded: u64,
     /// Probe runs the kernel skipped; `None` when not known (a replay of

@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 
 use crate::{
     model::{
-        flow::{Flow, Packet, PacketStats, Proto, tcp_flag_names},
+        flow::{Exchange, Flow, Packet, PacketStats, Proto, Way, tcp_flag_names},
         journey::{Hop, Leg, Outcome, SoftirqWhere, family_name},
         meta::Meta,
         session::{Done, Totals},
@@ -210,6 +210,8 @@ pub fn packet_json_line(p: &Packet, flow: Option<&Flow>, meta: &Meta, style: Sty
         "tcp_seq": p.wire.filter(|_| tcp).map(|w| w.tcp_seq),
         "payload": p.wire.map(|w| w.payload),
         "reach": p.reach.name(),
+        "reach_ns": p.reach_ns(),
+        "merged_bytes": p.merged_bytes(),
         "total_ns": p.total_ns,
     });
     let mut out = serde_json::to_string(&head).expect("plain data serializes");
@@ -218,6 +220,49 @@ pub fn packet_json_line(p: &Packet, flow: Option<&Flow>, meta: &Meta, style: Sty
     out.push_str(&hops_json_as(p.hops.iter(), meta, style, explain_flow));
     out.push('}');
     out
+}
+
+fn way_json(w: Option<Way>, ps: &[Packet]) -> Value {
+    match w {
+        None => Value::Null,
+        Some(w) => json!({
+            "bytes": w.bytes,
+            "packets": ps.iter().map(|p| p.number).collect::<Vec<_>>(),
+            "sent_ns": w.sent_ns,
+            "arrived_ns": w.arrived_ns,
+            "reach": w.reach.name(),
+            "kernel_ns": w.ns(),
+            "reader": ps.last().and_then(Packet::reader).map(|h| json!({
+                "comm": h.comm.as_str(), "pid": h.pid, "tgid": h.tgid,
+            })),
+        }),
+    }
+}
+
+/// An exchange as one line of JSON. The keys: type ("exchange"), proto,
+/// kind, flow, number, client, server, request, server_ns, response,
+/// total_ns.
+pub fn exchange_json(x: &Exchange, flow: Option<&Flow>) -> Value {
+    let (client, server) = match flow {
+        Some(f) => {
+            let (c, s) = f.ends(x.request_reverse);
+            (Some(c), Some(s))
+        }
+        None => (None, None),
+    };
+    json!({
+        "type": "exchange",
+        "proto": x.proto.name(),
+        "kind": x.kind.name(),
+        "flow": x.flow,
+        "number": x.number,
+        "client": client,
+        "server": server,
+        "request": way_json(x.request_way(), &x.request),
+        "server_ns": x.server_ns(),
+        "response": way_json(x.response_way(), &x.response),
+        "total_ns": x.total_ns(),
+    })
 }
 
 /// The TCP and UDP packets' part of the summary (its `packets` key).
@@ -243,8 +288,24 @@ pub fn packets_summary_json(ps: &PacketStats, flows: usize) -> Value {
             "total": ps.total.get(&proto).map(hist_json),
         })
     };
+    let exchanges: Vec<Value> = ps
+        .exchanges
+        .iter()
+        .map(|((proto, kind), x)| {
+            json!({
+                "proto": proto.name(),
+                "kind": kind,
+                "request": hist_json(&x.request),
+                "server": hist_json(&x.server),
+                "response": hist_json(&x.response),
+                "total": hist_json(&x.total),
+                "unanswered": x.unanswered,
+            })
+        })
+        .collect();
     json!({
         "flows": flows,
+        "exchanges": exchanges,
         "tcp": by_proto(Proto::Tcp),
         "udp": by_proto(Proto::Udp),
         "stages": stages,
@@ -434,6 +495,7 @@ mod tests {
         let mut st = Stats::default();
         st.add(&done().journey);
         let t = Totals {
+            packets: 0,
             events: 21,
             ..Default::default()
         };

@@ -72,7 +72,7 @@ impl Printer {
 
     /// The TCP and UDP packets the session closed since the last call.
     pub fn packets(&mut self, session: &mut Session, meta: &Meta) -> Result<()> {
-        let (packets, flows) = session.take_packets();
+        let (packets, exchanges, flows) = session.take_packets();
         if self.quiet {
             return Ok(());
         }
@@ -85,6 +85,13 @@ impl Printer {
                     "{}",
                     json::packet_json_line(p, flow, meta, self.style)
                 )?,
+            }
+        }
+        for x in &exchanges {
+            let flow = flows.get(&x.flow);
+            match self.format {
+                Format::Text => write!(self.out, "{}", text::exchange_text(x, flow))?,
+                Format::Json => writeln!(self.out, "{}", json::exchange_json(x, flow))?,
             }
         }
         Ok(())

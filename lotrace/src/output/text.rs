@@ -7,7 +7,7 @@ use lotrace_common::ProbeId;
 use crate::{
     model::{
         journey::family_name,
-        flow::{Flow, Packet, PacketStats, Proto, tcp_flag_names},
+        flow::{Exchange, ExchangeKind, Flow, Packet, PacketStats, Proto, Reach, tcp_flag_names},
         journey::{Hop, Journey, Leg, Outcome},
         meta::Meta,
         session::{Done, Totals},
@@ -119,11 +119,11 @@ pub fn packet_text(p: &Packet, flow: Option<&Flow>, meta: &Meta, style: Style) -
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "── {} {} ── {} in {} ──",
+        "── {} {} ── {} after {} ──",
         packet_title(p, flow),
         packet_wire(p),
         p.reach.name(),
-        fmt_ns(p.total_ns)
+        fmt_ns(p.reach_ns())
     );
     let _ = writeln!(
         s,
@@ -131,6 +131,19 @@ pub fn packet_text(p: &Packet, flow: Option<&Flow>, meta: &Meta, style: Style) -
         "stage", "+prev", "since xmit", "cpu", "task", "context"
     );
     hops_text(&mut s, &p.hops, meta, style, false);
+    let _ = writeln!(
+        s,
+        "   total {} over {} stages",
+        fmt_ns(p.total_ns),
+        p.hops.len()
+    );
+    let merged = p.merged_bytes();
+    if merged > 0 {
+        let _ = writeln!(
+            s,
+            "   its skb gave the reader {merged} bytes more: later segments merged into it in the receive queue"
+        );
+    }
     s
 }
 
@@ -194,7 +207,153 @@ pub fn packets_summary_text(ps: &PacketStats, flows: usize) -> String {
             hist_cols(h)
         );
     }
+    if !ps.exchanges.is_empty() {
+        let _ = writeln!(
+            s,
+            "\n   {:<5} {:<29} {:>7} {:>10} {:>10} {:>10} {:>10} {:>10}",
+            "proto", "exchange", "count", "min", "p50", "p90", "p99", "max"
+        );
+    }
+    for ((proto, kind), x) in &ps.exchanges {
+        let rows: [(&str, &Histogram); 4] = if *kind == "handshake" {
+            [
+                ("handshake: SYN→ACK arrived", &x.total),
+                ("", &x.request),
+                ("", &x.server),
+                ("", &x.response),
+            ]
+        } else {
+            [
+                ("request: sent→arrived", &x.request),
+                ("server: arrived→response", &x.server),
+                ("response: sent→arrived", &x.response),
+                ("exchange: request→response", &x.total),
+            ]
+        };
+        for (label, h) in rows {
+            if !label.is_empty() {
+                let _ = writeln!(s, "   {:<5} {:<29} {}", proto.name(), label, hist_cols(h));
+            }
+        }
+        if x.unanswered > 0 {
+            let _ = writeln!(
+                s,
+                "   {:<5} {} requests with no response seen",
+                proto.name(),
+                x.unanswered
+            );
+        }
+    }
     s
+}
+
+/// An exchange: a request and its response (or a TCP handshake), each
+/// direction's kernel time, and the server's own time between.
+pub fn exchange_text(x: &Exchange, flow: Option<&Flow>) -> String {
+    let mut s = String::new();
+    let ends = match flow {
+        Some(f) => {
+            let (c, sv) = f.ends(x.request_reverse);
+            format!("{c} ⇄ {sv}")
+        }
+        None => family_name(x.request.first().map_or(0, |p| p.family)).to_string(),
+    };
+    let numbers = |ps: &[Packet]| {
+        ps.iter()
+            .map(|p| p.number.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let total = x
+        .total_ns()
+        .map(|t| format!(" ══ {}", fmt_ns(t)))
+        .unwrap_or_default();
+    let (what, unit) = match x.proto {
+        Proto::Tcp => ("segment", "segments"),
+        Proto::Udp => ("datagram", "datagrams"),
+    };
+    let plural = |n: usize| if n == 1 { what } else { unit };
+    match x.kind {
+        ExchangeKind::Handshake => {
+            let _ = writeln!(
+                s,
+                "══ {} {ends} · flow {} handshake{total} ══",
+                x.proto.name(),
+                x.flow
+            );
+            let (syn, ack) = (&x.request[0], &x.request[x.request.len() - 1]);
+            let synack = &x.response[0];
+            let at = |p: &Packet| {
+                p.reach_hop()
+                    .map_or("?".into(), |h| fmt_ns(h.ts_ns.saturating_sub(syn.sent_ns())))
+            };
+            let _ = writeln!(
+                s,
+                "   SYN {} at +{} · SYN-ACK {} at +{} · ACK {} at +{} (since the SYN's first stage)",
+                syn.reach.name(),
+                at(syn),
+                synack.reach.name(),
+                at(synack),
+                ack.reach.name(),
+                at(ack)
+            );
+        }
+        ExchangeKind::Request => {
+            let q = x.request_way();
+            let r = x.response_way();
+            let _ = writeln!(
+                s,
+                "══ {} {ends} · flow {} exchange {}: {} bytes → {}{total} ══",
+                x.proto.name(),
+                x.flow,
+                x.number,
+                q.map_or(0, |w| w.bytes),
+                r.map_or("no response".into(), |w| format!("{} bytes", w.bytes)),
+            );
+            if let Some(q) = q {
+                let _ = writeln!(
+                    s,
+                    "   request   {} {} ({}): sent → {} in {} (kernel{})",
+                    q.packets,
+                    plural(q.packets),
+                    numbers(&x.request),
+                    q.reach.name(),
+                    fmt_ns(q.ns()),
+                    reader_words(x.request.last())
+                );
+            }
+            if let Some(n) = x.server_ns() {
+                let read = q.is_some_and(|q| q.reach == Reach::Read);
+                let _ = writeln!(
+                    s,
+                    "   server    {} from {} the request to sending the response (application)",
+                    fmt_ns(n),
+                    if read { "reading" } else { "queueing" }
+                );
+            }
+            if let Some(r) = r {
+                let _ = writeln!(
+                    s,
+                    "   response  {} {} ({} back): sent → {} in {} (kernel{})",
+                    r.packets,
+                    plural(r.packets),
+                    numbers(&x.response),
+                    r.reach.name(),
+                    fmt_ns(r.ns()),
+                    reader_words(x.response.last())
+                );
+            }
+        }
+    }
+    s
+}
+
+/// `, read by curl/1234`.
+fn reader_words(p: Option<&Packet>) -> String {
+    match p.and_then(Packet::reader) {
+        Some(h) => format!(", read by {}/{}", h.comm, h.pid),
+        None => String::new(),
+    }
 }
 
 /// `tcp 127.0.0.1:41000 → 127.0.0.1:8000 · flow 1 segment 3`.
@@ -337,9 +496,14 @@ fn hist_cols(h: &Histogram) -> String {
 
 pub fn summary_text(stats: &Stats, meta: &Meta, t: &Totals, style: Style) -> String {
     let mut s = String::new();
+    let packets = if t.packets > 0 {
+        format!("{} TCP/UDP packets, ", t.packets)
+    } else {
+        String::new()
+    };
     let _ = writeln!(
         s,
-        "\n═══ lotrace summary: {} journeys ({} incomplete), {} events, {} lost{} ═══",
+        "\n═══ lotrace summary: {} journeys ({} incomplete), {packets}{} events, {} lost{} ═══",
         stats.journeys,
         stats.incomplete,
         t.events,
@@ -362,6 +526,32 @@ pub fn summary_text(stats: &Stats, meta: &Meta, t: &Totals, style: Style) -> Str
             "    the kernel skipped {m} probe runs (for any packet, traced or not): it does not run an eBPF program while another one runs on the same CPU, as when an interrupt's softirq arrives during a probe; what they would have seen is unknown, and journeys missing stages are marked incomplete"
         );
     }
+    // A trace of TCP and UDP only: the echoes' tables would be empty.
+    if stats.journeys > 0 || stats.in_kernel.is_some() || t.packets == 0 {
+        echo_tables(&mut s, stats);
+    }
+    let unseen: Vec<_> = meta.stages.iter().filter(|s| s.backend.is_none()).collect();
+    if !unseen.is_empty() {
+        let _ = writeln!(s, "\n   not observed on this kernel:");
+        for st in unseen {
+            let _ = writeln!(
+                s,
+                "     {:<18} {}",
+                st.stage,
+                st.missing.as_deref().unwrap_or_default()
+            );
+        }
+    }
+    if style.hist {
+        s.push_str(&histograms(stats));
+    }
+    s.push_str(&where_time_goes(stats));
+    s
+}
+
+/// The echoes' part of the summary: per-row times, the RTT, the
+/// in-kernel outcomes and where NET_RX ran.
+fn echo_tables(s: &mut String, stats: &Stats) {
     let _ = writeln!(
         s,
         "\n   {:<8} {:<26} {:>7} {:>10} {:>10} {:>10} {:>10} {:>10}",
@@ -419,23 +609,6 @@ pub fn summary_text(stats: &Stats, meta: &Meta, t: &Totals, style: Style) -> Str
             stats.backlog_thread
         );
     }
-    let unseen: Vec<_> = meta.stages.iter().filter(|s| s.backend.is_none()).collect();
-    if !unseen.is_empty() {
-        let _ = writeln!(s, "\n   not observed on this kernel:");
-        for st in unseen {
-            let _ = writeln!(
-                s,
-                "     {:<18} {}",
-                st.stage,
-                st.missing.as_deref().unwrap_or_default()
-            );
-        }
-    }
-    if style.hist {
-        s.push_str(&histograms(stats));
-    }
-    s.push_str(&where_time_goes(stats));
-    s
 }
 
 /// The mean share of the journey each row accounts for, as bars.
@@ -521,6 +694,7 @@ mod tests {
         let mut st = Stats::default();
         st.add(&done().journey);
         let t = Totals {
+            packets: 0,
             events: 21,
             ..Default::default()
         };
