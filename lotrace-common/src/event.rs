@@ -245,6 +245,23 @@ impl Event {
     }
 }
 
+/// A TCP or UDP flow as a packet's headers name it, from its sender's
+/// side: the key the programs look flows up by. Built in the state kept
+/// between probes (`CpuState::tuple`), not on the programs' stack, which
+/// the kernel limits to 512 bytes over a whole call chain.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowTuple {
+    pub family: u8,
+    pub proto: u8,
+    /// Ports as they sit in the header (network order).
+    pub sport: [u8; 2],
+    pub dport: [u8; 2],
+    pub _pad: [u8; 2],
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+}
+
 /// The state the programs keep between tracepoints: the CPU's, or on
 /// PREEMPT_RT the thread's. There a softirq runs in a thread that can be
 /// preempted, and the task that preempts it must not find itself inside
@@ -310,6 +327,10 @@ pub struct CpuState {
     pub netif_rx: PktKey,
     /// The packet `tx_flow_skb` was numbered as.
     pub tx_flow: PktKey,
+    /// The flow a header being read names (see [`FlowTuple`]), and the
+    /// key of the packet it was found to be.
+    pub tuple: FlowTuple,
+    pub flow_key: PktKey,
 }
 
 #[cfg(test)]

@@ -5,14 +5,14 @@
 //! followed like an echo (see `packet`): so the peer's side (a server on
 //! this machine answering) is the trace's too, and nothing else is.
 
-use aya_ebpf::macros::map;
 use aya_ebpf::maps::{Array, LruHashMap};
+use aya_ebpf::{helpers::bpf_probe_read_kernel_buf, macros::map};
 use lotrace_common::{
     Event, PktKey, ProbeId, Stage,
     bits::add_u32,
     event::{
-        AF_INET, EVENT_SIZE, FLAG_FLOW_NEW, FLAG_PACKET, FLOW_REVERSE, IPPROTO_TCP, PKT_TCP,
-        PKT_UDP,
+        AF_INET, AF_INET6, EVENT_SIZE, FLAG_FLOW_NEW, FLAG_PACKET, FLOW_REVERSE, FlowTuple,
+        IPPROTO_TCP, PKT_TCP, PKT_UDP,
     },
 };
 
@@ -23,25 +23,11 @@ use crate::{
     maps::{EVENTS, SUBMITTED, count_lost, state},
 };
 
-/// A flow as a packet's headers name it, from its sender's side.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub(crate) struct Tuple {
-    family: u8,
-    proto: u8,
-    /// Ports as they sit in the header (network order).
-    sport: [u8; 2],
-    dport: [u8; 2],
-    _pad: [u8; 2],
-    saddr: [u8; 16],
-    daddr: [u8; 16],
-}
-
 /// Each flow the trace follows, in both orientations: its number, with
 /// bit 16 set for the orientation opposite to its first packet's. LRU:
 /// a long trace's old flows make room.
 #[map]
-static FLOW_IDS: LruHashMap<Tuple, u32> = LruHashMap::with_max_entries(8192, 0);
+static FLOW_IDS: LruHashMap<FlowTuple, u32> = LruHashMap::with_max_entries(8192, 0);
 
 /// Flows numbered so far.
 #[map]
@@ -59,16 +45,29 @@ static FLOW_PKTS: Array<u32> = Array::with_max_entries(FLOW_SLOTS, 0);
 /// (`iph` its first 10 bytes, `th` its transport header, `end` the end
 /// of the linear data), if its flow is the trace's, or becomes it here.
 /// Records what the transmit's event reports of it in the CPU's state.
+/// A function of its own in the object (not inlined): every skb stage
+/// reads headers, and the kernel limits the stack of a whole call chain
+/// to 512 bytes (5.10 and 6.1 refused the programs with this inlined).
+/// The key is returned through the state (`CpuState::flow_key`): a
+/// function of the object takes and returns registers only.
+#[inline(never)]
+pub(crate) fn read(skb: u64, ip: u64, iph: &[u8; 10], th: u64, end: u64) -> bool {
+    match read_inner(skb, ip, iph, th, end) {
+        Some(key) => state().is_some_and(|st| {
+            st.flow_key = key;
+            true
+        }),
+        None => false,
+    }
+}
+
 #[inline(always)]
-pub(crate) fn read(
-    skb: u64,
-    family: u8,
-    proto: u8,
-    ip: u64,
-    iph: &[u8; 10],
-    th: u64,
-    end: u64,
-) -> Option<PktKey> {
+fn read_inner(skb: u64, ip: u64, iph: &[u8; 10], th: u64, end: u64) -> Option<PktKey> {
+    let (family, proto) = if iph[0] >> 4 == 4 {
+        (AF_INET, iph[9])
+    } else {
+        (AF_INET6, iph[6])
+    };
     // Flows are streamed only, for now: `--summary-only` aggregates echoes.
     if config(&CONFIG.summary_only) != 0 {
         return None;
@@ -85,16 +84,18 @@ pub(crate) fn read(
         let p: [u8; 4] = read_kernel(th)?;
         [p[0], p[1], p[2], p[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
     };
-    let mut t = tuple(family, proto, ip, [hdr[0], hdr[1], hdr[2], hdr[3]])?;
+    let st = state()?;
+    let t = &mut st.tuple;
+    tuple(t, family, proto, ip, [hdr[0], hdr[1], hdr[2], hdr[3]])?;
     // The IP payload's length, past the IP header.
     let ip_payload = if family == AF_INET {
         (u16::from_be_bytes([iph[2], iph[3]]) as u32).saturating_sub((th - ip) as u32)
     } else {
         u16::from_be_bytes([iph[4], iph[5]]) as u32
     };
-    let (flow, reverse) = match unsafe { FLOW_IDS.get(&t) } {
+    let (flow, reverse) = match unsafe { FLOW_IDS.get(&*t) } {
         Some(v) => (*v as u16, (*v >> 16) & 1 != 0),
-        None => (register(skb, &mut t)?, false),
+        None => (register(skb, t)?, false),
     };
     let (payload, flags, seq) = if tcp {
         let hlen = ((hdr[12] >> 4) as u32) * 4;
@@ -107,11 +108,10 @@ pub(crate) fn read(
         (ip_payload.saturating_sub(8), 0, 0)
     };
     let key = number(skb, family, tcp, flow, reverse)?;
-    if let Some(st) = state() {
-        st.flow_skb = skb;
-        st.flow_hdr = flags as u64 | ((seq as u64) << 32);
-        st.flow_aux2 = payload.min(0x7fff_ffff) | if reverse { 1 << 31 } else { 0 };
-    }
+    let st = state()?;
+    st.flow_skb = skb;
+    st.flow_hdr = flags as u64 | ((seq as u64) << 32);
+    st.flow_aux2 = payload.min(0x7fff_ffff) | if reverse { 1 << 31 } else { 0 };
     Some(key)
 }
 
@@ -153,9 +153,9 @@ fn number(skb: u64, family: u8, tcp: bool, flow: u16, reverse: bool) -> Option<P
 /// from one of its sockets: the flow becomes the trace's, announced to
 /// user space once.
 #[inline(always)]
-fn register(skb: u64, t: &mut Tuple) -> Option<u16> {
-    let st = state()?;
-    if st.tx_entry == 0 || in_softirq() || !is_target(tgid_tid().0) || skb_sock(skb) == 0 {
+fn register(skb: u64, t: &mut FlowTuple) -> Option<u16> {
+    let tx_entry = state()?.tx_entry;
+    if tx_entry == 0 || in_softirq() || !is_target(tgid_tid().0) || skb_sock(skb) == 0 {
         return None;
     }
     let c = FLOW_COUNT.get_ptr_mut(0)?;
@@ -180,7 +180,7 @@ fn register(skb: u64, t: &mut Tuple) -> Option<u16> {
 }
 
 #[inline(always)]
-fn swap(t: &mut Tuple) {
+fn swap(t: &mut FlowTuple) {
     core::mem::swap(&mut t.sport, &mut t.dport);
     core::mem::swap(&mut t.saddr, &mut t.daddr);
 }
@@ -188,7 +188,7 @@ fn swap(t: &mut Tuple) {
 /// The flow's announcement: see `FLAG_FLOW_NEW`. Written in place in the
 /// ring: an `Event` on the stack would not fit beside the caller's.
 #[inline(always)]
-fn announce(t: &Tuple, flow: u16) {
+fn announce(t: &FlowTuple, flow: u16) {
     let (tgid, tid) = tgid_tid();
     let wake = wake_flags(EVENT_SIZE as u64);
     if let Some(n) = SUBMITTED.get_ptr_mut(0) {
@@ -206,8 +206,14 @@ fn announce(t: &Tuple, flow: u16) {
             t.daddr[7],
         ]);
         (*e).aux = u64::from_le_bytes([
-            t.daddr[8], t.daddr[9], t.daddr[10], t.daddr[11], t.daddr[12], t.daddr[13],
-            t.daddr[14], t.daddr[15],
+            t.daddr[8],
+            t.daddr[9],
+            t.daddr[10],
+            t.daddr[11],
+            t.daddr[12],
+            t.daddr[13],
+            t.daddr[14],
+            t.daddr[15],
         ]);
         (*e).tid = tid;
         (*e).tgid = tgid;
@@ -234,29 +240,29 @@ fn announce(t: &Tuple, flow: u16) {
     entry.submit(wake);
 }
 
-/// The flow a packet's headers name: its addresses, read at `ip`, and
-/// the ports it carries.
+/// Fills `t` with the flow a packet's headers name: its addresses, read
+/// at `ip`, and the ports it carries. In place: see [`FlowTuple`].
 #[inline(always)]
-fn tuple(family: u8, proto: u8, ip: u64, ports: [u8; 4]) -> Option<Tuple> {
-    let mut t = Tuple {
-        family,
-        proto,
-        sport: [ports[0], ports[1]],
-        dport: [ports[2], ports[3]],
-        _pad: [0; 2],
-        saddr: [0; 16],
-        daddr: [0; 16],
-    };
+fn tuple(t: &mut FlowTuple, family: u8, proto: u8, ip: u64, ports: [u8; 4]) -> Option<()> {
+    t.family = family;
+    t.proto = proto;
+    t.sport = [ports[0], ports[1]];
+    t.dport = [ports[2], ports[3]];
+    t._pad = [0; 2];
+    t.saddr = [0; 16];
+    t.daddr = [0; 16];
     if family == AF_INET {
-        let a: [u8; 8] = read_kernel(ip + 12)?;
-        t.saddr[..4].copy_from_slice(&a[..4]);
-        t.daddr[..4].copy_from_slice(&a[4..]);
+        unsafe {
+            bpf_probe_read_kernel_buf((ip + 12) as *const u8, &mut t.saddr[..4]).ok()?;
+            bpf_probe_read_kernel_buf((ip + 16) as *const u8, &mut t.daddr[..4]).ok()?;
+        }
     } else {
-        let a: [u8; 32] = read_kernel(ip + 8)?;
-        t.saddr.copy_from_slice(&a[..16]);
-        t.daddr.copy_from_slice(&a[16..]);
+        unsafe {
+            bpf_probe_read_kernel_buf((ip + 8) as *const u8, &mut t.saddr).ok()?;
+            bpf_probe_read_kernel_buf((ip + 24) as *const u8, &mut t.daddr).ok()?;
+        }
     }
-    Some(t)
+    Some(())
 }
 
 /// The flow a TCP or UDP header names, if the trace follows it: nothing
@@ -270,6 +276,7 @@ pub(crate) fn flow_of(family: u8, proto: u8, ip: u64, th: u64, end: u64) -> Opti
         return None;
     }
     let p: [u8; 4] = read_kernel(th)?;
-    let t = tuple(family, proto, ip, p)?;
-    unsafe { FLOW_IDS.get(&t) }.map(|v| *v as u16)
+    let t = &mut state()?.tuple;
+    tuple(t, family, proto, ip, p)?;
+    unsafe { FLOW_IDS.get(&*t) }.map(|v| *v as u16)
 }

@@ -14,8 +14,8 @@ use lotrace_common::{
 };
 
 use crate::{
-    flow,
     filter::{get_ctx, in_softirq, is_ours, is_target, tgid_tid},
+    flow,
     kernel::{CONFIG, config, read_kernel, skb_head_nh_tail},
     maps::{FOLLOWED, FOLLOWED_SLOTS, FRAGS, Follow, SEND_CTX, state},
 };
@@ -63,11 +63,11 @@ fn read_skb(skb: u64) -> Option<(Header<PktKey>, u32, bool)> {
                 return None;
             }
             let th = ip + ((iph[0] & 0x0f) as u64) * 4;
-            let key = flow::read(skb, AF_INET, iph[9], ip, &iph, th, end)?;
+            let key = flow::read(skb, ip, &iph, th, end).then(flow_key)??;
             return Some((Header::packet(key), len, false));
         }
         6 if iph[6] == IPPROTO_TCP || iph[6] == IPPROTO_UDP => {
-            let key = flow::read(skb, AF_INET6, iph[6], ip, &iph, ip + 40, end)?;
+            let key = flow::read(skb, ip, &iph, ip + 40, end).then(flow_key)??;
             return Some((Header::packet(key), len, false));
         }
         4 if iph[9] == IPPROTO_ICMP => {
@@ -112,9 +112,15 @@ fn read_skb(skb: u64) -> Option<(Header<PktKey>, u32, bool)> {
     Some((Header::fragment(key), len, true))
 }
 
-/// Whether `skb`'s headers still name the flow of the followed packet
-/// `key`.
+/// The key `flow::read` found.
 #[inline(always)]
+fn flow_key() -> Option<PktKey> {
+    state().map(|st| st.flow_key)
+}
+
+/// Whether `skb`'s headers still name the flow of the followed packet
+/// `key`. Not inlined, for the stack's sake (see `flow::read`).
+#[inline(never)]
 fn flow_still(skb: u64, key: &PktKey) -> bool {
     let (off_head, off_nh, off_tail) = (
         config(&CONFIG.skb_head) as u64,
@@ -263,7 +269,10 @@ pub(crate) fn ours(
     // A followed TCP or UDP packet's skb may have been freed unseen and
     // reused since (see `flow::flow_of`): its headers must still name its
     // flow.
-    if read.is_none() && is_flow(key.icmp_type) && sight != Sight::Transmit && !flow_still(skb, &key)
+    if read.is_none()
+        && is_flow(key.icmp_type)
+        && sight != Sight::Transmit
+        && !flow_still(skb, &key)
     {
         Skbs.remove(skb);
         return None;

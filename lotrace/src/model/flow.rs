@@ -488,16 +488,36 @@ impl Way {
     fn of(ps: &[Packet]) -> Option<Way> {
         let first = ps.iter().map(Packet::sent_ns).min()?;
         let last = ps.iter().max_by_key(|p| p.sent_ns())?;
-        let hop = last.reach_hop()?;
-        Some(Way {
-            bytes: ps
+        let bytes: u64 = ps
+            .iter()
+            .map(|p| p.wire.map_or(0, |w| w.payload as u64))
+            .sum();
+        // Every byte was read, some through an earlier segment's skb that
+        // TCP merged later ones into: the way ends at the last read.
+        let merged: u64 = ps.iter().map(|p| p.merged_bytes() as u64).sum();
+        let unread: u64 = ps
+            .iter()
+            .filter(|p| p.reach != Reach::Read)
+            .map(|p| p.wire.map_or(0, |w| w.payload as u64))
+            .sum();
+        let all_read = ps.iter().any(|p| p.reach == Reach::Read) && unread <= merged;
+        let (arrived_ns, reach) = if all_read {
+            let t = ps
                 .iter()
-                .map(|p| p.wire.map_or(0, |w| w.payload as u64))
-                .sum(),
+                .filter(|p| p.reach == Reach::Read)
+                .filter_map(|p| p.reach_hop())
+                .map(|h| h.ts_ns)
+                .max()?;
+            (t, Reach::Read)
+        } else {
+            (last.reach_hop()?.ts_ns, last.reach)
+        };
+        Some(Way {
+            bytes,
             packets: ps.len(),
             sent_ns: first,
-            arrived_ns: hop.ts_ns,
-            reach: last.reach,
+            arrived_ns,
+            reach,
         })
     }
 
@@ -651,5 +671,312 @@ impl ExchangeBuilder {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lotrace_common::{
+        ProbeId,
+        event::{AF_INET6, FLAG_NET_RX, FLAG_PACKET, PKT_UDP},
+    };
+
+    const TP_STAGES: [(Stage, ProbeId); 8] = [
+        (Stage::Sendto, ProbeId::SysEnterSendto),
+        (Stage::DevQueueXmit, ProbeId::NetDevQueue),
+        (Stage::LoopbackXmit, ProbeId::NetDevStartXmit),
+        (Stage::NetifRx, ProbeId::NetifRxEntry),
+        (Stage::NetifReceiveSkb, ProbeId::NetifReceiveSkb),
+        (Stage::SockDeliver, ProbeId::SkDataReady),
+        (Stage::CopyToUser, ProbeId::SkbCopyDatagramIovec),
+        (Stage::SockRecvmsg, ProbeId::SockRecvLength),
+    ];
+
+    /// One event of a flow packet.
+    fn pev(proto: u8, flow: u16, seq: u16, stage: Stage, ts: u64) -> Event {
+        let probe = TP_STAGES.iter().find(|(s, _)| *s == stage).unwrap().1;
+        Event {
+            ts_ns: ts,
+            stage: stage as u8,
+            probe: probe as u8,
+            flags: FLAG_PACKET
+                | if stage == Stage::NetifReceiveSkb || stage == Stage::SockDeliver {
+                    FLAG_NET_RX
+                } else {
+                    0
+                },
+            family: AF_INET,
+            icmp_type: proto,
+            icmp_id: flow,
+            icmp_seq: seq,
+            tid: if stage >= Stage::CopyToUser { 20 } else { 10 },
+            comm: *b"curl\0\0\0\0\0\0\0\0\0\0\0\0",
+            ..Event::default()
+        }
+    }
+
+    /// A whole packet's events, read at the end: `payload` bytes, TCP
+    /// flags `flags`, copied `copied` bytes (0: no copy seen).
+    fn packet(
+        proto: u8,
+        flow: u16,
+        seq: u16,
+        t0: u64,
+        payload: u32,
+        flags: u8,
+        copied: u32,
+    ) -> Vec<Event> {
+        let mut out = Vec::new();
+        for (i, (stage, _)) in TP_STAGES.iter().enumerate() {
+            if *stage == Stage::CopyToUser && copied == 0 {
+                continue;
+            }
+            let mut e = pev(proto, flow, seq, *stage, t0 + 1000 * i as u64);
+            if *stage == Stage::DevQueueXmit {
+                e.aux2 = payload | if seq & FLOW_REVERSE != 0 { 1 << 31 } else { 0 };
+                e.tcp_flags = flags;
+                e.tcp_seq = 7u32.to_le_bytes();
+                e.aux = u64::from_le_bytes(*b"lo\0\0\0\0\0\0");
+            }
+            if *stage == Stage::CopyToUser {
+                e.len = copied;
+            }
+            if *stage == Stage::SockRecvmsg {
+                e.len = copied.max(payload);
+                e.aux = e.len as u64;
+            }
+            out.push(e);
+        }
+        out
+    }
+
+    fn announce(flow: u16, proto: u8) -> Event {
+        let mut dst = [0u8; 16];
+        dst[..4].copy_from_slice(&[127, 0, 0, 2]);
+        Event {
+            ts_ns: 1,
+            flags: FLAG_FLOW_NEW | FLAG_PACKET,
+            family: AF_INET,
+            icmp_type: proto,
+            icmp_id: flow,
+            comm: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            skb: u64::from_le_bytes(dst[..8].try_into().unwrap()),
+            aux: u64::from_le_bytes(dst[8..].try_into().unwrap()),
+            len: (41000 << 16) | 8000,
+            tgid: 10,
+            stage: Stage::DevQueueXmit as u8,
+            probe: ProbeId::NetDevQueue as u8,
+            ..Event::default()
+        }
+    }
+
+    #[test]
+    fn a_flow_is_announced_with_its_ends() {
+        let f = Flow::of(&announce(3, PKT_TCP)).unwrap();
+        assert_eq!(f.number, 3);
+        assert_eq!(f.proto, Proto::Tcp);
+        assert_eq!(
+            f.ends(false),
+            ("127.0.0.1:41000".into(), "127.0.0.2:8000".into())
+        );
+        assert_eq!(
+            f.ends(true),
+            ("127.0.0.2:8000".into(), "127.0.0.1:41000".into())
+        );
+        let mut v6 = announce(4, PKT_UDP);
+        v6.family = AF_INET6;
+        v6.comm = Ipv6Addr::LOCALHOST.octets();
+        let f = Flow::of(&v6).unwrap();
+        assert_eq!(f.ends(false).0, "[::1]:41000");
+        // A stage's event is no announcement.
+        assert!(Flow::of(&pev(PKT_TCP, 1, 1, Stage::NetifRx, 5)).is_none());
+    }
+
+    #[test]
+    fn a_packet_is_built_from_its_events_in_any_order() {
+        let mut evs = packet(PKT_TCP, 1, 2, 1_000, 78, 0x18, 78);
+        evs.reverse();
+        let p = build_packet(evs);
+        assert_eq!((p.flow, p.number, p.reverse), (1, 2, false));
+        assert_eq!(p.proto, Proto::Tcp);
+        assert_eq!(p.hops.len(), 8);
+        assert_eq!(p.hops[0].stage, Stage::Sendto);
+        assert_eq!(
+            p.wire,
+            Some(Wire {
+                payload: 78,
+                tcp_flags: 0x18,
+                tcp_seq: 7
+            })
+        );
+        assert_eq!(tcp_flag_names(0x18), "ACK,PSH");
+        assert_eq!(p.reach, Reach::Read);
+        assert_eq!(p.reach_ns(), 6000, "the copy, not the later return");
+        assert_eq!(p.total_ns, 7000);
+        assert_eq!(p.merged_bytes(), 0);
+        // The transmit's aux2 is the payload here, never a socket type.
+        assert!(p.hops.iter().all(|h| !matches!(
+            h.detail,
+            Some(StageDetail::Transmit { sock_type, .. }) if sock_type != 0
+        )));
+    }
+
+    #[test]
+    fn how_far_a_packet_went_is_its_furthest_stage_seen() {
+        let evs = packet(PKT_UDP, 1, 1, 0, 7, 0, 0);
+        let queued: Vec<Event> = evs
+            .iter()
+            .filter(|e| e.stage != Stage::SockRecvmsg as u8)
+            .copied()
+            .collect();
+        assert_eq!(build_packet(queued.clone()).reach, Reach::Queued);
+        let received: Vec<Event> = queued
+            .iter()
+            .filter(|e| e.stage != Stage::SockDeliver as u8)
+            .copied()
+            .collect();
+        assert_eq!(build_packet(received).reach, Reach::Received);
+        // A UDP datagram read without a copy: its socket layer's return.
+        let p = build_packet(evs);
+        assert_eq!(p.reach, Reach::Read);
+        assert_eq!(p.wire.unwrap().tcp_flags, 0, "UDP has no flags");
+    }
+
+    #[test]
+    fn bytes_a_copy_gave_beyond_the_segment_were_merged_into_it() {
+        let p = build_packet(packet(PKT_TCP, 1, FLOW_REVERSE | 3, 0, 184, 0x18, 190));
+        assert!(p.reverse);
+        assert_eq!(p.merged_bytes(), 6);
+    }
+
+    #[test]
+    fn packets_close_when_quiet_and_are_told_apart_by_flow_and_number() {
+        let mut b = PacketBuilder::new(250);
+        assert!(b.push(&announce(1, PKT_TCP)));
+        for e in packet(PKT_TCP, 1, 1, 0, 0, 0x02, 0)
+            .into_iter()
+            .chain(packet(PKT_TCP, 1, FLOW_REVERSE | 1, 100, 0, 0x12, 0))
+            .chain(packet(PKT_TCP, 2, 1, 200, 0, 0x02, 0))
+        {
+            assert!(b.push(&e));
+        }
+        // An echo's event is not a flow packet's.
+        let mut echo = pev(PKT_TCP, 1, 1, Stage::NetifRx, 5);
+        echo.icmp_type = lotrace_common::event::ICMP_ECHO;
+        assert!(!b.push(&echo));
+        assert!(b.take_ready(7_100).is_empty());
+        let ready = b.take_ready(7_250);
+        assert_eq!(ready.len(), 1);
+        assert_eq!((ready[0].flow, ready[0].number), (1, 1));
+        let rest = b.finish();
+        assert_eq!(rest.len(), 2);
+        assert!(rest[0].reverse && rest[0].first_ns() < rest[1].first_ns());
+        assert_eq!(b.flows.len(), 1);
+    }
+
+    #[test]
+    fn a_handshake_then_requests_pair_with_their_responses() {
+        let mut x = ExchangeBuilder::default();
+        let p = |seq, t0, payload, flags, copied| {
+            build_packet(packet(PKT_TCP, 1, seq, t0, payload, flags, copied))
+        };
+        let back = FLOW_REVERSE;
+        assert!(x.push(&p(1, 0, 0, 0x02, 0)).is_empty());
+        assert!(x.push(&p(back | 1, 10_000, 0, 0x12, 0)).is_empty());
+        let hs = x.push(&p(2, 20_000, 0, 0x10, 0));
+        assert_eq!(hs.len(), 1);
+        assert_eq!(hs[0].kind, ExchangeKind::Handshake);
+        // The ACK's furthest stage (its socket layer's return, here) less
+        // the SYN's first.
+        assert_eq!(hs[0].total_ns(), Some(27_000));
+        // Request 1 in two segments, its response in one.
+        assert!(x.push(&p(3, 100_000, 100, 0x18, 100)).is_empty());
+        assert!(x.push(&p(4, 101_000, 50, 0x18, 50)).is_empty());
+        assert!(x.push(&p(back | 2, 200_000, 300, 0x18, 300)).is_empty());
+        // A bare ACK carries no request.
+        assert!(x.push(&p(5, 250_000, 0, 0x10, 0)).is_empty());
+        // The next request ends the first exchange.
+        let done = x.push(&p(6, 300_000, 10, 0x18, 10));
+        assert_eq!(done.len(), 1);
+        let e = &done[0];
+        assert_eq!((e.kind, e.number), (ExchangeKind::Request, 1));
+        let q = e.request_way().unwrap();
+        assert_eq!((q.bytes, q.packets, q.sent_ns), (150, 2, 100_000));
+        // The last request segment's copy.
+        assert_eq!(q.arrived_ns, 107_000);
+        let r = e.response_way().unwrap();
+        assert_eq!((r.bytes, r.sent_ns, r.arrived_ns), (300, 200_000, 206_000));
+        assert_eq!(e.server_ns(), Some(93_000));
+        assert_eq!(e.total_ns(), Some(106_000));
+        // The second, unanswered, ends with the trace.
+        assert!(x.take_quiet(u64::MAX).is_empty(), "no response yet");
+        let last = x.finish();
+        assert_eq!(last.len(), 1);
+        assert_eq!(last[0].number, 2);
+        assert!(last[0].response.is_empty() && last[0].server_ns().is_none());
+    }
+
+    /// A response of two segments whose second TCP merged into the
+    /// first's skb: the first's copy read both, the second's skb was never
+    /// read. The response was read, when the first's copy was.
+    #[test]
+    fn a_response_read_through_a_merged_skb_was_read() {
+        let q = build_packet(packet(PKT_TCP, 1, 1, 0, 10, 0x18, 10));
+        let r1 = build_packet(packet(PKT_TCP, 1, FLOW_REVERSE | 1, 10_000, 100, 0x18, 150));
+        let mut evs = packet(PKT_TCP, 1, FLOW_REVERSE | 2, 11_000, 50, 0x18, 0);
+        evs.retain(|e| e.stage != Stage::SockRecvmsg as u8);
+        let r2 = build_packet(evs);
+        assert_eq!(r2.reach, Reach::Queued);
+        let x = Exchange {
+            flow: 1,
+            proto: Proto::Tcp,
+            kind: ExchangeKind::Request,
+            number: 1,
+            request_reverse: false,
+            request: vec![q],
+            response: vec![r1, r2.clone()],
+        };
+        let w = x.response_way().unwrap();
+        assert_eq!((w.reach, w.bytes, w.arrived_ns), (Reach::Read, 150, 16_000));
+        // Without the merge, the second segment's bytes were not read.
+        let mut y = x.clone();
+        y.response[0] = build_packet(packet(PKT_TCP, 1, FLOW_REVERSE | 1, 10_000, 100, 0x18, 100));
+        let w = y.response_way().unwrap();
+        assert_eq!(w.reach, Reach::Queued);
+    }
+
+    #[test]
+    fn a_response_ends_its_exchange_once_its_flow_is_quiet() {
+        let mut x = ExchangeBuilder::default();
+        let p = |seq, t0| build_packet(packet(PKT_UDP, 2, seq, t0, 30, 0, 0));
+        assert!(x.push(&p(1, 0)).is_empty());
+        assert!(x.push(&p(FLOW_REVERSE | 1, 50_000)).is_empty());
+        assert!(x.take_quiet(50_000).is_empty());
+        let done = x.take_quiet(50_001);
+        assert_eq!(done.len(), 1);
+        assert_eq!(done[0].proto, Proto::Udp);
+        assert!(x.finish().is_empty());
+    }
+
+    #[test]
+    fn stats_count_packets_and_exchanges() {
+        let mut s = PacketStats::default();
+        let p = build_packet(packet(PKT_UDP, 2, 1, 0, 30, 0, 0));
+        s.add(&p);
+        assert_eq!(s.packets[&Proto::Udp], 1);
+        assert_eq!(s.reach[&(Proto::Udp, "read")], 1);
+        let rows: u64 = s.rows.values().map(|(_, h)| h.count).sum();
+        assert_eq!(rows, p.hops.len() as u64 - 1);
+        s.add_exchange(&Exchange {
+            flow: 2,
+            proto: Proto::Udp,
+            kind: ExchangeKind::Request,
+            number: 1,
+            request_reverse: false,
+            request: vec![p],
+            response: vec![],
+        });
+        assert_eq!(s.exchanges[&(Proto::Udp, "request")].unanswered, 1);
     }
 }

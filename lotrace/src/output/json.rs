@@ -232,7 +232,7 @@ fn way_json(w: Option<Way>, ps: &[Packet]) -> Value {
             "arrived_ns": w.arrived_ns,
             "reach": w.reach.name(),
             "kernel_ns": w.ns(),
-            "reader": ps.last().and_then(Packet::reader).map(|h| json!({
+            "reader": ps.iter().rev().find_map(Packet::reader).map(|h| json!({
                 "comm": h.comm.as_str(), "pid": h.pid, "tgid": h.tgid,
             })),
         }),

@@ -79,7 +79,9 @@ impl Printer {
         for p in &packets {
             let flow = flows.get(&p.flow);
             match self.format {
-                Format::Text => write!(self.out, "{}", text::packet_text(p, flow, meta, self.style))?,
+                Format::Text => {
+                    write!(self.out, "{}", text::packet_text(p, flow, meta, self.style))?
+                }
                 Format::Json => writeln!(
                     self.out,
                     "{}",

@@ -6,8 +6,8 @@ use lotrace_common::ProbeId;
 
 use crate::{
     model::{
-        journey::family_name,
         flow::{Exchange, ExchangeKind, Flow, Packet, PacketStats, Proto, Reach, tcp_flag_names},
+        journey::family_name,
         journey::{Hop, Journey, Leg, Outcome},
         meta::Meta,
         session::{Done, Totals},
@@ -284,8 +284,9 @@ pub fn exchange_text(x: &Exchange, flow: Option<&Flow>) -> String {
             let (syn, ack) = (&x.request[0], &x.request[x.request.len() - 1]);
             let synack = &x.response[0];
             let at = |p: &Packet| {
-                p.reach_hop()
-                    .map_or("?".into(), |h| fmt_ns(h.ts_ns.saturating_sub(syn.sent_ns())))
+                p.reach_hop().map_or("?".into(), |h| {
+                    fmt_ns(h.ts_ns.saturating_sub(syn.sent_ns()))
+                })
             };
             let _ = writeln!(
                 s,
@@ -319,7 +320,7 @@ pub fn exchange_text(x: &Exchange, flow: Option<&Flow>) -> String {
                     numbers(&x.request),
                     q.reach.name(),
                     fmt_ns(q.ns()),
-                    reader_words(x.request.last())
+                    reader_words(&x.request)
                 );
             }
             if let Some(n) = x.server_ns() {
@@ -340,7 +341,7 @@ pub fn exchange_text(x: &Exchange, flow: Option<&Flow>) -> String {
                     numbers(&x.response),
                     r.reach.name(),
                     fmt_ns(r.ns()),
-                    reader_words(x.response.last())
+                    reader_words(&x.response)
                 );
             }
         }
@@ -348,9 +349,9 @@ pub fn exchange_text(x: &Exchange, flow: Option<&Flow>) -> String {
     s
 }
 
-/// `, read by curl/1234`.
-fn reader_words(p: Option<&Packet>) -> String {
-    match p.and_then(Packet::reader) {
+/// `, read by curl/1234`: the last reader seen.
+fn reader_words(ps: &[Packet]) -> String {
+    match ps.iter().rev().find_map(Packet::reader) {
         Some(h) => format!(", read by {}/{}", h.comm, h.pid),
         None => String::new(),
     }

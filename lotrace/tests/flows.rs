@@ -1,0 +1,303 @@
+//! TCP and UDP over loopback, traced for real on this host (as root):
+//! curl against Python's HTTP server on 127.0.0.1 and ::1, and a UDP
+//! request and response between two Python processes. The server is
+//! started by the test, untraced: its side of each packet is seen
+//! because the packets are the traced command's.
+
+mod common;
+
+use std::{
+    net::{TcpListener, UdpSocket},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::*;
+use serde_json::Value;
+
+/// A server process of this test's, killed on drop.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A port free on `addr` now (the server binds it just after).
+fn free_tcp_port(addr: &str) -> u16 {
+    TcpListener::bind((addr, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn free_udp_port(addr: &str) -> u16 {
+    UdpSocket::bind((addr, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn have(cmd: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {cmd}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// For a test that needs root and these commands: true, after saying why,
+/// when it cannot run.
+fn skip(cmds: &[&str]) -> bool {
+    if skip_without_root() {
+        return true;
+    }
+    for c in cmds {
+        if !have(c) {
+            eprintln!("skipped: {c} is not installed (`cargo xtask test` installs it)");
+            return true;
+        }
+    }
+    false
+}
+
+/// Waits (at most 10 s) until `addr:port` accepts a TCP connection.
+fn wait_tcp(addr: &str, port: u16) {
+    let until = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect((addr, port)).is_err() {
+        assert!(
+            Instant::now() < until,
+            "the server on {addr}:{port} never listened"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn http_server(addr: &str) -> (Server, u16) {
+    let port = free_tcp_port(addr);
+    let child = Command::new("python3")
+        .args(["-m", "http.server", &port.to_string(), "--bind", addr])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start python3 -m http.server");
+    let s = Server(child);
+    wait_tcp(addr, port);
+    (s, port)
+}
+
+fn trace_json(args: &[&str]) -> Vec<Value> {
+    let mut all = vec!["trace", "--format", "json"];
+    all.extend_from_slice(args);
+    let out = lotrace(&all);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{all:?}: {err}");
+    json_lines(&out)
+}
+
+fn of_type<'a>(lines: &'a [Value], t: &str) -> Vec<&'a Value> {
+    lines.iter().filter(|v| v["type"] == t).collect()
+}
+
+fn stages(p: &Value) -> Vec<&str> {
+    p["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["stage"].as_str().unwrap())
+        .collect()
+}
+
+/// Every packet went out through lo and came back in through NET_RX, in
+/// that order, and belongs to a flow of this trace between `addr` and
+/// `port`.
+fn check_packets(lines: &[Value], addr: &str, port: u16) {
+    let packets = of_type(lines, "packet");
+    assert!(!packets.is_empty(), "no packet: {lines:?}");
+    let server = if addr.contains(':') {
+        format!("[{addr}]:{port}")
+    } else {
+        format!("{addr}:{port}")
+    };
+    for p in &packets {
+        let st = stages(p);
+        let path = [
+            "dev_queue_xmit",
+            "loopback_xmit",
+            "netif_rx",
+            "netif_receive_skb",
+        ];
+        let at: Vec<usize> = path
+            .iter()
+            .map(|s| {
+                st.iter()
+                    .position(|x| x == s)
+                    .unwrap_or_else(|| panic!("no {s} in {p}"))
+            })
+            .collect();
+        assert!(at.windows(2).all(|w| w[0] < w[1]), "out of order: {p}");
+        assert!(
+            p["src"] == server.as_str() || p["dst"] == server.as_str(),
+            "another flow's packet: {p}"
+        );
+    }
+    let s = summary(lines);
+    assert_eq!(s["lost_events"], 0, "{s}");
+}
+
+/// curl against Python's HTTP server: per connection, the handshake and
+/// one exchange, its request read by the server and its response by curl.
+fn curl_exchanges(addr: &str) {
+    let _k = kernel_lock();
+    let (_server, port) = http_server(addr);
+    let host = if addr.contains(':') {
+        format!("[{addr}]")
+    } else {
+        addr.to_string()
+    };
+    let url = format!("http://{host}:{port}/");
+    // Python's server speaks HTTP/1.0: one connection per request.
+    let lines = trace_json(&["curl", "-s", "-o", "/dev/null", &url, &url]);
+    check_packets(&lines, addr, port);
+    let s = summary(&lines);
+    assert_eq!(s["packets"]["flows"], 2, "{s}");
+    let xs = of_type(&lines, "exchange");
+    let hs: Vec<_> = xs.iter().filter(|x| x["kind"] == "handshake").collect();
+    let rq: Vec<_> = xs.iter().filter(|x| x["kind"] == "request").collect();
+    assert_eq!(hs.len(), 2, "{xs:?}");
+    assert_eq!(rq.len(), 2, "{xs:?}");
+    for h in &hs {
+        assert!(h["total_ns"].as_u64().unwrap() > 0, "{h}");
+    }
+    for x in &rq {
+        let (q, r) = (&x["request"], &x["response"]);
+        assert!(q["bytes"].as_u64().unwrap() > 0, "{x}");
+        assert!(r["bytes"].as_u64().unwrap() > 0, "{x}");
+        assert_eq!(q["reach"], "read", "{x}");
+        assert_eq!(r["reach"], "read", "{x}");
+        assert_eq!(r["reader"]["comm"], "curl", "{x}");
+        assert_eq!(q["reader"]["comm"], "python3", "{x}");
+        assert!(x["server_ns"].is_u64(), "{x}");
+        assert_eq!(
+            x["server"].as_str().unwrap().rsplit(':').next().unwrap(),
+            port.to_string()
+        );
+        assert!(
+            x["total_ns"].as_u64().unwrap() >= q["kernel_ns"].as_u64().unwrap(),
+            "{x}"
+        );
+    }
+    // The request's first segment starts at curl's send.
+    let first_data = of_type(&lines, "packet")
+        .into_iter()
+        .find(|p| p["payload"].as_u64().unwrap_or(0) > 0 && p["direction"] == "forth")
+        .unwrap();
+    assert_eq!(stages(first_data)[0], "sendto", "{first_data}");
+}
+
+#[test]
+fn curl_over_ipv4_pairs_each_request_with_its_response() {
+    if skip(&["curl", "python3"]) {
+        return;
+    }
+    curl_exchanges("127.0.0.1");
+}
+
+#[test]
+fn curl_over_ipv6_pairs_each_request_with_its_response() {
+    if skip(&["curl", "python3"]) {
+        return;
+    }
+    curl_exchanges("::1");
+}
+
+/// A UDP echo server, answering `n` datagrams.
+const UDP_ECHO: &str = "import socket,sys
+s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)
+s.bind(('127.0.0.1',int(sys.argv[1])))
+print('ready',flush=True)
+for _ in range(int(sys.argv[2])):
+    d,a=s.recvfrom(2048)
+    s.sendto(d.upper(),a)
+";
+
+/// A UDP client: `n` queries, each waiting for its answer.
+const UDP_CLIENT: &str = "import socket,sys,time
+c=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)
+c.settimeout(5)
+for i in range(int(sys.argv[2])):
+    c.sendto(b'query %d' % i,('127.0.0.1',int(sys.argv[1])))
+    print(c.recvfrom(2048)[0].decode())
+    time.sleep(0.02)
+";
+
+#[test]
+fn udp_queries_pair_with_their_answers() {
+    if skip(&["python3"]) {
+        return;
+    }
+    let _k = kernel_lock();
+    let port = free_udp_port("127.0.0.1");
+    let n = 5;
+    let mut child = Command::new("python3")
+        .args(["-c", UDP_ECHO, &port.to_string(), &n.to_string()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the UDP echo server");
+    let mut ready = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut ready,
+    )
+    .unwrap();
+    let _server = Server(child);
+    let lines = trace_json(&[
+        "python3",
+        "-c",
+        UDP_CLIENT,
+        &port.to_string(),
+        &n.to_string(),
+    ]);
+    check_packets(&lines, "127.0.0.1", port);
+    let packets = of_type(&lines, "packet");
+    assert_eq!(packets.len(), 2 * n, "{packets:?}");
+    for p in &packets {
+        assert_eq!(p["proto"], "udp");
+        assert_eq!(p["payload"], 7, "{p}");
+        // A small datagram is read without skb_copy_datagram_iter: its
+        // read is the socket layer's return.
+        assert_eq!(p["reach"], "read", "{p}");
+        let st = stages(p);
+        assert!(
+            st.contains(&"sock_deliver") && st.contains(&"sock_recvmsg"),
+            "{p}"
+        );
+    }
+    let xs = of_type(&lines, "exchange");
+    assert_eq!(xs.len(), n, "{xs:?}");
+    for x in &xs {
+        assert_eq!(x["kind"], "request");
+        assert_eq!(x["request"]["bytes"], 7);
+        assert_eq!(x["response"]["bytes"], 7);
+        assert!(x["server_ns"].is_u64(), "{x}");
+        assert_eq!(x["response"]["reader"]["comm"], "python3", "{x}");
+    }
+}
+
+/// A ping's trace has no flow in it, and its summary says nothing of them.
+#[test]
+fn a_ping_trace_has_no_flows() {
+    if skip(&["ping"]) {
+        return;
+    }
+    let _k = kernel_lock();
+    let lines = trace_json(&["ping", "-c", "2", "-i", "0.2", "127.0.0.1"]);
+    assert!(of_type(&lines, "packet").is_empty());
+    assert!(of_type(&lines, "exchange").is_empty());
+    assert!(summary(&lines).get("packets").is_none());
+}
