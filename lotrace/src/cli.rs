@@ -56,6 +56,10 @@ Examples:
       Force kprobes, tracing without the stages they cannot observe.
   sudo lotrace trace --netns blue ping -c 3 10.0.0.2
       Run the ping inside the network namespace `blue`.
+  sudo lotrace trace curl -s http://127.0.0.1:8000/
+      TCP: a journey per segment (the server's side too), then the
+      handshake and each request paired with its response. UDP alike
+      (a query and its answer).
 
 Run as root (CAP_BPF and CAP_PERFMON): through sudo, the command runs as
 the user who invoked sudo unless --child-as-root.
@@ -187,7 +191,9 @@ pub struct Child {
 #[derive(Subcommand)]
 pub enum Cmd {
     /// Run COMMAND (usually ping) under the probes and print each echo's
-    /// journey, request and reply, with the time spent at every stage.
+    /// journey, request and reply, with the time spent at every stage; and
+    /// each TCP segment's and UDP datagram's of the command's flows, paired
+    /// into requests and responses.
     #[command(arg_required_else_help = true, after_long_help = format!("{TRACE_AFTER}{EXIT_CODES_TRACE}"))]
     Trace {
         #[command(flatten)]
@@ -200,7 +206,8 @@ pub enum Cmd {
         /// histograms, RTT and outcomes, no journey per ping. For floods
         /// and long runs: nothing is streamed, so tracing costs the packets
         /// less and lotrace itself almost nothing. Echoes are told apart by
-        /// family and sequence number.
+        /// family and sequence number. Echoes only: TCP and UDP packets are
+        /// not aggregated yet.
         #[arg(long, help_heading = "Output", conflicts_with_all = ["record", "perfetto", "ring_size", "per_event"])]
         summary_only: bool,
         #[command(flatten)]

@@ -28,6 +28,12 @@ const PACKAGES: &[(&str, &str, &str)] = &[
     ),
     ("oping", "oping", "the tests' ping that counts from 1"),
     ("fping", "fping", "the tests' ping of several hosts"),
+    ("curl", "curl", "the tests' TCP client"),
+    (
+        "python3",
+        "python3",
+        "the tests' HTTP server and UDP echo server",
+    ),
 ];
 /// Debian packages the kernel matrix needs.
 pub const VM_PACKAGES: &[(&str, &str, &str)] = &[
