@@ -301,3 +301,119 @@ fn a_ping_trace_has_no_flows() {
     assert!(of_type(&lines, "exchange").is_empty());
     assert!(summary(&lines).get("packets").is_none());
 }
+
+fn sh(args: &[&str]) {
+    let st = Command::new(args[0])
+        .args(&args[1..])
+        .status()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(st.success(), "{args:?} failed");
+}
+
+/// A network namespace of this test's, with lo up, removed on drop.
+struct Netns(String);
+
+impl Netns {
+    fn new(tag: &str) -> Netns {
+        let name = format!("lotrace-{tag}-{}", std::process::id());
+        sh(&["ip", "netns", "add", &name]);
+        let ns = Netns(name);
+        ns.exec(&["ip", "link", "set", "lo", "up"]);
+        ns
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.0]).args(args);
+        c
+    }
+
+    fn exec(&self, args: &[&str]) {
+        let st = self.cmd(args).status().expect("ip netns exec");
+        assert!(st.success(), "{args:?} in {} failed", self.0);
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+/// The first data segment to the server is dropped once, on its way in
+/// (nftables' input hook, in a namespace of the test's): TCP sends it
+/// again, and that segment's journey names the one it repeats.
+#[test]
+fn a_retransmission_is_linked_to_the_segment_it_repeats() {
+    if skip(&["curl", "python3", "nft", "ss"]) {
+        return;
+    }
+    let _k = kernel_lock();
+    let ns = Netns::new("rexmit");
+    let port = "8765";
+    let child = ns
+        .cmd(&["python3", "-m", "http.server", port, "--bind", "127.0.0.1"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the server");
+    let _server = Server(child);
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = ns
+            .cmd(&["ss", "-Hltn", &format!("sport = :{port}")])
+            .output()
+            .unwrap();
+        if !out.stdout.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < until, "the server never listened");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    ns.exec(&["nft", "add", "table", "inet", "lotrace_test"]);
+    ns.exec(&[
+        "nft",
+        "add chain inet lotrace_test in { type filter hook input priority 0 ; }",
+    ]);
+    // The first segment with data to the server matches (a bucket of one
+    // token, refilled hourly), the others do not.
+    ns.exec(&[
+        "nft",
+        &format!(
+            "add rule inet lotrace_test in tcp dport {port} tcp flags & psh == psh limit rate 1/hour burst 1 packets drop"
+        ),
+    ]);
+    let url = format!("http://127.0.0.1:{port}/");
+    let lines = trace_json(&["--netns", &ns.0, "curl", "-s", "-o", "/dev/null", &url]);
+    let packets = of_type(&lines, "packet");
+    let dropped: Vec<_> = packets
+        .iter()
+        .filter(|p| p["reach"] == "dropped" && p["payload"].as_u64().unwrap_or(0) > 0)
+        .collect();
+    assert_eq!(dropped.len(), 1, "{packets:?}");
+    let d = dropped[0];
+    assert!(
+        d["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["stage"] == "drop"
+                && e["detail"].as_str().unwrap().contains("NETFILTER_DROP")),
+        "{d}"
+    );
+    let again: Vec<_> = packets
+        .iter()
+        .filter(|p| p["retransmits"] == d["number"] && p["direction"] == d["direction"])
+        .collect();
+    assert_eq!(again.len(), 1, "{packets:?}");
+    assert_eq!(again[0]["tcp_seq"], d["tcp_seq"]);
+    assert_eq!(again[0]["reach"], "read", "{}", again[0]);
+    let xs: Vec<_> = of_type(&lines, "exchange")
+        .into_iter()
+        .filter(|x| x["kind"] == "request")
+        .collect();
+    assert_eq!(xs.len(), 1, "{xs:?}");
+    assert_eq!(xs[0]["request"]["bytes"], d["payload"], "counted once");
+    assert_eq!(xs[0]["request"]["reach"], "read");
+}

@@ -177,6 +177,9 @@ pub struct Packet {
     pub hops: Vec<Hop>,
     pub total_ns: u64,
     pub reach: Reach,
+    /// TCP: the number of the earlier segment (same direction) this one
+    /// sends again: the same sequence number, flags and payload.
+    pub retransmits: Option<u16>,
 }
 
 impl Packet {
@@ -372,6 +375,43 @@ pub fn build_packet(mut events: Vec<Event>) -> Packet {
         hops,
         total_ns,
         reach,
+        retransmits: None,
+    }
+}
+
+/// Segments seen per flow and direction, to link a retransmission to the
+/// segment it repeats. Only what a retransmission repeats is kept: SYNs,
+/// FINs and segments with data.
+#[derive(Default)]
+pub struct Retransmits {
+    seen: BTreeMap<(u16, bool), std::collections::VecDeque<(u32, u8, u32, u16)>>,
+}
+
+/// Segments remembered per flow and direction.
+const RETRANSMIT_WINDOW: usize = 4096;
+
+impl Retransmits {
+    /// Marks `p` as a retransmission if an earlier segment had its
+    /// sequence number, SYN and FIN flags and payload.
+    pub fn mark(&mut self, p: &mut Packet) {
+        let (Proto::Tcp, Some(w)) = (p.proto, p.wire) else {
+            return;
+        };
+        let flags = w.tcp_flags & 0x03;
+        if w.payload == 0 && flags == 0 {
+            return;
+        }
+        let q = self.seen.entry((p.flow, p.reverse)).or_default();
+        if let Some(&(.., n)) = q.iter().find(|(seq, f, len, n)| {
+            (*seq, *f, *len) == (w.tcp_seq, flags, w.payload) && *n != p.number
+        }) {
+            p.retransmits = Some(n);
+            return;
+        }
+        if q.len() == RETRANSMIT_WINDOW {
+            q.pop_front();
+        }
+        q.push_back((w.tcp_seq, flags, w.payload, p.number));
     }
 }
 
@@ -488,16 +528,21 @@ impl Way {
     fn of(ps: &[Packet]) -> Option<Way> {
         let first = ps.iter().map(Packet::sent_ns).min()?;
         let last = ps.iter().max_by_key(|p| p.sent_ns())?;
+        // A retransmission's bytes were counted with the segment it repeats.
         let bytes: u64 = ps
             .iter()
+            .filter(|p| p.retransmits.is_none())
             .map(|p| p.wire.map_or(0, |w| w.payload as u64))
             .sum();
         // Every byte was read, some through an earlier segment's skb that
         // TCP merged later ones into: the way ends at the last read.
         let merged: u64 = ps.iter().map(|p| p.merged_bytes() as u64).sum();
+        // A segment sent again: its bytes arrive with the retransmission.
+        let resent: Vec<u16> = ps.iter().filter_map(|p| p.retransmits).collect();
         let unread: u64 = ps
             .iter()
-            .filter(|p| p.reach != Reach::Read)
+            .filter(|p| p.reach != Reach::Read && p.retransmits.is_none())
+            .filter(|p| !resent.contains(&p.number))
             .map(|p| p.wire.map_or(0, |w| w.payload as u64))
             .sum();
         let all_read = ps.iter().any(|p| p.reach == Reach::Read) && unread <= merged;
@@ -944,6 +989,31 @@ mod tests {
         y.response[0] = build_packet(packet(PKT_TCP, 1, FLOW_REVERSE | 1, 10_000, 100, 0x18, 100));
         let w = y.response_way().unwrap();
         assert_eq!(w.reach, Reach::Queued);
+    }
+
+    /// A data segment dropped, then sent again: the second is linked to
+    /// the first, and the request's bytes are counted once, read.
+    #[test]
+    fn a_retransmission_is_linked_to_the_segment_it_repeats() {
+        let mut r = Retransmits::default();
+        let mut evs = packet(PKT_TCP, 1, 3, 0, 78, 0x18, 0);
+        evs.retain(|e| e.stage <= Stage::NetifReceiveSkb as u8);
+        let mut first = build_packet(evs);
+        first.reach = Reach::Dropped;
+        let mut again = build_packet(packet(PKT_TCP, 1, 4, 200_000, 78, 0x18, 78));
+        // The same bytes the other way are not a retransmission.
+        let mut back = build_packet(packet(PKT_TCP, 1, FLOW_REVERSE | 3, 0, 78, 0x18, 78));
+        // A bare ACK repeats nothing.
+        let mut ack = build_packet(packet(PKT_TCP, 1, 5, 300_000, 0, 0x10, 0));
+        let mut ack2 = build_packet(packet(PKT_TCP, 1, 6, 300_000, 0, 0x10, 0));
+        for p in [&mut first, &mut again, &mut back, &mut ack, &mut ack2] {
+            r.mark(p);
+        }
+        assert_eq!(first.retransmits, None);
+        assert_eq!(again.retransmits, Some(3));
+        assert_eq!((back.retransmits, ack2.retransmits), (None, None));
+        let w = Way::of(&[first, again]).unwrap();
+        assert_eq!((w.bytes, w.reach, w.sent_ns), (78, Reach::Read, 0));
     }
 
     #[test]

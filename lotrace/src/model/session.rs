@@ -11,7 +11,7 @@ use lotrace_common::{
 
 use crate::model::{
     builder::JourneyBuilder,
-    flow::{Exchange, ExchangeBuilder, Flow, Packet, PacketBuilder, PacketStats},
+    flow::{Exchange, ExchangeBuilder, Flow, Packet, PacketBuilder, PacketStats, Retransmits},
     journey::{Journey, expected_for, expected_stages},
     meta::Meta,
     pingout::{Dialect, PingLine, PingReply, SeqStyle, parse_line},
@@ -44,6 +44,7 @@ pub struct Session {
     /// Packets closed and not yet taken by the printer.
     closed: Vec<Packet>,
     exchanges: ExchangeBuilder,
+    retransmits: Retransmits,
     /// Exchanges ended and not yet taken by the printer.
     ended: Vec<Exchange>,
     pub packet_stats: PacketStats,
@@ -74,6 +75,7 @@ impl Session {
             packets: PacketBuilder::new(QUIET_NS),
             closed: Vec::new(),
             exchanges: ExchangeBuilder::default(),
+            retransmits: Retransmits::default(),
             ended: Vec::new(),
             packet_stats: PacketStats::default(),
             stats: Stats::default(),
@@ -147,7 +149,10 @@ impl Session {
         self.done(closed)
     }
 
-    fn close_packets(&mut self, ps: Vec<Packet>) {
+    fn close_packets(&mut self, mut ps: Vec<Packet>) {
+        for p in ps.iter_mut() {
+            self.retransmits.mark(p);
+        }
         for p in &ps {
             self.packet_stats.add(p);
             let xs = self.exchanges.push(p);

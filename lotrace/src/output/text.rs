@@ -137,6 +137,13 @@ pub fn packet_text(p: &Packet, flow: Option<&Flow>, meta: &Meta, style: Style) -
         fmt_ns(p.total_ns),
         p.hops.len()
     );
+    if let Some(n) = p.retransmits {
+        let _ = writeln!(
+            s,
+            "   a retransmission of segment {n}{}: the same sequence number and bytes",
+            if p.reverse { " back" } else { "" }
+        );
+    }
     let merged = p.merged_bytes();
     if merged > 0 {
         let _ = writeln!(
