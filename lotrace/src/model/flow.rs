@@ -384,8 +384,12 @@ pub fn build_packet(mut events: Vec<Event>) -> Packet {
 /// FINs and segments with data.
 #[derive(Default)]
 pub struct Retransmits {
-    seen: BTreeMap<(u16, bool), std::collections::VecDeque<(u32, u8, u32, u16)>>,
+    seen: BTreeMap<(u16, bool), std::collections::VecDeque<Sent>>,
 }
+
+/// A segment as a retransmission repeats it: sequence number, SYN and FIN
+/// flags, payload; and its number.
+type Sent = (u32, u8, u32, u16);
 
 /// Segments remembered per flow and direction.
 const RETRANSMIT_WINDOW: usize = 4096;
