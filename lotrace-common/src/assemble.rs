@@ -27,9 +27,10 @@ pub const POSITIONS: usize = 52;
 pub const NO_POSITION: u8 = u8::MAX;
 
 /// Frees and drops have no position: copies of a packet are freed and
-/// dropped on several CPUs at once, and a position has one writer.
+/// dropped on several CPUs at once, and a position has one writer. Nor
+/// have TCP's and UDP's own stages: an echo never meets them.
 pub const fn has_position(stage: Stage) -> bool {
-    !matches!(stage, Stage::Free | Stage::Drop)
+    !matches!(stage, Stage::Free | Stage::Drop) && !stage.flows_only()
 }
 
 /// Whether a loopback echo may meet the stage on this leg (every one that

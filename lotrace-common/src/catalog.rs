@@ -160,6 +160,14 @@ impl Stage {
 }
 
 impl Stage {
+    /// A stage only TCP segments or UDP datagrams meet, never an echo.
+    pub const fn flows_only(self) -> bool {
+        matches!(
+            self,
+            Stage::TcpRcv | Stage::TcpRcvEstablished | Stage::UdpRcv | Stage::UdpEnqueue
+        )
+    }
+
     /// A stage with no probe of its own, seen by another stage's
     /// tracepoints, which fire more widely than its function probes:
     /// `net:net_dev_start_xmit` and `net:net_dev_xmit` fire for every
@@ -264,6 +272,18 @@ stage_table! {
     IpRcv = 11: "ip_rcv", expect Request, detail None,
         en "IP input: the header is checked, netfilter's PREROUTING and INPUT hooks run, and the packet is found to be for this host.",
         zh "IP 输入：检查 IP 头，经过 netfilter 的 PREROUTING 和 INPUT 钩子，确认数据包是发给本机的。";
+    TcpRcv = 22: "tcp_rcv", expect Never, detail None,
+        en "TCP receives the segment (tcp_v4_rcv, tcp_v6_rcv): it checks it, finds its socket by its addresses and ports, and hands it to the connection, or to the socket's backlog while the socket's owner holds it. TCP segments only.",
+        zh "TCP 收下这个段（tcp_v4_rcv、tcp_v6_rcv）：检查它，按地址和端口找到它的套接字，交给这条连接；套接字正被它的主人持有时先放进套接字的 backlog。只有 TCP 段经过这里。";
+    TcpRcvEstablished = 23: "tcp_rcv_established", expect Never, detail None,
+        en "An established connection takes the segment (tcp_rcv_established): the ACK it carries frees the data it acknowledges, and its data is queued for the reader (tcp_data_queue), or merged into the last segment queued. The tcp:tcp_probe tracepoint fires here, also later in the reader's own task when the segment waited on the socket's backlog.",
+        zh "已建立的连接接收这个段（tcp_rcv_established）：段里的 ACK 释放被确认的数据，段里的数据放进读者的队列（tcp_data_queue），或并进队列里最后一个段。tcp:tcp_probe 跟踪点在这里触发；段在套接字的 backlog 里等过时，则稍后在读者自己的进程里触发。";
+    UdpRcv = 24: "udp_rcv", expect Never, detail None,
+        en "UDP receives the datagram (udp_rcv, udpv6_rcv): it checks it and finds its socket by its addresses and ports. UDP datagrams only.",
+        zh "UDP 收下这个数据报（udp_rcv、udpv6_rcv）：检查它，按地址和端口找到它的套接字。只有 UDP 数据报经过这里。";
+    UdpEnqueue = 25: "udp_enqueue", expect Never, detail None,
+        en "UDP queues the datagram on its socket (__udp_enqueue_schedule_skb), charging its memory to the socket, or drops it when the socket's buffer is full; the data-ready call follows.",
+        zh "UDP 把数据报放进套接字的接收队列（__udp_enqueue_schedule_skb），内存记在套接字名下；套接字缓冲区满时丢弃。随后调用 data-ready。";
     IcmpRcv = 12: "icmp_rcv", expect Request, detail None,
         en "The ICMP layer receives the message and dispatches on its type.",
         zh "ICMP 层收下消息，按类型分发。";
@@ -481,6 +501,23 @@ macro_rules! probe_table {
             KpIpv6Rcv            = 68: kp_ipv6_rcv                kprobe[ipv6_rcv]                                (skb: 0)                                      -> IpRcv 1                   => receive::ip_rcv;
             FeIpRcv              = 54: fe_ip_rcv                  fentry[ip_rcv]                                  (skb: 0)                                      -> IpRcv 0                   => receive::ip_rcv;
             FeIpv6Rcv            = 69: fe_ipv6_rcv                fentry[ipv6_rcv]                                (skb: 0)                                      -> IpRcv 1                   => receive::ip_rcv;
+
+            // TCP and UDP only: an echo never meets these.
+            KpTcpV4Rcv           = 86: kp_tcp_v4_rcv              kprobe[tcp_v4_rcv]                              (skb: 0)                                      -> TcpRcv 0                  => receive::tcp_rcv;
+            KpTcpV6Rcv           = 87: kp_tcp_v6_rcv              kprobe[tcp_v6_rcv]                              (skb: 0)                                      -> TcpRcv 1                  => receive::tcp_rcv;
+            FeTcpV4Rcv           = 88: fe_tcp_v4_rcv              fentry[tcp_v4_rcv]                              (skb: 0)                                      -> TcpRcv 0                  => receive::tcp_rcv;
+            FeTcpV6Rcv           = 89: fe_tcp_v6_rcv              fentry[tcp_v6_rcv]                              (skb: 0)                                      -> TcpRcv 1                  => receive::tcp_rcv;
+            // tcp_probe(sk, skb), at the top of tcp_rcv_established(sk, skb).
+            TcpProbe             = 90: tp_tcp_probe               tracepoint(tcp:tcp_probe)                       {TcpProbeSkb: skbaddr = 1}                    -> TcpRcvEstablished 0       => receive::tcp_probe;
+            KpTcpRcvEstablished  = 91: kp_tcp_rcv_established    kprobe[tcp_rcv_established]                     (skb: 1)                                      -> TcpRcvEstablished 0       => receive::tcp_rcv_established;
+            FeTcpRcvEstablished  = 92: fe_tcp_rcv_established    fentry[tcp_rcv_established]                     (skb: 1)                                      -> TcpRcvEstablished 0       => receive::tcp_rcv_established;
+            KpUdpRcv             = 93: kp_udp_rcv                 kprobe[udp_rcv]                                 (skb: 0)                                      -> UdpRcv 0                  => receive::udp_rcv;
+            KpUdpv6Rcv           = 94: kp_udpv6_rcv               kprobe[udpv6_rcv]                               (skb: 0)                                      -> UdpRcv 1                  => receive::udp_rcv;
+            FeUdpRcv             = 95: fe_udp_rcv                 fentry[udp_rcv]                                 (skb: 0)                                      -> UdpRcv 0                  => receive::udp_rcv;
+            FeUdpv6Rcv           = 96: fe_udpv6_rcv               fentry[udpv6_rcv]                               (skb: 0)                                      -> UdpRcv 1                  => receive::udp_rcv;
+            // __udp_enqueue_schedule_skb(struct sock *sk, struct sk_buff *skb), for IPv4 and IPv6.
+            KpUdpEnqueue         = 97: kp_udp_enqueue             kprobe[__udp_enqueue_schedule_skb]              (skb: 1)                                      -> UdpEnqueue 0              => receive::udp_enqueue;
+            FeUdpEnqueue         = 98: fe_udp_enqueue             fentry[__udp_enqueue_schedule_skb]              (skb: 1)                                      -> UdpEnqueue 0              => receive::udp_enqueue;
 
             KpIcmpRcv            = 36: kp_icmp_rcv                kprobe[icmp_rcv]                                (skb: 0)                                      -> IcmpRcv 0                 => receive::icmp_rcv;
             KpIcmpv6Rcv          = 70: kp_icmpv6_rcv              kprobe[icmpv6_rcv]                              (skb: 0)                                      -> IcmpRcv 1                 => receive::icmp_rcv;

@@ -108,6 +108,38 @@ pub(crate) fn ip_rcv<C: EbpfContext>(ctx: &C, probe: ProbeId, skb: u64) {
     let _ = skb_event(ctx, skb, Stage::IpRcv, probe);
 }
 
+/// tcp_v4_rcv and tcp_v6_rcv (TCP segments only).
+#[inline(always)]
+pub(crate) fn tcp_rcv<C: EbpfContext>(ctx: &C, probe: ProbeId, skb: u64) {
+    let _ = skb_event(ctx, skb, Stage::TcpRcv, probe);
+}
+
+/// tcp_rcv_established.
+#[inline(always)]
+pub(crate) fn tcp_rcv_established<C: EbpfContext>(ctx: &C, probe: ProbeId, skb: u64) {
+    let _ = skb_event(ctx, skb, Stage::TcpRcvEstablished, probe);
+}
+
+/// tcp:tcp_probe, which fires at the top of tcp_rcv_established.
+#[inline(always)]
+pub(crate) fn tcp_probe(ctx: &impl Fields, probe: ProbeId, skbaddr: TpField) {
+    if let Some(skb) = field::<u64>(ctx, skbaddr) {
+        tcp_rcv_established(ctx, probe, skb);
+    }
+}
+
+/// udp_rcv and udpv6_rcv (UDP datagrams only).
+#[inline(always)]
+pub(crate) fn udp_rcv<C: EbpfContext>(ctx: &C, probe: ProbeId, skb: u64) {
+    let _ = skb_event(ctx, skb, Stage::UdpRcv, probe);
+}
+
+/// __udp_enqueue_schedule_skb.
+#[inline(always)]
+pub(crate) fn udp_enqueue<C: EbpfContext>(ctx: &C, probe: ProbeId, skb: u64) {
+    let _ = skb_event(ctx, skb, Stage::UdpEnqueue, probe);
+}
+
 /// icmp_rcv and icmpv6_rcv.
 #[inline(always)]
 pub(crate) fn icmp_rcv<C: EbpfContext>(ctx: &C, probe: ProbeId, skb: u64) {

@@ -538,7 +538,16 @@ pub fn summary_text(stats: &Stats, meta: &Meta, t: &Totals, style: Style) -> Str
     if stats.journeys > 0 || stats.in_kernel.is_some() || t.packets == 0 {
         echo_tables(&mut s, stats);
     }
-    let unseen: Vec<_> = meta.stages.iter().filter(|s| s.backend.is_none()).collect();
+    // TCP's and UDP's own stages matter only to a trace that had packets.
+    let unseen: Vec<_> = meta
+        .stages
+        .iter()
+        .filter(|s| s.backend.is_none())
+        .filter(|s| {
+            t.packets > 0
+                || !lotrace_common::Stage::from_name(&s.stage).is_some_and(|s| s.flows_only())
+        })
+        .collect();
     if !unseen.is_empty() {
         let _ = writeln!(s, "\n   not observed on this kernel:");
         for st in unseen {
