@@ -7,7 +7,9 @@ use anyhow::{Context as _, Result, bail};
 
 mod checks;
 
-use checks::{Row, check_backlog, check_probes, check_summary_only, check_trace, json_lines, row};
+use checks::{
+    Row, check_backlog, check_probes, check_summary_only, check_tcp, check_trace, json_lines, row,
+};
 
 use crate::{
     kernels::{self, Flavour, SERIES},
@@ -33,6 +35,10 @@ enum Check {
     Backlog,
     /// `lotrace probes` on a PREEMPT_RT kernel: it must say so.
     Realtime,
+    /// One HTTP request over TCP (busybox's wget and httpd, traced
+    /// together), with this backend forced: the handshake and the
+    /// exchange, and TCP's own function stages.
+    Tcp(&'static str, u16),
 }
 
 const CHECKS: &[Check] = &[
@@ -41,6 +47,8 @@ const CHECKS: &[Check] = &[
     Check::Trace("fentry"),
     Check::Trace("tracepoint"),
     Check::SummaryOnly,
+    Check::Tcp("kprobe", 8080),
+    Check::Tcp("fentry", 8081),
 ];
 
 /// A guest besides the plain one of each series: a machine and checks of
@@ -120,6 +128,14 @@ impl Check {
             Check::Trace(b) => trace(&["--backend", b], &both),
             Check::SummaryOnly => trace(&["--summary-only"], &busybox),
             Check::Backlog => trace(&[], &[&["taskset", "-c", "0"][..], &busybox].concat()),
+            Check::Tcp(b, port) => {
+                let http = format!(
+                    "mkdir -p /tmp/www && echo hello > /tmp/www/index.html && \
+                     {{ busybox httpd -f -p 127.0.0.1:{port} -h /tmp/www & }} && sleep 0.5 && \
+                     busybox wget -q -O /dev/null http://127.0.0.1:{port}/; r=$?; kill $!; exit $r"
+                );
+                trace(&["--backend", b, "--allow-missing"], &["sh", "-c", &http])
+            }
         }
     }
 
@@ -130,6 +146,8 @@ impl Check {
             Check::Trace(b) => Some(b.to_string()),
             Check::SummaryOnly => Some("summary-only".into()),
             Check::Backlog => Some("backlog thread".into()),
+            // Its row would count echoes: it has none.
+            Check::Tcp(..) => None,
         }
     }
 
@@ -152,6 +170,7 @@ impl Check {
             }),
             Check::SummaryOnly => check_summary_only(run),
             Check::Backlog => check_backlog(run),
+            Check::Tcp(b, _) => check_tcp(run, b).with_context(|| format!("tcp ({b})")),
         }
     }
 }

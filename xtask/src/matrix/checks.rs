@@ -54,6 +54,83 @@ pub fn events_line(j: &Value) -> String {
         .join(", ")
 }
 
+/// One HTTP request over TCP traced with `backend` forced: every segment
+/// went out through lo and back in through NET_RX, TCP's receive was seen
+/// by the backend's own function probes, and the handshake and the
+/// request's exchange were paired, each direction read.
+pub fn check_tcp(run: &Run, backend: &str) -> Result<()> {
+    ensure!(run.exit == 0, "lotrace trace exited with {}", run.exit);
+    let lines = json_lines(run)?;
+    let summary = lines
+        .iter()
+        .find(|v| v["type"] == "summary")
+        .context("no summary")?;
+    ensure!(
+        summary["lost_events"] == 0,
+        "events lost: {}",
+        summary["lost_events"]
+    );
+    let packets: Vec<&Value> = lines.iter().filter(|v| v["type"] == "packet").collect();
+    ensure!(!packets.is_empty(), "no TCP segment");
+    let stages = |p: &Value| -> Vec<(String, String)> {
+        p["events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|e| {
+                (
+                    e["stage"].as_str().unwrap_or("?").to_string(),
+                    e["probe"].as_str().unwrap_or("?").to_string(),
+                )
+            })
+            .collect()
+    };
+    for p in &packets {
+        let st = stages(p);
+        for want in [
+            "dev_queue_xmit",
+            "loopback_xmit",
+            "netif_rx",
+            "netif_receive_skb",
+        ] {
+            ensure!(
+                st.iter().any(|(s, _)| s == want),
+                "segment {} {} has no {want}: {st:?}",
+                p["number"],
+                p["direction"]
+            );
+        }
+    }
+    // TCP's own stages, each by this backend's probe.
+    for want in ["tcp_rcv", "tcp_rcv_established"] {
+        let by = packets
+            .iter()
+            .flat_map(|p| stages(p))
+            .find(|(s, _)| s == want)
+            .with_context(|| format!("no segment shows {want}"))?;
+        ensure!(
+            of_backend(&by.1, backend),
+            "{want} seen by {}, not {backend}",
+            by.1
+        );
+    }
+    let xs: Vec<&Value> = lines.iter().filter(|v| v["type"] == "exchange").collect();
+    let kinds = |k: &str| xs.iter().filter(|x| x["kind"] == k).count();
+    ensure!(kinds("handshake") == 1, "handshakes: {xs:?}");
+    ensure!(kinds("request") == 1, "exchanges: {xs:?}");
+    let x = xs
+        .iter()
+        .find(|x| x["kind"] == "request")
+        .context("no exchange")?;
+    for way in ["request", "response"] {
+        ensure!(
+            x[way]["bytes"].as_u64().unwrap_or(0) > 0 && x[way]["reach"] == "read",
+            "the {way} was not read: {x}"
+        );
+    }
+    Ok(())
+}
+
 /// Every backend available, and PREEMPT_RT told as it is.
 pub fn check_probes(run: &Run, rt: bool) -> Result<()> {
     ensure!(run.exit == 0, "lotrace probes exited with {}", run.exit);
