@@ -162,7 +162,32 @@ fn curl_exchanges(addr: &str) {
     };
     let url = format!("http://{host}:{port}/");
     // Python's server speaks HTTP/1.0: one connection per request.
-    let lines = trace_json(&["curl", "-s", "-o", "/dev/null", &url, &url]);
+    let pf = std::env::temp_dir().join(format!(
+        "lotrace-flows-{}-{}.json",
+        std::process::id(),
+        port
+    ));
+    let pfs = pf.to_str().unwrap();
+    let lines = trace_json(&[
+        "--perfetto",
+        pfs,
+        "curl",
+        "-s",
+        "-o",
+        "/dev/null",
+        &url,
+        &url,
+    ]);
+    // The Perfetto trace: the segments' slices, and an arrow per exchange.
+    let trace: Value = serde_json::from_str(&std::fs::read_to_string(&pf).unwrap()).unwrap();
+    let _ = std::fs::remove_file(&pf);
+    let evs = trace["traceEvents"].as_array().unwrap();
+    assert!(evs.iter().any(|e| e["ph"] == "X" && e["cat"] == "tcp"));
+    let arrows = evs
+        .iter()
+        .filter(|e| e["ph"] == "s" && e["cat"] == "exchange")
+        .count();
+    assert_eq!(arrows, 4, "two handshakes and two requests");
     check_packets(&lines, addr, port);
     let s = summary(&lines);
     assert_eq!(s["packets"]["flows"], 2, "{s}");

@@ -1,6 +1,8 @@
 //! A trace ui.perfetto.dev opens (Chrome JSON trace format): one process
 //! per CPU, one thread per task, a slice per stage lasting until the
-//! journey's next stage, and a flow from each request to its reply.
+//! journey's next stage, and a flow from each request to its reply; TCP
+//! segments and UDP datagrams alike, with a flow from each exchange's
+//! request to its response.
 
 use std::{
     collections::BTreeSet,
@@ -13,7 +15,8 @@ use serde_json::{Value, json};
 
 use crate::{
     model::{
-        journey::{Journey, Leg},
+        flow::{Exchange, Packet},
+        journey::{Hop, Journey, Leg},
         meta::Meta,
     },
     output::words::detail,
@@ -28,8 +31,32 @@ pub fn journey_events(
     named: &mut BTreeSet<(u32, u32)>,
 ) -> Vec<Value> {
     let mut out = Vec::new();
-    let us = |ns: u64| ns as f64 / 1000.0;
-    for (i, h) in j.hops.iter().enumerate() {
+    let base = json!({"icmp_seq": j.icmp_seq, "icmp_id": j.icmp_id});
+    hop_events(&j.hops, &base, |h| h.leg.name(), meta, named, &mut out);
+    let first = j.hops.iter().find(|h| h.leg == Leg::Request);
+    let last = j.hops.iter().rev().find(|h| h.leg == Leg::Reply);
+    if let (Some(a), Some(b)) = (first, last) {
+        out.push(json!({"ph": "s", "name": "echo", "cat": "echo", "id": flow_id, "ts": us(a.ts_ns), "pid": a.cpu + 1, "tid": a.pid}));
+        out.push(json!({"ph": "f", "bp": "e", "name": "echo", "cat": "echo", "id": flow_id, "ts": us(b.ts_ns), "pid": b.cpu + 1, "tid": b.pid}));
+    }
+    out
+}
+
+fn us(ns: u64) -> f64 {
+    ns as f64 / 1000.0
+}
+
+/// A slice per hop, lasting until the next, on its CPU's process and its
+/// task's thread (named when first met), with `base` among its args.
+fn hop_events<'a>(
+    hops: &[Hop],
+    base: &Value,
+    cat: impl Fn(&Hop) -> &'a str,
+    meta: &Meta,
+    named: &mut BTreeSet<(u32, u32)>,
+    out: &mut Vec<Value>,
+) {
+    for (i, h) in hops.iter().enumerate() {
         let pid = h.cpu + 1;
         if named.insert((pid, 0)) {
             out.push(json!({"ph": "M", "name": "process_name", "pid": pid, "args": {"name": format!("CPU {}", h.cpu)}}));
@@ -37,14 +64,11 @@ pub fn journey_events(
         if named.insert((pid, h.pid)) {
             out.push(json!({"ph": "M", "name": "thread_name", "pid": pid, "tid": h.pid, "args": {"name": format!("{}/{}", h.comm, h.pid)}}));
         }
-        let end = j.hops.get(i + 1).map_or(h.ts_ns, |n| n.ts_ns);
-        let mut args = json!({
-            "icmp_seq": j.icmp_seq,
-            "icmp_id": j.icmp_id,
-            "leg": h.leg.name(),
-            "probe": meta.probe_label(h.probe),
-            "context": h.context.name(),
-        });
+        let end = hops.get(i + 1).map_or(h.ts_ns, |n| n.ts_ns);
+        let mut args = base.clone();
+        args["leg"] = json!(h.leg.name());
+        args["probe"] = json!(meta.probe_label(h.probe));
+        args["context"] = json!(h.context.name());
         if let Some(d) = detail(h, meta) {
             args["detail"] = json!(d);
         }
@@ -56,21 +80,56 @@ pub fn journey_events(
         out.push(json!({
             "ph": "X",
             "name": name,
-            "cat": h.leg.name(),
+            "cat": cat(h),
             "ts": us(h.ts_ns),
-            "dur": us(end - h.ts_ns).max(0.001),
+            "dur": us(end.saturating_sub(h.ts_ns)).max(0.001),
             "pid": pid,
             "tid": h.pid,
             "args": args,
         }));
     }
-    let first = j.hops.iter().find(|h| h.leg == Leg::Request);
-    let last = j.hops.iter().rev().find(|h| h.leg == Leg::Reply);
-    if let (Some(a), Some(b)) = (first, last) {
-        out.push(json!({"ph": "s", "name": "echo", "cat": "echo", "id": flow_id, "ts": us(a.ts_ns), "pid": a.cpu + 1, "tid": a.pid}));
-        out.push(json!({"ph": "f", "bp": "e", "name": "echo", "cat": "echo", "id": flow_id, "ts": us(b.ts_ns), "pid": b.cpu + 1, "tid": b.pid}));
+}
+
+/// The trace events of a TCP segment or UDP datagram: a slice per stage.
+pub fn packet_events(p: &Packet, meta: &Meta, named: &mut BTreeSet<(u32, u32)>) -> Vec<Value> {
+    let mut out = Vec::new();
+    let base = json!({
+        "proto": p.proto.name(),
+        "flow": p.flow,
+        "number": p.number,
+        "direction": if p.reverse { "back" } else { "forth" },
+    });
+    hop_events(&p.hops, &base, |_| p.proto.name(), meta, named, &mut out);
+    // A packet's hops carry no leg: the args say its direction instead.
+    for e in out.iter_mut() {
+        if let Some(a) = e.get_mut("args").and_then(Value::as_object_mut) {
+            a.remove("leg");
+        }
     }
     out
+}
+
+/// An exchange's flow arrow: from its request's first stage to its
+/// response's arrival (nothing without a response).
+pub fn exchange_events(x: &Exchange, flow_id: u64) -> Vec<Value> {
+    let first = x
+        .request
+        .iter()
+        .filter_map(|p| p.hops.first())
+        .min_by_key(|h| h.ts_ns);
+    let last = x
+        .response
+        .iter()
+        .filter_map(|p| p.reach_hop())
+        .max_by_key(|h| h.ts_ns);
+    let (Some(a), Some(b)) = (first, last) else {
+        return Vec::new();
+    };
+    let name = format!("{} {} {}", x.proto.name(), x.kind.name(), x.number);
+    vec![
+        json!({"ph": "s", "name": name, "cat": "exchange", "id": flow_id, "ts": us(a.ts_ns), "pid": a.cpu + 1, "tid": a.pid}),
+        json!({"ph": "f", "bp": "e", "name": name, "cat": "exchange", "id": flow_id, "ts": us(b.ts_ns), "pid": b.cpu + 1, "tid": b.pid}),
+    ]
 }
 
 /// Streams journeys into a Perfetto trace file, written under a temporary
@@ -104,6 +163,21 @@ impl PerfettoWriter {
     pub fn journey(&mut self, j: &Journey, meta: &Meta) -> Result<()> {
         self.flows += 1;
         let events = journey_events(j, self.flows, meta, &mut self.named);
+        self.write(events)
+    }
+
+    pub fn packet(&mut self, p: &Packet, meta: &Meta) -> Result<()> {
+        let events = packet_events(p, meta, &mut self.named);
+        self.write(events)
+    }
+
+    pub fn exchange(&mut self, x: &Exchange) -> Result<()> {
+        self.flows += 1;
+        let events = exchange_events(x, self.flows);
+        self.write(events)
+    }
+
+    fn write(&mut self, events: Vec<Value>) -> Result<()> {
         let Some(out) = self.out.as_mut() else {
             return Ok(());
         };

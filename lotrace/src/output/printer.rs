@@ -73,6 +73,14 @@ impl Printer {
     /// The TCP and UDP packets the session closed since the last call.
     pub fn packets(&mut self, session: &mut Session, meta: &Meta) -> Result<()> {
         let (packets, exchanges, flows) = session.take_packets();
+        if let Some(pf) = self.perfetto.as_mut() {
+            for p in &packets {
+                pf.packet(p, meta)?;
+            }
+            for x in &exchanges {
+                pf.exchange(x)?;
+            }
+        }
         if self.quiet {
             return Ok(());
         }
