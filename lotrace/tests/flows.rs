@@ -442,3 +442,139 @@ fn a_retransmission_is_linked_to_the_segment_it_repeats() {
     assert_eq!(xs[0]["request"]["bytes"], d["payload"], "counted once");
     assert_eq!(xs[0]["request"]["reach"], "read");
 }
+
+/// A server of the test's, its output dropped.
+fn spawn_server(args: &[&str]) -> Server {
+    Server(
+        Command::new(args[0])
+            .args(&args[1..])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {args:?}: {e}")),
+    )
+}
+
+/// redis-cli's PING, then a bounded redis-benchmark of several clients:
+/// every request is paired with its response, each read by the other
+/// side, and nothing is lost.
+#[test]
+fn redis_requests_pair_with_their_responses() {
+    if skip(&["redis-server", "redis-cli", "redis-benchmark"]) {
+        return;
+    }
+    let _k = kernel_lock();
+    let port = free_tcp_port("127.0.0.1");
+    let p = port.to_string();
+    let _server = spawn_server(&[
+        "redis-server",
+        "--port",
+        &p,
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ]);
+    wait_tcp("127.0.0.1", port);
+    let lines = trace_json(&["redis-cli", "-p", &p, "ping"]);
+    check_packets(&lines, "127.0.0.1", port);
+    let xs = of_type(&lines, "exchange");
+    assert_eq!(xs.len(), 2, "a handshake and the PING: {xs:?}");
+    let x = xs.iter().find(|x| x["kind"] == "request").unwrap();
+    assert_eq!(x["request"]["reader"]["comm"], "redis-server", "{x}");
+    assert_eq!(x["response"]["reader"]["comm"], "redis-cli", "{x}");
+    assert_eq!(x["response"]["bytes"], 7, "+PONG and CRLF: {x}");
+
+    let n = 10_000;
+    let lines = trace_json(&[
+        "redis-benchmark",
+        "-p",
+        &p,
+        "-n",
+        &n.to_string(),
+        "-c",
+        "4",
+        "-t",
+        "ping",
+        "-q",
+    ]);
+    let s = summary(&lines);
+    assert_eq!(s["lost_events"], 0, "{s}");
+    let xs = of_type(&lines, "exchange");
+    let requests: Vec<_> = xs.iter().filter(|x| x["kind"] == "request").collect();
+    // PING_INLINE and PING_MBULK, n each, and the benchmark's own
+    // requests (its CONFIG GET).
+    assert!(requests.len() >= 2 * n, "{} exchanges", requests.len());
+    for x in &requests {
+        assert!(!x["response"].is_null(), "unanswered: {x}");
+        assert_eq!(x["request"]["reach"], "read", "{x}");
+        assert_eq!(x["response"]["reach"], "read", "{x}");
+    }
+}
+
+/// dig's query to dnsmasq, and its answer: one UDP exchange.
+#[test]
+fn a_dns_query_pairs_with_its_answer() {
+    if skip(&["dnsmasq", "dig"]) {
+        return;
+    }
+    let _k = kernel_lock();
+    let port = free_udp_port("127.0.0.1");
+    let p = port.to_string();
+    let _server = spawn_server(&[
+        "dnsmasq",
+        "--no-daemon",
+        "--port",
+        &p,
+        "--listen-address",
+        "127.0.0.1",
+        "--bind-interfaces",
+        "--no-resolv",
+        "--no-hosts",
+        "--conf-file=/dev/null",
+        "--pid-file=",
+        "--user=root",
+        "--address=/example.test/127.0.0.9",
+    ]);
+    // dnsmasq answers once it is up: dig, untraced, until it does.
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = Command::new("dig")
+            .args([
+                "@127.0.0.1",
+                "-p",
+                &p,
+                "example.test",
+                "+short",
+                "+tries=1",
+                "+time=1",
+            ])
+            .output()
+            .unwrap();
+        if String::from_utf8_lossy(&out.stdout).contains("127.0.0.9") {
+            break;
+        }
+        assert!(Instant::now() < until, "dnsmasq never answered");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let lines = trace_json(&[
+        "dig",
+        "@127.0.0.1",
+        "-p",
+        &p,
+        "example.test",
+        "+tries=1",
+        "+time=2",
+    ]);
+    check_packets(&lines, "127.0.0.1", port);
+    let xs = of_type(&lines, "exchange");
+    assert_eq!(xs.len(), 1, "{xs:?}");
+    let x = xs[0];
+    assert_eq!(x["proto"], "udp");
+    assert_eq!(x["request"]["reach"], "read", "{x}");
+    assert_eq!(x["response"]["reach"], "read", "{x}");
+    assert_eq!(x["request"]["reader"]["comm"], "dnsmasq", "{x}");
+    assert!(x["server_ns"].is_u64(), "{x}");
+}

@@ -34,6 +34,14 @@ const PACKAGES: &[(&str, &str, &str)] = &[
         "python3",
         "the tests' HTTP server and UDP echo server",
     ),
+    ("redis-server", "redis-server", "the tests' TCP server"),
+    (
+        "redis-tools",
+        "redis-benchmark",
+        "the tests' TCP clients (redis-cli, redis-benchmark)",
+    ),
+    ("dnsmasq-base", "dnsmasq", "the tests' DNS server"),
+    ("bind9-dnsutils", "dig", "the tests' DNS client"),
 ];
 /// Debian packages the kernel matrix needs.
 pub const VM_PACKAGES: &[(&str, &str, &str)] = &[
