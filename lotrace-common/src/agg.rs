@@ -78,6 +78,17 @@ pub const RTT_ROW: usize = STAGE_ROWS;
 pub const TOTAL_ROW: usize = STAGE_ROWS + 1;
 pub const ROWS: usize = STAGE_ROWS + 2;
 
+/// `--summary-only`, TCP and UDP (the `FLOW_ROWS` map): per (protocol,
+/// stage, at the probe's return), at `row(tcp, stage, at_return)`, the
+/// time since the packet's previous stage (0 at its first); then, per
+/// protocol, a row whose count is its packets.
+pub const FLOW_ROWS: usize = STAGE_ROWS + 2;
+
+#[inline(always)]
+pub const fn flow_packets_row(tcp: bool) -> usize {
+    STAGE_ROWS + tcp as usize
+}
+
 #[inline(always)]
 pub const fn row(reply: bool, stage: u8, at_return: bool) -> usize {
     (reply as usize * STAGE_COUNT + stage as usize) * 2 + at_return as usize

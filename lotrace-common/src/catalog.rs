@@ -590,6 +590,8 @@ pub mod maps {
     pub const CONFIG: &str = "CONFIG";
     pub const AGG_ROWS: &str = "AGG_ROWS";
     pub const AGG_COUNT: &str = "AGG_COUNT";
+    pub const FLOW_ROWS: &str = "FLOW_ROWS";
+    pub const FLOW_COUNT: &str = "FLOW_COUNT";
     pub const JOURNEYS: &str = "JOURNEYS";
 }
 

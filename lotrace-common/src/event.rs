@@ -298,9 +298,10 @@ pub struct CpuState {
     pub backlog_emitted: u8,
     /// The stage of the transmit in progress (see `xmit_skb`).
     pub xmit_stage: u8,
-    /// A transmit's entry is identifying a packet (see `sent` in the
-    /// programs): 1 at an entry another follows on the same packet
-    /// (`ip_output`), 2 at the last (`dev_queue_xmit`).
+    /// A transmit is identifying a packet (see `sent` in the programs): 1
+    /// at an entry another follows on the same packet (`ip_output`), 2 at
+    /// the last (`dev_queue_xmit`), 3 at the driver's transmit (where GSO's
+    /// segments are first met).
     pub tx_entry: u8,
     pub _pad: [u8; 5],
     /// The TCP or UDP packet a transmit's entry last numbered here, so

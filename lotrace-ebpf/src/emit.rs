@@ -18,6 +18,7 @@ use crate::{
     aggregate::aggregate_later,
     assemble::{deliver_later, wake_flags},
     filter::{is_ours, tgid_tid},
+    flow,
     kernel::{CONFIG, config},
     maps::{EVENTS, SUBMITTED, count_lost, state},
     packet::ours,
@@ -33,7 +34,9 @@ pub(crate) fn emit<C: EbpfContext>(ctx: &C, key: &PktKey, e: Seen) {
     }
     let flow = is_flow(key.icmp_type);
     if config(&CONFIG.summary_only) != 0 {
-        if !flow {
+        if flow {
+            flow::aggregate(flow::key_u64(key), e.ts, e.stage as u8, e.probe as u8);
+        } else {
             aggregate_later(key, &e);
         }
         return;
@@ -60,7 +63,10 @@ pub(crate) fn emit<C: EbpfContext>(ctx: &C, key: &PktKey, e: Seen) {
     // A TCP or UDP packet's transmit that identified it says what it is.
     let (mut aux2, mut tcp_flags, mut tcp_seq) = (e.aux2, 0, [0; 4]);
     if flow
-        && matches!(e.stage, Stage::DevQueueXmit | Stage::IpOutput)
+        && matches!(
+            e.stage,
+            Stage::DevQueueXmit | Stage::IpOutput | Stage::LoopbackXmit | Stage::DevXmit
+        )
         && let Some(s) = state()
         && s.flow_skb == e.skb
     {

@@ -5,10 +5,11 @@
 //! followed like an echo (see `packet`): so the peer's side (a server on
 //! this machine answering) is the trace's too, and nothing else is.
 
-use aya_ebpf::maps::{Array, LruHashMap};
+use aya_ebpf::maps::{Array, LruHashMap, PerCpuArray};
 use aya_ebpf::{helpers::bpf_probe_read_kernel_buf, macros::map};
 use lotrace_common::{
     Event, PktKey, ProbeId, Stage,
+    agg::{self, RowAgg},
     bits::add_u32,
     event::{
         AF_INET, AF_INET6, EVENT_SIZE, FLAG_FLOW_NEW, FLAG_PACKET, FLOW_REVERSE, FlowTuple,
@@ -29,9 +30,58 @@ use crate::{
 #[map]
 static FLOW_IDS: LruHashMap<FlowTuple, u32> = LruHashMap::with_max_entries(8192, 0);
 
-/// Flows numbered so far.
+/// Flows numbered so far (read by the loader at the end of a
+/// `--summary-only` trace).
 #[map]
 static FLOW_COUNT: Array<u32> = Array::with_max_entries(1, 0);
+
+/// `--summary-only`: per row (see `agg::FLOW_ROWS`), per CPU.
+#[map]
+static FLOW_ROWS: PerCpuArray<RowAgg> = PerCpuArray::with_max_entries(agg::FLOW_ROWS as u32, 0);
+
+/// `--summary-only`: per packet (its key), when its first and its latest
+/// stage were seen. LRU: packets long gone make room.
+#[map]
+static FLOW_SEEN: LruHashMap<u64, [u64; 2]> = LruHashMap::with_max_entries(16384, 0);
+
+/// `--summary-only`: a flow packet's stage, seen at `ts` by `probe`,
+/// added to its row as the time since the packet's previous stage. A
+/// function of its own in the object, called with numbers only (see
+/// `read`).
+#[inline(never)]
+pub(crate) fn aggregate(key: u64, ts: u64, stage: u8, probe: u8) {
+    let tcp = (key >> 40) as u8 == PKT_TCP;
+    let (since_prev, since_first) = match FLOW_SEEN.get_ptr_mut(&key) {
+        Some(p) => unsafe {
+            let prev = (*p)[1];
+            (*p)[1] = prev.max(ts);
+            (ts.saturating_sub(prev), ts.saturating_sub((*p)[0]))
+        },
+        None => {
+            let _ = FLOW_SEEN.insert(&key, &[ts, ts], 0);
+            if let Some(r) = FLOW_ROWS.get_ptr_mut(agg::flow_packets_row(tcp) as u32) {
+                unsafe { (*r).record(0, 0) };
+            }
+            (0, 0)
+        }
+    };
+    let p = probe as u32;
+    let rets = config(&CONFIG.ret_probes);
+    let word = if p >= 64 { rets[1] } else { rets[0] };
+    let row = agg::row(tcp, stage, (word >> (p & 63)) & 1 != 0);
+    if let Some(r) = FLOW_ROWS.get_ptr_mut(row as u32) {
+        unsafe { (*r).record(since_prev, since_first as i64) };
+    }
+}
+
+/// A flow packet's key as one number, for [`aggregate`].
+#[inline(always)]
+pub(crate) fn key_u64(k: &PktKey) -> u64 {
+    k.icmp_id as u64
+        | (k.icmp_seq as u64) << 16
+        | (k.family as u64) << 32
+        | (k.icmp_type as u64) << 40
+}
 
 const FLOW_SLOTS: u32 = 8192;
 
@@ -63,15 +113,19 @@ pub(crate) fn read(skb: u64, ip: u64, iph: &[u8; 10], th: u64, end: u64) -> bool
 
 #[inline(always)]
 fn read_inner(skb: u64, ip: u64, iph: &[u8; 10], th: u64, end: u64) -> Option<PktKey> {
+    // A packet is numbered where it is transmitted: at a transmit's entry,
+    // or at the driver's (a segment GSO cut from a larger one is a new
+    // skb there). Met first anywhere else, its number would be a second
+    // one for a packet already counted (its entry forgotten in a
+    // collision): it is not reported.
+    if state()?.tx_entry == 0 {
+        return None;
+    }
     let (family, proto) = if iph[0] >> 4 == 4 {
         (AF_INET, iph[9])
     } else {
         (AF_INET6, iph[6])
     };
-    // Flows are streamed only, for now: `--summary-only` aggregates echoes.
-    if config(&CONFIG.summary_only) != 0 {
-        return None;
-    }
     let tcp = proto == IPPROTO_TCP;
     // Ports, and TCP's sequence number, data offset and flags.
     let need = if tcp { 14 } else { 4 };
@@ -146,6 +200,11 @@ fn number(skb: u64, family: u8, tcp: bool, flow: u16, reverse: bool) -> Option<P
     } else {
         st.tx_flow_skb = 0;
     }
+    // A new packet: numbers wrap, and an older packet's aggregation state
+    // under the same key is not this one's.
+    if config(&CONFIG.summary_only) != 0 {
+        let _ = FLOW_SEEN.remove(&key_u64(&key));
+    }
     Some(key)
 }
 
@@ -189,6 +248,10 @@ fn swap(t: &mut FlowTuple) {
 /// ring: an `Event` on the stack would not fit beside the caller's.
 #[inline(always)]
 fn announce(t: &FlowTuple, flow: u16) {
+    // Nothing is streamed with `--summary-only`: the loader counts flows.
+    if config(&CONFIG.summary_only) != 0 {
+        return;
+    }
     let (tgid, tid) = tgid_tid();
     let wake = wake_flags(EVENT_SIZE as u64);
     if let Some(n) = SUBMITTED.get_ptr_mut(0) {

@@ -206,8 +206,8 @@ pub enum Cmd {
         /// histograms, RTT and outcomes, no journey per ping. For floods
         /// and long runs: nothing is streamed, so tracing costs the packets
         /// less and lotrace itself almost nothing. Echoes are told apart by
-        /// family and sequence number. Echoes only: TCP and UDP packets are
-        /// not aggregated yet.
+        /// family and sequence number. TCP and UDP packets are counted per
+        /// protocol and stage (not paired into exchanges).
         #[arg(long, help_heading = "Output", conflicts_with_all = ["record", "perfetto", "ring_size", "per_event"])]
         summary_only: bool,
         #[command(flatten)]

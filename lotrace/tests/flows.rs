@@ -578,3 +578,55 @@ fn a_dns_query_pairs_with_its_answer() {
     assert_eq!(x["request"]["reader"]["comm"], "dnsmasq", "{x}");
     assert!(x["server_ns"].is_u64(), "{x}");
 }
+
+/// iperf3 for two seconds, TCP then UDP, under `--summary-only`: the
+/// packets are aggregated in the kernel, per protocol and stage, with
+/// nothing lost.
+#[test]
+fn iperf3_under_summary_only_gives_per_stage_tables() {
+    if skip(&["iperf3"]) {
+        return;
+    }
+    let _k = kernel_lock();
+    for (proto, udp) in [("tcp", false), ("udp", true)] {
+        let port = free_tcp_port("127.0.0.1");
+        let p = port.to_string();
+        let _server = spawn_server(&["iperf3", "-s", "-p", &p, "-B", "127.0.0.1"]);
+        wait_tcp("127.0.0.1", port);
+        let mut args = vec![
+            "--summary-only",
+            "iperf3",
+            "-c",
+            "127.0.0.1",
+            "-p",
+            &p,
+            "-t",
+            "2",
+        ];
+        if udp {
+            args.extend(["-u", "-b", "100M"]);
+        }
+        let lines = trace_json(&args);
+        assert!(of_type(&lines, "packet").is_empty(), "nothing streamed");
+        let s = summary(&lines);
+        assert_eq!(s["lost_events"], 0, "{s}");
+        let pk = &s["packets"];
+        // The control connection is TCP in both runs.
+        assert!(pk["flows"].as_u64().unwrap() >= 2, "{pk}");
+        let n = pk[proto]["count"].as_u64().unwrap();
+        assert!(n > 100, "{proto}: {n} packets");
+        let rows = pk["stages"].as_array().unwrap();
+        let count = |stage: &str| {
+            rows.iter()
+                .filter(|r| r["proto"] == proto && r["stage"] == stage && r["at_return"] == false)
+                .map(|r| r["count"].as_u64().unwrap())
+                .sum::<u64>()
+        };
+        // Every packet went out through lo and came back in (a TCP segment
+        // GSO cut into smaller ones is freed before the driver, which
+        // meets the smaller ones instead).
+        assert!(count("loopback_xmit") > 100, "{pk}");
+        assert_eq!(count("loopback_xmit"), count("netif_receive_skb"), "{pk}");
+        assert!(count("sock_deliver") > 0, "{pk}");
+    }
+}

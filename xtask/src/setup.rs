@@ -42,6 +42,7 @@ const PACKAGES: &[(&str, &str, &str)] = &[
     ),
     ("dnsmasq-base", "dnsmasq", "the tests' DNS server"),
     ("bind9-dnsutils", "dig", "the tests' DNS client"),
+    ("iperf3", "iperf3", "the tests' TCP and UDP streams"),
 ];
 /// Debian packages the kernel matrix needs.
 pub const VM_PACKAGES: &[(&str, &str, &str)] = &[

@@ -138,7 +138,25 @@ pub(crate) fn loopback_xmit<C: EbpfContext>(ctx: &C, probe: ProbeId, skb: u64) {
 /// (a device whose name cannot be read, too: that is always true).
 #[inline(always)]
 fn xmit_start<C: EbpfContext>(ctx: &C, probe: ProbeId, skb: u64, lo_fn: bool) {
-    let Some((key, len)) = ours(skb, Sight::Way, || true, |k| is_ours(k, skb)) else {
+    // The driver's transmit may number a TCP or UDP packet (see
+    // `flow::read`): a segment GSO cut from a larger one is first met here.
+    if let Some(st) = state() {
+        st.tx_entry = 3;
+    }
+    let mut found = ours(skb, Sight::Way, || true, |k| is_ours(k, skb));
+    // A TCP or UDP skb found followed that the transmit's entry did not
+    // just read is a new skb (a GSO segment) at an address an older packet
+    // of the flow had, freed unseen: it is read as the new packet it is.
+    if let Some((k, _)) = &found
+        && is_flow(k.icmp_type)
+        && state().is_some_and(|st| st.flow_skb != skb)
+    {
+        found = ours(skb, Sight::Transmit, || true, |k| is_ours(k, skb));
+    }
+    if let Some(st) = state() {
+        st.tx_entry = 0;
+    }
+    let Some((key, len)) = found else {
         return;
     };
     let name = dev_name(skb);

@@ -324,7 +324,9 @@ pub async fn run_session(opts: TraceOptions, quiet: bool) -> Result<Finished> {
     if opts.summary_only {
         // Every event went into the kernel's aggregates, but for those
         // another program's overwrote on the way (counted lost).
-        session.stats = kagg::stats(&tracer.aggregate()?);
+        let agg = tracer.aggregate()?;
+        session.stats = kagg::stats(&agg);
+        session.packet_stats = kagg::packet_stats(&agg);
         session.events = session.submitted.unwrap_or(0).saturating_sub(lost);
     }
     let end = self_usage(started);

@@ -327,6 +327,15 @@ impl Tracer {
         for r in 0..agg::ROWS as u32 {
             out.rows.push(rows.get(&r, 0)?.iter().copied().collect());
         }
+        let flow_rows: PerCpuArray<&MapData, RowAgg> =
+            PerCpuArray::try_from(map(maps::FLOW_ROWS)?)?;
+        for r in 0..agg::FLOW_ROWS as u32 {
+            out.flow_rows
+                .push(flow_rows.get(&r, 0)?.iter().copied().collect());
+        }
+        let flows: aya::maps::Array<&MapData, u32> =
+            aya::maps::Array::try_from(map(maps::FLOW_COUNT)?)?;
+        out.flows = flows.get(&0, 0)? as u64;
         Ok(out)
     }
 

@@ -180,6 +180,10 @@ pub struct Packet {
     /// TCP: the number of the earlier segment (same direction) this one
     /// sends again: the same sequence number, flags and payload.
     pub retransmits: Option<u16>,
+    /// First met at the driver's transmit, not at the transmit's entry: a
+    /// segment GSO cut from a larger one (a new skb; the larger one ends
+    /// there, freed).
+    pub segmented: bool,
 }
 
 impl Packet {
@@ -331,7 +335,14 @@ pub fn build_packet(mut events: Vec<Event>) -> Packet {
         let Some(mut h) = hop(ev, Leg::Request, first.ts_ns, prev) else {
             continue;
         };
-        if matches!(h.stage, Stage::DevQueueXmit | Stage::IpOutput) && wire.is_none() {
+        // What the transmit that numbered it read: its entry's, or the
+        // driver's for a segment GSO cut there.
+        if matches!(
+            h.stage,
+            Stage::DevQueueXmit | Stage::IpOutput | Stage::LoopbackXmit | Stage::DevXmit
+        ) && !h.probe.info().at_return
+            && wire.is_none()
+        {
             wire = Some(Wire {
                 payload: ev.aux2 & 0x7fff_ffff,
                 tcp_flags: ev.tcp_flags,
@@ -357,6 +368,9 @@ pub fn build_packet(mut events: Vec<Event>) -> Packet {
     } else {
         Reach::Sent
     };
+    let segmented = hops
+        .first()
+        .is_some_and(|h| matches!(h.stage, Stage::LoopbackXmit | Stage::DevXmit));
     Packet {
         flow: first.icmp_id,
         proto: Proto::of(first.icmp_type),
@@ -376,6 +390,7 @@ pub fn build_packet(mut events: Vec<Event>) -> Packet {
         total_ns,
         reach,
         retransmits: None,
+        segmented,
     }
 }
 
@@ -423,6 +438,8 @@ impl Retransmits {
 /// and per protocol and stage the time from the previous hop.
 #[derive(Default)]
 pub struct PacketStats {
+    /// Flows, when counted in the kernel (`--summary-only`).
+    pub flows: u64,
     pub packets: BTreeMap<Proto, u64>,
     pub reach: BTreeMap<(Proto, &'static str), u64>,
     /// Per protocol and (stage, at return), in the order the stages come.
@@ -447,15 +464,14 @@ impl PacketStats {
     pub fn add(&mut self, p: &Packet) {
         *self.packets.entry(p.proto).or_default() += 1;
         *self.reach.entry((p.proto, p.reach.name())).or_default() += 1;
+        // The first hop counts 0, as the programs aggregate it.
         for (i, h) in p.hops.iter().enumerate() {
             let at_return = h.probe.info().at_return;
             let row = self
                 .rows
                 .entry((p.proto, h.stage.rank(), at_return))
                 .or_insert_with(|| (h.stage, Histogram::default()));
-            if i > 0 {
-                row.1.record(h.delta_ns);
-            }
+            row.1.record(if i > 0 { h.delta_ns } else { 0 });
         }
         self.total.entry(p.proto).or_default().record(p.total_ns);
     }
@@ -1041,7 +1057,7 @@ mod tests {
         assert_eq!(s.packets[&Proto::Udp], 1);
         assert_eq!(s.reach[&(Proto::Udp, "read")], 1);
         let rows: u64 = s.rows.values().map(|(_, h)| h.count).sum();
-        assert_eq!(rows, p.hops.len() as u64 - 1);
+        assert_eq!(rows, p.hops.len() as u64, "the first counts 0");
         s.add_exchange(&Exchange {
             flow: 2,
             proto: Proto::Udp,

@@ -8,6 +8,7 @@ use lotrace_common::{
 };
 
 use crate::model::{
+    flow::{PacketStats, Proto},
     journey::Leg,
     stats::{Histogram, KernelOutcomes, Row, Stats},
 };
@@ -39,12 +40,49 @@ pub struct KernelAgg {
     pub rows: Vec<Vec<RowAgg>>,
     /// `agg::counters`, summed over CPUs.
     pub counters: Vec<u64>,
+    /// TCP and UDP: per row (see [`agg::FLOW_ROWS`]), its value on each
+    /// CPU; and the flows followed.
+    pub flow_rows: Vec<Vec<RowAgg>>,
+    pub flows: u64,
 }
 
 impl KernelAgg {
     fn counter(&self, i: u32) -> u64 {
         self.counters.get(i as usize).copied().unwrap_or(0)
     }
+}
+
+/// The TCP and UDP packets' statistics the programs aggregated: packets
+/// per protocol and each stage's time since the packet's previous one
+/// (how far each went, and exchanges, are not aggregated).
+pub fn packet_stats(k: &KernelAgg) -> PacketStats {
+    let mut ps = PacketStats {
+        flows: k.flows,
+        ..PacketStats::default()
+    };
+    for (i, data) in k.flow_rows.iter().enumerate() {
+        let n = count(data);
+        if n == 0 {
+            continue;
+        }
+        if i >= agg::STAGE_ROWS {
+            let proto = if i == agg::flow_packets_row(true) {
+                Proto::Tcp
+            } else {
+                Proto::Udp
+            };
+            ps.packets.insert(proto, n);
+            continue;
+        }
+        let (tcp, stage, at_return) = agg::row_parts(i);
+        let Some(stage) = Stage::from_u8(stage) else {
+            continue;
+        };
+        let proto = if tcp { Proto::Tcp } else { Proto::Udp };
+        ps.rows
+            .insert((proto, stage.rank(), at_return), (stage, histogram(data).0));
+    }
+    ps
 }
 
 pub fn stats(k: &KernelAgg) -> Stats {

@@ -183,6 +183,14 @@ impl Session {
         &self.packets.flows
     }
 
+    /// How many flows were followed: announced, or counted in the kernel.
+    pub fn flow_count(&self) -> usize {
+        self.packets
+            .flows
+            .len()
+            .max(self.packet_stats.flows as usize)
+    }
+
     /// The target as the command reported resolving it, once it has.
     pub fn update_target(&self, meta: &mut Meta) {
         if let Some((_, addr)) = &self.resolved {

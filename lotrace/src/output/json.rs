@@ -213,6 +213,7 @@ pub fn packet_json_line(p: &Packet, flow: Option<&Flow>, meta: &Meta, style: Sty
         "reach_ns": p.reach_ns(),
         "merged_bytes": p.merged_bytes(),
         "retransmits": p.retransmits,
+        "segmented": p.segmented,
         "total_ns": p.total_ns,
     });
     let mut out = serde_json::to_string(&head).expect("plain data serializes");

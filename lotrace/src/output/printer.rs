@@ -120,13 +120,13 @@ impl Printer {
                 self.out,
                 "{}{}",
                 text::summary_text(&s.stats, meta, &t, self.style),
-                text::packets_summary_text(&s.packet_stats, s.flows().len())
+                text::packets_summary_text(&s.packet_stats, s.flow_count())
             )?,
             Format::Json => {
                 let mut v = json::summary_json(&s.stats, meta, &t);
                 // Only when there are any: an echo trace's summary is as it was.
-                if !s.packet_stats.is_empty() || !s.flows().is_empty() {
-                    v["packets"] = json::packets_summary_json(&s.packet_stats, s.flows().len());
+                if !s.packet_stats.is_empty() || s.flow_count() > 0 {
+                    v["packets"] = json::packets_summary_json(&s.packet_stats, s.flow_count());
                 }
                 writeln!(self.out, "{v}")?
             }

@@ -137,6 +137,12 @@ pub fn packet_text(p: &Packet, flow: Option<&Flow>, meta: &Meta, style: Style) -
         fmt_ns(p.total_ns),
         p.hops.len()
     );
+    if p.segmented {
+        let _ = writeln!(
+            s,
+            "   first met at the driver's transmit: a segment GSO cut from a larger one (validate_xmit_skb), a new skb"
+        );
+    }
     if let Some(n) = p.retransmits {
         let _ = writeln!(
             s,
@@ -175,7 +181,7 @@ pub fn packets_summary_text(ps: &PacketStats, flows: usize) -> String {
         counts.join(", "),
         if flows == 1 { "" } else { "s" }
     );
-    for (proto, n) in &ps.packets {
+    for (proto, n) in ps.packets.iter().filter(|_| !ps.reach.is_empty()) {
         let reach: Vec<String> = ps
             .reach
             .iter()
@@ -535,7 +541,7 @@ pub fn summary_text(stats: &Stats, meta: &Meta, t: &Totals, style: Style) -> Str
         );
     }
     // A trace of TCP and UDP only: the echoes' tables would be empty.
-    if stats.journeys > 0 || stats.in_kernel.is_some() || t.packets == 0 {
+    if stats.journeys > 0 || t.packets == 0 {
         echo_tables(&mut s, stats);
     }
     // TCP's and UDP's own stages matter only to a trace that had packets.
