@@ -168,11 +168,39 @@ mod tests {
             .collect()
     }
 
+    /// The programs' TCP and UDP rows: packets per protocol, and each
+    /// stage's time since the packet's previous one.
+    #[test]
+    fn kernel_flow_rows_become_packet_statistics() {
+        let mut k = KernelAgg {
+            flow_rows: vec![Vec::new(); agg::FLOW_ROWS],
+            flows: 3,
+            ..KernelAgg::default()
+        };
+        k.flow_rows[agg::flow_packets_row(true)] = row_data(&[&[0, 0], &[0]], 0);
+        k.flow_rows[agg::flow_packets_row(false)] = row_data(&[&[0]], 0);
+        k.flow_rows[row(true, Stage::NetifRx as u8, false)] = row_data(&[&[300], &[500, 400]], 0);
+        k.flow_rows[row(false, Stage::SockRecvmsg as u8, true)] = row_data(&[&[2000]], 0);
+        let ps = packet_stats(&k);
+        assert_eq!(ps.flows, 3);
+        assert_eq!(ps.packets[&Proto::Tcp], 3);
+        assert_eq!(ps.packets[&Proto::Udp], 1);
+        let (stage, h) = &ps.rows[&(Proto::Tcp, Stage::NetifRx.rank(), false)];
+        assert_eq!(
+            (*stage, h.count, h.min, h.max),
+            (Stage::NetifRx, 3, 300, 500)
+        );
+        let (stage, h) = &ps.rows[&(Proto::Udp, Stage::SockRecvmsg.rank(), true)];
+        assert_eq!((*stage, h.count), (Stage::SockRecvmsg, 1));
+        assert_eq!(ps.rows.len(), 2);
+    }
+
     #[test]
     fn kernel_rows_become_the_streamed_statistics() {
         let mut k = KernelAgg {
             rows: vec![Vec::new(); agg::ROWS],
             counters: vec![0; counters::COUNT as usize],
+            ..KernelAgg::default()
         };
         let send = row(false, Stage::Sendto as u8, false);
         let rx = row(true, Stage::NetifRx as u8, false);
@@ -312,6 +340,7 @@ mod same_meaning {
         let mut k = KernelAgg {
             rows: vec![Vec::new(); agg::ROWS],
             counters: vec![0; counters::COUNT as usize],
+            ..KernelAgg::default()
         };
         for a in cpus.values() {
             for (r, v) in a.rows.iter().enumerate() {
