@@ -40,9 +40,10 @@ static FLOW_COUNT: Array<u32> = Array::with_max_entries(1, 0);
 static FLOW_ROWS: PerCpuArray<RowAgg> = PerCpuArray::with_max_entries(agg::FLOW_ROWS as u32, 0);
 
 /// `--summary-only`: per packet (its key), when its first and its latest
-/// stage were seen. LRU: packets long gone make room.
+/// stage were seen (0: numbered, no stage yet). LRU: packets long gone
+/// make room.
 #[map]
-static FLOW_SEEN: LruHashMap<u64, [u64; 2]> = LruHashMap::with_max_entries(16384, 0);
+static FLOW_SEEN: LruHashMap<u64, [u64; 2]> = LruHashMap::with_max_entries(65536, 0);
 
 /// `--summary-only`: a flow packet's stage, seen at `ts` by `probe`,
 /// added to its row as the time since the packet's previous stage. A
@@ -51,18 +52,19 @@ static FLOW_SEEN: LruHashMap<u64, [u64; 2]> = LruHashMap::with_max_entries(16384
 #[inline(never)]
 pub(crate) fn aggregate(key: u64, ts: u64, stage: u8, probe: u8) {
     let tcp = (key >> 40) as u8 == PKT_TCP;
-    let (since_prev, since_first) = match FLOW_SEEN.get_ptr_mut(&key) {
-        Some(p) => unsafe {
+    // Numbered here (see `number`), or not counted: an entry the LRU map
+    // let go leaves the rest of its packet out rather than count it twice.
+    let Some(p) = FLOW_SEEN.get_ptr_mut(&key) else {
+        return;
+    };
+    let (since_prev, since_first) = unsafe {
+        if (*p)[0] == 0 {
+            *p = [ts, ts];
+            (0, 0)
+        } else {
             let prev = (*p)[1];
             (*p)[1] = prev.max(ts);
             (ts.saturating_sub(prev), ts.saturating_sub((*p)[0]))
-        },
-        None => {
-            let _ = FLOW_SEEN.insert(&key, &[ts, ts], 0);
-            if let Some(r) = FLOW_ROWS.get_ptr_mut(agg::flow_packets_row(tcp) as u32) {
-                unsafe { (*r).record(0, 0) };
-            }
-            (0, 0)
         }
     };
     let p = probe as u32;
@@ -200,10 +202,13 @@ fn number(skb: u64, family: u8, tcp: bool, flow: u16, reverse: bool) -> Option<P
     } else {
         st.tx_flow_skb = 0;
     }
-    // A new packet: numbers wrap, and an older packet's aggregation state
-    // under the same key is not this one's.
+    // A new packet, counted; numbers wrap, and an older packet's
+    // aggregation state under the same key is not this one's.
     if config(&CONFIG.summary_only) != 0 {
-        let _ = FLOW_SEEN.remove(&key_u64(&key));
+        let _ = FLOW_SEEN.insert(&key_u64(&key), &[0, 0], 0);
+        if let Some(r) = FLOW_ROWS.get_ptr_mut(agg::flow_packets_row(tcp) as u32) {
+            unsafe { (*r).record(0, 0) };
+        }
     }
     Some(key)
 }
