@@ -20,6 +20,7 @@ use serde_json::Value;
 
 mod bpftrace;
 mod bystander;
+mod sockets;
 
 use bpftrace::{Bpftrace, bpftrace_probes};
 use bystander::footprint;
@@ -28,6 +29,12 @@ pub struct BenchOptions {
     pub count: u32,
     pub rounds: u32,
     pub long: u32,
+    /// Which parts run: the pings, the TCP workloads, or both.
+    pub pings: bool,
+    pub sockets: bool,
+    /// redis-benchmark's requests per test, and iperf3's seconds.
+    pub requests: u32,
+    pub iperf_seconds: u32,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -361,6 +368,17 @@ pub fn run(lotrace: &Path, o: &BenchOptions) -> Result<()> {
     println!(
         "xtask: where lotrace attaches a raw tracepoint, bpftrace (0.17 has no raw tracepoints) counts its classic one"
     );
+    if o.pings {
+        pings(lotrace, o, &probes)?;
+    }
+    if o.sockets {
+        sockets::run_all(lotrace, &probes, o.rounds, o.requests, o.iperf_seconds)?;
+    }
+    Ok(())
+}
+
+/// The ping part: floods and adaptive pings, the bystander, the long run.
+fn pings(lotrace: &Path, o: &BenchOptions, probes: &[String]) -> Result<()> {
     let modes = [
         Mode::Untraced,
         Mode::Lotrace,
@@ -372,7 +390,7 @@ pub fn run(lotrace: &Path, o: &BenchOptions) -> Result<()> {
     let mut all: Vec<(u32, Mode, Sample)> = Vec::new();
     for round in 1..=o.rounds {
         for &m in &modes {
-            let s = sample(m, lotrace, &probes, o.count)
+            let s = sample(m, lotrace, probes, o.count)
                 .with_context(|| format!("round {round}, {}", m.name()))?;
             println!(
                 "xtask: round {round} {:<22} flood {:>7.0} ns/ping, adaptive mean {:>6.0} ns p99 {:>6.0} ns; bystander {:>5.0} ns/syscall {:>6.0} ns/UDP round trip",

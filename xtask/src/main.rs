@@ -89,8 +89,9 @@ enum Cmd {
     /// What tracing costs: interleaved rounds of a ping flood untraced,
     /// under lotrace and under a counting-only bpftrace on the same probes,
     /// each with a bystander (an untraced process's system calls and UDP
-    /// round trips); then a long traced flood to watch lotrace's memory
-    /// (as root).
+    /// round trips); then a long traced flood to watch lotrace's memory;
+    /// then TCP: redis-benchmark against redis-server and an iperf3
+    /// stream, the same ways (as root).
     Bench {
         /// Pings per run.
         #[arg(long, default_value_t = 20000)]
@@ -101,6 +102,15 @@ enum Cmd {
         /// Pings in the long memory run (0 skips it).
         #[arg(long, default_value_t = 1_000_000)]
         long: u32,
+        /// Which parts to run.
+        #[arg(long, default_value = "all", value_parser = ["all", "pings", "tcp"])]
+        part: String,
+        /// redis-benchmark's requests per test (`-t ping,get`: three tests).
+        #[arg(long, default_value_t = 100_000)]
+        requests: u32,
+        /// iperf3's seconds per run.
+        #[arg(long, default_value_t = 5)]
+        iperf_seconds: u32,
     },
 }
 
@@ -122,10 +132,17 @@ fn main() -> ExitCode {
             count,
             rounds,
             long,
+            part,
+            requests,
+            iperf_seconds,
         } => bench_run(bench::BenchOptions {
             count,
             rounds,
             long,
+            pings: part != "tcp",
+            sockets: part != "pings",
+            requests,
+            iperf_seconds,
         }),
     };
     match r {
@@ -194,7 +211,12 @@ fn run(args: Vec<OsString>) -> Result<u8> {
 
 fn bench_run(o: bench::BenchOptions) -> Result<u8> {
     setup()?;
-    install_packages(&[("bpftrace", "bpftrace", "the benchmark's peer tracer")])?;
+    install_packages(&[
+        ("bpftrace", "bpftrace", "the benchmark's peer tracer"),
+        ("redis-server", "redis-server", "the benchmark's TCP server"),
+        ("redis-tools", "redis-benchmark", "the benchmark's TCP client"),
+        ("iperf3", "iperf3", "the benchmark's TCP stream"),
+    ])?;
     if !is_root() {
         bail!("the benchmark loads eBPF programs: run `cargo xtask bench` as root");
     }
