@@ -12,45 +12,11 @@ use std::{
 use common::*;
 use serde_json::Value;
 
-fn sh(args: &[&str]) {
-    let st = Command::new(args[0])
-        .args(&args[1..])
-        .status()
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(st.success(), "{args:?} failed");
-}
-
-/// A network namespace of this test's, removed on drop.
-struct Netns(String);
-
-impl Netns {
-    fn new(tag: &str) -> Netns {
-        let name = format!("lotrace-{tag}-{}", std::process::id());
-        sh(&["ip", "netns", "add", &name]);
-        let ns = Netns(name);
-        ns.exec(&["ip", "link", "set", "lo", "up"]);
-        ns
-    }
-
-    /// `lotrace trace --format json --netns NAME ARGS...`.
-    fn trace(&self, args: &[&str]) -> (Vec<Value>, String) {
-        let mut all = vec!["--netns", self.0.as_str()];
-        all.extend_from_slice(args);
-        trace_json(&all)
-    }
-
-    fn exec(&self, args: &[&str]) {
-        let mut all = vec!["ip", "netns", "exec", &self.0];
-        all.extend_from_slice(args);
-        sh(&all);
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-        let _ = std::fs::remove_dir_all(format!("/etc/netns/{}", self.0));
-    }
+/// `lotrace trace --format json --netns NAME ARGS...`.
+fn trace_in(ns: &Netns, args: &[&str]) -> (Vec<Value>, String) {
+    let mut all = vec!["--netns", ns.0.as_str()];
+    all.extend_from_slice(args);
+    trace_json(&all)
 }
 
 fn trace_json(args: &[&str]) -> (Vec<Value>, String) {
@@ -163,7 +129,7 @@ fn fragmented_pings_show_their_fragments() {
     ns.exec(&["ip", "link", "set", "lo", "mtu", "1500"]);
     for (family, target) in [("ipv4", "127.0.0.1"), ("ipv6", "::1")] {
         let ping = ["ping", "-c", "2", "-i", "0.2", "-s", "5000", target];
-        let (lines, _) = ns.trace(&ping);
+        let (lines, _) = trace_in(&ns, &ping);
         let js = journeys(&lines);
         assert_eq!(js.len(), 2, "{lines:?}");
         for j in js {
@@ -196,7 +162,7 @@ fn fragmented_pings_show_their_fragments() {
         }
         let mut all = vec!["--summary-only"];
         all.extend_from_slice(&ping);
-        let (lines, _) = ns.trace(&all);
+        let (lines, _) = trace_in(&ns, &all);
         let s = summary(&lines);
         assert_eq!(s["in_kernel"]["answered"], 2, "{s}");
         assert_eq!(s["incomplete"], 0, "{s}");
@@ -248,7 +214,7 @@ fn localhost_says_where_its_address_comes_from() {
         "127.0.0.1 localhost\n::1 localhost\n",
     )
     .unwrap();
-    let (lines, err) = ns.trace(&["ping", "-6", "-c", "2", "-i", "0.2", "localhost"]);
+    let (lines, err) = trace_in(&ns, &["ping", "-6", "-c", "2", "-i", "0.2", "localhost"]);
     assert!(
         err.contains(&format!("from /etc/netns/{}/hosts", ns.0)),
         "{err}"
@@ -299,7 +265,7 @@ fn a_local_non_loopback_address_goes_through_lo() {
     ]);
     ns.exec(&["ip", "addr", "add", "10.200.0.1/24", "dev", "lt0"]);
     ns.exec(&["ip", "link", "set", "lt0", "up"]);
-    let (lines, _) = ns.trace(&["ping", "-c", "2", "-i", "0.2", "10.200.0.1"]);
+    let (lines, _) = trace_in(&ns, &["ping", "-c", "2", "-i", "0.2", "10.200.0.1"]);
     // "Ping your own IP is the same as loopback": the address lives on
     // lt0, whose route the lookup finds, but the packet is sent on lo.
     answered(&lines, 2, "ipv4");
@@ -327,7 +293,7 @@ fn another_devices_transmit_is_not_loopback_xmit() {
     b.exec(&["ip", "link", "set", "ltv1", "up"]);
     let ping = ["ping", "-c", "3", "-i", "0.2", "10.201.0.2"];
     // The first echo waits for ARP; all three are answered.
-    let (lines, _) = a.trace(&ping);
+    let (lines, _) = trace_in(&a, &ping);
     let js = journeys(&lines);
     assert_eq!(js.len(), 3, "{lines:?}");
     for j in &js {
@@ -342,7 +308,7 @@ fn another_devices_transmit_is_not_loopback_xmit() {
     }
     let mut all = vec!["--summary-only"];
     all.extend_from_slice(&ping);
-    let (lines, _) = a.trace(&all);
+    let (lines, _) = trace_in(&a, &all);
     let s = summary(&lines);
     assert_eq!(s["in_kernel"]["answered"], 3, "{s}");
     assert_eq!(s["in_kernel"]["answered_incomplete"], 0, "{s}");
@@ -389,7 +355,7 @@ fn the_same_id_in_another_namespace_is_not_ours() {
     );
     std::thread::sleep(Duration::from_millis(300));
     let ping = ["ping", "-e", "4242", "-c", "3", "-i", "0.2", "127.0.0.1"];
-    let (lines, _) = ours.trace(&ping);
+    let (lines, _) = trace_in(&ours, &ping);
     let js = journeys(&lines);
     assert_eq!(js.len(), 3, "{lines:?}");
     for j in &js {
@@ -410,7 +376,7 @@ fn the_same_id_in_another_namespace_is_not_ours() {
     }
     let mut all = vec!["--summary-only"];
     all.extend_from_slice(&ping);
-    let (lines, _) = ours.trace(&all);
+    let (lines, _) = trace_in(&ours, &all);
     let s = summary(&lines);
     assert_eq!(s["in_kernel"]["answered"], 3, "{s}");
     assert_eq!(s["in_kernel"]["answered_incomplete"], 0, "{s}");
@@ -429,7 +395,7 @@ fn raw_and_datagram_sockets_are_told_apart() {
     }
     let ns = Netns::new("dgram");
     ns.exec(&["sysctl", "-qw", "net.ipv4.ping_group_range=0 2147483647"]);
-    let (lines, _) = ns.trace(&["ping", "-c", "2", "-i", "0.2", "127.0.0.1"]);
+    let (lines, _) = trace_in(&ns, &["ping", "-c", "2", "-i", "0.2", "127.0.0.1"]);
     answered(&lines, 2, "ipv4");
     for j in journeys(&lines) {
         assert_eq!(j["socket"], "datagram");
@@ -568,7 +534,10 @@ fn a_datagram_sends_buffer_id_is_not_tracked() {
         &["python3", "-c", &echo_script("SOCK_RAW", 60, 50, false)],
     );
     std::thread::sleep(Duration::from_millis(300));
-    let (lines, _) = ns.trace(&["python3", "-c", &echo_script("SOCK_DGRAM", 3, 200, true)]);
+    let (lines, _) = trace_in(
+        &ns,
+        &["python3", "-c", &echo_script("SOCK_DGRAM", 3, 200, true)],
+    );
     let js = journeys(&lines);
     assert_eq!(js.len(), 3, "{lines:?}");
     for j in &js {
@@ -771,7 +740,7 @@ fn echoes_received_in_the_middle_of_a_run_are_complete() {
         "400",
         "127.0.0.1",
     ];
-    let (lines, _) = ns.trace(&ping);
+    let (lines, _) = trace_in(&ns, &ping);
     let js = journeys(&lines);
     assert_eq!(js.len(), 400, "{}", summary(&lines));
     for j in &js {
@@ -798,7 +767,7 @@ fn echoes_received_in_the_middle_of_a_run_are_complete() {
     assert!(own_start < 2 * js.len(), "no run carried two echoes");
     let mut all = vec!["--summary-only"];
     all.extend_from_slice(&ping);
-    let (lines, _) = ns.trace(&all);
+    let (lines, _) = trace_in(&ns, &all);
     let s = summary(&lines);
     assert_eq!(s["in_kernel"]["answered"], 400, "{s}");
     assert_eq!(s["in_kernel"]["answered_incomplete"], 0, "{s}");
@@ -864,7 +833,7 @@ fn a_ksoftirqd_handoff_is_seen_for_real() {
             );
         }
         std::thread::sleep(Duration::from_millis(300));
-        let (lines, _) = ns.trace(&["ping", "-q", "-c", "300", "-i", "0.01", "127.0.0.1"]);
+        let (lines, _) = trace_in(&ns, &["ping", "-q", "-c", "300", "-i", "0.01", "127.0.0.1"]);
         drop(load);
         let handed: Vec<Value> = journeys(&lines)
             .into_iter()

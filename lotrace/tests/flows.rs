@@ -327,44 +327,6 @@ fn a_ping_trace_has_no_flows() {
     assert!(summary(&lines).get("packets").is_none());
 }
 
-fn sh(args: &[&str]) {
-    let st = Command::new(args[0])
-        .args(&args[1..])
-        .status()
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(st.success(), "{args:?} failed");
-}
-
-/// A network namespace of this test's, with lo up, removed on drop.
-struct Netns(String);
-
-impl Netns {
-    fn new(tag: &str) -> Netns {
-        let name = format!("lotrace-{tag}-{}", std::process::id());
-        sh(&["ip", "netns", "add", &name]);
-        let ns = Netns(name);
-        ns.exec(&["ip", "link", "set", "lo", "up"]);
-        ns
-    }
-
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.0]).args(args);
-        c
-    }
-
-    fn exec(&self, args: &[&str]) {
-        let st = self.cmd(args).status().expect("ip netns exec");
-        assert!(st.success(), "{args:?} in {} failed", self.0);
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
 /// The first data segment to the server is dropped once, on its way in
 /// (nftables' input hook, in a namespace of the test's): TCP sends it
 /// again, and that segment's journey names the one it repeats.
@@ -625,8 +587,14 @@ fn iperf3_under_summary_only_gives_per_stage_tables() {
         // Every packet went out through lo and came back in (a TCP segment
         // GSO cut into smaller ones is freed before the driver, which
         // meets the smaller ones instead).
-        assert!(count("loopback_xmit") > 100, "{pk}");
-        assert_eq!(count("loopback_xmit"), count("netif_receive_skb"), "{pk}");
+        // A packet in flight when the command ends may be received after
+        // the programs are gone: a few, not a thousandth.
+        let (tx, rx) = (count("loopback_xmit"), count("netif_receive_skb"));
+        assert!(tx > 100, "{pk}");
+        assert!(
+            rx <= tx && tx - rx <= 2 + tx / 1000,
+            "{tx} sent, {rx} received: {pk}"
+        );
         assert!(count("sock_deliver") > 0, "{pk}");
     }
 }

@@ -214,7 +214,11 @@ fn bench_run(o: bench::BenchOptions) -> Result<u8> {
     install_packages(&[
         ("bpftrace", "bpftrace", "the benchmark's peer tracer"),
         ("redis-server", "redis-server", "the benchmark's TCP server"),
-        ("redis-tools", "redis-benchmark", "the benchmark's TCP client"),
+        (
+            "redis-tools",
+            "redis-benchmark",
+            "the benchmark's TCP client",
+        ),
         ("iperf3", "iperf3", "the benchmark's TCP stream"),
     ])?;
     if !is_root() {

@@ -50,6 +50,48 @@ pub fn skip_without_root() -> bool {
     true
 }
 
+/// Runs a command that must succeed.
+pub fn sh(args: &[&str]) {
+    let st = Command::new(args[0])
+        .args(&args[1..])
+        .status()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(st.success(), "{args:?} failed");
+}
+
+/// A network namespace of the test's, with lo up, removed on drop.
+pub struct Netns(pub String);
+
+impl Netns {
+    pub fn new(tag: &str) -> Netns {
+        let name = format!("lotrace-{tag}-{}", std::process::id());
+        sh(&["ip", "netns", "add", &name]);
+        let ns = Netns(name);
+        ns.exec(&["ip", "link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// `ip netns exec NAME ARGS...`, to be run.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.0]).args(args);
+        c
+    }
+
+    pub fn exec(&self, args: &[&str]) {
+        let mut all = vec!["ip", "netns", "exec", &self.0];
+        all.extend_from_slice(args);
+        sh(&all);
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+        let _ = std::fs::remove_dir_all(format!("/etc/netns/{}", self.0));
+    }
+}
+
 pub fn lotrace(args: &[&str]) -> Output {
     Command::new(BIN).args(args).output().expect("run lotrace")
 }

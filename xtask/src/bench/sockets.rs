@@ -90,10 +90,8 @@ fn run(mode: Mode, lotrace: &Path, probes: &[String], cmd: &[String]) -> Result<
             Ok((text?, serde_json::json!({ "events": hits })))
         }
         Mode::Lotrace | Mode::Summary => {
-            let path = std::env::temp_dir().join(format!(
-                "lotrace-bench-sockets-{}.json",
-                std::process::id()
-            ));
+            let path = std::env::temp_dir()
+                .join(format!("lotrace-bench-sockets-{}.json", std::process::id()));
             let file = std::fs::File::create(&path)?;
             let mut c = Command::new(lotrace);
             c.args(["trace", "--format", "json"]);
@@ -106,7 +104,10 @@ fn run(mode: Mode, lotrace: &Path, probes: &[String], cmd: &[String]) -> Result<
             let _ = std::fs::remove_file(&path);
             let out = out?;
             if !out.status.success() {
-                bail!("lotrace failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+                bail!(
+                    "lotrace failed: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
             }
             // The command's own output went to stderr (stdout is JSON).
             Ok((String::from_utf8_lossy(&out.stderr).into_owned(), summary?))
@@ -186,7 +187,9 @@ fn sample(
 /// the medians, and lotrace's loss over bpftrace's.
 fn report(what: &str, unit: &str, scale: f64, all: &[Sample], modes: &[Mode], rounds: u32) {
     println!();
-    println!("| round | run | {what} | events (lotrace) / probe hits (bpftrace) | lost | lotrace CPU |");
+    println!(
+        "| round | run | {what} | events (lotrace) / probe hits (bpftrace) | lost | lotrace CPU |"
+    );
     println!("|---|---|---|---|---|---|");
     for s in all {
         let traced = s.mode != Mode::Untraced;
@@ -195,7 +198,11 @@ fn report(what: &str, unit: &str, scale: f64, all: &[Sample], modes: &[Mode], ro
             s.round,
             s.mode.name(),
             s.rate / scale,
-            if traced { s.events.to_string() } else { String::new() },
+            if traced {
+                s.events.to_string()
+            } else {
+                String::new()
+            },
             if matches!(s.mode, Mode::Lotrace | Mode::Summary) {
                 s.lost.to_string()
             } else {
@@ -228,7 +235,10 @@ fn report(what: &str, unit: &str, scale: f64, all: &[Sample], modes: &[Mode], ro
         "{what} lost to tracing (median over rounds): bpftrace counting {:.1}%",
         100.0 * b
     );
-    for &m in modes.iter().filter(|m| matches!(m, Mode::Lotrace | Mode::Summary)) {
+    for &m in modes
+        .iter()
+        .filter(|m| matches!(m, Mode::Lotrace | Mode::Summary))
+    {
         let l = loss(m);
         println!(
             "  {}: {:.1}%, {:.2}x counting's loss",
