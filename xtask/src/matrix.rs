@@ -298,7 +298,10 @@ pub fn run(bin: &Path, series: &[&str], rounds: u32) -> Result<()> {
             series.join(", "),
             CHECKS
                 .iter()
-                .filter_map(|c| c.mode())
+                .filter_map(|c| match c {
+                    Check::Tcp(b, _) => Some(format!("an HTTP request ({b})")),
+                    _ => c.mode(),
+                })
                 .collect::<Vec<_>>()
                 .join(", ")
         );
