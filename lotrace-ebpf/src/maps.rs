@@ -154,6 +154,13 @@ pub(crate) static AGG_COUNT: PerCpuArray<u64> =
 #[map]
 pub(crate) static RECV_CTX: LruHashMap<u32, PktKey> = LruHashMap::with_max_entries(1024, 0);
 
+/// Per traced thread: the packet its socket layer's last return gave it,
+/// for its receive system call's return. Taken there, and set (or
+/// cleared) at every socket-layer return, so that a read whose system
+/// call is not probed (`read()`) leaves nothing for a later one.
+#[map]
+pub(crate) static RECV_DONE: LruHashMap<u32, PktKey> = LruHashMap::with_max_entries(1024, 0);
+
 /// Per traced thread: the TCP or UDP send under way (see `FlowSend`).
 #[map]
 pub(crate) static FLOW_SEND: LruHashMap<u32, FlowSend> = LruHashMap::with_max_entries(1024, 0);

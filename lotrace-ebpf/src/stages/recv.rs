@@ -13,7 +13,7 @@ use crate::{
     emit::emit,
     filter::{echo_socket_is, get_ctx, is_ours, is_target, set_ctx, skb_sock, take_ctx, tgid_tid},
     kernel::field,
-    maps::{QUEUED, RECV_CTX},
+    maps::{QUEUED, RECV_CTX, RECV_DONE},
     packet::ours,
     seen::at,
 };
@@ -73,10 +73,20 @@ pub(crate) fn skb_copy_datagram_iter<C: EbpfContext>(ctx: &C, probe: ProbeId, sk
 fn returned<C: EbpfContext>(ctx: &C, stage: Stage, probe: ProbeId, ret: i64) {
     let (tgid, tid) = tgid_tid();
     let target = is_target(tgid);
-    let key = if stage == Stage::Recvmsg || !target {
-        take_ctx(&RECV_CTX, tid)
+    let key = if stage == Stage::Recvmsg {
+        // Without a socket-layer return (not observed here), the copy's.
+        take_ctx(&RECV_DONE, tid).or_else(|| take_ctx(&RECV_CTX, tid))
     } else {
-        get_ctx(&RECV_CTX, tid)
+        let key = take_ctx(&RECV_CTX, tid);
+        if target {
+            match &key {
+                Some(k) => set_ctx(&RECV_DONE, tid, k),
+                None => {
+                    let _ = take_ctx(&RECV_DONE, tid);
+                }
+            }
+        }
+        key
     };
     let Some(key) = key else {
         return;
