@@ -313,6 +313,10 @@ pub struct CpuState {
     /// set for the flow's reverse direction.
     pub flow_skb: u64,
     pub flow_hdr: u64,
+    /// The TCP or UDP packet's skb `netif_receive_skb` checked in the
+    /// current NET_RX run: the protocol's stages that follow in the run
+    /// see it alive, and need not check it again.
+    pub rx_skb: u64,
     pub flow_aux2: u32,
     pub _pad2: u32,
     /// The last echo packet `netif_receive_skb` saw in this run (valid only

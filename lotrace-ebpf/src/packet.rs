@@ -112,6 +112,19 @@ fn read_skb(skb: u64) -> Option<(Header<PktKey>, u32, bool)> {
     Some((Header::fragment(key), len, true))
 }
 
+/// Whether `skb` is known to be the packet it was when last checked (see
+/// `ours`).
+#[inline(always)]
+fn alive(skb: u64, sight: Sight) -> bool {
+    let Some(st) = state() else {
+        return false;
+    };
+    sight == Sight::Way
+        && (st.xmit_skb == skb
+            || (st.tx_entry == 3 && st.flow_skb == skb)
+            || (st.in_net_rx != 0 && st.rx_skb == skb))
+}
+
 /// The key `flow::read` found.
 #[inline(always)]
 fn flow_key() -> Option<PktKey> {
@@ -268,10 +281,14 @@ pub(crate) fn ours(
     )?;
     // A followed TCP or UDP packet's skb may have been freed unseen and
     // reused since (see `flow::flow_of`): its headers must still name its
-    // flow.
+    // flow. Not where the skb is known alive: inside its own driver's
+    // transmit (`netif_rx`), at the driver's start right after its
+    // transmit's entry read it, and in the NET_RX run that checked it at
+    // `netif_receive_skb`.
     if read.is_none()
         && is_flow(key.icmp_type)
         && sight != Sight::Transmit
+        && !alive(skb, sight)
         && !flow_still(skb, &key)
     {
         Skbs.remove(skb);

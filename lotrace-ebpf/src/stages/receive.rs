@@ -3,7 +3,11 @@
 //! answers the echo request (the reply leg begins there).
 
 use aya_ebpf::EbpfContext;
-use lotrace_common::{ProbeId, Stage, TpField, event::is_echo_request, follow::Sight};
+use lotrace_common::{
+    ProbeId, Stage, TpField,
+    event::{is_echo_request, is_flow},
+    follow::Sight,
+};
 
 use crate::kernel::Fields;
 use crate::{
@@ -44,11 +48,16 @@ pub(crate) fn netif_rx_exit(_ctx: &impl Fields, _probe: ProbeId, _ret: TpField) 
 #[inline(always)]
 pub(crate) fn netif_receive_skb<C: EbpfContext>(ctx: &C, probe: ProbeId, skb: u64) {
     let Some(st) = state() else { return };
+    // Checked here, whatever this run received before (see `packet::alive`).
+    st.rx_skb = 0;
     let Some((mut key, len)) = ours(skb, Sight::Way, || true, |k| is_ours(k, skb)) else {
         // Any other packet ends the attribution to the previous echo.
         st.rx.valid = 0;
         return;
     };
+    if is_flow(key.icmp_type) {
+        st.rx_skb = skb;
+    }
     key.delivered = 0;
     st.rx = key;
     st.delivered_sk = 0;

@@ -80,6 +80,7 @@ pub(crate) fn exit(ctx: &impl Fields, probe: ProbeId, vec: TpField) {
         net_rx_end(ctx, probe, st.softirq_entry_ts);
     }
     st.in_net_rx = 0;
+    st.rx_skb = 0;
     st.softirq_entry_ts = 0;
     st.rx.valid = 0;
     st.last.valid = 0;
