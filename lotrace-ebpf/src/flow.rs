@@ -39,11 +39,20 @@ static FLOW_COUNT: Array<u32> = Array::with_max_entries(1, 0);
 #[map]
 static FLOW_ROWS: PerCpuArray<RowAgg> = PerCpuArray::with_max_entries(agg::FLOW_ROWS as u32, 0);
 
-/// `--summary-only`: per packet (its key), when its first and its latest
-/// stage were seen (0: numbered, no stage yet). LRU: packets long gone
-/// make room.
+/// `--summary-only`: per packet, at a hash of its key, the key and when
+/// its first and its latest stage were seen (0: numbered, no stage yet).
+/// An array, not a hash map: every stage of every packet looks here. A
+/// packet numbered later at the same index takes it over, and the rest of
+/// the earlier one is left out.
 #[map]
-static FLOW_SEEN: LruHashMap<u64, [u64; 2]> = LruHashMap::with_max_entries(65536, 0);
+static FLOW_SEEN: Array<[u64; 3]> = Array::with_max_entries(FLOW_SEEN_SLOTS, 0);
+
+const FLOW_SEEN_SLOTS: u32 = 65536;
+
+#[inline(always)]
+fn seen_slot(key: u64) -> u32 {
+    (key.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 48) as u32 & (FLOW_SEEN_SLOTS - 1)
+}
 
 /// `--summary-only`: a flow packet's stage, seen at `ts` by `probe`,
 /// added to its row as the time since the packet's previous stage. A
@@ -52,19 +61,23 @@ static FLOW_SEEN: LruHashMap<u64, [u64; 2]> = LruHashMap::with_max_entries(65536
 #[inline(never)]
 pub(crate) fn aggregate(key: u64, ts: u64, stage: u8, probe: u8) {
     let tcp = (key >> 40) as u8 == PKT_TCP;
-    // Numbered here (see `number`), or not counted: an entry the LRU map
-    // let go leaves the rest of its packet out rather than count it twice.
-    let Some(p) = FLOW_SEEN.get_ptr_mut(&key) else {
+    // Numbered here (see `number`), or not counted: a packet whose slot a
+    // later one took is left out rather than counted twice.
+    let Some(p) = FLOW_SEEN.get_ptr_mut(seen_slot(key)) else {
         return;
     };
     let (since_prev, since_first) = unsafe {
-        if (*p)[0] == 0 {
-            *p = [ts, ts];
+        if (*p)[0] != key {
+            return;
+        }
+        if (*p)[1] == 0 {
+            (*p)[1] = ts;
+            (*p)[2] = ts;
             (0, 0)
         } else {
-            let prev = (*p)[1];
-            (*p)[1] = prev.max(ts);
-            (ts.saturating_sub(prev), ts.saturating_sub((*p)[0]))
+            let prev = (*p)[2];
+            (*p)[2] = prev.max(ts);
+            (ts.saturating_sub(prev), ts.saturating_sub((*p)[1]))
         }
     };
     let p = probe as u32;
@@ -205,7 +218,10 @@ fn number(skb: u64, family: u8, tcp: bool, flow: u16, reverse: bool) -> Option<P
     // A new packet, counted; numbers wrap, and an older packet's
     // aggregation state under the same key is not this one's.
     if config(&CONFIG.summary_only) != 0 {
-        let _ = FLOW_SEEN.insert(&key_u64(&key), &[0, 0], 0);
+        let k = key_u64(&key);
+        if let Some(p) = FLOW_SEEN.get_ptr_mut(seen_slot(k)) {
+            unsafe { *p = [k, 0, 0] };
+        }
         if let Some(r) = FLOW_ROWS.get_ptr_mut(agg::flow_packets_row(tcp) as u32) {
             unsafe { (*r).record(0, 0) };
         }
