@@ -30,6 +30,38 @@ use crate::{
 #[map]
 static FLOW_IDS: LruHashMap<FlowTuple, u32> = LruHashMap::with_max_entries(8192, 0);
 
+/// The traced command's listening TCP sockets, by family and port (in
+/// network order: `family << 24 | port`): the address they listen on
+/// (zeros: any). A connection to one is followed from its SYN, though its
+/// client is not traced.
+#[map]
+static LISTENERS: LruHashMap<u32, [u8; 16]> = LruHashMap::with_max_entries(256, 0);
+
+/// A traced TCP socket starts (`on`) or stops listening on `port` (host
+/// order, as the state-change tracepoint gives it).
+#[inline(always)]
+pub(crate) fn listening(family: u8, port: u16, addr: &[u8; 16], on: bool) {
+    let k = (family as u32) << 24 | port.to_be() as u32;
+    if on {
+        let _ = LISTENERS.insert(&k, addr, 0);
+    } else if unsafe { LISTENERS.get(&k) } == Some(addr) {
+        let _ = LISTENERS.remove(&k);
+    }
+}
+
+/// Whether `t` is a TCP packet to a traced listener's port and address.
+#[inline(always)]
+fn to_listener(t: &FlowTuple) -> bool {
+    if t.proto != IPPROTO_TCP {
+        return false;
+    }
+    let k = (t.family as u32) << 24 | u16::from_le_bytes(t.dport) as u32;
+    match unsafe { LISTENERS.get(&k) } {
+        Some(a) => *a == [0u8; 16] || *a == t.daddr,
+        None => false,
+    }
+}
+
 /// Flows numbered so far (read by the loader at the end of a
 /// `--summary-only` trace).
 #[map]
@@ -235,7 +267,11 @@ fn number(skb: u64, family: u8, tcp: bool, flow: u16, reverse: bool) -> Option<P
 #[inline(always)]
 fn register(skb: u64, t: &mut FlowTuple) -> Option<u16> {
     let tx_entry = state()?.tx_entry;
-    if tx_entry == 0 || in_softirq() || !is_target(tgid_tid().0) || skb_sock(skb) == 0 {
+    if tx_entry == 0 {
+        return None;
+    }
+    let sent_by_target = !in_softirq() && is_target(tgid_tid().0) && skb_sock(skb) != 0;
+    if !sent_by_target && !to_listener(t) {
         return None;
     }
     let c = FLOW_COUNT.get_ptr_mut(0)?;

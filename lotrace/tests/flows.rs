@@ -598,3 +598,69 @@ fn iperf3_under_summary_only_gives_per_stage_tables() {
         assert!(count("sock_deliver") > 0, "{pk}");
     }
 }
+
+/// A server that answers one HTTP request on `port`, then exits.
+const ONE_REQUEST: &str = "import http.server,sys
+s=http.server.HTTPServer(('127.0.0.1',int(sys.argv[1])),http.server.SimpleHTTPRequestHandler)
+s.handle_request()
+";
+
+/// The server traced, its client not: a connection to the traced
+/// listener is followed from the client's SYN, so the handshake and the
+/// request are there, not only what the server sends.
+#[test]
+fn a_traced_server_sees_its_clients_connection_whole() {
+    if skip(&["curl", "python3", "ss"]) {
+        return;
+    }
+    let _k = kernel_lock();
+    let port = free_tcp_port("127.0.0.1");
+    let p = port.to_string();
+    let mut trace = Command::new(BIN)
+        .args([
+            "trace",
+            "--format",
+            "json",
+            "python3",
+            "-c",
+            ONE_REQUEST,
+            &p,
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start lotrace");
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = Command::new("ss")
+            .args(["-Hltn", &format!("sport = :{port}")])
+            .output()
+            .unwrap();
+        if !out.stdout.is_empty() {
+            break;
+        }
+        if Instant::now() > until {
+            let _ = trace.kill();
+            panic!("the traced server never listened");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let url = format!("http://127.0.0.1:{port}/");
+    sh(&["curl", "-s", "-o", "/dev/null", &url]);
+    let out = trace.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let lines = json_lines(&out);
+    check_packets(&lines, "127.0.0.1", port);
+    let xs = of_type(&lines, "exchange");
+    assert_eq!(
+        xs.iter().filter(|x| x["kind"] == "handshake").count(),
+        1,
+        "{xs:?}"
+    );
+    let rq: Vec<_> = xs.iter().filter(|x| x["kind"] == "request").collect();
+    assert_eq!(rq.len(), 1, "{xs:?}");
+    assert_eq!(rq[0]["server"], format!("127.0.0.1:{port}").as_str());
+    assert_eq!(rq[0]["request"]["reader"]["comm"], "python3", "{}", rq[0]);
+    assert_eq!(rq[0]["response"]["reader"]["comm"], "curl", "{}", rq[0]);
+}
