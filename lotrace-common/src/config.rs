@@ -107,8 +107,10 @@ pub struct RawField {
 /// Members a raw field may go through.
 pub const RAW_HOPS: usize = 3;
 
-/// Probe ids [`Config::ret_arg`] has room for.
-pub const RET_ARG_SLOTS: usize = 128;
+/// Probe ids [`Config::ret_arg`] has room for: at least 128, and as many
+/// more as leave `slot_pos` ending on 8 bytes, so that `Config` has no
+/// hole at its end whatever the number of stages.
+pub const RET_ARG_SLOTS: usize = 128 + (8 - (128 + crate::agg::STAGE_ROWS) % 8) % 8;
 const _: () = assert!(crate::catalog::PROBE_COUNT <= RET_ARG_SLOTS);
 // `raw` follows `slot_pos` without a hole.
 const _: () = assert!((RET_ARG_SLOTS + crate::agg::STAGE_ROWS).is_multiple_of(2));

@@ -137,6 +137,12 @@ pub(crate) fn tcp_probe(ctx: &impl Fields, probe: ProbeId, skbaddr: TpField) {
     }
 }
 
+/// tcp_data_queue (TCP's slow path).
+#[inline(always)]
+pub(crate) fn tcp_data_queue<C: EbpfContext>(ctx: &C, probe: ProbeId, skb: u64) {
+    let _ = skb_event(ctx, skb, Stage::TcpDataQueue, probe);
+}
+
 /// udp_rcv and udpv6_rcv (UDP datagrams only).
 #[inline(always)]
 pub(crate) fn udp_rcv<C: EbpfContext>(ctx: &C, probe: ProbeId, skb: u64) {

@@ -75,10 +75,19 @@ fn send_of<C: EbpfContext>(ctx: &C, key: &PktKey) {
         return;
     }
     f.key = *key;
-    let Some(probe) = ProbeId::from_u8(f.probe) else {
-        return;
-    };
-    emit(ctx, key, at_time(f.ts, Stage::Sendto, probe, f.len));
+    if f.ts != 0
+        && let Some(probe) = ProbeId::from_u8(f.probe)
+    {
+        emit(ctx, key, at_time(f.ts, Stage::Sendto, probe, f.len));
+    }
+    if f.proto_ts != 0
+        && let (Some(probe), Some(stage)) = (
+            ProbeId::from_u8(f.proto_probe),
+            Stage::from_u8(f.proto_stage),
+        )
+    {
+        emit(ctx, key, at_time(f.proto_ts, stage, probe, 0));
+    }
 }
 
 /// A packet built by a traced command's send (the first stage to see it,
