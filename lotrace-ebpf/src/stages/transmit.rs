@@ -11,7 +11,7 @@ use lotrace_common::{
 
 use crate::kernel::Fields;
 use crate::{
-    emit::emit,
+    emit::{emit, emit_flow},
     filter::{
         in_softirq, is_ours, is_target, learn_sock, skb_sock, sock_net, tgid_tid, track, track_key,
     },
@@ -78,7 +78,7 @@ fn send_of<C: EbpfContext>(ctx: &C, key: &PktKey) {
     if f.ts != 0
         && let Some(probe) = ProbeId::from_u8(f.probe)
     {
-        emit(ctx, key, at_time(f.ts, Stage::Sendto, probe, f.len));
+        emit_flow(ctx, key, at_time(f.ts, Stage::Sendto, probe, f.len));
     }
     if f.proto_ts != 0
         && let (Some(probe), Some(stage)) = (
@@ -86,7 +86,7 @@ fn send_of<C: EbpfContext>(ctx: &C, key: &PktKey) {
             Stage::from_u8(f.proto_stage),
         )
     {
-        emit(ctx, key, at_time(f.proto_ts, stage, probe, 0));
+        emit_flow(ctx, key, at_time(f.proto_ts, stage, probe, 0));
     }
 }
 
