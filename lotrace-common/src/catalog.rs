@@ -164,9 +164,7 @@ impl Stage {
     pub const fn flows_only(self) -> bool {
         matches!(
             self,
-            Stage::TcpSendmsg
-                | Stage::UdpSendmsg
-                | Stage::TcpRcv
+            Stage::TcpRcv
                 | Stage::TcpRcvEstablished
                 | Stage::TcpDataQueue
                 | Stage::UdpRcv
@@ -245,12 +243,6 @@ stage_table! {
     SockSendmsg = 1: "sock_sendmsg", expect Request, detail SyscallReturn,
         en "The socket layer passes the message to the protocol (raw_sendmsg or ping_v4_sendmsg); on loopback the whole transmit, and often the receive too, happens before it returns.",
         zh "套接字层把消息交给协议（raw_sendmsg 或 ping_v4_sendmsg）；在回环上，整个发送、往往连接收，都在它返回之前完成。";
-    TcpSendmsg = 26: "tcp_sendmsg", expect Never, detail None,
-        en "TCP takes the send's data (tcp_sendmsg): it copies it into the socket's write queue in segments of up to the connection's size, and transmits what the peer's window and Nagle's rule allow; the rest goes when ACKs come. TCP sends only.",
-        zh "TCP 接收这次发送的数据（tcp_sendmsg）：按连接的段大小复制进套接字的发送队列，并发送对端窗口和 Nagle 规则允许的部分；其余的等 ACK 到来再发。只有 TCP 发送经过这里。";
-    UdpSendmsg = 27: "udp_sendmsg", expect Never, detail None,
-        en "UDP builds the datagram (udp_sendmsg, udpv6_sendmsg): it looks the route up, copies the data into a new skb and hands it to IP. UDP sends only.",
-        zh "UDP 构造数据报（udp_sendmsg、udpv6_sendmsg）：查路由，把数据复制进新的 skb，交给 IP 层。只有 UDP 发送经过这里。";
     Route = 2: "route", expect Request, detail Route,
         en "The routing table is consulted. For an address of this host (127.0.0.0/8, ::1 or any other of its own) the route is a local one, through the loopback device lo. IPv4 without policy rules keeps local routes in the main table (254); with rules, and for IPv6, the local table (255) is searched first.",
         zh "查路由表。本机地址（127.0.0.0/8、::1 或本机其他地址）查到的是本地路由，出口是回环设备 lo。IPv4 没有策略路由规则时把本地路由并入 main 表（254）；有规则时以及 IPv6 会先查 local 表（255）。";
@@ -290,7 +282,7 @@ stage_table! {
     TcpRcvEstablished = 23: "tcp_rcv_established", expect Never, detail None,
         en "An established connection takes the segment (tcp_rcv_established): the ACK it carries frees the data it acknowledges, and its data is queued for the reader (tcp_data_queue), or merged into the last segment queued. The tcp:tcp_probe tracepoint fires here, also later in the reader's own task when the segment waited on the socket's backlog.",
         zh "已建立的连接接收这个段（tcp_rcv_established）：段里的 ACK 释放被确认的数据，段里的数据放进读者的队列（tcp_data_queue），或并进队列里最后一个段。tcp:tcp_probe 跟踪点在这里触发；段在套接字的 backlog 里等过时，则稍后在读者自己的进程里触发。";
-    TcpDataQueue = 28: "tcp_data_queue", expect Never, detail None,
+    TcpDataQueue = 26: "tcp_data_queue", expect Never, detail None,
         en "TCP's slow path queues the segment's data (tcp_data_queue): in order on the receive queue, merged into its last segment when it can be, or out of order aside; an established connection's fast path queues it without this call.",
         zh "TCP 的慢速路径把段里的数据入队（tcp_data_queue）：按序的进接收队列，能合并时并进最后一个段，乱序的另放；已建立连接的快速路径不经过这里。";
     UdpRcv = 24: "udp_rcv", expect Never, detail None,
@@ -481,15 +473,6 @@ macro_rules! probe_table {
             FeInet6Sendmsg       = 63: fe_inet6_sendmsg           fentry[inet6_sendmsg]                           (sock: 0)                                     -> SockSendmsg 1             => send::sendmsg;
             FxInet6Sendmsg       = 64: fx_inet6_sendmsg           fexit[inet6_sendmsg]                                                                          -> SockSendmsg 1             => send::sendmsg_return;
 
-            // TCP's and UDP's own send, reported under the send's first packet.
-            TcpSendmsgLocked     =100: tp_tcp_sendmsg_locked      tracepoint(tcp:tcp_sendmsg_locked)              {TcpSendSkb: skb_addr = 2}                    -> TcpSendmsg 0              => send::tcp_sendmsg_locked;
-            KpTcpSendmsg         =101: kp_tcp_sendmsg             kprobe[tcp_sendmsg]                             (sk: 0)                                       -> TcpSendmsg 0              => send::proto_sendmsg;
-            FeTcpSendmsg         =102: fe_tcp_sendmsg             fentry[tcp_sendmsg]                             (sk: 0)                                       -> TcpSendmsg 0              => send::proto_sendmsg;
-            KpUdpSendmsg         =103: kp_udp_sendmsg             kprobe[udp_sendmsg]                             (sk: 0)                                       -> UdpSendmsg 0              => send::proto_sendmsg;
-            KpUdpv6Sendmsg       =104: kp_udpv6_sendmsg           kprobe[udpv6_sendmsg]                           (sk: 0)                                       -> UdpSendmsg 1              => send::proto_sendmsg;
-            FeUdpSendmsg         =105: fe_udp_sendmsg             fentry[udp_sendmsg]                             (sk: 0)                                       -> UdpSendmsg 0              => send::proto_sendmsg;
-            FeUdpv6Sendmsg       =106: fe_udpv6_sendmsg           fentry[udpv6_sendmsg]                           (sk: 0)                                       -> UdpSendmsg 1              => send::proto_sendmsg;
-
             FibTableLookup       =  4: tp_fib_table_lookup        tracepoint(fib:fib_table_lookup)                {FibTbId: tb_id = 0, FibErr: err = 3, FibDev: name = 2 -> nhc_dev -> name} -> Route 0                   => route::fib_table_lookup;
             Fib6TableLookup      = 65: tp_fib6_table_lookup       tracepoint(fib6:fib6_table_lookup)              {Fib6TbId: tb_id, Fib6Err: err, Fib6Dev: name} -> Route 1                  => route::fib_table_lookup;
 
@@ -554,8 +537,8 @@ macro_rules! probe_table {
             KpTcpRcvEstablished  = 91: kp_tcp_rcv_established    kprobe[tcp_rcv_established]                     (skb: 1)                                      -> TcpRcvEstablished 0       => receive::tcp_rcv_established;
             FeTcpRcvEstablished  = 92: fe_tcp_rcv_established    fentry[tcp_rcv_established]                     (skb: 1)                                      -> TcpRcvEstablished 0       => receive::tcp_rcv_established;
             // tcp_data_queue(struct sock *sk, struct sk_buff *skb), static but not inlined.
-            KpTcpDataQueue       =107: kp_tcp_data_queue          kprobe[tcp_data_queue]                          (skb: 1)                                      -> TcpDataQueue 0            => receive::tcp_data_queue;
-            FeTcpDataQueue       =108: fe_tcp_data_queue          fentry[tcp_data_queue]                          (skb: 1)                                      -> TcpDataQueue 0            => receive::tcp_data_queue;
+            KpTcpDataQueue       =100: kp_tcp_data_queue          kprobe[tcp_data_queue]                          (skb: 1)                                      -> TcpDataQueue 0            => receive::tcp_data_queue;
+            FeTcpDataQueue       =101: fe_tcp_data_queue          fentry[tcp_data_queue]                          (skb: 1)                                      -> TcpDataQueue 0            => receive::tcp_data_queue;
             KpUdpRcv             = 93: kp_udp_rcv                 kprobe[udp_rcv]                                 (skb: 0)                                      -> UdpRcv 0                  => receive::udp_rcv;
             KpUdpv6Rcv           = 94: kp_udpv6_rcv               kprobe[udpv6_rcv]                               (skb: 0)                                      -> UdpRcv 1                  => receive::udp_rcv;
             FeUdpRcv             = 95: fe_udp_rcv                 fentry[udp_rcv]                                 (skb: 0)                                      -> UdpRcv 0                  => receive::udp_rcv;

@@ -29,24 +29,10 @@ use crate::{
 /// `--summary-only`.
 #[inline(always)]
 pub(crate) fn emit<C: EbpfContext>(ctx: &C, key: &PktKey, e: Seen) {
-    emit_as::<C, false>(ctx, key, e)
-}
-
-/// [`emit`] for a key known to be a TCP or UDP packet's: without the
-/// echoes' slots and aggregation, which the verifier would otherwise walk
-/// through once more (a transmit's program that emits a send's stages
-/// went past its million instructions).
-#[inline(always)]
-pub(crate) fn emit_flow<C: EbpfContext>(ctx: &C, key: &PktKey, e: Seen) {
-    emit_as::<C, true>(ctx, key, e)
-}
-
-#[inline(always)]
-fn emit_as<C: EbpfContext, const FLOW: bool>(ctx: &C, key: &PktKey, e: Seen) {
     if let Some(n) = SUBMITTED.get_ptr_mut(0) {
         unsafe { *n += 1 };
     }
-    let flow = FLOW || is_flow(key.icmp_type);
+    let flow = is_flow(key.icmp_type);
     if config(&CONFIG.summary_only) != 0 {
         if flow {
             flow::aggregate(flow::key_u64(key), e.ts, e.stage as u8, e.probe as u8);

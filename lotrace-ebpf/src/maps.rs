@@ -166,23 +166,16 @@ pub(crate) static RECV_DONE: LruHashMap<u32, PktKey> = LruHashMap::with_max_entr
 pub(crate) static FLOW_SEND: LruHashMap<u32, FlowSend> = LruHashMap::with_max_entries(1024, 0);
 
 /// A traced thread's send on a TCP or UDP socket: when its system call
-/// began and when the protocol took it, by which probes, and the first
-/// packet it transmitted (its key `valid` once known), which the send's
-/// stages are reported under. Ended by the socket layer's return.
+/// began, by which probe, and the first packet it transmitted (its key
+/// `valid` once known), which the send's stages are reported under.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub(crate) struct FlowSend {
-    /// The system call's entry (0: not seen: a `write()`).
     pub(crate) ts: u64,
     pub(crate) len: u32,
     pub(crate) probe: u8,
-    /// The protocol's send (`tcp_sendmsg`, `udp_sendmsg`): its probe and
-    /// stage, and when (0: not seen).
-    pub(crate) proto_probe: u8,
-    pub(crate) proto_stage: u8,
-    pub(crate) _pad: u8,
+    pub(crate) _pad: [u8; 3],
     pub(crate) key: PktKey,
-    pub(crate) proto_ts: u64,
 }
 
 /// Per UDP socket (`struct sock *`): the traced datagram at the head of

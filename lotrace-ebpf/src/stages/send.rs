@@ -44,11 +44,8 @@ fn send_starts<C: EbpfContext>(
             ts: now(),
             len: len as u32,
             probe: probe as u8,
-            proto_probe: 0,
-            proto_stage: 0,
-            _pad: 0,
+            _pad: [0; 3],
             key: PktKey::default(),
-            proto_ts: 0,
         };
         let _ = FLOW_SEND.insert(&tid, &start, 0);
         return;
@@ -182,52 +179,4 @@ pub(crate) fn sendmsg<C: EbpfContext>(ctx: &C, probe: ProbeId, _sock: u64) {
 #[inline(always)]
 pub(crate) fn sendmsg_return<C: EbpfContext>(ctx: &C, probe: ProbeId, ret: i64) {
     sock_sendmsg(ctx, probe, 0, Some(ret));
-}
-
-/// The protocol's send (`tcp_sendmsg`, `udp_sendmsg`) in a traced thread:
-/// remembered for the send's first packet (see `transmit::send_of`). A
-/// send whose system call is not probed (`write()`) starts here.
-#[inline(always)]
-fn proto_send(probe: ProbeId, stage: Stage) {
-    let (tgid, tid) = tgid_tid();
-    if !is_target(tgid) {
-        return;
-    }
-    if let Some(f) = FLOW_SEND.get_ptr_mut(&tid) {
-        let f = unsafe { &mut *f };
-        // Once per send (tcp_sendmsg_locked fires per segment it fills).
-        if f.proto_ts == 0 && f.key.valid == 0 {
-            f.proto_ts = now();
-            f.proto_probe = probe as u8;
-            f.proto_stage = stage as u8;
-        }
-        return;
-    }
-    let start = FlowSend {
-        ts: 0,
-        len: 0,
-        probe: 0,
-        proto_probe: probe as u8,
-        proto_stage: stage as u8,
-        _pad: 0,
-        key: PktKey::default(),
-        proto_ts: now(),
-    };
-    let _ = FLOW_SEND.insert(&tid, &start, 0);
-}
-
-/// tcp_sendmsg, udp_sendmsg and udpv6_sendmsg.
-#[inline(always)]
-pub(crate) fn proto_sendmsg<C: EbpfContext>(_ctx: &C, probe: ProbeId, _sk: u64) {
-    let stage = match probe {
-        ProbeId::KpTcpSendmsg | ProbeId::FeTcpSendmsg => Stage::TcpSendmsg,
-        _ => Stage::UdpSendmsg,
-    };
-    proto_send(probe, stage);
-}
-
-/// tcp:tcp_sendmsg_locked (6.16 and later), once per segment it fills.
-#[inline(always)]
-pub(crate) fn tcp_sendmsg_locked(_ctx: &impl Fields, probe: ProbeId, _skb: TpField) {
-    proto_send(probe, Stage::TcpSendmsg);
 }

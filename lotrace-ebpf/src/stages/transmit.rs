@@ -11,7 +11,7 @@ use lotrace_common::{
 
 use crate::kernel::Fields;
 use crate::{
-    emit::{emit, emit_flow},
+    emit::emit,
     filter::{
         in_softirq, is_ours, is_target, learn_sock, skb_sock, sock_net, tgid_tid, track, track_key,
     },
@@ -75,19 +75,10 @@ fn send_of<C: EbpfContext>(ctx: &C, key: &PktKey) {
         return;
     }
     f.key = *key;
-    if f.ts != 0
-        && let Some(probe) = ProbeId::from_u8(f.probe)
-    {
-        emit_flow(ctx, key, at_time(f.ts, Stage::Sendto, probe, f.len));
-    }
-    if f.proto_ts != 0
-        && let (Some(probe), Some(stage)) = (
-            ProbeId::from_u8(f.proto_probe),
-            Stage::from_u8(f.proto_stage),
-        )
-    {
-        emit_flow(ctx, key, at_time(f.proto_ts, stage, probe, 0));
-    }
+    let Some(probe) = ProbeId::from_u8(f.probe) else {
+        return;
+    };
+    emit(ctx, key, at_time(f.ts, Stage::Sendto, probe, f.len));
 }
 
 /// A packet built by a traced command's send (the first stage to see it,
