@@ -446,7 +446,7 @@ macro_rules! probe_table {
             SchedProcessFork     = 21: tp_sched_process_fork      tracepoint(sched:sched_process_fork)            {ForkParentPid: parent_pid = 0 -> pid, ForkChildPid: child_pid = 1 -> pid} -> _ 0 required => filter::sched_process_fork;
             // A traced process's TCP socket starting or ending to listen:
             // connections to it are followed from their SYN, whoever sends it.
-            InetSockSetState     = 99: tp_inet_sock_set_state     tracepoint(sock:inet_sock_set_state)            {SetStateOld: oldstate, SetStateNew: newstate, SetStateSport: sport, SetStateFamily: family, SetStateProto: protocol, SetStateSaddr: saddr, SetStateSaddr6: saddr_v6} -> _ 0 => filter::inet_sock_set_state;
+            InetSockSetState     = 99: tp_inet_sock_set_state     tracepoint(sock:inet_sock_set_state)            {SetStateOld: oldstate, SetStateNew: newstate, SetStateSport: sport, SetStateFamily: family, SetStateProto: protocol, SetStateSaddr: saddr, SetStateSaddr6: saddr_v6} -> _ 0 => flow::inet_sock_set_state;
             SchedProcessExit     = 81: tp_sched_process_exit      tracepoint(sched:sched_process_exit)            {ExitPid: pid = 0 -> pid}                     -> _ 0                       => filter::sched_process_exit;
             SysExitSendto        =  2: tp_sys_exit_sendto         tracepoint(syscalls:sys_exit_sendto)            {SendtoExitRet: ret}                          -> _ 0 at_return             => send::sys_exit_sendto;
             NetifRxExit          =  9: tp_netif_rx_exit           tracepoint(net:netif_rx_exit)                   {NetifRxExitRet: ret = 0}                     -> _ 0 at_return             => receive::netif_rx_exit;

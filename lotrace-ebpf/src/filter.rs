@@ -7,7 +7,7 @@ use aya_ebpf::{helpers::bpf_get_current_pid_tgid, maps::LruHashMap};
 use lotrace_common::{
     PktKey, ProbeId, TpField, agg,
     catalog::targets,
-    event::{AF_INET6, IPPROTO_TCP, is_flow},
+    event::{AF_INET6, is_flow},
 };
 
 use crate::kernel::Fields;
@@ -271,52 +271,3 @@ pub(crate) fn sched_process_exit(_ctx: &impl Fields, _probe: ProbeId, _pid: TpFi
         disown(tgid);
     }
 }
-
-/// `sock:inet_sock_set_state`: a traced process's TCP socket starts to
-/// listen (in its `listen()`), or stops (see `flow::listening`).
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-pub(crate) fn inet_sock_set_state(
-    ctx: &impl Fields,
-    _probe: ProbeId,
-    old: TpField,
-    new: TpField,
-    sport: TpField,
-    family: TpField,
-    proto: TpField,
-    saddr: TpField,
-    saddr6: TpField,
-) {
-    let (Some(old), Some(new)) = (field::<i32>(ctx, old), field::<i32>(ctx, new)) else {
-        return;
-    };
-    if new != TCP_LISTEN && old != TCP_LISTEN {
-        return;
-    }
-    if field::<u16>(ctx, proto) != Some(IPPROTO_TCP as u16) {
-        return;
-    }
-    let (Some(family), Some(port)) = (field::<u16>(ctx, family), field::<u16>(ctx, sport)) else {
-        return;
-    };
-    let addr = if family == AF_INET6 as u16 {
-        field::<[u8; 16]>(ctx, saddr6)
-    } else {
-        field::<[u8; 4]>(ctx, saddr).map(|a| {
-            let mut b = [0u8; 16];
-            b[..4].copy_from_slice(&a);
-            b
-        })
-    };
-    let Some(addr) = addr else { return };
-    if new == TCP_LISTEN {
-        if is_target(tgid_tid().0) {
-            crate::flow::listening(family as u8, port, &addr, true);
-        }
-    } else {
-        crate::flow::listening(family as u8, port, &addr, false);
-    }
-}
-
-/// `TCP_LISTEN`, as `include/net/tcp_states.h` has it.
-const TCP_LISTEN: i32 = 10;

@@ -8,7 +8,7 @@
 use aya_ebpf::maps::{Array, LruHashMap, PerCpuArray};
 use aya_ebpf::{helpers::bpf_probe_read_kernel_buf, macros::map};
 use lotrace_common::{
-    Event, PktKey, ProbeId, Stage,
+    Event, PktKey, ProbeId, Stage, TpField,
     agg::{self, RowAgg},
     bits::add_u32,
     event::{
@@ -17,10 +17,11 @@ use lotrace_common::{
     },
 };
 
+use crate::kernel::Fields;
 use crate::{
     assemble::wake_flags,
     filter::{in_softirq, is_target, skb_sock, tgid_tid},
-    kernel::{CONFIG, config, now, read_kernel},
+    kernel::{CONFIG, config, field, now, read_kernel},
     maps::{EVENTS, SUBMITTED, count_lost, state},
 };
 
@@ -401,3 +402,52 @@ pub(crate) fn flow_of(family: u8, proto: u8, ip: u64, th: u64, end: u64) -> Opti
     tuple(t, family, proto, ip, p)?;
     unsafe { FLOW_IDS.get(&*t) }.map(|v| *v as u16)
 }
+
+/// `sock:inet_sock_set_state`: a traced process's TCP socket starts to
+/// listen (in its `listen()`), or stops (see `flow::listening`).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub(crate) fn inet_sock_set_state(
+    ctx: &impl Fields,
+    _probe: ProbeId,
+    old: TpField,
+    new: TpField,
+    sport: TpField,
+    family: TpField,
+    proto: TpField,
+    saddr: TpField,
+    saddr6: TpField,
+) {
+    let (Some(old), Some(new)) = (field::<i32>(ctx, old), field::<i32>(ctx, new)) else {
+        return;
+    };
+    if new != TCP_LISTEN && old != TCP_LISTEN {
+        return;
+    }
+    if field::<u16>(ctx, proto) != Some(IPPROTO_TCP as u16) {
+        return;
+    }
+    let (Some(family), Some(port)) = (field::<u16>(ctx, family), field::<u16>(ctx, sport)) else {
+        return;
+    };
+    let addr = if family == AF_INET6 as u16 {
+        field::<[u8; 16]>(ctx, saddr6)
+    } else {
+        field::<[u8; 4]>(ctx, saddr).map(|a| {
+            let mut b = [0u8; 16];
+            b[..4].copy_from_slice(&a);
+            b
+        })
+    };
+    let Some(addr) = addr else { return };
+    if new == TCP_LISTEN {
+        if is_target(tgid_tid().0) {
+            listening(family as u8, port, &addr, true);
+        }
+    } else {
+        listening(family as u8, port, &addr, false);
+    }
+}
+
+/// `TCP_LISTEN`, as `include/net/tcp_states.h` has it.
+const TCP_LISTEN: i32 = 10;

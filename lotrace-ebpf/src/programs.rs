@@ -13,7 +13,7 @@ use aya_ebpf::{
 use lotrace_common::{ProbeId, TpField};
 
 use crate::{
-    filter,
+    filter, flow,
     kernel::{RawTp, fentry_arg, fexit_ret, floor},
     stages::{free, receive, recv, route, send, socket, softirq, transmit},
 };
