@@ -425,8 +425,8 @@ pub use crate::probes::{
 ///   `required` set the [`ProbeInfo`] fields of those names.
 /// - `handler`: the function the program calls with its context, its
 ///   [`ProbeId`] and the fields or arguments above, in order; a path in
-///   the eBPF crate (`lotrace-ebpf/src/stages/`, or `filter` for the
-///   filter's own state).
+///   the eBPF crate (`lotrace-ebpf/src/stages/`, or `filter` and `flow`
+///   for the filter's own state).
 ///
 /// Lines are grouped by stage in the order a packet meets them; within a
 /// stage, tracepoints first, then kprobes, then fentry.
