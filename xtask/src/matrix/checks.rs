@@ -21,6 +21,14 @@ pub fn json_lines(run: &Run) -> Result<Vec<Value>> {
         .collect()
 }
 
+/// The summary object of a trace's JSON Lines.
+fn summary(lines: &[Value]) -> Result<&Value> {
+    lines
+        .iter()
+        .find(|v| v["type"] == "summary")
+        .context("no summary")
+}
+
 /// A journey's events in one line, for a failure's message:
 /// `request sendto@0 tracepoint:... task, ...`.
 pub fn events_line(j: &Value) -> String {
@@ -61,10 +69,7 @@ pub fn events_line(j: &Value) -> String {
 pub fn check_tcp(run: &Run, backend: &str) -> Result<()> {
     ensure!(run.exit == 0, "lotrace trace exited with {}", run.exit);
     let lines = json_lines(run)?;
-    let summary = lines
-        .iter()
-        .find(|v| v["type"] == "summary")
-        .context("no summary")?;
+    let summary = summary(&lines)?;
     ensure!(
         summary["lost_events"] == 0,
         "events lost: {}",
@@ -165,10 +170,7 @@ fn of_backend(label: &str, backend: &str) -> bool {
 pub fn check_trace(run: &Run, backend: &str) -> Result<Vec<Value>> {
     ensure!(run.exit == 0, "lotrace trace exited with {}", run.exit);
     let lines = json_lines(run)?;
-    let summary = lines
-        .iter()
-        .find(|v| v["type"] == "summary")
-        .context("no summary")?;
+    let summary = summary(&lines)?;
     // Function backends must see all of the card's stages; tracepoints only
     // those this kernel has a tracepoint for (6.1 has no sock_send_length),
     // and the others must be reported as not observed.
@@ -224,10 +226,6 @@ pub fn check_trace(run: &Run, backend: &str) -> Result<Vec<Value>> {
         check_journeys(&js, backend, &card, observed("sock_deliver"))
             .with_context(|| format!("{socket} socket"))?;
     }
-    let summary = lines
-        .iter()
-        .find(|v| v["type"] == "summary")
-        .context("no summary")?;
     ensure!(
         summary["journeys"] == (PINGS * SOCKETS.len()) as u64,
         "summary: {}",
@@ -348,10 +346,7 @@ pub fn check_backlog(run: &Run) -> Result<()> {
             );
         }
     }
-    let s = lines
-        .iter()
-        .find(|v| v["type"] == "summary")
-        .context("no summary")?;
+    let s = summary(&lines)?;
     ensure!(
         s["softirq"]["backlog_thread"] == (2 * PINGS) as u64,
         "softirq: {}",
@@ -369,10 +364,7 @@ pub fn check_summary_only(run: &Run) -> Result<()> {
         lines.iter().all(|v| v["type"] != "journey"),
         "journeys were streamed"
     );
-    let s = lines
-        .iter()
-        .find(|v| v["type"] == "summary")
-        .context("no summary")?;
+    let s = summary(&lines)?;
     ensure!(s["journeys"] == PINGS as u64, "journeys: {}", s["journeys"]);
     ensure!(
         s["in_kernel"]["answered"] == PINGS as u64,
@@ -410,10 +402,7 @@ pub struct Row {
 /// The table row of a trace run (`mode` is a backend or `summary-only`).
 pub fn row(run: &Run, mode: &str) -> Result<Row> {
     let lines = json_lines(run)?;
-    let s = lines
-        .iter()
-        .find(|v| v["type"] == "summary")
-        .context("no summary")?;
+    let s = summary(&lines)?;
     let journeys = s["journeys"].as_u64().unwrap_or(0);
     let probes = s["probes"].as_array().context("probes")?;
     // A probe two stages share (the transmit tracepoints) counts once.
