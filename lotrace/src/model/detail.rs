@@ -3,7 +3,7 @@
 //! statistics and every output read the same typed value instead of
 //! re-reading overloaded fields.
 
-use lotrace_common::{Event, Stage, catalog::DetailKind};
+use lotrace_common::{Event, Stage, catalog::DetailKind, event::is_flow};
 
 /// A network device's name as the kernel stores it: NUL-padded bytes.
 /// Kept as bytes, so decoding an event allocates nothing.
@@ -100,7 +100,8 @@ impl StageDetail {
             (DetailKind::RunStart, _) if ev.aux != 0 => StageDetail::InRun { began_ns: ev.aux },
             (DetailKind::Device, false) => StageDetail::Transmit {
                 dev: (ev.aux != 0).then(|| DevName::from_aux(ev.aux)),
-                sock_type: ev.aux2,
+                // A TCP or UDP packet's transmit carries its payload there.
+                sock_type: if is_flow(ev.icmp_type) { 0 } else { ev.aux2 },
             },
             _ => return None,
         })

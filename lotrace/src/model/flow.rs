@@ -33,6 +33,14 @@ impl Proto {
         }
     }
 
+    /// What one packet of it is called, and several.
+    pub fn packet_words(self) -> (&'static str, &'static str) {
+        match self {
+            Proto::Tcp => ("segment", "segments"),
+            Proto::Udp => ("datagram", "datagrams"),
+        }
+    }
+
     fn of(icmp_type: u8) -> Proto {
         if icmp_type == PKT_TCP {
             Proto::Tcp
@@ -332,7 +340,7 @@ pub fn build_packet(mut events: Vec<Event>) -> Packet {
     let mut prev = first.ts_ns;
     let mut wire = None;
     for ev in &events {
-        let Some(mut h) = hop(ev, Leg::Request, first.ts_ns, prev) else {
+        let Some(h) = hop(ev, Leg::Request, first.ts_ns, prev) else {
             continue;
         };
         // What the transmit that numbered it read: its entry's, or the
@@ -348,10 +356,6 @@ pub fn build_packet(mut events: Vec<Event>) -> Packet {
                 tcp_flags: ev.tcp_flags,
                 tcp_seq: u32::from_le_bytes(ev.tcp_seq),
             });
-        }
-        // The transmit's `aux2` holds the payload here, not a socket type.
-        if let Some(StageDetail::Transmit { sock_type, .. }) = &mut h.detail {
-            *sock_type = 0;
         }
         prev = ev.ts_ns;
         hops.push(h);

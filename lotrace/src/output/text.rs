@@ -170,10 +170,7 @@ pub fn packets_summary_text(ps: &PacketStats, flows: usize) -> String {
     let counts: Vec<String> = ps
         .packets
         .iter()
-        .map(|(p, n)| match p {
-            Proto::Tcp => format!("{n} TCP segments"),
-            Proto::Udp => format!("{n} UDP datagrams"),
-        })
+        .map(|(p, n)| format!("{n} {} {}", p.name().to_uppercase(), p.packet_words().1))
         .collect();
     let _ = writeln!(
         s,
@@ -281,10 +278,7 @@ pub fn exchange_text(x: &Exchange, flow: Option<&Flow>) -> String {
         .total_ns()
         .map(|t| format!(" ══ {}", fmt_ns(t)))
         .unwrap_or_default();
-    let (what, unit) = match x.proto {
-        Proto::Tcp => ("segment", "segments"),
-        Proto::Udp => ("datagram", "datagrams"),
-    };
+    let (what, unit) = x.proto.packet_words();
     let plural = |n: usize| if n == 1 { what } else { unit };
     match x.kind {
         ExchangeKind::Handshake => {
@@ -372,10 +366,7 @@ fn reader_words(ps: &[Packet]) -> String {
 
 /// `tcp 127.0.0.1:41000 → 127.0.0.1:8000 · flow 1 segment 3`.
 fn packet_title(p: &Packet, flow: Option<&Flow>) -> String {
-    let what = match p.proto {
-        Proto::Tcp => "segment",
-        Proto::Udp => "datagram",
-    };
+    let what = p.proto.packet_words().0;
     match flow {
         Some(f) => {
             let (from, to) = f.ends(p.reverse);
