@@ -178,11 +178,6 @@ impl Session {
         )
     }
 
-    /// The flows followed so far.
-    pub fn flows(&self) -> &BTreeMap<u16, Flow> {
-        &self.packets.flows
-    }
-
     /// How many flows were followed: announced, or counted in the kernel.
     pub fn flow_count(&self) -> usize {
         self.packets
