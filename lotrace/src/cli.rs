@@ -72,10 +72,15 @@ Examples:
       127.0.0.1, ::1, localhost and 0.0.0.0, five pings each.
   sudo lotrace compare -c 20 127.0.0.1 ::1
   sudo lotrace compare --format json 127.0.0.1 localhost
+  sudo lotrace compare 127.0.0.1 ::1 -- curl -s -o /dev/null http://{host}:8000/
+      One curl per target (a server listening on both, such as
+      `python3 -m http.server --bind ::`): TCP's stages and exchanges.
+  sudo lotrace compare --netns blue 127.0.0.1 10.0.0.1 -- dig @{} example.test
+      UDP, inside the network namespace `blue`.
 
 Exit status:
-  0      every ping exited 0
-  1      a ping failed (its status is in the table), or lotrace failed
+  0      every ping (or COMMAND) exited 0
+  1      one failed (its status is under the table), or lotrace failed
   2      the command line is wrong";
 
 const PROBES_AFTER: &str = "\
@@ -218,23 +223,31 @@ pub enum Cmd {
         #[arg(required = true, trailing_var_arg = true, value_name = "COMMAND")]
         command: Vec<String>,
     },
-    /// Trace a short ping to each TARGET and print the stage tables side by
-    /// side, differences marked: 127.0.0.1 vs ::1 vs localhost vs 0.0.0.0.
+    /// Trace a short ping to each TARGET, or COMMAND with the target in it,
+    /// and print the stage tables side by side, differences marked:
+    /// 127.0.0.1 vs ::1 vs localhost vs 0.0.0.0.
     #[command(after_long_help = COMPARE_AFTER)]
     Compare {
         /// Output format: the tables side by side, or one JSON object.
         #[arg(long, value_enum, default_value_t = Format::Text, help_heading = "Output")]
         format: Format,
-        /// Pings per target.
-        #[arg(short = 'c', long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000), help_heading = "The traced command")]
+        /// Pings per target (not with a COMMAND, which says how many
+        /// requests it makes).
+        #[arg(short = 'c', long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000), conflicts_with = "command", help_heading = "The traced command")]
         count: u32,
         #[command(flatten)]
         probing: Probing,
         #[command(flatten)]
         child: Child,
-        /// Hosts to ping.
+        /// Hosts to ping, or to put into COMMAND.
         #[arg(default_values_t = ["127.0.0.1".to_string(), "::1".to_string(), "localhost".to_string(), "0.0.0.0".to_string()])]
         targets: Vec<String>,
+        /// Traced instead of ping, once per target, after `--`: `{}` in
+        /// its arguments becomes the target, `{host}` the target as a URL
+        /// writes it (an IPv6 address in brackets). Its TCP and UDP
+        /// packets and exchanges are compared.
+        #[arg(last = true, value_name = "COMMAND")]
+        command: Vec<String>,
     },
     /// List every stage, each probe that could observe it, whether this
     /// kernel allows it (and why not), and what `--backend auto` chooses.
@@ -333,6 +346,7 @@ pub fn trace_options(
 /// The options of `compare`: a trace per target, as configured.
 pub fn compare_options(
     targets: Vec<String>,
+    command: Vec<String>,
     count: u32,
     format: Format,
     p: &Probing,
@@ -347,6 +361,7 @@ pub fn compare_options(
     };
     CompareOptions {
         targets,
+        command,
         count,
         format,
         template: trace_options(Vec::new(), &output, p, child, None, false),

@@ -51,9 +51,10 @@ fn main() -> ExitCode {
             probing,
             child,
             targets,
+            command,
         } => runtime().and_then(|rt| {
             rt.block_on(compare::run(cli::compare_options(
-                targets, count, format, &probing, &child,
+                targets, command, count, format, &probing, &child,
             )))
         }),
         Cmd::Probes { format, btf } => probes::run(&btf, format),

@@ -327,6 +327,130 @@ fn a_ping_trace_has_no_flows() {
     assert!(summary(&lines).get("packets").is_none());
 }
 
+/// Python's HTTP server in `ns` on `addr:port`, once it listens (at most
+/// 10 s).
+fn http_server_in(ns: &Netns, addr: &str, port: &str) -> Server {
+    let child = ns
+        .cmd(&["python3", "-m", "http.server", port, "--bind", addr])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the server");
+    let server = Server(child);
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = ns
+            .cmd(&["ss", "-Hltn", &format!("sport = :{port}")])
+            .output()
+            .unwrap();
+        if !out.stdout.is_empty() {
+            return server;
+        }
+        assert!(Instant::now() < until, "the server never listened");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `compare` with a command: two curls each to 127.0.0.1, ::1 and the
+/// namespace's own address on a veth, from one server listening on all
+/// three. The veth's address is local: its packets go through lo too.
+#[test]
+fn compare_traces_a_command_per_target() {
+    if skip(&["curl", "python3", "ss"]) {
+        return;
+    }
+    let _k = kernel_lock();
+    let ns = Netns::new("compare");
+    ns.exec(&[
+        "ip", "link", "add", "lt0", "type", "veth", "peer", "name", "lt1",
+    ]);
+    ns.exec(&["ip", "addr", "add", "10.201.0.1/24", "dev", "lt0"]);
+    ns.exec(&["ip", "link", "set", "lt0", "up"]);
+    ns.exec(&["ip", "link", "set", "lt1", "up"]);
+    let port = "8766";
+    let _server = http_server_in(&ns, "::", port);
+    let url = format!("http://{{host}}:{port}/");
+    let targets = ["127.0.0.1", "::1", "10.201.0.1"];
+    let mut args = vec!["compare", "--format", "json", "--netns", &ns.0];
+    args.extend(targets);
+    args.extend(["--", "curl", "-s", "-o", "/dev/null", &url, &url]);
+    let out = lotrace(&args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{args:?}: {err}");
+    let v: Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let cols = v["targets"].as_array().unwrap();
+    assert_eq!(cols.len(), 3, "{v}");
+    for (c, t) in cols.iter().zip(targets) {
+        let host = if t.contains(':') {
+            format!("[{t}]")
+        } else {
+            t.into()
+        };
+        assert_eq!(c["exit"], 0, "{c}");
+        assert_eq!(
+            c["command"],
+            format!("curl -s -o /dev/null http://{host}:{port}/ http://{host}:{port}/")
+        );
+        let p = &c["packets"];
+        assert_eq!(
+            p["sent_to"],
+            serde_json::json!([format!("TCP {host}:{port}")]),
+            "{c}"
+        );
+        assert_eq!(p["flows"], 2, "{c}");
+        let devs: Vec<&String> = p["devices"].as_object().unwrap().keys().collect();
+        assert_eq!(devs, ["lo"], "{c}");
+        let xs = p["exchanges"].as_array().unwrap();
+        for kind in ["handshake", "request"] {
+            let x = xs
+                .iter()
+                .find(|x| x["kind"] == kind)
+                .unwrap_or_else(|| panic!("{c}"));
+            assert_eq!(x["count"], 2, "{x}");
+            assert_eq!(x["unanswered"], 0, "{x}");
+            assert!(x["total_p50_ns"].as_u64().unwrap() > 0, "{x}");
+        }
+        let stages: Vec<&str> = p["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["stage"].as_str().unwrap())
+            .collect();
+        for want in [
+            "loopback_xmit",
+            "netif_rx",
+            "netif_receive_skb",
+            "copy_to_user",
+        ] {
+            assert!(stages.contains(&want), "{want} not in {stages:?}");
+        }
+    }
+    // The tables side by side, for one target.
+    let out = lotrace(&[
+        "compare",
+        "--netns",
+        &ns.0,
+        "10.201.0.1",
+        "--",
+        "curl",
+        "-s",
+        "-o",
+        "/dev/null",
+        &url,
+    ]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for want in [
+        "sent to",
+        "TCP request exchanges",
+        "tcp      loopback_xmit",
+        "request: sent→arrived",
+    ] {
+        assert!(text.contains(want), "{want} not in:\n{text}");
+    }
+}
+
 /// The first data segment to the server is dropped once, on its way in
 /// (nftables' input hook, in a namespace of the test's): TCP sends it
 /// again, and that segment's journey names the one it repeats.
@@ -338,26 +462,7 @@ fn a_retransmission_is_linked_to_the_segment_it_repeats() {
     let _k = kernel_lock();
     let ns = Netns::new("rexmit");
     let port = "8765";
-    let child = ns
-        .cmd(&["python3", "-m", "http.server", port, "--bind", "127.0.0.1"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the server");
-    let _server = Server(child);
-    let until = Instant::now() + Duration::from_secs(10);
-    loop {
-        let out = ns
-            .cmd(&["ss", "-Hltn", &format!("sport = :{port}")])
-            .output()
-            .unwrap();
-        if !out.stdout.is_empty() {
-            break;
-        }
-        assert!(Instant::now() < until, "the server never listened");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let _server = http_server_in(&ns, "127.0.0.1", port);
     ns.exec(&["nft", "add", "table", "inet", "lotrace_test"]);
     ns.exec(&[
         "nft",

@@ -409,6 +409,14 @@ fn bad_inputs_each_give_one_line() {
             "command not found: no-such-command-lotrace",
         ),
         (
+            &["compare", "127.0.0.1", "--", "curl", "http://127.0.0.1/"],
+            "does not say where the target goes",
+        ),
+        (
+            &["compare", "-c", "3", "127.0.0.1", "--", "curl", "{}"],
+            "cannot be used with",
+        ),
+        (
             &[
                 "trace",
                 "--btf",

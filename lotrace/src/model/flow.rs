@@ -15,7 +15,7 @@ use crate::model::{
     builder::hop,
     detail::StageDetail,
     journey::{Hop, Leg, family_name},
-    stats::Histogram,
+    stats::{Histogram, NetRx, count_dev},
 };
 
 /// The transport protocol of a flow.
@@ -452,6 +452,10 @@ pub struct PacketStats {
     /// Per protocol and kind of exchange: its request's way, the
     /// server's time, its response's way, and the whole.
     pub exchanges: BTreeMap<(Proto, &'static str), ExchangeHists>,
+    /// The devices packets were transmitted on, with counts.
+    pub devices: BTreeMap<String, u64>,
+    /// Where the packets' receives ran.
+    pub net_rx: NetRx,
 }
 
 #[derive(Default)]
@@ -462,6 +466,23 @@ pub struct ExchangeHists {
     pub total: Histogram,
     /// Exchanges with no response seen.
     pub unanswered: u64,
+}
+
+impl ExchangeHists {
+    /// Its rows in a table, labelled: a handshake's whole, or a request's
+    /// way, the server's time, the response's way and the whole.
+    pub fn rows(&self, kind: &str) -> Vec<(&'static str, &Histogram)> {
+        if kind == ExchangeKind::Handshake.name() {
+            vec![("handshake: SYN→ACK arrived", &self.total)]
+        } else {
+            vec![
+                ("request: sent→arrived", &self.request),
+                ("server: arrived→response", &self.server),
+                ("response: sent→arrived", &self.response),
+                ("exchange: request→response", &self.total),
+            ]
+        }
+    }
 }
 
 impl PacketStats {
@@ -478,6 +499,10 @@ impl PacketStats {
             row.1.record(if i > 0 { h.delta_ns } else { 0 });
         }
         self.total.entry(p.proto).or_default().record(p.total_ns);
+        count_dev(&mut self.devices, p.hops.iter().find_map(Hop::xmit_dev));
+        if let Some(h) = p.hops.iter().find(|h| h.stage == Stage::NetifReceiveSkb) {
+            self.net_rx.add(&h.context);
+        }
     }
 
     pub fn add_exchange(&mut self, x: &Exchange) {

@@ -1,7 +1,7 @@
 //! A journey: what lotrace shows of one echo, its request leg and its reply
 //! leg, hop by hop, with its outcome. `builder` makes them from events.
 
-use crate::model::detail::StageDetail;
+use crate::model::detail::{DevName, StageDetail};
 use lotrace_common::{
     Event, ProbeId, Stage,
     event::{AF_INET, AF_INET6, FLAG_NET_RX},
@@ -81,6 +81,15 @@ pub struct Hop {
 }
 
 impl Hop {
+    /// The device a transmit went out on, when this hop is
+    /// `dev_queue_xmit` and read it.
+    pub fn xmit_dev(&self) -> Option<DevName> {
+        match (self.stage, self.detail) {
+            (Stage::DevQueueXmit, Some(StageDetail::Transmit { dev, .. })) => dev,
+            _ => None,
+        }
+    }
+
     /// What the journey's meaning needs of this hop.
     pub fn obs(&self) -> Obs {
         let route_err = match self.detail {

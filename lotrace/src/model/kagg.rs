@@ -144,9 +144,9 @@ pub fn stats(k: &KernelAgg) -> Stats {
             s.sockets.insert(name, k.counter(c));
         }
     }
-    s.softirq_inline = k.counter(counters::SOFTIRQ_INLINE);
-    s.softirq_ksoftirqd = k.counter(counters::SOFTIRQ_KSOFTIRQD);
-    s.backlog_thread = k.counter(counters::BACKLOG_THREAD);
+    s.softirq.inline = k.counter(counters::SOFTIRQ_INLINE);
+    s.softirq.ksoftirqd = k.counter(counters::SOFTIRQ_KSOFTIRQD);
+    s.softirq.backlog_thread = k.counter(counters::BACKLOG_THREAD);
     s.in_kernel = Some(o);
     s
 }
@@ -235,7 +235,7 @@ mod tests {
         assert_eq!(s.families.get("ipv4"), Some(&5));
         assert_eq!(s.sockets.get("datagram"), Some(&4));
         assert!(!s.sockets.contains_key("raw"));
-        assert_eq!(s.softirq_ksoftirqd, 3);
+        assert_eq!(s.softirq.ksoftirqd, 3);
     }
 }
 
@@ -398,14 +398,14 @@ mod same_meaning {
         assert_eq!(rtt(&got), rtt(&want), "{name}: RTT");
         assert_eq!(
             (
-                got.softirq_inline,
-                got.softirq_ksoftirqd,
-                got.backlog_thread
+                got.softirq.inline,
+                got.softirq.ksoftirqd,
+                got.softirq.backlog_thread
             ),
             (
-                want.softirq_inline,
-                want.softirq_ksoftirqd,
-                want.backlog_thread
+                want.softirq.inline,
+                want.softirq.ksoftirqd,
+                want.softirq.backlog_thread
             ),
             "{name}: softirq"
         );

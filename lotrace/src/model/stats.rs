@@ -9,8 +9,8 @@ use lotrace_common::{
 };
 
 use crate::model::{
-    detail::StageDetail,
-    journey::{Context, Journey, Leg},
+    detail::DevName,
+    journey::{Context, Hop, Journey, Leg},
 };
 
 #[derive(Clone, Debug)]
@@ -106,11 +106,46 @@ pub struct Row {
 
 impl Row {
     pub fn label(&self) -> String {
-        if self.at_return {
-            format!("{} (return)", self.stage.name())
-        } else {
-            self.stage.name().to_string()
+        row_label(self.stage, self.at_return)
+    }
+}
+
+/// A stage's row in a table: at its start, or at its return.
+pub fn row_label(stage: Stage, at_return: bool) -> String {
+    if at_return {
+        format!("{} (return)", stage.name())
+    } else {
+        stage.name().to_string()
+    }
+}
+
+/// Receives counted by where they ran.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetRx {
+    /// In the NET_RX softirq run inline.
+    pub inline: u64,
+    /// In the NET_RX softirq handed off to ksoftirqd.
+    pub ksoftirqd: u64,
+    /// In a backlog thread, without the softirq.
+    pub backlog_thread: u64,
+}
+
+impl NetRx {
+    pub fn add(&mut self, c: &Context) {
+        match c {
+            Context::Ksoftirqd => self.ksoftirqd += 1,
+            Context::BacklogThread => self.backlog_thread += 1,
+            _ => self.inline += 1,
         }
+    }
+}
+
+/// Counts a transmit's device, up to 64 of them.
+pub fn count_dev(devs: &mut BTreeMap<String, u64>, dev: Option<DevName>) {
+    if let Some(dev) = dev
+        && devs.len() < 64
+    {
+        *devs.entry(dev.to_string()).or_default() += 1;
     }
 }
 
@@ -129,11 +164,8 @@ pub struct Stats {
     /// Journeys per address family and per socket kind.
     pub families: BTreeMap<&'static str, u64>,
     pub sockets: BTreeMap<&'static str, u64>,
-    /// Receives (legs) whose NET_RX softirq ran inline, and in ksoftirqd.
-    pub softirq_inline: u64,
-    pub softirq_ksoftirqd: u64,
-    /// Receives (legs) done by a backlog thread, without the softirq.
-    pub backlog_thread: u64,
+    /// Where the receives (legs) ran.
+    pub softirq: NetRx,
     /// Per row: summed time since the send and count, to order the rows
     /// the way packets met them on average.
     t_sum: BTreeMap<Row, (i128, u64)>,
@@ -177,22 +209,11 @@ impl Stats {
         let dev = j
             .hops
             .iter()
-            .filter(|h| h.leg == Leg::Request && h.stage == Stage::DevQueueXmit)
-            .find_map(|h| match h.detail {
-                Some(StageDetail::Transmit { dev, .. }) => dev,
-                _ => None,
-            });
-        if let Some(dev) = dev
-            && self.xmit_devs.len() < 64
-        {
-            *self.xmit_devs.entry(dev.to_string()).or_default() += 1;
-        }
+            .filter(|h| h.leg == Leg::Request)
+            .find_map(Hop::xmit_dev);
+        count_dev(&mut self.xmit_devs, dev);
         for w in j.softirq.iter().flatten() {
-            match w.context {
-                Context::Ksoftirqd => self.softirq_ksoftirqd += 1,
-                Context::BacklogThread => self.backlog_thread += 1,
-                _ => self.softirq_inline += 1,
-            }
+            self.softirq.add(&w.context);
         }
         for h in &j.hops {
             let row = Row {
@@ -268,7 +289,7 @@ mod tests {
             s.add(&build_journey(echo(seq, seq as u64 * 1_000_000), &[]));
         }
         assert_eq!(s.journeys, 3);
-        assert_eq!((s.softirq_inline, s.softirq_ksoftirqd), (6, 0));
+        assert_eq!((s.softirq.inline, s.softirq.ksoftirqd), (6, 0));
         assert_eq!(s.rtt.count, 3);
         let order = s.order();
         let first = order.first().unwrap();

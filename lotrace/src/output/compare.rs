@@ -1,25 +1,37 @@
 //! `compare`: the stage tables of several traced targets side by side,
 //! differences marked.
 
-use std::fmt::Write as _;
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt::Write as _,
+};
 
 use serde_json::{Value, json};
 
 use crate::{
-    model::stats::{Row, Stats},
+    model::{
+        flow::{ExchangeHists, PacketStats, Proto},
+        stats::{Row, Stats, row_label},
+    },
     output::fmt_ns,
 };
 
 /// One target's traced run.
 pub struct Column {
     pub target: String,
+    /// The command traced for it.
+    pub command: String,
     pub resolved: Option<String>,
     pub resolution: Option<String>,
+    /// Where its flows went: protocol, address and port, once each.
+    pub servers: Vec<String>,
+    pub flows: usize,
     pub stats: Stats,
+    pub packets: PacketStats,
     pub exit: i32,
 }
 
-fn keys(m: &std::collections::BTreeMap<impl ToString, u64>) -> String {
+fn keys(m: &BTreeMap<impl ToString, u64>) -> String {
     m.keys()
         .map(|k| k.to_string())
         .collect::<Vec<_>>()
@@ -40,15 +52,48 @@ fn rows(cols: &[Column]) -> Vec<Row> {
     out
 }
 
+/// The packets' stage rows of every column, in stage order.
+fn packet_rows(cols: &[Column]) -> BTreeSet<(Proto, u8, bool)> {
+    cols.iter()
+        .flat_map(|c| c.packets.rows.iter())
+        .filter(|(_, (_, h))| h.count > 0)
+        .map(|(k, _)| *k)
+        .collect()
+}
+
+/// The kinds of exchange any column had.
+fn exchange_kinds(cols: &[Column]) -> BTreeSet<(Proto, &'static str)> {
+    cols.iter()
+        .flat_map(|c| c.packets.exchanges.keys().copied())
+        .collect()
+}
+
 /// A cell is marked when its median is more than half again the row's
 /// smallest and at least 1 µs more.
 fn marked(v: u64, min: u64) -> bool {
     v > min + min / 2 && v - min >= 1_000
 }
 
+/// A row of medians, the slow ones marked.
+fn p50_cells(vals: &[Option<u64>]) -> Vec<String> {
+    let min = vals.iter().flatten().min().copied().unwrap_or(0);
+    vals.iter()
+        .map(|v| match v {
+            Some(v) => format!("{}{}", if marked(*v, min) { "▲ " } else { "" }, fmt_ns(*v)),
+            None => "—".into(),
+        })
+        .collect()
+}
+
 pub fn text(cols: &[Column]) -> String {
     let mut s = String::new();
-    let w = 14;
+    let w = cols
+        .iter()
+        .flat_map(|c| c.servers.iter().chain([&c.target]))
+        .map(|t| t.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(14);
     let head = |s: &mut String, label: &str, cells: Vec<String>| {
         let _ = write!(s, "{label:<36}");
         for c in cells {
@@ -56,53 +101,109 @@ pub fn text(cols: &[Column]) -> String {
         }
         s.push('\n');
     };
+    let echoes = cols.iter().any(|c| c.stats.journeys > 0);
+    let packets = cols.iter().any(|c| !c.packets.is_empty());
     head(&mut s, "", cols.iter().map(|c| c.target.clone()).collect());
-    head(
-        &mut s,
-        "resolved to",
-        cols.iter()
-            .map(|c| c.resolved.clone().unwrap_or_else(|| "-".into()))
-            .collect(),
-    );
-    head(
-        &mut s,
-        "family",
-        cols.iter().map(|c| keys(&c.stats.families)).collect(),
-    );
-    head(
-        &mut s,
-        "socket",
-        cols.iter().map(|c| keys(&c.stats.sockets)).collect(),
-    );
-    head(
-        &mut s,
-        "sent on device",
-        cols.iter().map(|c| keys(&c.stats.xmit_devs)).collect(),
-    );
-    head(
-        &mut s,
-        "journeys",
-        cols.iter().map(|c| c.stats.journeys.to_string()).collect(),
-    );
-    head(
-        &mut s,
-        "NET_RX inline / ksoftirqd",
-        cols.iter()
-            .map(|c| format!("{} / {}", c.stats.softirq_inline, c.stats.softirq_ksoftirqd))
-            .collect(),
-    );
-    let rtt: Vec<Option<u64>> = cols.iter().map(|c| c.stats.rtt.quantile(0.5)).collect();
-    let min = rtt.iter().flatten().min().copied().unwrap_or(0);
-    head(
-        &mut s,
-        "kernel RTT p50",
-        rtt.iter()
-            .map(|v| match v {
-                Some(v) => format!("{}{}", if marked(*v, min) { "▲ " } else { "" }, fmt_ns(*v)),
-                None => "—".into(),
-            })
-            .collect(),
-    );
+    if cols.iter().any(|c| c.resolved.is_some()) {
+        head(
+            &mut s,
+            "resolved to",
+            cols.iter()
+                .map(|c| c.resolved.clone().unwrap_or_else(|| "-".into()))
+                .collect(),
+        );
+    }
+    if echoes || !packets {
+        head(
+            &mut s,
+            "family",
+            cols.iter().map(|c| keys(&c.stats.families)).collect(),
+        );
+        head(
+            &mut s,
+            "socket",
+            cols.iter().map(|c| keys(&c.stats.sockets)).collect(),
+        );
+        head(
+            &mut s,
+            "sent on device",
+            cols.iter().map(|c| keys(&c.stats.xmit_devs)).collect(),
+        );
+        head(
+            &mut s,
+            "journeys",
+            cols.iter().map(|c| c.stats.journeys.to_string()).collect(),
+        );
+        head(
+            &mut s,
+            "NET_RX inline / ksoftirqd",
+            cols.iter()
+                .map(|c| format!("{} / {}", c.stats.softirq.inline, c.stats.softirq.ksoftirqd))
+                .collect(),
+        );
+        let rtt: Vec<Option<u64>> = cols.iter().map(|c| c.stats.rtt.quantile(0.5)).collect();
+        head(&mut s, "kernel RTT p50", p50_cells(&rtt));
+    }
+    if packets {
+        let most = cols.iter().map(|c| c.servers.len()).max().unwrap_or(0);
+        for i in 0..most {
+            head(
+                &mut s,
+                if i == 0 { "sent to" } else { "" },
+                cols.iter()
+                    .map(|c| c.servers.get(i).cloned().unwrap_or_default())
+                    .collect(),
+            );
+        }
+        head(
+            &mut s,
+            "flows",
+            cols.iter().map(|c| c.flows.to_string()).collect(),
+        );
+        head(
+            &mut s,
+            "sent on device",
+            cols.iter().map(|c| keys(&c.packets.devices)).collect(),
+        );
+        head(
+            &mut s,
+            "NET_RX inline / ksoftirqd",
+            cols.iter()
+                .map(|c| {
+                    format!(
+                        "{} / {}",
+                        c.packets.net_rx.inline, c.packets.net_rx.ksoftirqd
+                    )
+                })
+                .collect(),
+        );
+        let protos: BTreeSet<Proto> = cols
+            .iter()
+            .flat_map(|c| c.packets.packets.keys().copied())
+            .collect();
+        for p in &protos {
+            head(
+                &mut s,
+                &format!("{} {}", p.name().to_uppercase(), p.packet_words().1),
+                cols.iter()
+                    .map(|c| c.packets.packets.get(p).copied().unwrap_or(0).to_string())
+                    .collect(),
+            );
+        }
+        for (p, kind) in exchange_kinds(cols) {
+            let count = |c: &Column| {
+                c.packets
+                    .exchanges
+                    .get(&(p, kind))
+                    .map_or(0, |x| x.total.count + x.unanswered)
+            };
+            head(
+                &mut s,
+                &format!("{} {kind} exchanges", p.name().to_uppercase()),
+                cols.iter().map(|c| count(c).to_string()).collect(),
+            );
+        }
+    }
     let _ = writeln!(
         s,
         "\np50 time since the previous stage (▲: over 1.5× the fastest target; —: not seen)"
@@ -112,33 +213,102 @@ pub fn text(cols: &[Column]) -> String {
             .iter()
             .map(|c| c.stats.rows.get(&r).and_then(|h| h.quantile(0.5)))
             .collect();
-        let min = vals.iter().flatten().min().copied().unwrap_or(0);
-        let cells = vals
+        head(
+            &mut s,
+            &format!("{:<8} {}", r.leg.name(), r.label()),
+            p50_cells(&vals),
+        );
+    }
+    for k in packet_rows(cols) {
+        let stage = cols
             .iter()
-            .map(|v| match v {
-                Some(v) => format!("{}{}", if marked(*v, min) { "▲ " } else { "" }, fmt_ns(*v)),
-                None => "—".into(),
-            })
+            .find_map(|c| c.packets.rows.get(&k))
+            .map(|r| r.0);
+        let Some(stage) = stage else { continue };
+        let vals: Vec<Option<u64>> = cols
+            .iter()
+            .map(|c| c.packets.rows.get(&k).and_then(|r| r.1.quantile(0.5)))
             .collect();
-        head(&mut s, &format!("{:<8} {}", r.leg.name(), r.label()), cells);
+        head(
+            &mut s,
+            &format!("{:<8} {}", k.0.name(), row_label(stage, k.2)),
+            p50_cells(&vals),
+        );
+    }
+    for (p, kind) in exchange_kinds(cols) {
+        let hists: Vec<Option<&ExchangeHists>> = cols
+            .iter()
+            .map(|c| c.packets.exchanges.get(&(p, kind)))
+            .collect();
+        let Some(labels) = hists.iter().flatten().next().map(|x| x.rows(kind)) else {
+            continue;
+        };
+        for (i, (label, _)) in labels.iter().enumerate() {
+            let vals: Vec<Option<u64>> = hists
+                .iter()
+                .map(|x| x.and_then(|x| x.rows(kind)[i].1.quantile(0.5)))
+                .collect();
+            head(
+                &mut s,
+                &format!("{:<8} {label}", p.name()),
+                p50_cells(&vals),
+            );
+        }
     }
     for c in cols {
         if let Some(r) = &c.resolution {
             let _ = writeln!(s, "\n{r}");
         }
         if c.exit != 0 {
-            let _ = writeln!(s, "\nping {} exited with status {}", c.target, c.exit);
+            let _ = writeln!(s, "\n{} exited with status {}", c.command, c.exit);
         }
     }
     s
+}
+
+/// A column's TCP and UDP part, when it had packets.
+fn packets_json(c: &Column) -> Option<Value> {
+    if c.packets.is_empty() {
+        return None;
+    }
+    let p = &c.packets;
+    Some(json!({
+        "flows": c.flows,
+        "sent_to": c.servers,
+        "devices": p.devices,
+        "softirq": {
+            "inline": p.net_rx.inline,
+            "ksoftirqd": p.net_rx.ksoftirqd,
+            "backlog_thread": p.net_rx.backlog_thread,
+        },
+        "count": p.packets.iter().map(|(k, n)| (k.name(), *n)).collect::<BTreeMap<_, _>>(),
+        "stages": p.rows.iter().filter(|(_, (_, h))| h.count > 0).map(|((proto, _, at_return), (stage, h))| json!({
+            "proto": proto.name(),
+            "stage": stage.name(),
+            "at_return": at_return,
+            "count": h.count,
+            "p50_ns": h.quantile(0.5),
+        })).collect::<Vec<_>>(),
+        "exchanges": p.exchanges.iter().map(|((proto, kind), x)| json!({
+            "proto": proto.name(),
+            "kind": kind,
+            "count": x.total.count + x.unanswered,
+            "unanswered": x.unanswered,
+            "request_p50_ns": x.request.quantile(0.5),
+            "server_p50_ns": x.server.quantile(0.5),
+            "response_p50_ns": x.response.quantile(0.5),
+            "total_p50_ns": x.total.quantile(0.5),
+        })).collect::<Vec<_>>(),
+    }))
 }
 
 pub fn json(cols: &[Column]) -> Value {
     let targets: Vec<Value> = cols
         .iter()
         .map(|c| {
-            json!({
+            let mut v = json!({
                 "target": c.target,
+                "command": c.command,
                 "resolved": c.resolved,
                 "resolution": c.resolution,
                 "journeys": c.stats.journeys,
@@ -146,9 +316,9 @@ pub fn json(cols: &[Column]) -> Value {
                 "sockets": c.stats.sockets,
                 "devices": c.stats.xmit_devs,
                 "softirq": {
-                    "inline": c.stats.softirq_inline,
-                    "ksoftirqd": c.stats.softirq_ksoftirqd,
-                    "backlog_thread": c.stats.backlog_thread,
+                    "inline": c.stats.softirq.inline,
+                    "ksoftirqd": c.stats.softirq.ksoftirqd,
+                    "backlog_thread": c.stats.softirq.backlog_thread,
                 },
                 "rtt_p50_ns": c.stats.rtt.quantile(0.5),
                 "exit": c.exit,
@@ -159,7 +329,11 @@ pub fn json(cols: &[Column]) -> Value {
                     "count": c.stats.rows[r].count,
                     "p50_ns": c.stats.rows[r].quantile(0.5),
                 })).collect::<Vec<_>>(),
-            })
+            });
+            if let Some(p) = packets_json(c) {
+                v["packets"] = p;
+            }
+            v
         })
         .collect();
     json!({"type": "compare", "targets": targets})
@@ -184,16 +358,24 @@ mod tests {
         let cols = vec![
             Column {
                 target: "127.0.0.1".into(),
+                command: "ping -c 1 127.0.0.1".into(),
                 resolved: Some("127.0.0.1".into()),
                 resolution: None,
+                servers: Vec::new(),
+                flows: 0,
                 stats: a,
+                packets: PacketStats::default(),
                 exit: 0,
             },
             Column {
                 target: "localhost".into(),
+                command: "ping -c 1 localhost".into(),
                 resolved: Some("::1".into()),
                 resolution: Some("localhost resolves to ::1, 127.0.0.1 (from /etc/hosts)".into()),
+                servers: Vec::new(),
+                flows: 0,
                 stats: b,
+                packets: PacketStats::default(),
                 exit: 0,
             },
         ];

@@ -375,9 +375,9 @@ pub fn summary_json(stats: &Stats, meta: &Meta, t: &Totals) -> Value {
         "rtt": hist_json(&stats.rtt),
         "in_kernel": stats.in_kernel,
         "softirq": {
-            "inline": stats.softirq_inline,
-            "ksoftirqd": stats.softirq_ksoftirqd,
-            "backlog_thread": stats.backlog_thread,
+            "inline": stats.softirq.inline,
+            "ksoftirqd": stats.softirq.ksoftirqd,
+            "backlog_thread": stats.softirq.backlog_thread,
         },
         "stages": stages,
         "probes": probes,

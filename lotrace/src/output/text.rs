@@ -11,7 +11,7 @@ use crate::{
         journey::{Hop, Journey, Leg, Outcome},
         meta::Meta,
         session::{Done, Totals},
-        stats::{Histogram, Stats},
+        stats::{Histogram, Stats, row_label},
     },
     output::{
         Style, explain, explain_flow, fmt_ns,
@@ -201,11 +201,7 @@ pub fn packets_summary_text(ps: &PacketStats, flows: usize) -> String {
         if h.count == 0 {
             continue;
         }
-        let label = if *at_return {
-            format!("{} (return)", stage.name())
-        } else {
-            stage.name().to_string()
-        };
+        let label = row_label(*stage, *at_return);
         let _ = writeln!(s, "   {:<5} {:<29} {}", proto.name(), label, hist_cols(h));
     }
     for (proto, h) in &ps.total {
@@ -225,25 +221,8 @@ pub fn packets_summary_text(ps: &PacketStats, flows: usize) -> String {
         );
     }
     for ((proto, kind), x) in &ps.exchanges {
-        let rows: [(&str, &Histogram); 4] = if *kind == "handshake" {
-            [
-                ("handshake: SYN→ACK arrived", &x.total),
-                ("", &x.request),
-                ("", &x.server),
-                ("", &x.response),
-            ]
-        } else {
-            [
-                ("request: sent→arrived", &x.request),
-                ("server: arrived→response", &x.server),
-                ("response: sent→arrived", &x.response),
-                ("exchange: request→response", &x.total),
-            ]
-        };
-        for (label, h) in rows {
-            if !label.is_empty() {
-                let _ = writeln!(s, "   {:<5} {:<29} {}", proto.name(), label, hist_cols(h));
-            }
+        for (label, h) in x.rows(kind) {
+            let _ = writeln!(s, "   {:<5} {:<29} {}", proto.name(), label, hist_cols(h));
         }
         if x.unanswered > 0 {
             let _ = writeln!(
@@ -614,13 +593,13 @@ fn echo_tables(s: &mut String, stats: &Stats) {
     let _ = writeln!(
         s,
         "\n   NET_RX softirq per receive: {} inline (in the task that was running), {} in ksoftirqd",
-        stats.softirq_inline, stats.softirq_ksoftirqd
+        stats.softirq.inline, stats.softirq.ksoftirqd
     );
-    if stats.backlog_thread > 0 {
+    if stats.softirq.backlog_thread > 0 {
         let _ = writeln!(
             s,
             "   received by a backlog thread (backlog_napi/N, no softirq): {}",
-            stats.backlog_thread
+            stats.softirq.backlog_thread
         );
     }
 }
