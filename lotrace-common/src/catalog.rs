@@ -327,8 +327,8 @@ stage_table! {
 const FLOW_EXPLAIN: [(Stage, &str, &str); 9] = [
     (
         Stage::Sendto,
-        "The traced process hands data to the kernel with sendto() or sendmsg() (the probe says which); a send's stages are shown under the first packet it transmitted.",
-        "被跟踪的进程用 sendto() 或 sendmsg() 把数据交给内核（探针名会说明是哪一个）；一次发送的各阶段显示在它发出的第一个包下面。",
+        "The traced process hands data to the kernel with sendto(), sendmsg() or write() (the probe says which); a send's stages are shown under the first packet it transmitted.",
+        "被跟踪的进程用 sendto()、sendmsg() 或 write() 把数据交给内核（探针名会说明是哪一个）；一次发送的各阶段显示在它发出的第一个包下面。",
     ),
     (
         Stage::SockSendmsg,
@@ -337,8 +337,8 @@ const FLOW_EXPLAIN: [(Stage, &str, &str); 9] = [
     ),
     (
         Stage::Recvmsg,
-        "The receive system call (recvmsg or recvfrom) returns the data to the traced process.",
-        "接收系统调用（recvmsg 或 recvfrom）把数据返回给被跟踪的进程。",
+        "The receive system call (recvmsg, recvfrom or read(); the probe says which) returns the data to the traced process.",
+        "接收系统调用（recvmsg、recvfrom 或 read()；探针名会说明是哪一个）把数据返回给被跟踪的进程。",
     ),
     (
         Stage::SockDeliver,
@@ -452,11 +452,14 @@ macro_rules! probe_table {
             NetifRxExit          =  9: tp_netif_rx_exit           tracepoint(net:netif_rx_exit)                   {NetifRxExitRet: ret = 0}                     -> _ 0 at_return             => receive::netif_rx_exit;
 
             SysExitSendmsg       = 82: tp_sys_exit_sendmsg        tracepoint(syscalls:sys_exit_sendmsg)           {SendmsgExitRet: ret}                         -> _ 0 at_return             => send::sys_exit_sendto;
+            SysExitWrite         = 103: tp_sys_exit_write         tracepoint(syscalls:sys_exit_write)             {WriteExitRet: ret}                           -> _ 0 at_return             => send::sys_exit_sendto;
 
             // ping's send: sendto, or sendmsg when it passes control data
             // (iputils over IPv6 with -I).
             SysEnterSendto       =  1: tp_sys_enter_sendto        tracepoint(syscalls:sys_enter_sendto)           {SendtoFd: fd, SendtoBuff: buff, SendtoLen: len} -> Sendto 0                  => send::sys_enter_sendto;
             SysEnterSendmsg      = 83: tp_sys_enter_sendmsg       tracepoint(syscalls:sys_enter_sendmsg)          {SendmsgFd: fd, SendmsgMsg: msg}              -> Sendto 1                  => send::sys_enter_sendmsg;
+            // A TCP or UDP socket's write() (redis, wget): the same start.
+            SysEnterWrite        = 102: tp_sys_enter_write        tracepoint(syscalls:sys_enter_write)            {WriteFd: fd, WriteBuf: buf, WriteCount: count} -> Sendto 2                  => send::sys_enter_sendto;
 
             // sock_sendmsg hands the message to the address family's
             // sendmsg through the socket's ops; sock_sendmsg itself is
@@ -592,6 +595,7 @@ macro_rules! probe_table {
 
             SysExitRecvmsg       = 18: tp_sys_exit_recvmsg        tracepoint(syscalls:sys_exit_recvmsg)           {RecvmsgRet: ret}                             -> Recvmsg 0 at_return       => recv::sys_exit_recv;
             SysExitRecvfrom      = 60: tp_sys_exit_recvfrom       tracepoint(syscalls:sys_exit_recvfrom)          {RecvfromRet: ret}                            -> Recvmsg 1 at_return       => recv::sys_exit_recv;
+            SysExitRead          = 104: tp_sys_exit_read          tracepoint(syscalls:sys_exit_read)              {ReadRet: ret}                                -> Recvmsg 2 at_return       => recv::sys_exit_recv;
 
             ConsumeSkb           = 19: tp_consume_skb             tracepoint(skb:consume_skb)                     {ConsumeSkbSkb: skbaddr = 0}                  -> Free 0                    => free::consume_skb;
             KfreeSkb             = 20: tp_kfree_skb               tracepoint(skb:kfree_skb)                       {KfreeSkbSkb: skbaddr = 0, KfreeReason: reason = 2} -> Drop 0                    => free::kfree_skb;

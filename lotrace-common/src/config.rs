@@ -26,13 +26,15 @@ pub struct Config {
     pub sk_type: u32,
     /// From a file descriptor to its socket's protocol: `task_struct.files`,
     /// `files_struct.fdt`, `fdtable.fd` and `.max_fds`, `file.private_data`,
-    /// `socket.sk`, `sock.sk_protocol`.
+    /// `socket.sk`, `sock.sk_protocol`; `socket.file`, which points back to
+    /// the file only when the file is a socket.
     pub task_files: u32,
     pub files_fdt: u32,
     pub fdt_fd: u32,
     pub fdt_max_fds: u32,
     pub file_private_data: u32,
     pub socket_sk: u32,
+    pub socket_file: u32,
     pub sk_protocol: u32,
     /// Byte offsets of `sk_buff.dev` and `net_device.name`.
     pub skb_dev: u32,
@@ -117,7 +119,7 @@ const _: () = assert!((RET_ARG_SLOTS + crate::agg::STAGE_ROWS).is_multiple_of(2)
 
 /// Explicit padding before `ret_probes`, whatever the number of tracepoint
 /// fields: the loader writes `Config` as bytes, so it must have no hole.
-const CONFIG_HEAD: usize = 19 * 4 + 2 * TP_FIELD_COUNT + 8;
+const CONFIG_HEAD: usize = 20 * 4 + 2 * TP_FIELD_COUNT + 8;
 pub const CONFIG_PAD: usize = (8 - CONFIG_HEAD % 8) % 8;
 const _: () = assert!(
     core::mem::size_of::<Config>()
@@ -144,6 +146,7 @@ impl Config {
             fdt_max_fds: 0,
             file_private_data: 0,
             socket_sk: 0,
+            socket_file: 0,
             sk_protocol: 0,
             skb_dev: 0,
             dev_name: 0,

@@ -244,8 +244,8 @@ pub(crate) fn dev_name(skb: u64) -> u64 {
 }
 
 /// The `struct sock *` behind one of the current task's file descriptors
-/// (`None` when it is not open; for a file that is not a socket, whatever
-/// its private data holds, which the caller's checks then reject).
+/// (`None` when it is not open or not a socket: a `write()` to a file or a
+/// pipe).
 #[inline(always)]
 pub(crate) fn sock_of_fd(fd: i32) -> Option<u64> {
     if fd < 0 || config(&CONFIG.task_files) == 0 {
@@ -265,6 +265,12 @@ pub(crate) fn sock_of_fd(fd: i32) -> Option<u64> {
     }
     let socket: u64 = read_kernel(file + config(&CONFIG.file_private_data) as u64)?;
     if socket == 0 {
+        return None;
+    }
+    // Another file's private data is no `struct socket`: a socket's points
+    // back to its file.
+    let back: u64 = read_kernel(socket + config(&CONFIG.socket_file) as u64)?;
+    if back != file {
         return None;
     }
     let sk: u64 = read_kernel(socket + config(&CONFIG.socket_sk) as u64)?;

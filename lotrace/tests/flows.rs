@@ -327,6 +327,66 @@ fn a_ping_trace_has_no_flows() {
     assert!(summary(&lines).get("packets").is_none());
 }
 
+/// Sends by `write()` and reads by `read()` (bash's `/dev/tcp`, and cat):
+/// the request's journey starts at a write's system call, and the
+/// response ends at a read's return.
+#[test]
+fn write_and_read_are_a_send_and_a_receive() {
+    if skip(&["bash", "cat", "python3"]) {
+        return;
+    }
+    let _k = kernel_lock();
+    let (_server, port) = http_server("127.0.0.1");
+    let script = format!(
+        "exec 3<>/dev/tcp/127.0.0.1/{port}; printf 'GET / HTTP/1.0\\r\\n\\r\\n' >&3; cat <&3 >/dev/null"
+    );
+    let lines = trace_json(&["bash", "-c", &script]);
+    check_packets(&lines, "127.0.0.1", port);
+    let with =
+        |stage: &str, probe: &str| -> Vec<&Value> {
+            of_type(&lines, "packet")
+                .into_iter()
+                .filter(|p| {
+                    p["events"].as_array().unwrap().iter().any(|e| {
+                        e["stage"] == stage && e["probe"].as_str().unwrap().ends_with(probe)
+                    })
+                })
+                .collect()
+        };
+    // bash's printf writes line by line: two writes, of 16 and 2 bytes.
+    // The second's bytes may wait for the first's ACK (Nagle), then sent
+    // from the softirq that brought it, outside the write.
+    let sent = with("sendto", "sys_enter_write");
+    assert!(!sent.is_empty(), "{lines:?}");
+    for p in &sent {
+        assert_eq!(p["direction"], "forth", "{p}");
+        assert!([16, 2].contains(&p["payload"].as_u64().unwrap()), "{p}");
+        let st = stages(p);
+        assert_eq!(st[0], "sendto", "{p}");
+        assert!(st.contains(&"sock_sendmsg"), "{p}");
+    }
+    let read = with("recvmsg", "sys_exit_read");
+    assert!(!read.is_empty(), "{lines:?}");
+    for p in &read {
+        assert_eq!(p["direction"], "back", "{p}");
+        assert!(
+            p["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["stage"] == "recvmsg" && e["comm"] == "cat"),
+            "{p}"
+        );
+    }
+    let xs: Vec<_> = of_type(&lines, "exchange")
+        .into_iter()
+        .filter(|x| x["kind"] == "request")
+        .collect();
+    assert_eq!(xs.len(), 1, "{xs:?}");
+    assert_eq!(xs[0]["request"]["bytes"], 18);
+    assert_eq!(xs[0]["response"]["reach"], "read", "{}", xs[0]);
+}
+
 /// Python's HTTP server in `ns` on `addr:port`, once it listens (at most
 /// 10 s).
 fn http_server_in(ns: &Netns, addr: &str, port: &str) -> Server {

@@ -75,7 +75,14 @@ fn returned<C: EbpfContext>(ctx: &C, stage: Stage, probe: ProbeId, ret: i64) {
     let target = is_target(tgid);
     let key = if stage == Stage::Recvmsg {
         // Without a socket-layer return (not observed here), the copy's.
-        take_ctx(&RECV_DONE, tid).or_else(|| take_ctx(&RECV_CTX, tid))
+        // Only a traced thread's is ever set (every read() on the machine
+        // comes here).
+        let done = if target {
+            take_ctx(&RECV_DONE, tid)
+        } else {
+            None
+        };
+        done.or_else(|| take_ctx(&RECV_CTX, tid))
     } else {
         let key = take_ctx(&RECV_CTX, tid);
         if target {

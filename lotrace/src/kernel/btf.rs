@@ -36,6 +36,7 @@ pub struct SkbOffsets {
     pub fdt_max_fds: u32,
     pub file_private_data: u32,
     pub socket_sk: u32,
+    pub socket_file: u32,
     pub sk_protocol: u32,
     /// `sock.sk_receive_queue.qlen` and `udp_sock.reader_queue.qlen` (0:
     /// not found).
@@ -84,6 +85,7 @@ impl KernelBtf {
             fdt_max_fds: self.offset("fdtable", "max_fds")?,
             file_private_data: self.offset("file", "private_data")?,
             socket_sk: self.offset("socket", "sk")?,
+            socket_file: self.offset("socket", "file")?,
             sk_protocol: self.offset("sock", "sk_protocol")?,
             dev_net: self.net_of("net_device", &["nd_net"]).unwrap_or(0),
             sk_net: self

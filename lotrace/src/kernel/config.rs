@@ -47,6 +47,7 @@ pub fn build(
     config.fdt_max_fds = skb.fdt_max_fds;
     config.file_private_data = skb.file_private_data;
     config.socket_sk = skb.socket_sk;
+    config.socket_file = skb.socket_file;
     config.sk_protocol = skb.sk_protocol;
     config.sk_rcvq_len = skb.sk_rcvq_len;
     config.udp_readq_len = skb.udp_readq_len;
