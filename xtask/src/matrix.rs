@@ -94,6 +94,8 @@ const EXTRAS: &[Extra] = &[
             Check::Trace("fentry"),
             Check::Trace("tracepoint"),
             Check::SummaryOnly,
+            Check::Tcp("kprobe", 8080),
+            Check::Tcp("fentry", 8081),
         ],
         machine: vm::Machine {
             flavour: Flavour::Rt,
