@@ -327,8 +327,8 @@ stage_table! {
 const FLOW_EXPLAIN: [(Stage, &str, &str); 9] = [
     (
         Stage::Sendto,
-        "The traced process hands data to the kernel with sendto(), sendmsg() or write() (the probe says which); a send's stages are shown under the first packet it transmitted.",
-        "被跟踪的进程用 sendto()、sendmsg() 或 write() 把数据交给内核（探针名会说明是哪一个）；一次发送的各阶段显示在它发出的第一个包下面。",
+        "The traced process hands data to the kernel with sendto(), sendmsg(), sendmmsg(), write() or writev() (the probe says which); a send's stages are shown under the first packet it transmitted.",
+        "被跟踪的进程用 sendto()、sendmsg()、sendmmsg()、write() 或 writev() 把数据交给内核（探针名会说明是哪一个）；一次发送的各阶段显示在它发出的第一个包下面。",
     ),
     (
         Stage::SockSendmsg,
@@ -337,8 +337,8 @@ const FLOW_EXPLAIN: [(Stage, &str, &str); 9] = [
     ),
     (
         Stage::Recvmsg,
-        "The receive system call (recvmsg, recvfrom or read(); the probe says which) returns the data to the traced process.",
-        "接收系统调用（recvmsg、recvfrom 或 read()；探针名会说明是哪一个）把数据返回给被跟踪的进程。",
+        "The receive system call (recvmsg(), recvfrom(), read() or readv(); the probe says which) returns the data to the traced process.",
+        "接收系统调用（recvmsg()、recvfrom()、read() 或 readv()；探针名会说明是哪一个）把数据返回给被跟踪的进程。",
     ),
     (
         Stage::SockDeliver,
@@ -425,7 +425,7 @@ pub use crate::probes::{
 ///   `required` set the [`ProbeInfo`] fields of those names.
 /// - `handler`: the function the program calls with its context, its
 ///   [`ProbeId`] and the fields or arguments above, in order; a path in
-///   the eBPF crate (`lotrace-ebpf/src/stages/`, or `filter` and `flow`
+///   the eBPF crate (`lotrace-ebpf/src/stages/`, or `filter` and `listen`
 ///   for the filter's own state).
 ///
 /// Lines are grouped by stage in the order a packet meets them; within a
@@ -446,20 +446,30 @@ macro_rules! probe_table {
             SchedProcessFork     = 21: tp_sched_process_fork      tracepoint(sched:sched_process_fork)            {ForkParentPid: parent_pid = 0 -> pid, ForkChildPid: child_pid = 1 -> pid} -> _ 0 required => filter::sched_process_fork;
             // A traced process's TCP socket starting or ending to listen:
             // connections to it are followed from their SYN, whoever sends it.
-            InetSockSetState     = 99: tp_inet_sock_set_state     tracepoint(sock:inet_sock_set_state)            {SetStateOld: oldstate, SetStateNew: newstate, SetStateSport: sport, SetStateFamily: family, SetStateProto: protocol, SetStateSaddr: saddr, SetStateSaddr6: saddr_v6} -> _ 0 => flow::inet_sock_set_state;
+            InetSockSetState     = 99: tp_inet_sock_set_state     tracepoint(sock:inet_sock_set_state)            {SetStateSk: skaddr, SetStateOld: oldstate, SetStateNew: newstate, SetStateSport: sport, SetStateFamily: family, SetStateProto: protocol, SetStateSaddr: saddr, SetStateSaddr6: saddr_v6} -> _ 0 => listen::inet_sock_set_state;
+            // A traced process's UDP socket bound to a port: datagrams to it
+            // are followed from the first, whoever sends it.
+            SysEnterBind         = 105: tp_sys_enter_bind         tracepoint(syscalls:sys_enter_bind)             {BindFd: fd, BindAddr: umyaddr}               -> _ 0                       => listen::sys_enter_bind;
+            SysExitBind          = 106: tp_sys_exit_bind          tracepoint(syscalls:sys_exit_bind)              {BindRet: ret}                                -> _ 0 at_return             => listen::sys_exit_bind;
             SchedProcessExit     = 81: tp_sched_process_exit      tracepoint(sched:sched_process_exit)            {ExitPid: pid = 0 -> pid}                     -> _ 0                       => filter::sched_process_exit;
             SysExitSendto        =  2: tp_sys_exit_sendto         tracepoint(syscalls:sys_exit_sendto)            {SendtoExitRet: ret}                          -> _ 0 at_return             => send::sys_exit_sendto;
             NetifRxExit          =  9: tp_netif_rx_exit           tracepoint(net:netif_rx_exit)                   {NetifRxExitRet: ret = 0}                     -> _ 0 at_return             => receive::netif_rx_exit;
 
             SysExitSendmsg       = 82: tp_sys_exit_sendmsg        tracepoint(syscalls:sys_exit_sendmsg)           {SendmsgExitRet: ret}                         -> _ 0 at_return             => send::sys_exit_sendto;
             SysExitWrite         = 103: tp_sys_exit_write         tracepoint(syscalls:sys_exit_write)             {WriteExitRet: ret}                           -> _ 0 at_return             => send::sys_exit_sendto;
+            SysExitWritev        = 108: tp_sys_exit_writev        tracepoint(syscalls:sys_exit_writev)            {WritevExitRet: ret}                          -> _ 0 at_return             => send::sys_exit_sendto;
+            SysExitSendmmsg      = 110: tp_sys_exit_sendmmsg      tracepoint(syscalls:sys_exit_sendmmsg)          {SendmmsgExitRet: ret}                        -> _ 0 at_return             => send::sys_exit_sendto;
 
             // ping's send: sendto, or sendmsg when it passes control data
             // (iputils over IPv6 with -I).
             SysEnterSendto       =  1: tp_sys_enter_sendto        tracepoint(syscalls:sys_enter_sendto)           {SendtoFd: fd, SendtoBuff: buff, SendtoLen: len} -> Sendto 0                  => send::sys_enter_sendto;
             SysEnterSendmsg      = 83: tp_sys_enter_sendmsg       tracepoint(syscalls:sys_enter_sendmsg)          {SendmsgFd: fd, SendmsgMsg: msg}              -> Sendto 1                  => send::sys_enter_sendmsg;
-            // A TCP or UDP socket's write() (redis, wget): the same start.
+            // A TCP or UDP socket's write() (redis, wget) and writev()
+            // (nginx): the same start; sendmmsg() (glibc's resolver, an A
+            // and an AAAA query at once) starts with its first message.
             SysEnterWrite        = 102: tp_sys_enter_write        tracepoint(syscalls:sys_enter_write)            {WriteFd: fd, WriteBuf: buf, WriteCount: count} -> Sendto 2                  => send::sys_enter_sendto;
+            SysEnterWritev       = 107: tp_sys_enter_writev       tracepoint(syscalls:sys_enter_writev)           {WritevFd: fd, WritevVec: vec}                -> Sendto 3                  => send::sys_enter_writev;
+            SysEnterSendmmsg     = 109: tp_sys_enter_sendmmsg     tracepoint(syscalls:sys_enter_sendmmsg)         {SendmmsgFd: fd, SendmmsgMsg: mmsg}           -> Sendto 4                  => send::sys_enter_sendmsg;
 
             // sock_sendmsg hands the message to the address family's
             // sendmsg through the socket's ops; sock_sendmsg itself is
@@ -596,6 +606,7 @@ macro_rules! probe_table {
             SysExitRecvmsg       = 18: tp_sys_exit_recvmsg        tracepoint(syscalls:sys_exit_recvmsg)           {RecvmsgRet: ret}                             -> Recvmsg 0 at_return       => recv::sys_exit_recv;
             SysExitRecvfrom      = 60: tp_sys_exit_recvfrom       tracepoint(syscalls:sys_exit_recvfrom)          {RecvfromRet: ret}                            -> Recvmsg 1 at_return       => recv::sys_exit_recv;
             SysExitRead          = 104: tp_sys_exit_read          tracepoint(syscalls:sys_exit_read)              {ReadRet: ret}                                -> Recvmsg 2 at_return       => recv::sys_exit_recv;
+            SysExitReadv         = 111: tp_sys_exit_readv         tracepoint(syscalls:sys_exit_readv)             {ReadvRet: ret}                               -> Recvmsg 3 at_return       => recv::sys_exit_recv;
 
             ConsumeSkb           = 19: tp_consume_skb             tracepoint(skb:consume_skb)                     {ConsumeSkbSkb: skbaddr = 0}                  -> Free 0                    => free::consume_skb;
             KfreeSkb             = 20: tp_kfree_skb               tracepoint(skb:kfree_skb)                       {KfreeSkbSkb: skbaddr = 0, KfreeReason: reason = 2} -> Drop 0                    => free::kfree_skb;

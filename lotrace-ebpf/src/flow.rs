@@ -8,7 +8,7 @@
 use aya_ebpf::maps::{Array, LruHashMap, PerCpuArray};
 use aya_ebpf::{helpers::bpf_probe_read_kernel_buf, macros::map};
 use lotrace_common::{
-    Event, PktKey, ProbeId, Stage, TpField,
+    Event, PktKey, ProbeId, Stage,
     agg::{self, RowAgg},
     bits::add_u32,
     event::{
@@ -17,11 +17,11 @@ use lotrace_common::{
     },
 };
 
-use crate::kernel::Fields;
 use crate::{
     assemble::wake_flags,
     filter::{in_softirq, is_target, skb_sock, tgid_tid},
-    kernel::{CONFIG, config, field, now, read_kernel},
+    kernel::{CONFIG, config, now, read_kernel},
+    listen::to_listener,
     maps::{EVENTS, SUBMITTED, count_lost, state},
 };
 
@@ -30,38 +30,6 @@ use crate::{
 /// a long trace's old flows make room.
 #[map]
 static FLOW_IDS: LruHashMap<FlowTuple, u32> = LruHashMap::with_max_entries(8192, 0);
-
-/// The traced command's listening TCP sockets, by family and port (in
-/// network order: `family << 24 | port`): the address they listen on
-/// (zeros: any). A connection to one is followed from its SYN, though its
-/// client is not traced.
-#[map]
-static LISTENERS: LruHashMap<u32, [u8; 16]> = LruHashMap::with_max_entries(256, 0);
-
-/// A traced TCP socket starts (`on`) or stops listening on `port` (host
-/// order, as the state-change tracepoint gives it).
-#[inline(always)]
-pub(crate) fn listening(family: u8, port: u16, addr: &[u8; 16], on: bool) {
-    let k = (family as u32) << 24 | port.to_be() as u32;
-    if on {
-        let _ = LISTENERS.insert(&k, addr, 0);
-    } else if unsafe { LISTENERS.get(&k) } == Some(addr) {
-        let _ = LISTENERS.remove(&k);
-    }
-}
-
-/// Whether `t` is a TCP packet to a traced listener's port and address.
-#[inline(always)]
-fn to_listener(t: &FlowTuple) -> bool {
-    if t.proto != IPPROTO_TCP {
-        return false;
-    }
-    let k = (t.family as u32) << 24 | u16::from_le_bytes(t.dport) as u32;
-    match unsafe { LISTENERS.get(&k) } {
-        Some(a) => *a == [0u8; 16] || *a == t.daddr,
-        None => false,
-    }
-}
 
 /// Flows numbered so far (read by the loader at the end of a
 /// `--summary-only` trace).
@@ -402,52 +370,3 @@ pub(crate) fn flow_of(family: u8, proto: u8, ip: u64, th: u64, end: u64) -> Opti
     tuple(t, family, proto, ip, p)?;
     unsafe { FLOW_IDS.get(&*t) }.map(|v| *v as u16)
 }
-
-/// `sock:inet_sock_set_state`: a traced process's TCP socket starts to
-/// listen (in its `listen()`), or stops (see `flow::listening`).
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-pub(crate) fn inet_sock_set_state(
-    ctx: &impl Fields,
-    _probe: ProbeId,
-    old: TpField,
-    new: TpField,
-    sport: TpField,
-    family: TpField,
-    proto: TpField,
-    saddr: TpField,
-    saddr6: TpField,
-) {
-    let (Some(old), Some(new)) = (field::<i32>(ctx, old), field::<i32>(ctx, new)) else {
-        return;
-    };
-    if new != TCP_LISTEN && old != TCP_LISTEN {
-        return;
-    }
-    if field::<u16>(ctx, proto) != Some(IPPROTO_TCP as u16) {
-        return;
-    }
-    let (Some(family), Some(port)) = (field::<u16>(ctx, family), field::<u16>(ctx, sport)) else {
-        return;
-    };
-    let addr = if family == AF_INET6 as u16 {
-        field::<[u8; 16]>(ctx, saddr6)
-    } else {
-        field::<[u8; 4]>(ctx, saddr).map(|a| {
-            let mut b = [0u8; 16];
-            b[..4].copy_from_slice(&a);
-            b
-        })
-    };
-    let Some(addr) = addr else { return };
-    if new == TCP_LISTEN {
-        if is_target(tgid_tid().0) {
-            listening(family as u8, port, &addr, true);
-        }
-    } else {
-        listening(family as u8, port, &addr, false);
-    }
-}
-
-/// `TCP_LISTEN`, as `include/net/tcp_states.h` has it.
-const TCP_LISTEN: i32 = 10;

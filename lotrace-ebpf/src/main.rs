@@ -13,6 +13,8 @@
 //! - `programs`: the programs, generated from the probe table;
 //! - `stages/`: their handlers, one module per family of stages;
 //! - `filter`: which processes, echo ids and namespaces are traced;
+//! - `flow` and `listen`: the traced command's TCP and UDP flows, and its
+//!   servers, whose clients' flows are the trace's too;
 //! - `packet`: what an skb is (its headers, or its address when they are
 //!   out of reach);
 //! - `kernel`: reads of kernel memory at the offsets the loader found;
@@ -38,6 +40,8 @@ mod filter;
 mod flow;
 #[cfg(target_arch = "bpf")]
 mod kernel;
+#[cfg(target_arch = "bpf")]
+mod listen;
 #[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]

@@ -13,8 +13,9 @@ use aya_ebpf::{
 use lotrace_common::{ProbeId, TpField};
 
 use crate::{
-    filter, flow,
+    filter,
     kernel::{RawTp, fentry_arg, fexit_ret, floor},
+    listen,
     stages::{free, receive, recv, route, send, socket, softirq, transmit},
 };
 

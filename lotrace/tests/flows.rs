@@ -327,20 +327,17 @@ fn a_ping_trace_has_no_flows() {
     assert!(summary(&lines).get("packets").is_none());
 }
 
-/// Sends by `write()` and reads by `read()` (bash's `/dev/tcp`, and cat):
-/// the request's journey starts at a write's system call, and the
-/// response ends at a read's return.
-#[test]
-fn write_and_read_are_a_send_and_a_receive() {
-    if skip(&["bash", "cat", "python3"]) {
-        return;
-    }
+/// An HTTP request sent and its response read by `command` (PORT in its
+/// arguments becomes the server's port): the request's packets start at
+/// the system call `send` names (with `payloads` bytes each), and the
+/// response's read ends at `read`'s return, in a task called `reader`.
+fn sent_and_read_by(command: &[&str], send: &str, payloads: &[u64], read: &str, reader: &str) {
     let _k = kernel_lock();
     let (_server, port) = http_server("127.0.0.1");
-    let script = format!(
-        "exec 3<>/dev/tcp/127.0.0.1/{port}; printf 'GET / HTTP/1.0\\r\\n\\r\\n' >&3; cat <&3 >/dev/null"
-    );
-    let lines = trace_json(&["bash", "-c", &script]);
+    let p = port.to_string();
+    let args: Vec<String> = command.iter().map(|a| a.replace("PORT", &p)).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let lines = trace_json(&args);
     check_packets(&lines, "127.0.0.1", port);
     let with =
         |stage: &str, probe: &str| -> Vec<&Value> {
@@ -353,28 +350,25 @@ fn write_and_read_are_a_send_and_a_receive() {
                 })
                 .collect()
         };
-    // bash's printf writes line by line: two writes, of 16 and 2 bytes.
-    // The second's bytes may wait for the first's ACK (Nagle), then sent
-    // from the softirq that brought it, outside the write.
-    let sent = with("sendto", "sys_enter_write");
+    let sent = with("sendto", send);
     assert!(!sent.is_empty(), "{lines:?}");
     for p in &sent {
         assert_eq!(p["direction"], "forth", "{p}");
-        assert!([16, 2].contains(&p["payload"].as_u64().unwrap()), "{p}");
+        assert!(payloads.contains(&p["payload"].as_u64().unwrap()), "{p}");
         let st = stages(p);
         assert_eq!(st[0], "sendto", "{p}");
         assert!(st.contains(&"sock_sendmsg"), "{p}");
     }
-    let read = with("recvmsg", "sys_exit_read");
-    assert!(!read.is_empty(), "{lines:?}");
-    for p in &read {
+    let got = with("recvmsg", read);
+    assert!(!got.is_empty(), "{lines:?}");
+    for p in &got {
         assert_eq!(p["direction"], "back", "{p}");
         assert!(
             p["events"]
                 .as_array()
                 .unwrap()
                 .iter()
-                .any(|e| e["stage"] == "recvmsg" && e["comm"] == "cat"),
+                .any(|e| e["stage"] == "recvmsg" && e["comm"] == reader),
             "{p}"
         );
     }
@@ -386,6 +380,92 @@ fn write_and_read_are_a_send_and_a_receive() {
     assert_eq!(xs[0]["request"]["bytes"], 18);
     assert_eq!(xs[0]["response"]["reach"], "read", "{}", xs[0]);
 }
+
+/// Sends by `write()` and reads by `read()` (bash's `/dev/tcp`, and cat).
+/// bash's printf writes line by line: two writes, of 16 and 2 bytes (the
+/// second's may wait for the first's ACK, Nagle, and go out from the
+/// softirq that brought it, outside the write).
+#[test]
+fn write_and_read_are_a_send_and_a_receive() {
+    if skip(&["bash", "cat", "python3"]) {
+        return;
+    }
+    let script = "exec 3<>/dev/tcp/127.0.0.1/PORT; printf 'GET / HTTP/1.0\\r\\n\\r\\n' >&3; cat <&3 >/dev/null";
+    sent_and_read_by(
+        &["bash", "-c", script],
+        "sys_enter_write",
+        &[16, 2],
+        "sys_exit_read",
+        "cat",
+    );
+}
+
+/// A send by `writev()` of two buffers, one segment, and reads by
+/// `readv()`.
+#[test]
+fn writev_and_readv_are_a_send_and_a_receive() {
+    if skip(&["python3"]) {
+        return;
+    }
+    let script = "import os,socket,sys
+s=socket.create_connection(('127.0.0.1',int(sys.argv[1])))
+os.writev(s.fileno(),[b'GET / HTTP/1.0\\r\\n',b'\\r\\n'])
+b=bytearray(65536)
+while os.readv(s.fileno(),[b]): pass
+";
+    sent_and_read_by(
+        &["python3", "-c", script, "PORT"],
+        "sys_enter_writev",
+        &[18],
+        "sys_exit_readv",
+        "python3",
+    );
+}
+
+/// A UDP send by `sendmmsg()` of two datagrams (as glibc's resolver sends
+/// an A and an AAAA query): the first datagram starts at the call.
+#[test]
+fn sendmmsg_starts_its_first_datagram() {
+    if skip(&["python3"]) {
+        return;
+    }
+    let _k = kernel_lock();
+    let lines = trace_json(&["python3", "-c", SENDMMSG]);
+    let packets = of_type(&lines, "packet");
+    assert_eq!(packets.len(), 2, "{lines:?}");
+    let first = packets.iter().find(|p| p["number"] == 1).unwrap();
+    assert_eq!(first["payload"], 3);
+    let ev = &first["events"][0];
+    assert_eq!(ev["stage"], "sendto", "{first}");
+    assert!(
+        ev["probe"]
+            .as_str()
+            .unwrap()
+            .ends_with("sys_enter_sendmmsg"),
+        "{first}"
+    );
+    let second = packets.iter().find(|p| p["number"] == 2).unwrap();
+    assert_eq!(second["payload"], 6);
+    assert!(!stages(second).contains(&"sendto"), "{second}");
+}
+
+/// Two datagrams by one `sendmmsg()` (through ctypes), to a socket of the
+/// same process, which reads them.
+const SENDMMSG: &str = "import ctypes,socket
+libc=ctypes.CDLL(None,use_errno=True)
+class iovec(ctypes.Structure): _fields_=[('base',ctypes.c_void_p),('len',ctypes.c_size_t)]
+class msghdr(ctypes.Structure): _fields_=[('name',ctypes.c_void_p),('namelen',ctypes.c_uint),('iov',ctypes.POINTER(iovec)),('iovlen',ctypes.c_size_t),('control',ctypes.c_void_p),('controllen',ctypes.c_size_t),('flags',ctypes.c_int)]
+class mmsghdr(ctypes.Structure): _fields_=[('hdr',msghdr),('len',ctypes.c_uint)]
+srv=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); srv.bind(('127.0.0.1',0))
+c=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); c.connect(srv.getsockname())
+bufs=[ctypes.create_string_buffer(b'one'),ctypes.create_string_buffer(b'second')]
+iovs=[iovec(ctypes.cast(bufs[0],ctypes.c_void_p),3),iovec(ctypes.cast(bufs[1],ctypes.c_void_p),6)]
+m=(mmsghdr*2)()
+for i in range(2):
+    m[i].hdr.iov=ctypes.pointer(iovs[i]); m[i].hdr.iovlen=1
+assert libc.sendmmsg(c.fileno(),m,2,0)==2
+assert srv.recv(100)==b'one' and srv.recv(100)==b'second'
+";
 
 /// Python's HTTP server in `ns` on `addr:port`, once it listens (at most
 /// 10 s).
@@ -764,32 +844,22 @@ fn iperf3_under_summary_only_gives_per_stage_tables() {
     }
 }
 
-/// A server that answers one HTTP request on `port`, then exits.
-const ONE_REQUEST: &str = "import http.server,sys
-s=http.server.HTTPServer(('127.0.0.1',int(sys.argv[1])),http.server.SimpleHTTPRequestHandler)
+/// A server that answers one HTTP request on `port` and address, then
+/// exits. On `::` it takes IPv4 too (IPV6_V6ONLY is off by default).
+const ONE_REQUEST: &str = "import http.server,socket,sys
+class S(http.server.HTTPServer):
+    address_family = socket.AF_INET6 if ':' in sys.argv[2] else socket.AF_INET
+s=S((sys.argv[2],int(sys.argv[1])),http.server.SimpleHTTPRequestHandler)
 s.handle_request()
 ";
 
-/// The server traced, its client not: a connection to the traced
-/// listener is followed from the client's SYN, so the handshake and the
-/// request are there, not only what the server sends.
-#[test]
-fn a_traced_server_sees_its_clients_connection_whole() {
-    if skip(&["curl", "python3", "ss"]) {
-        return;
-    }
-    let _k = kernel_lock();
-    let port = free_tcp_port("127.0.0.1");
+/// Starts `lotrace trace --format json python3 -c SERVER PORT BIND` and
+/// waits (at most 20 s) until `ss -Hl{tn|un}` shows the port.
+fn traced_server(server: &str, ss: &str, port: u16, bind: &str) -> Child {
     let p = port.to_string();
     let mut trace = Command::new(BIN)
         .args([
-            "trace",
-            "--format",
-            "json",
-            "python3",
-            "-c",
-            ONE_REQUEST,
-            &p,
+            "trace", "--format", "json", "python3", "-c", server, &p, bind,
         ])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .stdout(Stdio::piped())
@@ -799,18 +869,30 @@ fn a_traced_server_sees_its_clients_connection_whole() {
     let until = Instant::now() + Duration::from_secs(20);
     loop {
         let out = Command::new("ss")
-            .args(["-Hltn", &format!("sport = :{port}")])
+            .args([ss, &format!("sport = :{port}")])
             .output()
             .unwrap();
         if !out.stdout.is_empty() {
-            break;
+            return trace;
         }
         if Instant::now() > until {
             let _ = trace.kill();
-            panic!("the traced server never listened");
+            panic!("the traced server never bound its port");
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// The server traced, its client not: a connection to the traced
+/// listener is followed from the client's SYN, so the handshake and the
+/// request are there, not only what the server sends.
+fn traced_server_sees_connection(bind: &str) {
+    if skip(&["curl", "python3", "ss"]) {
+        return;
+    }
+    let _k = kernel_lock();
+    let port = free_tcp_port(bind);
+    let trace = traced_server(ONE_REQUEST, "-Hltn", port, bind);
     let url = format!("http://127.0.0.1:{port}/");
     sh(&["curl", "-s", "-o", "/dev/null", &url]);
     let out = trace.wait_with_output().unwrap();
@@ -828,4 +910,71 @@ fn a_traced_server_sees_its_clients_connection_whole() {
     assert_eq!(rq[0]["server"], format!("127.0.0.1:{port}").as_str());
     assert_eq!(rq[0]["request"]["reader"]["comm"], "python3", "{}", rq[0]);
     assert_eq!(rq[0]["response"]["reader"]["comm"], "curl", "{}", rq[0]);
+}
+
+#[test]
+fn a_traced_server_sees_its_clients_connection_whole() {
+    traced_server_sees_connection("127.0.0.1");
+}
+
+/// A server on `::` takes IPv4 connections too: one to 127.0.0.1 is
+/// followed from its SYN.
+#[test]
+fn a_traced_dual_stack_server_sees_an_ipv4_connection() {
+    traced_server_sees_connection("::");
+}
+
+/// A UDP server that answers one datagram on `port` and address, then
+/// exits.
+const ONE_DATAGRAM: &str = "import socket,sys
+s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)
+s.bind((sys.argv[2],int(sys.argv[1])))
+m,a=s.recvfrom(2048)
+s.sendto(m.upper(),a)
+";
+
+/// A traced UDP server, its client not (this test): the server's bind
+/// makes the client's first datagram the trace's, so the query is there
+/// whole, read by the server, and paired with the answer.
+#[test]
+fn a_traced_udp_server_sees_its_clients_first_datagram() {
+    if skip(&["python3", "ss"]) {
+        return;
+    }
+    let _k = kernel_lock();
+    let port = free_udp_port("127.0.0.1");
+    let trace = traced_server(ONE_DATAGRAM, "-Hlun", port, "127.0.0.1");
+    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    client.send_to(b"query", ("127.0.0.1", port)).unwrap();
+    let mut buf = [0u8; 64];
+    let n = client.recv(&mut buf).expect("the answer");
+    assert_eq!(&buf[..n], b"QUERY");
+    let out = trace.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let lines = json_lines(&out);
+    check_packets(&lines, "127.0.0.1", port);
+    let client_end = format!("127.0.0.1:{}", client.local_addr().unwrap().port());
+    let query: Vec<_> = of_type(&lines, "packet")
+        .into_iter()
+        .filter(|p| p["src"] == client_end.as_str())
+        .collect();
+    assert_eq!(query.len(), 1, "{lines:?}");
+    assert_eq!(query[0]["payload"], 5);
+    assert!(
+        query[0]["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["comm"] == "python3" && e["stage"] == "sock_recvmsg"),
+        "the server's read: {}",
+        query[0]
+    );
+    let xs = of_type(&lines, "exchange");
+    assert_eq!(xs.len(), 1, "{xs:?}");
+    assert_eq!(xs[0]["client"], client_end.as_str());
+    assert_eq!(xs[0]["request"]["bytes"], 5);
+    assert_eq!(xs[0]["response"]["bytes"], 5);
 }

@@ -99,7 +99,8 @@ pub(crate) fn sys_enter_sendto(
 }
 
 /// `struct user_msghdr` and `struct iovec` (UAPI, fixed): the message's
-/// first buffer.
+/// first buffer. `sendmmsg()`'s `struct mmsghdr` starts with its first
+/// message's `user_msghdr`.
 const MSG_IOV: u64 = 16;
 
 #[inline(always)]
@@ -112,6 +113,22 @@ pub(crate) fn sys_enter_sendmsg(ctx: &impl Fields, probe: ProbeId, fd: TpField, 
         return;
     };
     let Ok(iov) = (unsafe { bpf_probe_read_user((msg + MSG_IOV) as *const u64) }) else {
+        return;
+    };
+    let Ok([buf, len]) = (unsafe { bpf_probe_read_user(iov as *const [u64; 2]) }) else {
+        return;
+    };
+    send_starts(ctx, probe, tid, field::<u64>(ctx, fd), buf, len);
+}
+
+/// `writev()`: its first buffer.
+#[inline(always)]
+pub(crate) fn sys_enter_writev(ctx: &impl Fields, probe: ProbeId, fd: TpField, vec: TpField) {
+    let (tgid, tid) = tgid_tid();
+    if !is_target(tgid) {
+        return;
+    }
+    let Some(iov) = field::<u64>(ctx, vec) else {
         return;
     };
     let Ok([buf, len]) = (unsafe { bpf_probe_read_user(iov as *const [u64; 2]) }) else {

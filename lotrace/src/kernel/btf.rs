@@ -38,6 +38,9 @@ pub struct SkbOffsets {
     pub socket_sk: u32,
     pub socket_file: u32,
     pub sk_protocol: u32,
+    /// `sock_common.skc_ipv6only`'s bit in `struct sock`, plus one (0: not
+    /// found).
+    pub sk_ipv6only_bit: u32,
     /// `sock.sk_receive_queue.qlen` and `udp_sock.reader_queue.qlen` (0:
     /// not found).
     pub sk_rcvq_len: u32,
@@ -87,6 +90,7 @@ impl KernelBtf {
             socket_sk: self.offset("socket", "sk")?,
             socket_file: self.offset("socket", "file")?,
             sk_protocol: self.offset("sock", "sk_protocol")?,
+            sk_ipv6only_bit: self.ipv6only_bit().unwrap_or(0),
             dev_net: self.net_of("net_device", &["nd_net"]).unwrap_or(0),
             sk_net: self
                 .net_of("sock", &["__sk_common", "skc_net"])
@@ -94,6 +98,24 @@ impl KernelBtf {
             sk_rcvq_len: self.queue_len("sock", "sk_receive_queue").unwrap_or(0),
             udp_readq_len: self.queue_len("udp_sock", "reader_queue").unwrap_or(0),
         })
+    }
+
+    /// `sock.__sk_common.skc_ipv6only`'s bit, plus one.
+    fn ipv6only_bit(&self) -> Option<u32> {
+        let common = self.member_bits("sock", "__sk_common")?;
+        Some(common + self.member_bits("sock_common", "skc_ipv6only")? + 1)
+    }
+
+    /// Where `member` of `struct name` is, in bits (a bitfield too).
+    fn member_bits(&self, name: &str, member: &str) -> Option<u32> {
+        self.btf
+            .resolve_types_by_name(name)
+            .ok()?
+            .into_iter()
+            .find_map(|t| match t {
+                Type::Struct(s) => self.find_member(&s, member, 0, 0),
+                _ => None,
+            })
     }
 
     /// Where the `qlen` of the `struct sk_buff_head` `member` of `struct
