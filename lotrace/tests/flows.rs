@@ -877,6 +877,7 @@ fn traced_server(server: &str, ss: &str, port: u16, bind: &str) -> Child {
         }
         if Instant::now() > until {
             let _ = trace.kill();
+            let _ = trace.wait();
             panic!("the traced server never bound its port");
         }
         std::thread::sleep(Duration::from_millis(50));
