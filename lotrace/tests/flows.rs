@@ -855,6 +855,8 @@ s.handle_request()
 
 /// Starts `lotrace trace --format json python3 -c SERVER PORT BIND` and
 /// waits (at most 20 s) until `ss -Hl{tn|un}` shows the port.
+// The caller waits for the trace it is given.
+#[allow(clippy::zombie_processes)]
 fn traced_server(server: &str, ss: &str, port: u16, bind: &str) -> Child {
     let p = port.to_string();
     let mut trace = Command::new(BIN)
@@ -868,11 +870,11 @@ fn traced_server(server: &str, ss: &str, port: u16, bind: &str) -> Child {
         .expect("start lotrace");
     let until = Instant::now() + Duration::from_secs(20);
     loop {
-        let out = Command::new("ss")
+        let bound = Command::new("ss")
             .args([ss, &format!("sport = :{port}")])
             .output()
-            .unwrap();
-        if !out.stdout.is_empty() {
+            .is_ok_and(|o| !o.stdout.is_empty());
+        if bound {
             return trace;
         }
         if Instant::now() > until {
