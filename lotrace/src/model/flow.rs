@@ -3,7 +3,7 @@
 //! the exchanges the packets make (a request and its response). Pure: no
 //! kernel, no clock, no I/O.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use lotrace_common::{
@@ -270,7 +270,7 @@ struct Open {
 /// Packets' events in, packets out, each once none of its events has come
 /// for `quiet_ns`.
 pub struct PacketBuilder {
-    open: BTreeMap<Key, Open>,
+    open: HashMap<Key, Open>,
     quiet_ns: u64,
     pub flows: BTreeMap<u16, Flow>,
 }
@@ -278,7 +278,7 @@ pub struct PacketBuilder {
 impl PacketBuilder {
     pub fn new(quiet_ns: u64) -> PacketBuilder {
         PacketBuilder {
-            open: BTreeMap::new(),
+            open: HashMap::new(),
             quiet_ns,
             flows: BTreeMap::new(),
         }
@@ -295,8 +295,9 @@ impl PacketBuilder {
             return false;
         }
         let key = (e.family, e.icmp_type, e.icmp_id, e.icmp_seq);
+        // A packet has a dozen or two events.
         let o = self.open.entry(key).or_insert_with(|| Open {
-            events: Vec::new(),
+            events: Vec::with_capacity(16),
             last_ts: 0,
         });
         o.last_ts = o.last_ts.max(e.ts_ns);
@@ -306,18 +307,17 @@ impl PacketBuilder {
 
     /// Packets quiet since before `now_ns`, in the order they began.
     pub fn take_ready(&mut self, now_ns: u64) -> Vec<Packet> {
-        let quiet: Vec<Key> = self
-            .open
-            .iter()
-            .filter(|(_, o)| o.last_ts + self.quiet_ns <= now_ns)
-            .map(|(k, _)| *k)
-            .collect();
-        let mut out: Vec<Packet> = quiet
-            .into_iter()
-            .filter_map(|k| self.open.remove(&k))
-            .map(|o| build_packet(o.events))
-            .collect();
-        out.sort_by_key(Packet::first_ns);
+        let quiet_ns = self.quiet_ns;
+        let mut out: Vec<Packet> = Vec::new();
+        self.open.retain(|_, o| {
+            if o.last_ts + quiet_ns > now_ns {
+                return true;
+            }
+            out.push(build_packet(std::mem::take(&mut o.events)));
+            false
+        });
+        // The same order however the map held them.
+        out.sort_by_key(|p| (p.first_ns(), p.flow, p.reverse, p.number, p.proto));
         out
     }
 
@@ -403,12 +403,20 @@ pub fn build_packet(mut events: Vec<Event>) -> Packet {
 /// FINs and segments with data.
 #[derive(Default)]
 pub struct Retransmits {
-    seen: BTreeMap<(u16, bool), std::collections::VecDeque<Sent>>,
+    seen: BTreeMap<(u16, bool), Window>,
+}
+
+/// One flow direction's segments: by what a retransmission repeats, the
+/// number of the first that sent it; oldest first, to forget.
+#[derive(Default)]
+struct Window {
+    by: HashMap<Sent, u16>,
+    order: VecDeque<Sent>,
 }
 
 /// A segment as a retransmission repeats it: sequence number, SYN and FIN
-/// flags, payload; and its number.
-type Sent = (u32, u8, u32, u16);
+/// flags, payload.
+type Sent = (u32, u8, u32);
 
 /// Segments remembered per flow and direction.
 const RETRANSMIT_WINDOW: usize = 4096;
@@ -425,16 +433,22 @@ impl Retransmits {
             return;
         }
         let q = self.seen.entry((p.flow, p.reverse)).or_default();
-        if let Some(&(.., n)) = q.iter().find(|(seq, f, len, n)| {
-            (*seq, *f, *len) == (w.tcp_seq, flags, w.payload) && *n != p.number
-        }) {
-            p.retransmits = Some(n);
-            return;
+        let sent = (w.tcp_seq, flags, w.payload);
+        match q.by.get(&sent) {
+            Some(&n) if n != p.number => {
+                p.retransmits = Some(n);
+                return;
+            }
+            Some(_) => return,
+            None => {}
         }
-        if q.len() == RETRANSMIT_WINDOW {
-            q.pop_front();
+        if q.order.len() == RETRANSMIT_WINDOW
+            && let Some(old) = q.order.pop_front()
+        {
+            q.by.remove(&old);
         }
-        q.push_back((w.tcp_seq, flags, w.payload, p.number));
+        q.by.insert(sent, p.number);
+        q.order.push_back(sent);
     }
 }
 

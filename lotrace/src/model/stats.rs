@@ -142,10 +142,13 @@ impl NetRx {
 
 /// Counts a transmit's device, up to 64 of them.
 pub fn count_dev(devs: &mut BTreeMap<String, u64>, dev: Option<DevName>) {
-    if let Some(dev) = dev
-        && devs.len() < 64
-    {
-        *devs.entry(dev.to_string()).or_default() += 1;
+    let Some(dev) = dev else { return };
+    // As `DevName` displays: no allocation for a device already counted.
+    let name = String::from_utf8_lossy(dev.as_bytes());
+    if let Some(n) = devs.get_mut(name.as_ref()) {
+        *n += 1;
+    } else if devs.len() < 64 {
+        devs.insert(name.into_owned(), 1);
     }
 }
 
