@@ -783,7 +783,7 @@ impl ExchangeBuilder {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use lotrace_common::{
         ProbeId,
@@ -826,7 +826,7 @@ mod tests {
 
     /// A whole packet's events, read at the end: `payload` bytes, TCP
     /// flags `flags`, copied `copied` bytes (0: no copy seen).
-    fn packet(
+    pub(crate) fn packet(
         proto: u8,
         flow: u16,
         seq: u16,
@@ -859,7 +859,7 @@ mod tests {
         out
     }
 
-    fn announce(flow: u16, proto: u8) -> Event {
+    pub(crate) fn announce(flow: u16, proto: u8) -> Event {
         let mut dst = [0u8; 16];
         dst[..4].copy_from_slice(&[127, 0, 0, 2]);
         Event {

@@ -184,87 +184,131 @@ pub fn journey_json_line(d: &Done, meta: &Meta, style: Style) -> String {
     out
 }
 
-/// A TCP segment's or UDP datagram's journey as one line of JSON. The
-/// keys, in order: type ("packet"), proto, family, flow, number,
-/// direction, src, dst, tcp_flags, tcp_seq, payload, reach, total_ns,
-/// events.
-pub fn packet_json_line(p: &Packet, flow: Option<&Flow>, meta: &Meta, style: Style) -> String {
-    let (src, dst) = match flow {
-        Some(f) => {
-            let (a, b) = f.ends(p.reverse);
-            (Some(a), Some(b))
+/// Appends `key` and `n`, or `null`.
+fn push_opt_num(out: &mut String, key: &str, n: Option<impl itoa::Integer>) {
+    match n {
+        Some(n) => push_num(out, key, n),
+        None => {
+            out.push_str(key);
+            out.push_str("null");
         }
-        None => (None, None),
-    };
-    let tcp = p.proto == Proto::Tcp;
-    let head = json!({
-        "type": "packet",
-        "proto": p.proto.name(),
-        "family": family_name(p.family),
-        "flow": p.flow,
-        "number": p.number,
-        "direction": if p.reverse { "back" } else { "forth" },
-        "src": src,
-        "dst": dst,
-        "tcp_flags": p.wire.filter(|_| tcp).map(|w| tcp_flag_names(w.tcp_flags)),
-        "tcp_seq": p.wire.filter(|_| tcp).map(|w| w.tcp_seq),
-        "payload": p.wire.map(|w| w.payload),
-        "reach": p.reach.name(),
-        "reach_ns": p.reach_ns(),
-        "merged_bytes": p.merged_bytes(),
-        "retransmits": p.retransmits,
-        "segmented": p.segmented,
-        "total_ns": p.total_ns,
+    }
+}
+
+/// Appends `s` as a JSON string, or `null`.
+fn push_opt_str(out: &mut String, s: Option<&str>) {
+    match s {
+        Some(s) => push_json_str(out, s),
+        None => out.push_str("null"),
+    }
+}
+
+/// A TCP segment's or UDP datagram's journey as one line of JSON, written
+/// by hand like the events (a busy server's trace writes hundreds of
+/// thousands). The keys, in order: type ("packet"), proto, family, flow,
+/// number, direction, src, dst, tcp_flags, tcp_seq, payload, reach,
+/// reach_ns, merged_bytes, retransmits, segmented, total_ns, events.
+pub fn packet_json_line(p: &Packet, flow: Option<&Flow>, meta: &Meta, style: Style) -> String {
+    let ends = flow.map(|f| f.ends(p.reverse));
+    let tcp_wire = p.wire.filter(|_| p.proto == Proto::Tcp);
+    let mut out = String::with_capacity(4096);
+    out.push_str("{\"type\":\"packet\",\"proto\":");
+    push_name(&mut out, p.proto.name());
+    out.push_str(",\"family\":");
+    push_name(&mut out, family_name(p.family));
+    push_num(&mut out, ",\"flow\":", p.flow);
+    push_num(&mut out, ",\"number\":", p.number);
+    out.push_str(if p.reverse {
+        ",\"direction\":\"back\""
+    } else {
+        ",\"direction\":\"forth\""
     });
-    let mut out = serde_json::to_string(&head).expect("plain data serializes");
-    out.pop();
+    out.push_str(",\"src\":");
+    push_opt_str(&mut out, ends.as_ref().map(|e| e.0.as_str()));
+    out.push_str(",\"dst\":");
+    push_opt_str(&mut out, ends.as_ref().map(|e| e.1.as_str()));
+    out.push_str(",\"tcp_flags\":");
+    push_opt_str(
+        &mut out,
+        tcp_wire.map(|w| tcp_flag_names(w.tcp_flags)).as_deref(),
+    );
+    push_opt_num(&mut out, ",\"tcp_seq\":", tcp_wire.map(|w| w.tcp_seq));
+    push_opt_num(&mut out, ",\"payload\":", p.wire.map(|w| w.payload));
+    out.push_str(",\"reach\":");
+    push_name(&mut out, p.reach.name());
+    push_num(&mut out, ",\"reach_ns\":", p.reach_ns());
+    push_num(&mut out, ",\"merged_bytes\":", p.merged_bytes());
+    push_opt_num(&mut out, ",\"retransmits\":", p.retransmits);
+    out.push_str(if p.segmented {
+        ",\"segmented\":true"
+    } else {
+        ",\"segmented\":false"
+    });
+    push_num(&mut out, ",\"total_ns\":", p.total_ns);
     out.push_str(",\"events\":");
     out.push_str(&hops_json_as(p.hops.iter(), meta, style, explain_flow));
     out.push('}');
     out
 }
 
-fn way_json(w: Option<Way>, ps: &[Packet]) -> Value {
-    match w {
-        None => Value::Null,
-        Some(w) => json!({
-            "bytes": w.bytes,
-            "packets": ps.iter().map(|p| p.number).collect::<Vec<_>>(),
-            "sent_ns": w.sent_ns,
-            "arrived_ns": w.arrived_ns,
-            "reach": w.reach.name(),
-            "kernel_ns": w.ns(),
-            "reader": ps.iter().rev().find_map(Packet::reader).map(|h| json!({
-                "comm": h.comm.as_str(), "pid": h.pid, "tgid": h.tgid,
-            })),
-        }),
+/// One direction of an exchange (see `exchange_json_line`), or `null`.
+fn push_way(out: &mut String, w: Option<Way>, ps: &[Packet]) {
+    let Some(w) = w else {
+        out.push_str("null");
+        return;
+    };
+    push_num(out, "{\"bytes\":", w.bytes);
+    out.push_str(",\"packets\":[");
+    for (i, p) in ps.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(itoa::Buffer::new().format(p.number));
     }
+    out.push(']');
+    push_num(out, ",\"sent_ns\":", w.sent_ns);
+    push_num(out, ",\"arrived_ns\":", w.arrived_ns);
+    out.push_str(",\"reach\":");
+    push_name(out, w.reach.name());
+    push_num(out, ",\"kernel_ns\":", w.ns());
+    out.push_str(",\"reader\":");
+    match ps.iter().rev().find_map(Packet::reader) {
+        Some(h) => {
+            out.push_str("{\"comm\":");
+            push_json_str(out, h.comm.as_str());
+            push_num(out, ",\"pid\":", h.pid);
+            push_num(out, ",\"tgid\":", h.tgid);
+            out.push('}');
+        }
+        None => out.push_str("null"),
+    }
+    out.push('}');
 }
 
-/// An exchange as one line of JSON. The keys: type ("exchange"), proto,
-/// kind, flow, number, client, server, request, server_ns, response,
-/// total_ns.
-pub fn exchange_json(x: &Exchange, flow: Option<&Flow>) -> Value {
-    let (client, server) = match flow {
-        Some(f) => {
-            let (c, s) = f.ends(x.request_reverse);
-            (Some(c), Some(s))
-        }
-        None => (None, None),
-    };
-    json!({
-        "type": "exchange",
-        "proto": x.proto.name(),
-        "kind": x.kind.name(),
-        "flow": x.flow,
-        "number": x.number,
-        "client": client,
-        "server": server,
-        "request": way_json(x.request_way(), &x.request),
-        "server_ns": x.server_ns(),
-        "response": way_json(x.response_way(), &x.response),
-        "total_ns": x.total_ns(),
-    })
+/// An exchange as one line of JSON, written by hand (one per request).
+/// The keys, in order: type ("exchange"), proto, kind, flow, number,
+/// client, server, request, server_ns, response, total_ns.
+pub fn exchange_json_line(x: &Exchange, flow: Option<&Flow>) -> String {
+    let ends = flow.map(|f| f.ends(x.request_reverse));
+    let mut out = String::with_capacity(512);
+    out.push_str("{\"type\":\"exchange\",\"proto\":");
+    push_name(&mut out, x.proto.name());
+    out.push_str(",\"kind\":");
+    push_name(&mut out, x.kind.name());
+    push_num(&mut out, ",\"flow\":", x.flow);
+    push_num(&mut out, ",\"number\":", x.number);
+    out.push_str(",\"client\":");
+    push_opt_str(&mut out, ends.as_ref().map(|e| e.0.as_str()));
+    out.push_str(",\"server\":");
+    push_opt_str(&mut out, ends.as_ref().map(|e| e.1.as_str()));
+    out.push_str(",\"request\":");
+    push_way(&mut out, x.request_way(), &x.request);
+    push_opt_num(&mut out, ",\"server_ns\":", x.server_ns());
+    out.push_str(",\"response\":");
+    push_way(&mut out, x.response_way(), &x.response);
+    push_opt_num(&mut out, ",\"total_ns\":", x.total_ns());
+    out.push('}');
+    out
 }
 
 /// The TCP and UDP packets' part of the summary (its `packets` key).
@@ -408,6 +452,102 @@ mod tests {
             .chain(contexts.iter().map(|c| c.name()));
         for n in names {
             assert_eq!(serde_json::to_string(n).unwrap(), format!("\"{n}\""));
+        }
+    }
+
+    /// The packet's and the exchange's lines, written by hand, say what
+    /// serde says of the same fields, a TCP request over two segments
+    /// and its response; and of a UDP datagram with no flow announced.
+    #[test]
+    fn packets_and_exchanges_as_serde_writes_them() {
+        use crate::model::flow::{
+            ExchangeBuilder, build_packet,
+            tests::{announce, packet},
+        };
+        use lotrace_common::event::{FLOW_REVERSE, PKT_TCP, PKT_UDP};
+        let m = meta();
+        let flow = Flow::of(&announce(1, PKT_TCP)).unwrap();
+        let mut x = ExchangeBuilder::default();
+        let mut ps = [
+            build_packet(packet(PKT_TCP, 1, 1, 0, 100, 0x18, 100)),
+            build_packet(packet(PKT_TCP, 1, 2, 1_000, 50, 0x18, 0)),
+            build_packet(packet(PKT_TCP, 1, FLOW_REVERSE | 1, 90_000, 300, 0x19, 300)),
+            build_packet(packet(PKT_UDP, 2, 1, 200_000, 30, 0, 0)),
+        ];
+        ps[1].retransmits = Some(1);
+        for (p, f) in ps.iter().zip([Some(&flow), Some(&flow), Some(&flow), None]) {
+            let tcp = p.proto == Proto::Tcp;
+            let (src, dst) = match f.map(|f| f.ends(p.reverse)) {
+                Some((a, b)) => (Some(a), Some(b)),
+                None => (None, None),
+            };
+            let mut want = json!({
+                "type": "packet",
+                "proto": p.proto.name(),
+                "family": family_name(p.family),
+                "flow": p.flow,
+                "number": p.number,
+                "direction": if p.reverse { "back" } else { "forth" },
+                "src": src,
+                "dst": dst,
+                "tcp_flags": p.wire.filter(|_| tcp).map(|w| tcp_flag_names(w.tcp_flags)),
+                "tcp_seq": p.wire.filter(|_| tcp).map(|w| w.tcp_seq),
+                "payload": p.wire.map(|w| w.payload),
+                "reach": p.reach.name(),
+                "reach_ns": p.reach_ns(),
+                "merged_bytes": p.merged_bytes(),
+                "retransmits": p.retransmits,
+                "segmented": p.segmented,
+                "total_ns": p.total_ns,
+            });
+            let line = packet_json_line(p, f, &m, Style::default());
+            let got: Value = serde_json::from_str(&line).expect("valid JSON");
+            want["events"] = got["events"].clone();
+            assert_eq!(got, want, "{line}");
+        }
+        let mut xs = Vec::new();
+        for p in &ps[..3] {
+            xs.extend(x.push(p));
+        }
+        xs.extend(x.finish());
+        assert_eq!(xs.len(), 1);
+        let e = &xs[0];
+        let way = |w: Option<Way>, ps: &[Packet]| match w {
+            None => Value::Null,
+            Some(w) => json!({
+                "bytes": w.bytes,
+                "packets": ps.iter().map(|p| p.number).collect::<Vec<_>>(),
+                "sent_ns": w.sent_ns,
+                "arrived_ns": w.arrived_ns,
+                "reach": w.reach.name(),
+                "kernel_ns": w.ns(),
+                "reader": ps.iter().rev().find_map(Packet::reader).map(|h| json!({
+                    "comm": h.comm.as_str(), "pid": h.pid, "tgid": h.tgid,
+                })),
+            }),
+        };
+        for f in [Some(&flow), None] {
+            let (client, server) = match f.map(|f| f.ends(e.request_reverse)) {
+                Some((c, s)) => (Some(c), Some(s)),
+                None => (None, None),
+            };
+            let want = json!({
+                "type": "exchange",
+                "proto": e.proto.name(),
+                "kind": e.kind.name(),
+                "flow": e.flow,
+                "number": e.number,
+                "client": client,
+                "server": server,
+                "request": way(e.request_way(), &e.request),
+                "server_ns": e.server_ns(),
+                "response": way(e.response_way(), &e.response),
+                "total_ns": e.total_ns(),
+            });
+            let line = exchange_json_line(e, f);
+            let got: Value = serde_json::from_str(&line).expect("valid JSON");
+            assert_eq!(got, want, "{line}");
+            assert!(got["response"]["reader"].is_object(), "{line}");
         }
     }
 

@@ -101,7 +101,7 @@ impl Printer {
             let flow = flows.get(&x.flow);
             match self.format {
                 Format::Text => write!(self.out, "{}", text::exchange_text(x, flow))?,
-                Format::Json => writeln!(self.out, "{}", json::exchange_json(x, flow))?,
+                Format::Json => writeln!(self.out, "{}", json::exchange_json_line(x, flow))?,
             }
         }
         Ok(())
