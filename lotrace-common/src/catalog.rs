@@ -164,7 +164,9 @@ impl Stage {
     pub const fn flows_only(self) -> bool {
         matches!(
             self,
-            Stage::TcpRcv
+            Stage::TcpSendmsg
+                | Stage::UdpSendmsg
+                | Stage::TcpRcv
                 | Stage::TcpRcvEstablished
                 | Stage::TcpDataQueue
                 | Stage::UdpRcv
@@ -240,6 +242,12 @@ stage_table! {
     Sendto = 0: "sendto", expect Request, detail None,
         en "ping hands its ICMP echo request to the kernel with the sendto() system call (sendmsg() when it passes control data, as iputils does over IPv6 with -I; the probe says which).",
         zh "ping 用 sendto() 系统调用把 ICMP 回显请求交给内核（需要附带控制信息时用 sendmsg()，例如 iputils 在 IPv6 下用 -I 时；探针名会说明是哪一个）。";
+    TcpSendmsg = 27: "tcp_sendmsg", expect Never, detail None,
+        en "TCP takes the data (tcp_sendmsg): it copies it into the socket's send queue, in segments of the connection's size, and sends what the window and Nagle allow; the rest goes out later, when ACKs come back. TCP sends only.",
+        zh "TCP 接收要发送的数据（tcp_sendmsg）：把数据复制进套接字的发送队列，按连接的段大小切分，发出窗口和 Nagle 算法允许的部分；其余的等 ACK 回来以后再发。只有 TCP 的发送经过这里。";
+    UdpSendmsg = 28: "udp_sendmsg", expect Never, detail None,
+        en "UDP builds the datagram (udp_sendmsg, udpv6_sendmsg): it finds the route, or takes the connected socket's, and hands the datagram to IP output. UDP sends only.",
+        zh "UDP 构造数据报（udp_sendmsg、udpv6_sendmsg）：查路由（已连接的套接字用已有的路由），把数据报交给 IP 输出。只有 UDP 的发送经过这里。";
     SockSendmsg = 1: "sock_sendmsg", expect Request, detail SyscallReturn,
         en "The socket layer passes the message to the protocol (raw_sendmsg or ping_v4_sendmsg); on loopback the whole transmit, and often the receive too, happens before it returns.",
         zh "套接字层把消息交给协议（raw_sendmsg 或 ping_v4_sendmsg）；在回环上，整个发送、往往连接收，都在它返回之前完成。";
@@ -470,6 +478,19 @@ macro_rules! probe_table {
             SysEnterWrite        = 102: tp_sys_enter_write        tracepoint(syscalls:sys_enter_write)            {WriteFd: fd, WriteBuf: buf, WriteCount: count} -> Sendto 2                  => send::sys_enter_sendto;
             SysEnterWritev       = 107: tp_sys_enter_writev       tracepoint(syscalls:sys_enter_writev)           {WritevFd: fd, WritevVec: vec}                -> Sendto 3                  => send::sys_enter_writev;
             SysEnterSendmmsg     = 109: tp_sys_enter_sendmmsg     tracepoint(syscalls:sys_enter_sendmmsg)         {SendmmsgFd: fd, SendmmsgMsg: mmsg}           -> Sendto 4                  => send::sys_enter_sendmsg;
+
+            // The protocol's send, in a traced thread's TCP or UDP send:
+            // its start is noted, and reported with the send's return, under
+            // the first packet the send transmitted. tcp:tcp_sendmsg_locked
+            // came with 6.8 (it fires for each skb the data goes into: the
+            // first is the start).
+            TcpSendmsgLocked     = 112: tp_tcp_sendmsg_locked     tracepoint(tcp:tcp_sendmsg_locked)              {TcpSendmsgSkb: skb_addr}                     -> TcpSendmsg 0              => send::tcp_sendmsg_locked;
+            KpTcpSendmsg         = 113: kp_tcp_sendmsg            kprobe[tcp_sendmsg]                             (sk: 0)                                       -> TcpSendmsg 0              => send::tcp_sendmsg;
+            FeTcpSendmsg         = 114: fe_tcp_sendmsg            fentry[tcp_sendmsg]                             (sk: 0)                                       -> TcpSendmsg 0              => send::tcp_sendmsg;
+            KpUdpSendmsg         = 115: kp_udp_sendmsg            kprobe[udp_sendmsg]                             (sk: 0)                                       -> UdpSendmsg 0              => send::udp_sendmsg;
+            KpUdpv6Sendmsg       = 116: kp_udpv6_sendmsg          kprobe[udpv6_sendmsg]                           (sk: 0)                                       -> UdpSendmsg 1              => send::udp_sendmsg;
+            FeUdpSendmsg         = 117: fe_udp_sendmsg            fentry[udp_sendmsg]                             (sk: 0)                                       -> UdpSendmsg 0              => send::udp_sendmsg;
+            FeUdpv6Sendmsg       = 118: fe_udpv6_sendmsg          fentry[udpv6_sendmsg]                           (sk: 0)                                       -> UdpSendmsg 1              => send::udp_sendmsg;
 
             // sock_sendmsg hands the message to the address family's
             // sendmsg through the socket's ops; sock_sendmsg itself is

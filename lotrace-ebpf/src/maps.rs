@@ -166,15 +166,19 @@ pub(crate) static RECV_DONE: LruHashMap<u32, PktKey> = LruHashMap::with_max_entr
 pub(crate) static FLOW_SEND: LruHashMap<u32, FlowSend> = LruHashMap::with_max_entries(1024, 0);
 
 /// A traced thread's send on a TCP or UDP socket: when its system call
-/// began, by which probe, and the first packet it transmitted (its key
+/// began, by which probe, when the protocol's send began (0: not seen)
+/// and by which probe, and the first packet it transmitted (its key
 /// `valid` once known), which the send's stages are reported under.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub(crate) struct FlowSend {
     pub(crate) ts: u64,
+    pub(crate) proto_ts: u64,
     pub(crate) len: u32,
     pub(crate) probe: u8,
-    pub(crate) _pad: [u8; 3],
+    pub(crate) proto_probe: u8,
+    pub(crate) proto_tcp: u8,
+    pub(crate) _pad: u8,
     pub(crate) key: PktKey,
 }
 

@@ -222,7 +222,21 @@ fn curl_exchanges(addr: &str) {
         .into_iter()
         .find(|p| p["payload"].as_u64().unwrap_or(0) > 0 && p["direction"] == "forth")
         .unwrap();
-    assert_eq!(stages(first_data)[0], "sendto", "{first_data}");
+    let st = stages(first_data);
+    assert_eq!(st[0], "sendto", "{first_data}");
+    // Then TCP's send, where this kernel lets lotrace see it (the
+    // tcp:tcp_sendmsg_locked tracepoint came with 6.8), and the send's
+    // return.
+    let seen = s["probes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p["stage"] == "tcp_sendmsg" && !p["backend"].is_null());
+    if seen {
+        let at = |x: &str| st.iter().position(|s| *s == x);
+        assert!(at("tcp_sendmsg") < at("sock_sendmsg"), "{first_data}");
+        assert!(at("tcp_sendmsg").is_some(), "{first_data}");
+    }
 }
 
 #[test]

@@ -19,7 +19,7 @@ use crate::{
     kernel::{field, now, sk_protocol, sk_type, sock_of_fd},
     maps::{FLOW_SEND, FlowSend, SEND_CTX},
     packet::echo_key,
-    seen::at,
+    seen::{at, at_time},
 };
 
 /// A traced thread's send starts. It is an echo request only on an ICMP
@@ -42,9 +42,12 @@ fn send_starts<C: EbpfContext>(
     if matches!(sk_protocol(sk), Some(p) if p == IPPROTO_TCP as u16 || p == IPPROTO_UDP as u16) {
         let start = FlowSend {
             ts: now(),
+            proto_ts: 0,
             len: len as u32,
             probe: probe as u8,
-            _pad: [0; 3],
+            proto_probe: 0,
+            proto_tcp: 0,
+            _pad: 0,
             key: PktKey::default(),
         };
         let _ = FLOW_SEND.insert(&tid, &start, 0);
@@ -154,15 +157,29 @@ fn sock_sendmsg<C: EbpfContext>(ctx: &C, probe: ProbeId, sk: u64, ret: Option<i6
         return;
     }
     let Some(key) = get_ctx(&SEND_CTX, tid) else {
-        // A TCP or UDP send's return, under its first packet's key.
+        // A TCP or UDP send's return, under its first packet's key, with
+        // the protocol's send before it. Its start (a function probe's
+        // entry) comes before any packet: nothing to report it under.
+        let Some(r) = ret else { return };
         if let Some(f) = FLOW_SEND.get_ptr_mut(&tid) {
-            let key = unsafe { (*f).key };
+            let f = unsafe { *f };
             let _ = FLOW_SEND.remove(&tid);
-            if key.valid != 0 {
-                let r = ret.unwrap_or(0);
+            if f.key.valid != 0 {
+                // The stage by comparison, not by a table the verifier
+                // cannot bound.
+                if f.proto_ts != 0
+                    && let Some(p) = ProbeId::from_u8(f.proto_probe)
+                {
+                    let stage = if f.proto_tcp != 0 {
+                        Stage::TcpSendmsg
+                    } else {
+                        Stage::UdpSendmsg
+                    };
+                    emit(ctx, &f.key, at_time(f.proto_ts, stage, p, 0));
+                }
                 emit(
                     ctx,
-                    &key,
+                    &f.key,
                     at(Stage::SockSendmsg, probe, 0, r.max(0) as u32, r as u64),
                 );
             }
@@ -185,6 +202,42 @@ pub(crate) fn sock_send_length(ctx: &impl Fields, probe: ProbeId, sk: TpField, r
     let sk = field::<u64>(ctx, sk).unwrap_or(0);
     let ret = field::<i32>(ctx, ret).unwrap_or(0);
     sock_sendmsg(ctx, probe, sk, Some(ret as i64));
+}
+
+/// The protocol's send starts inside a traced thread's TCP or UDP send:
+/// noted, the first time.
+#[inline(always)]
+fn proto_send_starts(probe: ProbeId, tcp: bool) {
+    let (tgid, tid) = tgid_tid();
+    if !is_target(tgid) {
+        return;
+    }
+    if let Some(f) = FLOW_SEND.get_ptr_mut(&tid) {
+        let f = unsafe { &mut *f };
+        if f.proto_ts == 0 {
+            f.proto_ts = now();
+            f.proto_probe = probe as u8;
+            f.proto_tcp = tcp as u8;
+        }
+    }
+}
+
+/// `tcp_sendmsg` starts.
+#[inline(always)]
+pub(crate) fn tcp_sendmsg<C: EbpfContext>(_ctx: &C, probe: ProbeId, _sk: u64) {
+    proto_send_starts(probe, true);
+}
+
+/// `tcp:tcp_sendmsg_locked`: TCP's send puts data into an skb.
+#[inline(always)]
+pub(crate) fn tcp_sendmsg_locked(_ctx: &impl Fields, probe: ProbeId, _skb: TpField) {
+    proto_send_starts(probe, true);
+}
+
+/// `udp_sendmsg` or `udpv6_sendmsg` starts.
+#[inline(always)]
+pub(crate) fn udp_sendmsg<C: EbpfContext>(_ctx: &C, probe: ProbeId, _sk: u64) {
+    proto_send_starts(probe, false);
 }
 
 /// The family's sendmsg starts (its socket is learnt at dev_queue_xmit).

@@ -106,8 +106,20 @@ pub fn check_tcp(run: &Run, backend: &str) -> Result<()> {
             );
         }
     }
+    // The client's request starts at its write, then TCP's send, and the
+    // send's return follows.
+    let request = packets
+        .iter()
+        .find(|p| p["direction"] == "forth" && p["payload"].as_u64().unwrap_or(0) > 0)
+        .context("no request segment")?;
+    let st = stages(request);
+    ensure!(
+        st.first().is_some_and(|(s, _)| s == "sendto")
+            && st.iter().any(|(s, _)| s == "sock_sendmsg"),
+        "the request segment does not start at its send: {st:?}"
+    );
     // TCP's own stages, each by this backend's probe.
-    for want in ["tcp_rcv", "tcp_rcv_established"] {
+    for want in ["tcp_sendmsg", "tcp_rcv", "tcp_rcv_established"] {
         let by = packets
             .iter()
             .flat_map(|p| stages(p))
