@@ -166,6 +166,7 @@ impl Stage {
             self,
             Stage::TcpSendmsg
                 | Stage::UdpSendmsg
+                | Stage::TcpRetransmit
                 | Stage::TcpRcv
                 | Stage::TcpRcvEstablished
                 | Stage::TcpDataQueue
@@ -272,6 +273,9 @@ stage_table! {
     SoftirqRaise = 7: "softirq_raise", expect Never, detail None,
         en "The NET_RX softirq is raised: the backlog queue was empty and its NAPI not yet scheduled (a queue already due to be polled raises nothing). Under RPS to another CPU it is this CPU's raise that later sends that CPU an IPI; with backlog threads (PREEMPT_RT) a thread is woken instead, and nothing is raised.",
         zh "触发 NET_RX 软中断：backlog 队列原本为空、它的 NAPI 尚未被调度（已经等着被轮询的队列不会再触发）。RPS 把包交给另一个 CPU 时，是本 CPU 的这次触发在稍后给那个 CPU 发 IPI；使用 backlog 线程时（PREEMPT_RT）唤醒的是线程，不触发软中断。";
+    TcpRetransmit = 29: "tcp_retransmit", expect Never, detail None,
+        en "TCP has sent this segment again (tcp_retransmit_skb): its retransmission timer fired, or duplicate ACKs said it was lost. This transmit is the retransmission; the segment it repeats is named with it when that one was seen.",
+        zh "TCP 把这个段又发了一遍（tcp_retransmit_skb）：重传定时器到期，或者重复的 ACK 表明它丢了。这一次发送就是重传；如果它重复的那个段也被看到了，会一并标出。";
     NetRxAction = 8: "net_rx_action", expect Either, detail RunTime,
         en "The NET_RX softirq runs net_rx_action: inline where bottom halves are re-enabled (local_bh_enable, often in ping's own send) or on the way out of an interrupt (irq_exit), or in ksoftirqd/N when softirqs keep coming back. With threaded interrupts (threadirqs, PREEMPT_RT) it runs in threads, and backlog threads poll the backlog without it.",
         zh "NET_RX 软中断运行 net_rx_action：在重新打开下半部处（local_bh_enable，常常就在 ping 自己的发送里）或中断返回时（irq_exit）就地运行，软中断反复到来时交给 ksoftirqd/N。中断线程化（threadirqs、PREEMPT_RT）时在线程里运行；使用 backlog 线程时 backlog 由线程轮询，不经过它。";
@@ -536,6 +540,10 @@ macro_rules! probe_table {
             FeNetifRx            = 48: fe_netif_rx                fentry[netif_rx]                                (skb: 0)                                      -> NetifRx 1                 => receive::netif_rx;
 
             SoftirqRaise         = 10: tp_softirq_raise           tracepoint(irq:softirq_raise)                   {SoftirqRaiseVec: vec = 0}                    -> SoftirqRaise 0            => softirq::raise;
+
+            // TCP sends a segment again, after its transmit (`err`, and
+            // with it a call on failure too, came with 6.x).
+            TcpRetransmitSkb     = 119: tp_tcp_retransmit_skb     tracepoint(tcp:tcp_retransmit_skb)              {RetransSkb: skbaddr, RetransSport: sport, RetransDport: dport, RetransFamily: family, RetransSaddr: saddr, RetransDaddr: daddr, RetransSaddr6: saddr_v6, RetransDaddr6: daddr_v6, RetransErr: err} -> TcpRetransmit 0 => transmit::tcp_retransmit_skb;
 
             // net_rx_action's arguments changed across kernels; none is read.
             SoftirqEntry         = 11: tp_softirq_entry           tracepoint(irq:softirq_entry)                   {SoftirqEntryVec: vec = 0}                    -> NetRxAction 0 required    => softirq::entry;

@@ -186,6 +186,38 @@ fn read_inner(skb: u64, ip: u64, iph: &[u8; 10], th: u64, end: u64) -> Option<Pk
     Some(key)
 }
 
+/// A flow direction's counter in `FLOW_PKTS`.
+#[inline(always)]
+fn pkts_slot(flow: u16, reverse: bool) -> u32 {
+    ((flow as u32) << 1 | reverse as u32) % FLOW_SLOTS
+}
+
+/// The key of packet `n` of a flow's direction.
+#[inline(always)]
+fn packet_key(family: u8, tcp: bool, flow: u16, reverse: bool, n: u32) -> PktKey {
+    PktKey {
+        icmp_id: flow,
+        icmp_seq: (n as u16 & !FLOW_REVERSE) | if reverse { FLOW_REVERSE } else { 0 },
+        family,
+        icmp_type: if tcp { PKT_TCP } else { PKT_UDP },
+        valid: 1,
+        delivered: 0,
+    }
+}
+
+/// The TCP packet numbered last in the direction the CPU's state's
+/// tuple names, if the trace follows that flow: a socket's packets are
+/// numbered under its lock, which a retransmission holds from its
+/// transmit to its tracepoint.
+#[inline(always)]
+pub(crate) fn last_numbered() -> Option<PktKey> {
+    let t = &state()?.tuple;
+    let v = unsafe { FLOW_IDS.get(t) }?;
+    let (flow, reverse) = (*v as u16, (*v >> 16) & 1 != 0);
+    let n = unsafe { core::ptr::read_volatile(FLOW_PKTS.get_ptr(pkts_slot(flow, reverse))?) };
+    (n != 0).then(|| packet_key(t.family, true, flow, reverse, n))
+}
+
 /// The packet's number: a new one, unless an earlier entry of this very
 /// transmit (`ip_output`, then `dev_queue_xmit`) numbered this skb.
 #[inline(always)]
@@ -197,20 +229,12 @@ fn number(skb: u64, family: u8, tcp: bool, flow: u16, reverse: bool) -> Option<P
             return Some(st.tx_flow);
         }
     }
-    let slot = ((flow as u32) << 1 | reverse as u32) % FLOW_SLOTS;
-    let p = FLOW_PKTS.get_ptr_mut(slot)?;
+    let p = FLOW_PKTS.get_ptr_mut(pkts_slot(flow, reverse))?;
     let n = unsafe {
         add_u32(&mut *p, 1);
         core::ptr::read_volatile(p)
     };
-    let key = PktKey {
-        icmp_id: flow,
-        icmp_seq: (n as u16 & !FLOW_REVERSE) | if reverse { FLOW_REVERSE } else { 0 },
-        family,
-        icmp_type: if tcp { PKT_TCP } else { PKT_UDP },
-        valid: 1,
-        delivered: 0,
-    };
+    let key = packet_key(family, tcp, flow, reverse, n);
     if st.tx_entry == 1 {
         st.tx_flow_skb = skb;
         st.tx_flow = key;
@@ -251,8 +275,8 @@ fn register(skb: u64, t: &mut FlowTuple) -> Option<u16> {
     };
     // Flow numbers run from 1; 0 is no flow's.
     let flow = (n.wrapping_sub(1) % 0xffff) as u16 + 1;
-    for dir in 0..2u32 {
-        if let Some(p) = FLOW_PKTS.get_ptr_mut(((flow as u32) << 1 | dir) % FLOW_SLOTS) {
+    for reverse in [false, true] {
+        if let Some(p) = FLOW_PKTS.get_ptr_mut(pkts_slot(flow, reverse)) {
             unsafe { core::ptr::write_volatile(p, 0) };
         }
     }

@@ -655,6 +655,17 @@ fn a_retransmission_is_linked_to_the_segment_it_repeats() {
     assert_eq!(again.len(), 1, "{packets:?}");
     assert_eq!(again[0]["tcp_seq"], d["tcp_seq"]);
     assert_eq!(again[0]["reach"], "read", "{}", again[0]);
+    // The kernel's own word, where this kernel has the tracepoint: the
+    // retransmission's journey has TCP's retransmit, the original's not.
+    let seen = summary(&lines)["probes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p["stage"] == "tcp_retransmit" && !p["backend"].is_null());
+    if seen {
+        assert!(stages(again[0]).contains(&"tcp_retransmit"), "{}", again[0]);
+        assert!(!stages(d).contains(&"tcp_retransmit"), "{d}");
+    }
     let xs: Vec<_> = of_type(&lines, "exchange")
         .into_iter()
         .filter(|x| x["kind"] == "request")

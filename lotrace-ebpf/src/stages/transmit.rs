@@ -5,7 +5,7 @@ use aya_ebpf::EbpfContext;
 use aya_log_ebpf::info;
 use lotrace_common::{
     PktKey, ProbeId, Stage, TpField,
-    event::{LO_NAME, is_echo_request, is_flow},
+    event::{AF_INET, AF_INET6, IPPROTO_TCP, LO_NAME, is_echo_request, is_flow},
     follow::Sight,
 };
 
@@ -15,6 +15,7 @@ use crate::{
     filter::{
         in_softirq, is_ours, is_target, learn_sock, skb_sock, sock_net, tgid_tid, track, track_key,
     },
+    flow::last_numbered,
     kernel::{CONFIG, config, dev_name, field, sk_type},
     maps::{FLOW_SEND, state},
     packet::ours,
@@ -219,4 +220,76 @@ pub(crate) fn net_dev_xmit(ctx: &impl Fields, probe: ProbeId, skbaddr: TpField, 
         let rc = field::<i32>(ctx, rc).unwrap_or(0);
         xmit_end(ctx, skb, probe, rc as i64);
     }
+}
+
+/// `tcp:tcp_retransmit_skb`: TCP sent a segment again (its timer, or
+/// duplicate ACKs), once it has transmitted it (on kernels whose
+/// tracepoint has `err`, also when that failed: then nothing was sent).
+/// Reported under that transmit's packet: the one its flow's direction
+/// numbered last. The tracepoint gives the connection's ports in host
+/// order and its addresses; a dual-stack socket's IPv4 peer is an IPv6
+/// address mapped from IPv4, its packets IPv4, as is an IPv4
+/// connection's in the IPv6 fields.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub(crate) fn tcp_retransmit_skb(
+    ctx: &impl Fields,
+    probe: ProbeId,
+    skb: TpField,
+    sport: TpField,
+    dport: TpField,
+    family: TpField,
+    saddr: TpField,
+    daddr: TpField,
+    saddr6: TpField,
+    daddr6: TpField,
+    err: TpField,
+) {
+    if field::<i32>(ctx, err).is_some_and(|e| e != 0) {
+        return;
+    }
+    let (Some(sport), Some(dport)) = (field::<u16>(ctx, sport), field::<u16>(ctx, dport)) else {
+        return;
+    };
+    // Without `family` (older kernels), the IPv6 fields: an IPv4
+    // connection's addresses are there mapped from IPv4.
+    let family = field::<u16>(ctx, family).unwrap_or(AF_INET6 as u16);
+    let Some(st) = state() else { return };
+    let t = &mut st.tuple;
+    t.proto = IPPROTO_TCP;
+    t.sport = sport.to_be_bytes();
+    t.dport = dport.to_be_bytes();
+    t._pad = [0; 2];
+    t.saddr = [0; 16];
+    t.daddr = [0; 16];
+    let v4 = |s: Option<[u8; 4]>, to: &mut [u8; 16]| {
+        if let Some(a) = s {
+            to[..4].copy_from_slice(&a);
+        }
+    };
+    let mapped = |a: &[u8; 16]| a[..10] == [0u8; 10] && a[10] == 0xff && a[11] == 0xff;
+    if family == AF_INET6 as u16 {
+        let (Some(s6), Some(d6)) = (
+            field::<[u8; 16]>(ctx, saddr6),
+            field::<[u8; 16]>(ctx, daddr6),
+        ) else {
+            return;
+        };
+        if mapped(&s6) && mapped(&d6) {
+            t.family = AF_INET;
+            t.saddr[..4].copy_from_slice(&s6[12..]);
+            t.daddr[..4].copy_from_slice(&d6[12..]);
+        } else {
+            t.family = AF_INET6;
+            t.saddr = s6;
+            t.daddr = d6;
+        }
+    } else {
+        t.family = AF_INET;
+        v4(field::<[u8; 4]>(ctx, saddr), &mut t.saddr);
+        v4(field::<[u8; 4]>(ctx, daddr), &mut t.daddr);
+    }
+    let Some(key) = last_numbered() else { return };
+    let skb = field::<u64>(ctx, skb).unwrap_or(0);
+    emit(ctx, &key, at(Stage::TcpRetransmit, probe, skb, 0, 0));
 }
