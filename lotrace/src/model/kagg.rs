@@ -8,9 +8,9 @@ use lotrace_common::{
 };
 
 use crate::model::{
-    flow::{PacketStats, Proto},
+    flow::Proto,
     journey::Leg,
-    stats::{Histogram, KernelOutcomes, Row, Stats},
+    stats::{Histogram, KernelOutcomes, PacketStats, Row, Stats},
 };
 
 /// One aggregation row's totals and histogram on each CPU, merged.

@@ -5,6 +5,7 @@
 pub mod assembled;
 pub mod builder;
 pub mod detail;
+pub mod exchange;
 pub mod flow;
 pub mod journey;
 pub mod kagg;

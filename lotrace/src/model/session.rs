@@ -11,12 +11,13 @@ use lotrace_common::{
 
 use crate::model::{
     builder::JourneyBuilder,
-    flow::{Exchange, ExchangeBuilder, Flow, Packet, PacketBuilder, PacketStats, Retransmits},
+    exchange::{Exchange, ExchangeBuilder},
+    flow::{Flow, Packet, PacketBuilder, Retransmits},
     journey::{Journey, expected_for, expected_stages},
     meta::Meta,
     pingout::{Dialect, PingLine, PingReply, SeqStyle, parse_line},
     record::Record,
-    stats::Stats,
+    stats::{PacketStats, Stats},
 };
 
 /// A journey is closed when none of its events has been seen for this long.

@@ -10,6 +10,8 @@ use lotrace_common::{
 
 use crate::model::{
     detail::DevName,
+    exchange::{Exchange, ExchangeKind},
+    flow::{Packet, Proto},
     journey::{Context, Hop, Journey, Leg},
 };
 
@@ -250,10 +252,101 @@ impl Stats {
     }
 }
 
+/// What the summary says of the packets: how many, how far they went,
+/// and per protocol and stage the time from the previous hop.
+#[derive(Default)]
+pub struct PacketStats {
+    /// Flows, when counted in the kernel (`--summary-only`).
+    pub flows: u64,
+    pub packets: BTreeMap<Proto, u64>,
+    pub reach: BTreeMap<(Proto, &'static str), u64>,
+    /// Per protocol and (stage, at return), in the order the stages come.
+    pub rows: BTreeMap<(Proto, u8, bool), (Stage, Histogram)>,
+    pub total: BTreeMap<Proto, Histogram>,
+    /// Per protocol and kind of exchange: its request's way, the
+    /// server's time, its response's way, and the whole.
+    pub exchanges: BTreeMap<(Proto, &'static str), ExchangeHists>,
+    /// The devices packets were transmitted on, with counts.
+    pub devices: BTreeMap<String, u64>,
+    /// Where the packets' receives ran.
+    pub net_rx: NetRx,
+}
+
+#[derive(Default)]
+pub struct ExchangeHists {
+    pub request: Histogram,
+    pub server: Histogram,
+    pub response: Histogram,
+    pub total: Histogram,
+    /// Exchanges with no response seen.
+    pub unanswered: u64,
+}
+
+impl ExchangeHists {
+    /// Its rows in a table, labelled: a handshake's whole, or a request's
+    /// way, the server's time, the response's way and the whole.
+    pub fn rows(&self, kind: &str) -> Vec<(&'static str, &Histogram)> {
+        if kind == ExchangeKind::Handshake.name() {
+            vec![("handshake: SYN→ACK arrived", &self.total)]
+        } else {
+            vec![
+                ("request: sent→arrived", &self.request),
+                ("server: arrived→response", &self.server),
+                ("response: sent→arrived", &self.response),
+                ("exchange: request→response", &self.total),
+            ]
+        }
+    }
+}
+
+impl PacketStats {
+    pub fn add(&mut self, p: &Packet) {
+        *self.packets.entry(p.proto).or_default() += 1;
+        *self.reach.entry((p.proto, p.reach.name())).or_default() += 1;
+        // The first hop counts 0, as the programs aggregate it.
+        for (i, h) in p.hops.iter().enumerate() {
+            let at_return = h.probe.info().at_return;
+            let row = self
+                .rows
+                .entry((p.proto, h.stage.rank(), at_return))
+                .or_insert_with(|| (h.stage, Histogram::default()));
+            row.1.record(if i > 0 { h.delta_ns } else { 0 });
+        }
+        self.total.entry(p.proto).or_default().record(p.total_ns);
+        count_dev(&mut self.devices, p.hops.iter().find_map(Hop::xmit_dev));
+        if let Some(h) = p.hops.iter().find(|h| h.stage == Stage::NetifReceiveSkb) {
+            self.net_rx.add(&h.context);
+        }
+    }
+
+    pub fn add_exchange(&mut self, x: &Exchange) {
+        let h = self.exchanges.entry((x.proto, x.kind.name())).or_default();
+        if let Some(w) = x.request_way() {
+            h.request.record(w.ns());
+        }
+        match x.response_way() {
+            Some(w) => h.response.record(w.ns()),
+            None => h.unanswered += 1,
+        }
+        if let Some(n) = x.server_ns() {
+            h.server.record(n);
+        }
+        if let Some(n) = x.total_ns() {
+            h.total.record(n);
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.packets.is_empty()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::flow::{build_packet, tests::packet};
     use crate::model::{builder::build_journey, journey::tests::echo};
+    use lotrace_common::event::PKT_UDP;
 
     #[test]
     fn extreme_values_stay_in_range() {
@@ -311,5 +404,26 @@ mod tests {
             at_return: true,
         };
         assert!(pos(&netif) < pos(&send_ret));
+    }
+
+    #[test]
+    fn stats_count_packets_and_exchanges() {
+        let mut s = PacketStats::default();
+        let p = build_packet(packet(PKT_UDP, 2, 1, 0, 30, 0, 0));
+        s.add(&p);
+        assert_eq!(s.packets[&Proto::Udp], 1);
+        assert_eq!(s.reach[&(Proto::Udp, "read")], 1);
+        let rows: u64 = s.rows.values().map(|(_, h)| h.count).sum();
+        assert_eq!(rows, p.hops.len() as u64, "the first counts 0");
+        s.add_exchange(&Exchange {
+            flow: 2,
+            proto: Proto::Udp,
+            kind: ExchangeKind::Request,
+            number: 1,
+            request_reverse: false,
+            request: vec![p],
+            response: vec![],
+        });
+        assert_eq!(s.exchanges[&(Proto::Udp, "request")].unanswered, 1);
     }
 }

@@ -10,8 +10,8 @@ use serde_json::{Value, json};
 
 use crate::{
     model::{
-        flow::{ExchangeHists, PacketStats, Proto},
-        stats::{Row, Stats, row_label},
+        flow::Proto,
+        stats::{ExchangeHists, PacketStats, Row, Stats, row_label},
     },
     output::fmt_ns,
 };

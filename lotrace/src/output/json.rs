@@ -5,11 +5,12 @@ use serde_json::{Value, json};
 
 use crate::{
     model::{
-        flow::{Exchange, Flow, Packet, PacketStats, Proto, Way, tcp_flag_names},
+        exchange::{Exchange, Way},
+        flow::{Flow, Packet, Proto, tcp_flag_names},
         journey::{Hop, Leg, Outcome, SoftirqWhere, family_name},
         meta::Meta,
         session::{Done, Totals},
-        stats::{Histogram, Stats},
+        stats::{Histogram, PacketStats, Stats},
     },
     output::{Style, explain, explain_flow, words::detail},
 };
@@ -460,8 +461,9 @@ mod tests {
     /// and its response; and of a UDP datagram with no flow announced.
     #[test]
     fn packets_and_exchanges_as_serde_writes_them() {
+        use crate::model::exchange::ExchangeBuilder;
         use crate::model::flow::{
-            ExchangeBuilder, build_packet,
+            build_packet,
             tests::{announce, packet},
         };
         use lotrace_common::event::{FLOW_REVERSE, PKT_TCP, PKT_UDP};

@@ -15,7 +15,8 @@ use serde_json::{Value, json};
 
 use crate::{
     model::{
-        flow::{Exchange, Packet},
+        exchange::Exchange,
+        flow::Packet,
         journey::{Hop, Journey, Leg},
         meta::Meta,
     },

@@ -6,12 +6,13 @@ use lotrace_common::ProbeId;
 
 use crate::{
     model::{
-        flow::{Exchange, ExchangeKind, Flow, Packet, PacketStats, Proto, Reach, tcp_flag_names},
+        exchange::{Exchange, ExchangeKind},
+        flow::{Flow, Packet, Proto, Reach, tcp_flag_names},
         journey::family_name,
         journey::{Hop, Journey, Leg, Outcome},
         meta::Meta,
         session::{Done, Totals},
-        stats::{Histogram, Stats, row_label},
+        stats::{Histogram, PacketStats, Stats, row_label},
     },
     output::{
         Style, explain, explain_flow, fmt_ns,
