@@ -359,12 +359,7 @@ fn machine() -> String {
 pub fn run(lotrace: &Path, o: &BenchOptions) -> Result<()> {
     let probes = bpftrace_probes(lotrace)?;
     println!("xtask: bench on {}", machine());
-    println!(
-        "xtask: {} rounds of {} pings per run, interleaved; bpftrace counts {} probes",
-        o.rounds,
-        o.count,
-        probes.len()
-    );
+    println!("xtask: bpftrace counts {} probes", probes.len());
     println!(
         "xtask: where lotrace attaches a raw tracepoint, bpftrace (0.17 has no raw tracepoints) counts its classic one"
     );
@@ -379,6 +374,10 @@ pub fn run(lotrace: &Path, o: &BenchOptions) -> Result<()> {
 
 /// The ping part: floods and adaptive pings, the bystander, the long run.
 fn pings(lotrace: &Path, o: &BenchOptions, probes: &[String]) -> Result<()> {
+    println!(
+        "xtask: {} rounds of {} pings per run, interleaved",
+        o.rounds, o.count
+    );
     let modes = [
         Mode::Untraced,
         Mode::Lotrace,
