@@ -386,4 +386,70 @@ mod tests {
         let v = json(&cols);
         assert_eq!(v["targets"][1]["resolved"], "::1");
     }
+
+    /// A command's columns: its packets' rows and exchanges side by side,
+    /// and no echo rows; the JSON has `packets` only where there were.
+    #[test]
+    fn a_commands_packets_side_by_side() {
+        use crate::model::{
+            exchange::ExchangeBuilder,
+            flow::{build_packet, tests::packet},
+        };
+        use lotrace_common::event::{FLOW_REVERSE, PKT_TCP};
+        let column = |slow: u64| {
+            let mut ps = PacketStats::default();
+            let mut x = ExchangeBuilder::default();
+            let mut xs = Vec::new();
+            for p in [
+                build_packet(packet(PKT_TCP, 1, 1, 0, 78, 0x18, 78)),
+                build_packet(packet(PKT_TCP, 1, FLOW_REVERSE | 1, slow, 200, 0x18, 200)),
+            ] {
+                ps.add(&p);
+                xs.extend(x.push(&p));
+            }
+            xs.extend(x.finish());
+            for e in &xs {
+                ps.add_exchange(e);
+            }
+            Column {
+                target: "127.0.0.1".into(),
+                command: "curl http://127.0.0.1:8000/".into(),
+                resolved: None,
+                resolution: None,
+                servers: vec!["TCP 127.0.0.1:8000".into()],
+                flows: 1,
+                stats: Stats::default(),
+                packets: ps,
+                exit: 0,
+            }
+        };
+        let mut slow = column(900_000);
+        slow.target = "::1".into();
+        let cols = vec![column(100_000), slow];
+        let t = text(&cols);
+        for want in [
+            "sent to",
+            "TCP segments",
+            "TCP request exchanges",
+            "tcp      loopback_xmit",
+        ] {
+            assert!(t.contains(want), "{want}: {t}");
+        }
+        assert!(!t.contains("kernel RTT"), "{t}");
+        let server = t
+            .lines()
+            .find(|l| l.starts_with("tcp      server: arrived→response"))
+            .unwrap();
+        assert!(server.contains('▲'), "{server}");
+        let v = json(&cols);
+        assert_eq!(v["targets"][0]["packets"]["count"]["tcp"], 2);
+        assert_eq!(
+            v["targets"][1]["packets"]["exchanges"][0]["kind"],
+            "request"
+        );
+        // An echo column has no `packets`.
+        let mut e = column(0);
+        e.packets = PacketStats::default();
+        assert!(json(&[e])["targets"][0].get("packets").is_none());
+    }
 }
