@@ -809,6 +809,41 @@ fn a_dns_query_pairs_with_its_answer() {
     assert_eq!(x["response"]["reach"], "read", "{x}");
     assert_eq!(x["request"]["reader"]["comm"], "dnsmasq", "{x}");
     assert!(x["server_ns"].is_u64(), "{x}");
+    // `compare` with dig: its query and answer in the column.
+    let out = lotrace(&[
+        "compare",
+        "--format",
+        "json",
+        "127.0.0.1",
+        "--",
+        "dig",
+        "@{}",
+        "-p",
+        &p,
+        "example.test",
+        "+tries=1",
+        "+time=2",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let pk = &v["targets"][0]["packets"];
+    assert_eq!(
+        pk["sent_to"],
+        serde_json::json!([format!("UDP 127.0.0.1:{port}")]),
+        "{v}"
+    );
+    assert_eq!(pk["count"]["udp"], 2, "{v}");
+    let xs = pk["exchanges"].as_array().unwrap();
+    assert_eq!(xs.len(), 1, "{v}");
+    assert_eq!(
+        (&xs[0]["kind"], &xs[0]["count"], &xs[0]["unanswered"]),
+        (&"request".into(), &1.into(), &0.into()),
+        "{v}"
+    );
 }
 
 /// iperf3 for two seconds, TCP then UDP, under `--summary-only`: the
