@@ -118,16 +118,10 @@ pub(crate) fn sys_enter_sendmsg(ctx: &impl Fields, probe: ProbeId, fd: TpField, 
     let Ok(iov) = (unsafe { bpf_probe_read_user((msg + MSG_IOV) as *const u64) }) else {
         return;
     };
-    send_starts_iov(ctx, probe, tid, field::<u64>(ctx, fd), iov);
-}
-
-/// A send whose first buffer is the `struct iovec` at `iov` (user memory).
-#[inline(always)]
-fn send_starts_iov<C: EbpfContext>(ctx: &C, probe: ProbeId, tid: u32, fd: Option<u64>, iov: u64) {
     let Ok([buf, len]) = (unsafe { bpf_probe_read_user(iov as *const [u64; 2]) }) else {
         return;
     };
-    send_starts(ctx, probe, tid, fd, buf, len);
+    send_starts(ctx, probe, tid, field::<u64>(ctx, fd), buf, len);
 }
 
 /// `writev()`: its first buffer.
@@ -140,7 +134,10 @@ pub(crate) fn sys_enter_writev(ctx: &impl Fields, probe: ProbeId, fd: TpField, v
     let Some(iov) = field::<u64>(ctx, vec) else {
         return;
     };
-    send_starts_iov(ctx, probe, tid, field::<u64>(ctx, fd), iov);
+    let Ok([buf, len]) = (unsafe { bpf_probe_read_user(iov as *const [u64; 2]) }) else {
+        return;
+    };
+    send_starts(ctx, probe, tid, field::<u64>(ctx, fd), buf, len);
 }
 
 #[inline(always)]
