@@ -14,8 +14,9 @@ use crate::{
     kernel::{CONFIG, config, field, read_kernel, sk_protocol, sock_of_fd},
 };
 
-/// A server's socket: the address it takes packets on (zeros: any), and
-/// the process it belongs to, which must still be traced.
+/// A server's socket: the address it takes packets on (zeros: any), the
+/// process it belongs to, which must still be traced, and the socket,
+/// which must still be bound to the port.
 #[repr(C)]
 #[derive(Clone, Copy)]
 struct Listener {
@@ -24,6 +25,7 @@ struct Listener {
     /// Put under IPv4 for an IPv6 socket on any address that takes IPv4
     /// too.
     alias: u32,
+    sk: u64,
 }
 
 /// The servers, by family, protocol and port (see [`key`]).
@@ -75,6 +77,7 @@ fn serving(sk: u64, family: u8, proto: u8, port: u16, addr: &[u8; 16], on: bool)
                 addr: *addr,
                 tgid: tgid_tid().0,
                 alias,
+                sk,
             };
             let _ = LISTENERS.insert(&k, &l, 0);
         } else if unsafe { LISTENERS.get(&k) }.is_some_and(|l| l.addr == *addr && l.alias == alias)
@@ -92,8 +95,26 @@ pub(crate) fn to_listener(t: &FlowTuple) -> bool {
     }
     let k = key(t.family, t.proto, u16::from_le_bytes(t.dport));
     match unsafe { LISTENERS.get(&k) } {
-        Some(l) => (l.alias != 0 || l.addr == [0u8; 16] || l.addr == t.daddr) && is_target(l.tgid),
+        Some(l) => {
+            (l.alias != 0 || l.addr == [0u8; 16] || l.addr == t.daddr)
+                && is_target(l.tgid)
+                && still_bound(l.sk, u16::from_be_bytes(t.dport))
+        }
         None => false,
+    }
+}
+
+/// Whether the server's socket still has its port: no tracepoint tells
+/// of a UDP socket's close (a TCP listener's is a state change), but the
+/// close unhashes it, which sets its `skc_num` to 0 (`udp_lib_unhash`,
+/// `__inet_put_port`). Without the offset, or the socket, it is not
+/// checked.
+#[inline(always)]
+fn still_bound(sk: u64, port: u16) -> bool {
+    match config(&CONFIG.sk_num) as u64 {
+        0 => true,
+        _ if sk == 0 => true,
+        off => read_kernel::<u16>(sk + off) == Some(port),
     }
 }
 

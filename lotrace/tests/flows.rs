@@ -1041,3 +1041,57 @@ fn a_traced_udp_server_sees_its_clients_first_datagram() {
     assert_eq!(xs[0]["request"]["bytes"], 5);
     assert_eq!(xs[0]["response"]["bytes"], 5);
 }
+
+/// A UDP server that binds, closes its socket when `{closed}` appears and
+/// exits when `{done}` does (each waited for at most 20 s).
+const BIND_THEN_CLOSE: &str = "import socket,sys,os,time
+s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)
+s.bind((sys.argv[2],int(sys.argv[1])))
+end=time.time()+20
+while not os.path.exists('{closed}') and time.time()<end: time.sleep(0.02)
+s.close()
+while not os.path.exists('{done}') and time.time()<end: time.sleep(0.02)
+";
+
+/// A port a traced process bound and closed, while it still runs, is
+/// no longer its: another process's server on it, and that server's
+/// client, are not followed.
+#[test]
+fn a_closed_udp_server_port_is_not_followed() {
+    if skip(&["python3", "ss"]) {
+        return;
+    }
+    let _k = kernel_lock();
+    let dir = std::env::temp_dir().join(format!("lotrace-udp-close-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (closed, done) = (dir.join("closed"), dir.join("done"));
+    let script = BIND_THEN_CLOSE
+        .replace("{closed}", closed.to_str().unwrap())
+        .replace("{done}", done.to_str().unwrap());
+    let port = free_udp_port("127.0.0.1");
+    let trace = traced_server(&script, "-Hlun", port, "127.0.0.1");
+    std::fs::write(&closed, "").unwrap();
+    let until = Instant::now() + Duration::from_secs(10);
+    let server = loop {
+        if let Ok(s) = UdpSocket::bind(("127.0.0.1", port)) {
+            break s;
+        }
+        assert!(Instant::now() < until, "the traced server never closed");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    server
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    client.send_to(b"stray", ("127.0.0.1", port)).unwrap();
+    let mut buf = [0u8; 64];
+    let n = server.recv(&mut buf).expect("the datagram");
+    assert_eq!(&buf[..n], b"stray");
+    std::fs::write(&done, "").unwrap();
+    let out = trace.wait_with_output().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(out.status.success());
+    let lines = json_lines(&out);
+    let packets = of_type(&lines, "packet");
+    assert!(packets.is_empty(), "{packets:?}");
+}
