@@ -101,6 +101,9 @@ pub const fn row_parts(r: usize) -> (bool, u8, bool) {
     (ls >= STAGE_COUNT, (ls % STAGE_COUNT) as u8, at_return)
 }
 
+// Both legs' stages have a bit in one u64: 32 stages at most.
+const _: () = assert!(2 * STAGE_COUNT <= 64);
+
 /// The bit of a (leg, stage) in [`Echo::seen`] and `Config::expect_leg`.
 #[inline(always)]
 pub const fn seen_bit(reply: bool, stage: u8) -> u64 {
@@ -254,7 +257,10 @@ mod tests {
             let (reply, stage, ret) = row_parts(r);
             assert_eq!(row(reply, stage, ret), r);
         }
-        assert!(seen_bit(true, (STAGE_COUNT - 1) as u8) < 1 << 63);
+        assert_eq!(
+            seen_bit(true, (STAGE_COUNT - 1) as u8),
+            1 << (2 * STAGE_COUNT - 1)
+        );
         assert!(echo_slot(true, u16::MAX) < ECHOES_MAX);
     }
 

@@ -166,6 +166,8 @@ impl Stage {
             self,
             Stage::TcpSendmsg
                 | Stage::UdpSendmsg
+                | Stage::TcpTransmitSkb
+                | Stage::IpQueueXmit
                 | Stage::TcpRetransmit
                 | Stage::TcpRcv
                 | Stage::TcpRcvEstablished
@@ -252,6 +254,12 @@ stage_table! {
     SockSendmsg = 1: "sock_sendmsg", expect Request, detail SyscallReturn,
         en "The socket layer passes the message to the protocol (raw_sendmsg or ping_v4_sendmsg); on loopback the whole transmit, and often the receive too, happens before it returns.",
         zh "套接字层把消息交给协议（raw_sendmsg 或 ping_v4_sendmsg）；在回环上，整个发送、往往连接收，都在它返回之前完成。";
+    TcpTransmitSkb = 30: "tcp_transmit_skb", expect Never, detail None,
+        en "TCP builds the segment (__tcp_transmit_skb): it clones a data segment, whose original stays queued until it is acknowledged, pushes the TCP header (sequence and acknowledgment numbers, window, options) and hands it to the IP layer through the socket's queue_xmit. Every segment a connection sends passes here (data, SYN, ACK, FIN, a retransmission); a listener's SYN-ACK and a reset for no socket are built elsewhere.",
+        zh "TCP 构造这个段（__tcp_transmit_skb）：数据段先克隆一份，原件留在队列里直到被确认；压入 TCP 头（序号、确认号、窗口、选项），再通过套接字的 queue_xmit 交给 IP 层。连接发出的每个段都经过这里（数据、SYN、ACK、FIN、重传）；监听套接字的 SYN-ACK 和没有套接字时回的 RST 在别处构造。";
+    IpQueueXmit = 31: "ip_queue_xmit", expect Never, detail None,
+        en "IP takes a connection's segment (ip_queue_xmit, inet6_csk_xmit): it uses the socket's cached route, looking one up only when there is none, builds the IP header and sends the packet through netfilter's OUTPUT hook to ip_output. TCP's segments only; UDP and the SYN-ACK reach IP output by other calls.",
+        zh "IP 层接过连接的段（ip_queue_xmit、inet6_csk_xmit）：使用套接字缓存的路由，没有时才查路由；构造 IP 头，经过 netfilter 的 OUTPUT 钩子交给 ip_output。只有 TCP 的段经过这里；UDP 和 SYN-ACK 走别的调用进入 IP 输出。";
     Route = 2: "route", expect Request, detail Route,
         en "The routing table is consulted. For an address of this host (127.0.0.0/8, ::1 or any other of its own) the route is a local one, through the loopback device lo. IPv4 without policy rules keeps local routes in the main table (254); with rules, and for IPv6, the local table (255) is searched first.",
         zh "查路由表。本机地址（127.0.0.0/8、::1 或本机其他地址）查到的是本地路由，出口是回环设备 lo。IPv4 没有策略路由规则时把本地路由并入 main 表（254）；有规则时以及 IPv6 会先查 local 表（255）。";
@@ -513,6 +521,16 @@ macro_rules! probe_table {
 
             FibTableLookup       =  4: tp_fib_table_lookup        tracepoint(fib:fib_table_lookup)                {FibTbId: tb_id = 0, FibErr: err = 3, FibDev: name = 2 -> nhc_dev -> name} -> Route 0                   => route::fib_table_lookup;
             Fib6TableLookup      = 65: tp_fib6_table_lookup       tracepoint(fib6:fib6_table_lookup)              {Fib6TbId: tb_id, Fib6Err: err, Fib6Dev: name} -> Route 1                  => route::fib_table_lookup;
+
+            // __tcp_transmit_skb(sk, skb, clone_it, gfp, rcv_nxt) and the
+            // socket's queue_xmit(sk, skb, fl): their start is noted, and
+            // reported by ip_output once the segment has its number.
+            KpTcpTransmitSkb     = 120: kp_tcp_transmit_skb       kprobe[__tcp_transmit_skb]                      (sk: 0)                                       -> TcpTransmitSkb 0          => transmit::tcp_transmit_skb;
+            FeTcpTransmitSkb     = 121: fe_tcp_transmit_skb       fentry[__tcp_transmit_skb]                      (sk: 0)                                       -> TcpTransmitSkb 0          => transmit::tcp_transmit_skb;
+            KpIpQueueXmit        = 122: kp_ip_queue_xmit          kprobe[ip_queue_xmit]                           (sk: 0, skb: 1)                               -> IpQueueXmit 0             => transmit::ip_queue_xmit;
+            KpInet6CskXmit       = 123: kp_inet6_csk_xmit         kprobe[inet6_csk_xmit]                          (sk: 0, skb: 1)                               -> IpQueueXmit 1             => transmit::ip_queue_xmit;
+            FeIpQueueXmit        = 124: fe_ip_queue_xmit          fentry[ip_queue_xmit]                           (sk: 0, skb: 1)                               -> IpQueueXmit 0             => transmit::ip_queue_xmit;
+            FeInet6CskXmit       = 125: fe_inet6_csk_xmit         fentry[inet6_csk_xmit]                          (sk: 0, skb: 1)                               -> IpQueueXmit 1             => transmit::ip_queue_xmit;
 
             // ip_output(struct net *net, struct sock *sk, struct sk_buff *skb)
             KpIpOutput           = 24: kp_ip_output               kprobe[ip_output]                               (skb: 2)                                      -> IpOutput 0                => transmit::ip_output;

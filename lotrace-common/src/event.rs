@@ -303,7 +303,10 @@ pub struct CpuState {
     /// the last (`dev_queue_xmit`), 3 at the driver's transmit (where GSO's
     /// segments are first met).
     pub tx_entry: u8,
-    pub _pad: [u8; 5],
+    /// The probes that noted `tcp_tx_ts` and `ipq_ts`.
+    pub tcp_tx_probe: u8,
+    pub ipq_probe: u8,
+    pub _pad: [u8; 3],
     /// The TCP or UDP packet a transmit's entry last numbered here, so
     /// that the next entry on the same skb and call keeps its number.
     pub tx_flow_skb: u64,
@@ -317,6 +320,15 @@ pub struct CpuState {
     /// current NET_RX run: the protocol's stages that follow in the run
     /// see it alive, and need not check it again.
     pub rx_skb: u64,
+    /// A TCP segment under way to IP output here: its socket, when
+    /// `__tcp_transmit_skb` began building it (0: not seen), and when its
+    /// socket's `queue_xmit` began (0: not seen) on `ipq_skb`, the skb
+    /// IP output is handed. Reported under the packet IP output numbers,
+    /// if that skb is `ipq_skb`.
+    pub tcp_tx_sk: u64,
+    pub tcp_tx_ts: u64,
+    pub ipq_ts: u64,
+    pub ipq_skb: u64,
     pub flow_aux2: u32,
     pub _pad2: u32,
     /// The last echo packet `netif_receive_skb` saw in this run (valid only

@@ -115,6 +115,56 @@ pub(crate) fn emit<C: EbpfContext>(ctx: &C, key: &PktKey, e: Seen) {
     entry.submit(wake);
 }
 
+/// `emit` for a TCP or UDP packet's stage known only by its time, for a
+/// program whose stack has no room for an `Event`: the packet's key as
+/// one number (`flow::key_u64`), the event written in place in the ring.
+/// A function of its own in the object, called with numbers only.
+#[inline(never)]
+pub(crate) fn emit_flow_at(key: u64, ts: u64, stage: u8, probe: u8) {
+    if let Some(n) = SUBMITTED.get_ptr_mut(0) {
+        unsafe { *n += 1 };
+    }
+    if config(&CONFIG.summary_only) != 0 {
+        flow::aggregate(key, ts, stage, probe);
+        return;
+    }
+    let (tgid, tid) = tgid_tid();
+    let (flags, run) = match state() {
+        Some(s) if s.in_net_rx != 0 => (FLAG_NET_RX, s.softirq_run),
+        _ => (0, 0),
+    };
+    let comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    let wake = wake_flags(EVENT_SIZE as u64);
+    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
+        count_lost(1);
+        return;
+    };
+    let e = entry.as_mut_ptr();
+    unsafe {
+        (*e).ts_ns = ts;
+        (*e).skb = 0;
+        (*e).aux = 0;
+        (*e).tid = tid;
+        (*e).tgid = tgid;
+        (*e).comm = comm;
+        (*e).cpu = bpf_get_smp_processor_id();
+        (*e).len = 0;
+        (*e).softirq_run = run;
+        (*e).aux2 = 0;
+        (*e).stage = stage;
+        (*e).probe = probe;
+        (*e).flags = flags | FLAG_PACKET;
+        (*e).family = (key >> 32) as u8;
+        (*e).icmp_type = (key >> 40) as u8;
+        (*e).tcp_flags = 0;
+        (*e).icmp_id = key as u16;
+        (*e).icmp_seq = (key >> 16) as u16;
+        (*e).tcp_seq = [0; 4];
+        (*e)._pad1 = [0; 2];
+    }
+    entry.submit(wake);
+}
+
 /// An skb stage: emits if the skb is one of the traced echo packets and
 /// returns its key.
 #[inline(always)]

@@ -5,30 +5,86 @@ use aya_ebpf::EbpfContext;
 use aya_log_ebpf::info;
 use lotrace_common::{
     PktKey, ProbeId, Stage, TpField,
-    event::{AF_INET, AF_INET6, IPPROTO_TCP, LO_NAME, is_echo_request, is_flow},
+    event::{AF_INET, AF_INET6, IPPROTO_TCP, LO_NAME, PKT_TCP, is_echo_request, is_flow},
     follow::Sight,
 };
 
 use crate::kernel::Fields;
 use crate::{
-    emit::emit,
+    emit::{emit, emit_flow_at},
     filter::{
         in_softirq, is_ours, is_target, learn_sock, skb_sock, sock_net, tgid_tid, track, track_key,
     },
-    flow::last_numbered,
-    kernel::{CONFIG, config, dev_name, field, sk_type},
+    flow::{key_u64, last_numbered},
+    kernel::{CONFIG, config, dev_name, field, now, sk_type},
     maps::{FLOW_SEND, state},
     packet::ours,
     seen::{at, at_time},
 };
 
 /// ip_output and ip6_output: with function probes, the first stage that
-/// sees the packet.
+/// sees the packet (and reports a TCP segment's way to it: see
+/// [`tcp_transmit_of`]).
 #[inline(always)]
 pub(crate) fn ip_output<C: EbpfContext>(ctx: &C, probe: ProbeId, skb: u64) {
     if let Some((key, len)) = sent(ctx, skb, 1).0 {
+        if key.icmp_type == PKT_TCP {
+            tcp_transmit_of(&key, skb);
+        }
         emit(ctx, &key, at(Stage::IpOutput, probe, skb, len, 0));
     }
+}
+
+/// `__tcp_transmit_skb` starts building a segment of `sk`: noted (see
+/// `CpuState::tcp_tx_sk`). It runs for every TCP segment on the machine,
+/// so it only notes.
+#[inline(always)]
+pub(crate) fn tcp_transmit_skb<C: EbpfContext>(_ctx: &C, probe: ProbeId, sk: u64) {
+    let Some(st) = state() else { return };
+    st.tcp_tx_sk = sk;
+    st.tcp_tx_ts = now();
+    st.tcp_tx_probe = probe as u8;
+    st.ipq_ts = 0;
+    st.ipq_skb = 0;
+}
+
+/// The socket's `queue_xmit` (`ip_queue_xmit`, `inet6_csk_xmit`) starts
+/// on the segment `skb`: noted, with the segment's start if it is the
+/// same socket's.
+#[inline(always)]
+pub(crate) fn ip_queue_xmit<C: EbpfContext>(_ctx: &C, probe: ProbeId, sk: u64, skb: u64) {
+    let Some(st) = state() else { return };
+    if st.tcp_tx_sk != sk {
+        st.tcp_tx_sk = sk;
+        st.tcp_tx_ts = 0;
+    }
+    st.ipq_ts = now();
+    st.ipq_skb = skb;
+    st.ipq_probe = probe as u8;
+}
+
+/// A TCP segment's stages before IP output, noted on its way here and
+/// reported once IP output has numbered it: only if the skb IP output
+/// was handed is the one `queue_xmit` noted, on this CPU (or thread), so
+/// that a segment another transmit interrupted, or one whose thread
+/// moved to another CPU on the way, has them missing, not another's.
+/// Their events are written by `emit_flow_at`: an `Event` more on this
+/// program's stack takes its call chain past the 512 bytes 5.10 allows.
+#[inline(always)]
+fn tcp_transmit_of(key: &PktKey, skb: u64) {
+    let Some(st) = state() else { return };
+    if st.ipq_skb != skb || skb == 0 {
+        return;
+    }
+    let (tx_ts, tx_probe, ipq_ts, ipq_probe) =
+        (st.tcp_tx_ts, st.tcp_tx_probe, st.ipq_ts, st.ipq_probe);
+    st.ipq_skb = 0;
+    st.tcp_tx_sk = 0;
+    let k = key_u64(key);
+    if tx_ts != 0 {
+        emit_flow_at(k, tx_ts, Stage::TcpTransmitSkb as u8, tx_probe);
+    }
+    emit_flow_at(k, ipq_ts, Stage::IpQueueXmit as u8, ipq_probe);
 }
 
 /// The traced packet the transmit's entry sees (it is identified here,

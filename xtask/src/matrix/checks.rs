@@ -118,8 +118,37 @@ pub fn check_tcp(run: &Run, backend: &str) -> Result<()> {
             && st.iter().any(|(s, _)| s == "sock_sendmsg"),
         "the request segment does not start at its send: {st:?}"
     );
+    // TCP builds the segment, hands it to IP by the socket's queue_xmit,
+    // then IP output; a listener's SYN-ACK is built and sent without
+    // either (tcp_v4_send_synack, tcp_v6_send_synack).
+    let at = |st: &[(String, String)], s: &str| st.iter().position(|(x, _)| x == s);
+    ensure!(
+        matches!(
+            (at(&st, "tcp_transmit_skb"), at(&st, "ip_queue_xmit"), at(&st, "ip_output")),
+            (Some(t), Some(q), Some(o)) if t < q && q < o
+        ),
+        "the request segment's transmit is not tcp_transmit_skb, ip_queue_xmit, ip_output: {st:?}"
+    );
+    let synack = packets
+        .iter()
+        .find(|p| {
+            let f = p["tcp_flags"].to_string();
+            p["direction"] == "back" && f.contains("SYN") && f.contains("ACK")
+        })
+        .context("no SYN-ACK")?;
+    let st = stages(synack);
+    ensure!(
+        at(&st, "tcp_transmit_skb").is_none() && at(&st, "ip_queue_xmit").is_none(),
+        "the SYN-ACK shows a stage the kernel does not run for it: {st:?}"
+    );
     // TCP's own stages, each by this backend's probe.
-    for want in ["tcp_sendmsg", "tcp_rcv", "tcp_rcv_established"] {
+    for want in [
+        "tcp_sendmsg",
+        "tcp_transmit_skb",
+        "ip_queue_xmit",
+        "tcp_rcv",
+        "tcp_rcv_established",
+    ] {
         let by = packets
             .iter()
             .flat_map(|p| stages(p))
