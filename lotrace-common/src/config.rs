@@ -39,9 +39,12 @@ pub struct Config {
     /// The bit of `sock_common.skc_ipv6only` (IPV6_V6ONLY), counted from
     /// the start of `struct sock`, plus one (0: not known).
     pub sk_ipv6only_bit: u32,
-    /// Byte offset of `sock_common.skc_num` (the bound port, host order;
-    /// 0 once the socket is closed) in `struct sock` (0: not known).
-    pub sk_num: u32,
+    /// From a `struct sock` to its socket's inode number, which no other
+    /// socket has had: `sock.sk_socket` (NULL once the socket is closed),
+    /// then `socket_alloc.vfs_inode` plus `inode.i_ino` from the `struct
+    /// socket` (0: not known).
+    pub sk_socket: u32,
+    pub socket_ino: u32,
     /// Byte offsets of `sk_buff.dev` and `net_device.name`.
     pub skb_dev: u32,
     pub dev_name: u32,
@@ -125,7 +128,7 @@ const _: () = assert!((RET_ARG_SLOTS + crate::agg::STAGE_ROWS).is_multiple_of(2)
 
 /// Explicit padding before `ret_probes`, whatever the number of tracepoint
 /// fields: the loader writes `Config` as bytes, so it must have no hole.
-const CONFIG_HEAD: usize = 22 * 4 + 2 * TP_FIELD_COUNT + 8;
+const CONFIG_HEAD: usize = 23 * 4 + 2 * TP_FIELD_COUNT + 8;
 pub const CONFIG_PAD: usize = (8 - CONFIG_HEAD % 8) % 8;
 const _: () = assert!(
     core::mem::size_of::<Config>()
@@ -154,7 +157,8 @@ impl Config {
             socket_sk: 0,
             socket_file: 0,
             sk_ipv6only_bit: 0,
-            sk_num: 0,
+            sk_socket: 0,
+            socket_ino: 0,
             sk_protocol: 0,
             skb_dev: 0,
             dev_name: 0,

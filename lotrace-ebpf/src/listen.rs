@@ -16,7 +16,7 @@ use crate::{
 
 /// A server's socket: the address it takes packets on (zeros: any), the
 /// process it belongs to, which must still be traced, and the socket,
-/// which must still be bound to the port.
+/// which must still be the same (see [`sock_ino`]).
 #[repr(C)]
 #[derive(Clone, Copy)]
 struct Listener {
@@ -26,6 +26,7 @@ struct Listener {
     /// too.
     alias: u32,
     sk: u64,
+    ino: u64,
 }
 
 /// The servers, by family, protocol and port (see [`key`]).
@@ -78,6 +79,7 @@ fn serving(sk: u64, family: u8, proto: u8, port: u16, addr: &[u8; 16], on: bool)
                 tgid: tgid_tid().0,
                 alias,
                 sk,
+                ino: sock_ino(sk),
             };
             let _ = LISTENERS.insert(&k, &l, 0);
         } else if unsafe { LISTENERS.get(&k) }.is_some_and(|l| l.addr == *addr && l.alias == alias)
@@ -98,23 +100,30 @@ pub(crate) fn to_listener(t: &FlowTuple) -> bool {
         Some(l) => {
             (l.alias != 0 || l.addr == [0u8; 16] || l.addr == t.daddr)
                 && is_target(l.tgid)
-                && still_bound(l.sk, u16::from_be_bytes(t.dport))
+                && sock_ino(l.sk) == l.ino
         }
         None => false,
     }
 }
 
-/// Whether the server's socket still has its port: no tracepoint tells
-/// of a UDP socket's close (a TCP listener's is a state change), but the
-/// close unhashes it, which sets its `skc_num` to 0 (`udp_lib_unhash`,
-/// `__inet_put_port`). Without the offset, or the socket, it is not
-/// checked.
+/// The inode number of `sk`'s socket (0: none, or not known). No
+/// tracepoint tells of a UDP socket's close (a TCP listener's is a state
+/// change), but the close orphans it (`sk_socket` NULL), and a socket
+/// opened later in the same memory, by any process, has an inode number
+/// of its own: a server's entry holds only while its socket's number is
+/// the one it was bound with.
 #[inline(always)]
-fn still_bound(sk: u64, port: u16) -> bool {
-    match config(&CONFIG.sk_num) as u64 {
-        0 => true,
-        _ if sk == 0 => true,
-        off => read_kernel::<u16>(sk + off) == Some(port),
+fn sock_ino(sk: u64) -> u64 {
+    let (off_socket, off_ino) = (
+        config(&CONFIG.sk_socket) as u64,
+        config(&CONFIG.socket_ino) as u64,
+    );
+    if sk == 0 || off_socket == 0 || off_ino == 0 {
+        return 0;
+    }
+    match read_kernel::<u64>(sk + off_socket) {
+        Some(socket) if socket != 0 => read_kernel::<u64>(socket + off_ino).unwrap_or(0),
+        _ => 0,
     }
 }
 

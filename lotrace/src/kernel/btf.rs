@@ -41,8 +41,10 @@ pub struct SkbOffsets {
     /// `sock_common.skc_ipv6only`'s bit in `struct sock`, plus one (0: not
     /// found).
     pub sk_ipv6only_bit: u32,
-    /// `sock.__sk_common.skc_num` (0: not found).
-    pub sk_num: u32,
+    /// `sock.sk_socket`, and `socket_alloc.vfs_inode.i_ino` (0: not
+    /// found).
+    pub sk_socket: u32,
+    pub socket_ino: u32,
     /// `sock.sk_receive_queue.qlen` and `udp_sock.reader_queue.qlen` (0:
     /// not found).
     pub sk_rcvq_len: u32,
@@ -93,7 +95,11 @@ impl KernelBtf {
             socket_file: self.offset("socket", "file")?,
             sk_protocol: self.offset("sock", "sk_protocol")?,
             sk_ipv6only_bit: self.ipv6only_bit().unwrap_or(0),
-            sk_num: self.common_bits("skc_num").map_or(0, |b| b / 8),
+            sk_socket: self.offset("sock", "sk_socket").unwrap_or(0),
+            socket_ino: self
+                .offset("socket_alloc", "vfs_inode")
+                .and_then(|i| Ok(i + self.offset("inode", "i_ino")?))
+                .unwrap_or(0),
             dev_net: self.net_of("net_device", &["nd_net"]).unwrap_or(0),
             sk_net: self
                 .net_of("sock", &["__sk_common", "skc_net"])
@@ -105,13 +111,8 @@ impl KernelBtf {
 
     /// `sock.__sk_common.skc_ipv6only`'s bit, plus one.
     fn ipv6only_bit(&self) -> Option<u32> {
-        Some(self.common_bits("skc_ipv6only")? + 1)
-    }
-
-    /// Where `sock.__sk_common.member` is, in bits.
-    fn common_bits(&self, member: &str) -> Option<u32> {
         let common = self.member_bits("sock", "__sk_common")?;
-        Some(common + self.member_bits("sock_common", member)?)
+        Some(common + self.member_bits("sock_common", "skc_ipv6only")? + 1)
     }
 
     /// Where `member` of `struct name` is, in bits (a bitfield too).

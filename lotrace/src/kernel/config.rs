@@ -49,7 +49,8 @@ pub fn build(
     config.socket_sk = skb.socket_sk;
     config.socket_file = skb.socket_file;
     config.sk_ipv6only_bit = skb.sk_ipv6only_bit;
-    config.sk_num = skb.sk_num;
+    config.sk_socket = skb.sk_socket;
+    config.socket_ino = skb.socket_ino;
     config.sk_protocol = skb.sk_protocol;
     config.sk_rcvq_len = skb.sk_rcvq_len;
     config.udp_readq_len = skb.udp_readq_len;
