@@ -101,13 +101,16 @@ pub const fn row_parts(r: usize) -> (bool, u8, bool) {
     (ls >= STAGE_COUNT, (ls % STAGE_COUNT) as u8, at_return)
 }
 
-// Both legs' stages have a bit in one u64: 32 stages at most.
-const _: () = assert!(2 * STAGE_COUNT <= 64);
+/// Stages an echo can meet, per leg, in one u64 of [`seen_bit`]s: an
+/// echo's stages have ids below it (the TCP and UDP ones may not).
+pub const SEEN_STAGES: u32 = 32;
+const _: () = assert!(crate::catalog::EXPECTED_STAGES >> SEEN_STAGES == 0);
 
-/// The bit of a (leg, stage) in [`Echo::seen`] and `Config::expect_leg`.
+/// The bit of a (leg, stage) in [`Echo::seen`] and `Config::expect_leg`:
+/// only for a stage an echo meets (see [`SEEN_STAGES`]).
 #[inline(always)]
 pub const fn seen_bit(reply: bool, stage: u8) -> u64 {
-    1u64 << (reply as u32 * STAGE_COUNT as u32 + stage as u32)
+    1u64 << ((reply as u32 * SEEN_STAGES + stage as u32) & 63)
 }
 
 /// One row on one CPU: its totals and its histogram, in one map value so
@@ -258,9 +261,14 @@ mod tests {
             assert_eq!(row(reply, stage, ret), r);
         }
         assert_eq!(
-            seen_bit(true, (STAGE_COUNT - 1) as u8),
-            1 << (2 * STAGE_COUNT - 1)
+            seen_bit(true, (SEEN_STAGES - 1) as u8),
+            1 << (2 * SEEN_STAGES - 1)
         );
+        for s in crate::Stage::ALL {
+            if crate::journey::counts_as_seen(s as u8) {
+                assert!((s as u32) < SEEN_STAGES, "{}", s.name());
+            }
+        }
         assert!(echo_slot(true, u16::MAX) < ECHOES_MAX);
     }
 

@@ -168,6 +168,8 @@ impl Stage {
                 | Stage::UdpSendmsg
                 | Stage::TcpTransmitSkb
                 | Stage::IpQueueXmit
+                | Stage::TcpRecvmsg
+                | Stage::UdpRecvmsg
                 | Stage::TcpRetransmit
                 | Stage::TcpRcv
                 | Stage::TcpRcvEstablished
@@ -323,6 +325,12 @@ stage_table! {
     Wakeup = 15: "wakeup", expect Never, detail Woken,
         en "ping was asleep waiting for the reply and is woken; absent when ping was still running, as when the softirq ran inline in its own sendto.",
         zh "ping 正在睡眠等待应答，被唤醒；如果 ping 当时还在运行（比如软中断就在它自己的 sendto 里运行），就没有这一步。";
+    TcpRecvmsg = 32: "tcp_recvmsg", expect Never, detail None,
+        en "The reader's receive call enters TCP (tcp_recvmsg) with this segment's data already queued: from the socket's data-ready to here the data waited for the application, not for the kernel. Shown only when the data was there before the call began; a reader already waiting in the call is woken instead (wakeup). TCP only.",
+        zh "读者的接收调用进入 TCP（tcp_recvmsg）时，这个段的数据已经在队列里：从套接字的 data-ready 到这里，数据等的是应用程序，不是内核。只在调用开始前数据已经到达时显示；读者若已经在调用里等待，则是被唤醒（wakeup）。只有 TCP 经过这里。";
+    UdpRecvmsg = 33: "udp_recvmsg", expect Never, detail None,
+        en "The reader's receive call enters UDP (udp_recvmsg, udpv6_recvmsg) with this datagram already queued: from the socket's data-ready to here the datagram waited for the application, not for the kernel. Shown only when it was there before the call began; a reader already waiting in the call is woken instead (wakeup). UDP only.",
+        zh "读者的接收调用进入 UDP（udp_recvmsg、udpv6_recvmsg）时，这个数据报已经在队列里：从套接字的 data-ready 到这里，数据报等的是应用程序，不是内核。只在调用开始前数据报已经到达时显示；读者若已经在调用里等待，则是被唤醒（wakeup）。只有 UDP 经过这里。";
     CopyToUser = 16: "copy_to_user", expect Reply, detail Bytes,
         en "recvmsg copies the reply from the socket's queue into ping's buffer.",
         zh "recvmsg 把应答从套接字队列复制到 ping 的缓冲区。";
@@ -635,6 +643,17 @@ macro_rules! probe_table {
             FeSockDefReadable    = 85: fe_sock_def_readable       fentry[sock_def_readable]                       (sk: 0)                                       -> SockDeliver 2             => socket::data_ready;
 
             SchedWakeup          = 16: tp_sched_wakeup            tracepoint(sched:sched_wakeup)                  {WakeupPid: pid = 0 -> pid}                   -> Wakeup 0                  => socket::sched_wakeup;
+
+            // The protocol's recvmsg(sk, ...) starts: noted when its socket
+            // already has data queued, and reported with the first traced
+            // packet the call copies (or, for a small UDP datagram, with
+            // its read's return).
+            KpTcpRecvmsg         = 126: kp_tcp_recvmsg            kprobe[tcp_recvmsg]                             (sk: 0)                                       -> TcpRecvmsg 0              => recv::proto_recvmsg;
+            FeTcpRecvmsg         = 127: fe_tcp_recvmsg            fentry[tcp_recvmsg]                             (sk: 0)                                       -> TcpRecvmsg 0              => recv::proto_recvmsg;
+            KpUdpRecvmsg         = 128: kp_udp_recvmsg            kprobe[udp_recvmsg]                             (sk: 0)                                       -> UdpRecvmsg 0              => recv::proto_recvmsg;
+            KpUdpv6Recvmsg       = 129: kp_udpv6_recvmsg          kprobe[udpv6_recvmsg]                           (sk: 0)                                       -> UdpRecvmsg 1              => recv::proto_recvmsg;
+            FeUdpRecvmsg         = 130: fe_udp_recvmsg            fentry[udp_recvmsg]                             (sk: 0)                                       -> UdpRecvmsg 0              => recv::proto_recvmsg;
+            FeUdpv6Recvmsg       = 131: fe_udpv6_recvmsg          fentry[udpv6_recvmsg]                           (sk: 0)                                       -> UdpRecvmsg 1              => recv::proto_recvmsg;
 
             // skb_copy_datagram_iter(const struct sk_buff *skb, int offset, struct iov_iter *to, int len)
             SkbCopyDatagramIovec = 17: tp_skb_copy_datagram_iovec tracepoint(skb:skb_copy_datagram_iovec)         {CopySkb: skbaddr = 0, CopyLen: len = 1}      -> CopyToUser 0              => recv::skb_copy_datagram_iovec;

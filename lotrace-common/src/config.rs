@@ -87,7 +87,7 @@ pub struct Config {
     pub assemble: u8,
     pub _pad: [u8; CONFIG_PAD],
     /// Bit `p` of `ret_probes[p / 64]`: probe `p` observes a return.
-    pub ret_probes: [u64; 2],
+    pub ret_probes: [u64; 4],
     /// [`crate::agg::seen_bit`]s every answered echo should have.
     pub expect_leg: u64,
     /// Stage bits (`1 << stage`) expected on either leg.
@@ -118,10 +118,11 @@ pub struct RawField {
 /// Members a raw field may go through.
 pub const RAW_HOPS: usize = 3;
 
-/// Probe ids [`Config::ret_arg`] has room for: at least 128, and as many
-/// more as leave `slot_pos` ending on 8 bytes, so that `Config` has no
-/// hole at its end whatever the number of stages.
-pub const RET_ARG_SLOTS: usize = 128 + (8 - (128 + crate::agg::STAGE_ROWS) % 8) % 8;
+/// Probe ids [`Config::ret_arg`] has room for: every `u8` (so that any
+/// probe byte indexes it), and as many more as leave `slot_pos` ending on
+/// 8 bytes, so that `Config` has no hole at its end whatever the number
+/// of stages.
+pub const RET_ARG_SLOTS: usize = 256 + (8 - (256 + crate::agg::STAGE_ROWS) % 8) % 8;
 const _: () = assert!(crate::catalog::PROBE_COUNT <= RET_ARG_SLOTS);
 // `raw` follows `slot_pos` without a hole.
 const _: () = assert!((RET_ARG_SLOTS + crate::agg::STAGE_ROWS).is_multiple_of(2));
@@ -134,7 +135,7 @@ const _: () = assert!(
     core::mem::size_of::<Config>()
         == CONFIG_HEAD
             + CONFIG_PAD
-            + 4 * 8
+            + 6 * 8
             + RET_ARG_SLOTS
             + crate::agg::STAGE_ROWS
             + 8 * TP_FIELD_COUNT
@@ -176,7 +177,7 @@ impl Config {
             per_thread: 0,
             assemble: 0,
             _pad: [0; CONFIG_PAD],
-            ret_probes: [0; 2],
+            ret_probes: [0; 4],
             expect_leg: 0,
             expect_any: 0,
             ret_arg: [0; RET_ARG_SLOTS],

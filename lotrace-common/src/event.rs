@@ -306,7 +306,9 @@ pub struct CpuState {
     /// The probes that noted `tcp_tx_ts` and `ipq_ts`.
     pub tcp_tx_probe: u8,
     pub ipq_probe: u8,
-    pub _pad: [u8; 3],
+    /// The probe that noted `rcv_ts`.
+    pub rcv_probe: u8,
+    pub _pad: [u8; 2],
     /// The TCP or UDP packet a transmit's entry last numbered here, so
     /// that the next entry on the same skb and call keeps its number.
     pub tx_flow_skb: u64,
@@ -329,8 +331,12 @@ pub struct CpuState {
     pub tcp_tx_ts: u64,
     pub ipq_ts: u64,
     pub ipq_skb: u64,
+    /// When thread `rcv_tid`'s protocol recvmsg began here with data
+    /// already queued on its socket (0: not so): the first traced packet
+    /// the call takes was there before it.
+    pub rcv_ts: u64,
     pub flow_aux2: u32,
-    pub _pad2: u32,
+    pub rcv_tid: u32,
     /// The last echo packet `netif_receive_skb` saw in this run (valid only
     /// if it is one of ours); the reply's route lookup and its socket
     /// delivery happen under it.

@@ -11,7 +11,7 @@
 use crate::{
     agg::{self, counters},
     bits::{clear_flags, set_bits, set_flags, try_enter},
-    catalog::{EXPECTED_STAGES, Expect, STAGE_COUNT, Stage},
+    catalog::{EXPECTED_STAGES, Expect, Stage},
 };
 
 /// The direction of a packet within an echo.
@@ -274,7 +274,7 @@ impl Masks {
     #[inline(always)]
     pub const fn met_by(&self, seen: u64) -> bool {
         // A stage expected on either leg: fold the legs' bits together.
-        let legs = seen | (seen >> STAGE_COUNT);
+        let legs = seen | (seen >> agg::SEEN_STAGES);
         self.leg & !seen == 0 && self.any & !legs == 0
     }
 }

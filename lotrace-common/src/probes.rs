@@ -304,7 +304,7 @@ macro_rules! probe_catalog {
 crate::probe_table!(probe_catalog);
 
 // `Config::ret_probes` holds one bit per probe id.
-const _: () = assert!(PROBE_COUNT < 128);
+const _: () = assert!(PROBE_COUNT <= 256);
 
 #[cfg(test)]
 mod tests {

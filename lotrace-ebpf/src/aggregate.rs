@@ -121,8 +121,8 @@ fn aggregate(at: u64, stage: u8, probe: u8) {
     }
     let echo = &mut slot.echo;
     let p = probe as u32;
-    let rets = config(&CONFIG.ret_probes);
-    let word = if p >= 64 { rets[1] } else { rets[0] };
+    // One word read, not the array copied onto the stack.
+    let word = config(&CONFIG.ret_probes[(p >> 6) as usize & 3]);
     // Only a receive's context matters: the command name is read there.
     let ran = if stage == Stage::NetifReceiveSkb as u8 {
         Ran::of(net_rx, &bpf_get_current_comm().unwrap_or([0; 16]))

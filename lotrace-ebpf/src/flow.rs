@@ -84,7 +84,7 @@ pub(crate) fn aggregate(key: u64, ts: u64, stage: u8, probe: u8) {
     let p = probe as u32;
     // One word read, not the pair copied: this function's stack adds to
     // its callers' (see `read`).
-    let word = config(&CONFIG.ret_probes[(p >> 6) as usize & 1]);
+    let word = config(&CONFIG.ret_probes[(p >> 6) as usize & 3]);
     let row = agg::row(tcp, stage, (word >> (p & 63)) & 1 != 0);
     if let Some(r) = FLOW_ROWS.get_ptr_mut(row as u32) {
         unsafe { (*r).record(since_prev, since_first as i64) };

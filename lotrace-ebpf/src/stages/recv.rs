@@ -4,19 +4,76 @@
 use aya_ebpf::EbpfContext;
 use lotrace_common::{
     PktKey, ProbeId, Stage, TpField,
-    event::{is_echo_reply, is_flow},
+    event::{PKT_TCP, is_echo_reply, is_flow},
     follow::Sight,
 };
 
 use crate::kernel::Fields;
 use crate::{
-    emit::emit,
+    emit::{emit, emit_flow_at},
     filter::{echo_socket_is, get_ctx, is_ours, is_target, set_ctx, skb_sock, take_ctx, tgid_tid},
-    kernel::field,
-    maps::{QUEUED, RECV_CTX, RECV_DONE},
+    flow::key_u64,
+    kernel::{CONFIG, config, field, now, read_kernel},
+    maps::{QUEUED, RECV_CTX, RECV_DONE, state},
     packet::ours,
     seen::at,
 };
+
+/// The protocol's recvmsg starts (`tcp_recvmsg`, `udp_recvmsg`,
+/// `udpv6_recvmsg`): noted for the thread, on this CPU, when its socket
+/// already has data queued (see `CpuState::rcv_ts`), and forgotten
+/// otherwise. It runs for every TCP or UDP read on the machine, so it
+/// only notes.
+#[inline(always)]
+pub(crate) fn proto_recvmsg<C: EbpfContext>(_ctx: &C, probe: ProbeId, sk: u64) {
+    let Some(st) = state() else { return };
+    st.rcv_ts = 0;
+    let tcp = matches!(probe, ProbeId::KpTcpRecvmsg | ProbeId::FeTcpRecvmsg);
+    if sk == 0 || !queued(sk, tcp) {
+        return;
+    }
+    st.rcv_ts = now();
+    st.rcv_tid = tgid_tid().1;
+    st.rcv_probe = probe as u8;
+}
+
+/// Whether `sk` has data queued for its reader: on its receive queue, or
+/// for UDP on the queue its reader takes from first.
+#[inline(always)]
+fn queued(sk: u64, tcp: bool) -> bool {
+    let qlen = |off: u32| off != 0 && read_kernel::<u32>(sk + off as u64).unwrap_or(0) != 0;
+    qlen(config(&CONFIG.sk_rcvq_len)) || (!tcp && qlen(config(&CONFIG.udp_readq_len)))
+}
+
+/// The note of this thread's read (see [`proto_recvmsg`]), taken: its
+/// start (0: none) and probe. Only the first packet the read takes was
+/// surely queued before it began.
+#[inline(always)]
+fn take_read_began(tid: u32) -> (u64, u8) {
+    let Some(st) = state() else { return (0, 0) };
+    if st.rcv_ts == 0 || st.rcv_tid != tid {
+        return (0, 0);
+    }
+    let began = (st.rcv_ts, st.rcv_probe);
+    st.rcv_ts = 0;
+    began
+}
+
+/// The read that took the traced packet `key` first began (`began`, from
+/// [`take_read_began`]) with it already queued: reported under it,
+/// before the read's own event.
+#[inline(always)]
+fn read_began(key: &PktKey, (ts, probe): (u64, u8)) {
+    if ts == 0 || !is_flow(key.icmp_type) {
+        return;
+    }
+    let stage = if key.icmp_type == PKT_TCP {
+        Stage::TcpRecvmsg
+    } else {
+        Stage::UdpRecvmsg
+    };
+    emit_flow_at(key_u64(key), ts, stage as u8, probe);
+}
 
 /// recvmsg copies a reply out: the traced command's recvmsg then returns
 /// it. A TCP or UDP packet's copy is shown whoever reads it (the peer's
@@ -30,6 +87,7 @@ fn copy<C: EbpfContext>(ctx: &C, skb: u64, probe: ProbeId, len: i64) {
     // of the socket the echo was sent on is its read (nor is another
     // socket's copy followed to its free).
     let judge = |k: &PktKey| is_ours(k, skb) && echo_socket_is(k, skb_sock(skb));
+    let began = take_read_began(tid);
     let Some((key, _)) = ours(skb, Sight::Way, || target, judge) else {
         return;
     };
@@ -40,6 +98,7 @@ fn copy<C: EbpfContext>(ctx: &C, skb: u64, probe: ProbeId, len: i64) {
     // The read returns it next (a peer's read too: taken at its socket
     // layer's return, see `returned`).
     set_ctx(&RECV_CTX, tid, &key);
+    read_began(&key, began);
     emit(
         ctx,
         &key,
@@ -95,12 +154,21 @@ fn returned<C: EbpfContext>(ctx: &C, stage: Stage, probe: ProbeId, ret: i64) {
         }
         key
     };
+    // A small UDP datagram is copied without `skb_copy_datagram_iter`:
+    // its read's start goes with the read's return. A read that took no
+    // traced packet leaves no note behind.
+    let began = if stage == Stage::SockRecvmsg {
+        take_read_began(tid)
+    } else {
+        (0, 0)
+    };
     let Some(key) = key else {
         return;
     };
     if !target && !is_flow(key.icmp_type) {
         return;
     }
+    read_began(&key, began);
     emit(
         ctx,
         &key,

@@ -141,6 +141,33 @@ pub fn check_tcp(run: &Run, backend: &str) -> Result<()> {
         at(&st, "tcp_transmit_skb").is_none() && at(&st, "ip_queue_xmit").is_none(),
         "the SYN-ACK shows a stage the kernel does not run for it: {st:?}"
     );
+    // A read that found its data queued shows where it began: after the
+    // segment's receive and queueing (in whichever task TCP did them),
+    // before its copy, by this backend (whether a read found it so
+    // depends on timing).
+    for p in &packets {
+        let st = stages(p);
+        if let Some(r) = at(&st, "tcp_recvmsg") {
+            let queued_before = [
+                "netif_receive_skb",
+                "tcp_rcv",
+                "tcp_rcv_established",
+                "tcp_data_queue",
+                "sock_deliver",
+            ]
+            .iter()
+            .all(|s| st.iter().rposition(|(x, _)| x == s).is_none_or(|i| i < r));
+            ensure!(
+                of_backend(&st[r].1, backend)
+                    && at(&st, "netif_receive_skb").is_some()
+                    && queued_before
+                    && st[r..].iter().any(|(s, _)| s == "copy_to_user"),
+                "segment {} {}: tcp_recvmsg out of place: {st:?}",
+                p["number"],
+                p["direction"]
+            );
+        }
+    }
     // TCP's own stages, each by this backend's probe.
     for want in [
         "tcp_sendmsg",
