@@ -157,24 +157,30 @@ impl Check {
         match self {
             Check::Probes => check_probes(run, false),
             Check::Realtime => check_probes(run, true),
-            Check::Trace(b) => check_trace(run, b).map(|_| ()).with_context(|| {
-                // Runs the kernel skipped (a probe firing inside another
-                // eBPF program): a hint when a journey comes out wrong.
-                let missed = json_lines(run)
-                    .ok()
-                    .and_then(|v| {
-                        v.iter()
-                            .find(|l| l["type"] == "summary")
-                            .map(|s| s["missed_runs"].clone())
-                    })
-                    .unwrap_or_default();
-                format!("probe runs the kernel skipped: {missed}")
-            }),
+            Check::Trace(b) => check_trace(run, b)
+                .map(|_| ())
+                .with_context(|| missed_runs(run)),
             Check::SummaryOnly => check_summary_only(run),
             Check::Backlog => check_backlog(run),
-            Check::Tcp(b, _) => check_tcp(run, b).with_context(|| format!("tcp ({b})")),
+            Check::Tcp(b, _) => {
+                check_tcp(run, b).with_context(|| format!("tcp ({b}), {}", missed_runs(run)))
+            }
         }
     }
+}
+
+/// Runs the kernel skipped (a probe firing inside another run of an
+/// eBPF program on that CPU): a hint when a journey comes out wrong.
+fn missed_runs(run: &Run) -> String {
+    let missed = json_lines(run)
+        .ok()
+        .and_then(|v| {
+            v.iter()
+                .find(|l| l["type"] == "summary")
+                .map(|s| s["missed_runs"].clone())
+        })
+        .unwrap_or_default();
+    format!("probe runs the kernel skipped: {missed}")
 }
 
 /// The lotrace invocations of one guest.
