@@ -6,10 +6,10 @@ use std::{collections::VecDeque, path::Path, sync::Mutex, time::Instant};
 use anyhow::{Context as _, Result, bail};
 
 mod checks;
+mod tcp;
 
-use checks::{
-    Row, check_backlog, check_probes, check_summary_only, check_tcp, check_trace, json_lines, row,
-};
+use checks::{Row, check_backlog, check_probes, check_summary_only, check_trace, json_lines, row};
+use tcp::check_tcp;
 
 use crate::{
     kernels::{self, Flavour, SERIES},
