@@ -355,8 +355,8 @@ stage_table! {
 const FLOW_EXPLAIN: [(Stage, &str, &str); 9] = [
     (
         Stage::Sendto,
-        "The traced process hands data to the kernel with sendto(), sendmsg(), sendmmsg(), write() or writev() (the probe says which); a send's stages are shown under the first packet it transmitted.",
-        "被跟踪的进程用 sendto()、sendmsg()、sendmmsg()、write() 或 writev() 把数据交给内核（探针名会说明是哪一个）；一次发送的各阶段显示在它发出的第一个包下面。",
+        "The traced process hands data to the kernel with sendto(), sendmsg(), sendmmsg(), write(), writev(), sendfile() or splice() (the probe says which); a send's stages are shown under the first packet it transmitted.",
+        "被跟踪的进程用 sendto()、sendmsg()、sendmmsg()、write()、writev()、sendfile() 或 splice() 把数据交给内核（探针名会说明是哪一个）；一次发送的各阶段显示在它发出的第一个包下面。",
     ),
     (
         Stage::SockSendmsg,
@@ -365,8 +365,8 @@ const FLOW_EXPLAIN: [(Stage, &str, &str); 9] = [
     ),
     (
         Stage::Recvmsg,
-        "The receive system call (recvmsg(), recvfrom(), read() or readv(); the probe says which) returns the data to the traced process.",
-        "接收系统调用（recvmsg()、recvfrom()、read() 或 readv()；探针名会说明是哪一个）把数据返回给被跟踪的进程。",
+        "The receive system call (recvmsg(), recvfrom(), read(), readv() or recvmmsg(); the probe says which) returns the data to the traced process. A recvmmsg() shows it under the last message it took.",
+        "接收系统调用（recvmsg()、recvfrom()、read()、readv() 或 recvmmsg()；探针名会说明是哪一个）把数据返回给被跟踪的进程。recvmmsg() 的返回显示在它取走的最后一条消息下面。",
     ),
     (
         Stage::SockDeliver,
@@ -487,6 +487,11 @@ macro_rules! probe_table {
             SysExitWrite         = 103: tp_sys_exit_write         tracepoint(syscalls:sys_exit_write)             {WriteExitRet: ret}                           -> _ 0 at_return             => send::sys_exit_sendto;
             SysExitWritev        = 108: tp_sys_exit_writev        tracepoint(syscalls:sys_exit_writev)            {WritevExitRet: ret}                          -> _ 0 at_return             => send::sys_exit_sendto;
             SysExitSendmmsg      = 110: tp_sys_exit_sendmmsg      tracepoint(syscalls:sys_exit_sendmmsg)          {SendmmsgExitRet: ret}                        -> _ 0 at_return             => send::sys_exit_sendto;
+            SysExitSendfile      = 133: tp_sys_exit_sendfile64    tracepoint(syscalls:sys_exit_sendfile64)        {SendfileExitRet: ret}                        -> _ 0 at_return             => send::sys_exit_sendto;
+            SysExitSplice        = 135: tp_sys_exit_splice        tracepoint(syscalls:sys_exit_splice)            {SpliceExitRet: ret}                          -> _ 0 at_return             => send::sys_exit_sendto;
+            // recvmmsg() returns a count of messages: where its array is
+            // tells its return the last message's length.
+            SysEnterRecvmmsg     = 136: tp_sys_enter_recvmmsg     tracepoint(syscalls:sys_enter_recvmmsg)         {RecvmmsgMsg: mmsg}                           -> _ 0                       => recv::sys_enter_recvmmsg;
 
             // ping's send: sendto, or sendmsg when it passes control data
             // (iputils over IPv6 with -I).
@@ -498,6 +503,10 @@ macro_rules! probe_table {
             SysEnterWrite        = 102: tp_sys_enter_write        tracepoint(syscalls:sys_enter_write)            {WriteFd: fd, WriteBuf: buf, WriteCount: count} -> Sendto 2                  => send::sys_enter_sendto;
             SysEnterWritev       = 107: tp_sys_enter_writev       tracepoint(syscalls:sys_enter_writev)           {WritevFd: fd, WritevVec: vec}                -> Sendto 3                  => send::sys_enter_writev;
             SysEnterSendmmsg     = 109: tp_sys_enter_sendmmsg     tracepoint(syscalls:sys_enter_sendmmsg)         {SendmmsgFd: fd, SendmmsgMsg: mmsg}           -> Sendto 4                  => send::sys_enter_sendmsg;
+            // sendfile() (nginx, Python's socket.sendfile) and splice()
+            // into a socket: no user buffer, the same start.
+            SysEnterSendfile     = 132: tp_sys_enter_sendfile64   tracepoint(syscalls:sys_enter_sendfile64)       {SendfileFd: out_fd, SendfileCount: count}    -> Sendto 5                  => send::sys_enter_sendfile;
+            SysEnterSplice       = 134: tp_sys_enter_splice       tracepoint(syscalls:sys_enter_splice)           {SpliceFdOut: fd_out, SpliceLen: len}         -> Sendto 6                  => send::sys_enter_sendfile;
 
             // The protocol's send, in a traced thread's TCP or UDP send:
             // its start is noted, and reported with the send's return, under
@@ -673,6 +682,7 @@ macro_rules! probe_table {
             SysExitRecvfrom      = 60: tp_sys_exit_recvfrom       tracepoint(syscalls:sys_exit_recvfrom)          {RecvfromRet: ret}                            -> Recvmsg 1 at_return       => recv::sys_exit_recv;
             SysExitRead          = 104: tp_sys_exit_read          tracepoint(syscalls:sys_exit_read)              {ReadRet: ret}                                -> Recvmsg 2 at_return       => recv::sys_exit_recv;
             SysExitReadv         = 111: tp_sys_exit_readv         tracepoint(syscalls:sys_exit_readv)             {ReadvRet: ret}                               -> Recvmsg 3 at_return       => recv::sys_exit_recv;
+            SysExitRecvmmsg      = 137: tp_sys_exit_recvmmsg      tracepoint(syscalls:sys_exit_recvmmsg)          {RecvmmsgRet: ret}                            -> Recvmsg 4 at_return       => recv::sys_exit_recvmmsg;
 
             ConsumeSkb           = 19: tp_consume_skb             tracepoint(skb:consume_skb)                     {ConsumeSkbSkb: skbaddr = 0}                  -> Free 0                    => free::consume_skb;
             KfreeSkb             = 20: tp_kfree_skb               tracepoint(skb:kfree_skb)                       {KfreeSkbSkb: skbaddr = 0, KfreeReason: reason = 2} -> Drop 0                    => free::kfree_skb;

@@ -161,6 +161,11 @@ pub(crate) static RECV_CTX: LruHashMap<u32, PktKey> = LruHashMap::with_max_entri
 #[map]
 pub(crate) static RECV_DONE: LruHashMap<u32, PktKey> = LruHashMap::with_max_entries(1024, 0);
 
+/// Per traced thread in `recvmmsg()`: its `struct mmsghdr` array (0:
+/// none).
+#[map]
+pub(crate) static RECVMMSG: LruHashMap<u32, u64> = LruHashMap::with_max_entries(1024, 0);
+
 /// Per traced thread: the TCP or UDP send under way (see `FlowSend`).
 #[map]
 pub(crate) static FLOW_SEND: LruHashMap<u32, FlowSend> = LruHashMap::with_max_entries(1024, 0);
@@ -180,6 +185,28 @@ pub(crate) struct FlowSend {
     pub(crate) proto_tcp: u8,
     pub(crate) _pad: u8,
     pub(crate) key: PktKey,
+}
+
+/// The thread's send in progress, if any (an entry whose `ts` is 0 is
+/// one that ended, kept for the next).
+#[inline(always)]
+pub(crate) fn flow_send(tid: u32) -> Option<*mut FlowSend> {
+    FLOW_SEND
+        .get_ptr_mut(&tid)
+        .filter(|f| unsafe { (**f).ts } != 0)
+}
+
+/// Ends the thread's send in progress. Its key is marked valid too, so
+/// that the transmit, which only looks for a send whose first packet is
+/// not known yet, finds none.
+#[inline(always)]
+pub(crate) fn end_flow_send(tid: u32) {
+    if let Some(f) = FLOW_SEND.get_ptr_mut(&tid) {
+        unsafe {
+            (*f).ts = 0;
+            (*f).key.valid = 1;
+        }
+    }
 }
 
 /// Per UDP socket (`struct sock *`): the traced datagram at the head of

@@ -436,6 +436,121 @@ while os.readv(s.fileno(),[b]): pass
     );
 }
 
+/// A request sent by Python lines `send` (after `s` is connected to the
+/// server) and its response read by `recvfrom()`: the request starts at
+/// `probe`.
+fn python_sends(send: &str, probe: &str) {
+    if skip(&["python3"]) {
+        return;
+    }
+    let script = format!(
+        "import os,socket,sys,tempfile
+s=socket.create_connection(('127.0.0.1',int(sys.argv[1])))
+req=b'GET / HTTP/1.0\\r\\n\\r\\n'
+{send}
+while s.recv(65536): pass
+"
+    );
+    sent_and_read_by(
+        &["python3", "-c", &script, "PORT"],
+        probe,
+        &[18],
+        "sys_exit_recvfrom",
+        "python3",
+    );
+}
+
+/// A send by `sendfile()` from a file (Python's `socket.sendfile`).
+#[test]
+fn sendfile_is_a_send() {
+    python_sends(
+        "f=tempfile.TemporaryFile(); f.write(req); f.seek(0)\nassert s.sendfile(f)==18",
+        "sys_enter_sendfile64",
+    );
+}
+
+/// A send by `splice()` from a pipe into the socket.
+#[test]
+fn splice_into_a_socket_is_a_send() {
+    python_sends(
+        "r,w=os.pipe(); os.write(w,req)\nassert os.splice(r,s.fileno(),18)==18",
+        "sys_enter_splice",
+    );
+}
+
+/// Python (ctypes) for `sendmmsg()` and `recvmmsg()`: their structs, and
+/// a UDP socket `srv` with a client `c` connected to it.
+macro_rules! mmsg_prelude {
+    () => {
+        "import ctypes,socket
+libc=ctypes.CDLL(None,use_errno=True)
+class iovec(ctypes.Structure): _fields_=[('base',ctypes.c_void_p),('len',ctypes.c_size_t)]
+class msghdr(ctypes.Structure): _fields_=[('name',ctypes.c_void_p),('namelen',ctypes.c_uint),('iov',ctypes.POINTER(iovec)),('iovlen',ctypes.c_size_t),('control',ctypes.c_void_p),('controllen',ctypes.c_size_t),('flags',ctypes.c_int)]
+class mmsghdr(ctypes.Structure): _fields_=[('hdr',msghdr),('len',ctypes.c_uint)]
+srv=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); srv.bind(('127.0.0.1',0))
+c=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); c.connect(srv.getsockname())
+"
+    };
+}
+
+/// Two UDP datagrams read by one `recvmmsg()` (through ctypes): the
+/// call's return ends the last one, with that message's length. They are
+/// large enough to be copied with `skb_copy_datagram_iter`, whose
+/// tracepoint says which datagram each message took.
+#[test]
+fn recvmmsg_ends_its_last_message() {
+    if skip(&["python3"]) {
+        return;
+    }
+    let _k = kernel_lock();
+    let lines = trace_json(&["python3", "-c", RECVMMSG]);
+    let packets = of_type(&lines, "packet");
+    assert_eq!(packets.len(), 2, "{lines:?}");
+    let ends = |p: &Value| -> Vec<Value> {
+        p["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["stage"] == "recvmsg")
+            .cloned()
+            .collect()
+    };
+    let last = packets.iter().find(|p| p["number"] == 2).unwrap();
+    assert_eq!(last["payload"], 30000, "{last}");
+    let end = ends(last);
+    assert_eq!(end.len(), 1, "{last}");
+    assert!(
+        end[0]["probe"]
+            .as_str()
+            .unwrap()
+            .ends_with("sys_exit_recvmmsg"),
+        "{last}"
+    );
+    assert!(
+        end[0]["detail"].as_str().unwrap().contains("30000"),
+        "{last}"
+    );
+    let first = packets.iter().find(|p| p["number"] == 1).unwrap();
+    assert_eq!(first["payload"], 20000, "{first}");
+    assert!(ends(first).is_empty(), "{first}");
+    assert_eq!(first["reach"], "read", "{first}");
+}
+
+/// Two datagrams, of 20000 and 30000 bytes, sent to a socket of the same
+/// process, which takes both with one `recvmmsg()`.
+const RECVMMSG: &str = concat!(
+    mmsg_prelude!(),
+    "c.send(b'a'*20000); c.send(b'b'*30000)
+bufs=[ctypes.create_string_buffer(40000) for _ in range(2)]
+iovs=[iovec(ctypes.cast(b,ctypes.c_void_p),40000) for b in bufs]
+m=(mmsghdr*2)()
+for i in range(2):
+    m[i].hdr.iov=ctypes.pointer(iovs[i]); m[i].hdr.iovlen=1
+assert libc.recvmmsg(srv.fileno(),m,2,0,None)==2
+assert m[0].len==20000 and m[1].len==30000
+",
+);
+
 /// A UDP send by `sendmmsg()` of two datagrams (as glibc's resolver sends
 /// an A and an AAAA query): the first datagram starts at the call.
 #[test]
@@ -465,21 +580,17 @@ fn sendmmsg_starts_its_first_datagram() {
 
 /// Two datagrams by one `sendmmsg()` (through ctypes), to a socket of the
 /// same process, which reads them.
-const SENDMMSG: &str = "import ctypes,socket
-libc=ctypes.CDLL(None,use_errno=True)
-class iovec(ctypes.Structure): _fields_=[('base',ctypes.c_void_p),('len',ctypes.c_size_t)]
-class msghdr(ctypes.Structure): _fields_=[('name',ctypes.c_void_p),('namelen',ctypes.c_uint),('iov',ctypes.POINTER(iovec)),('iovlen',ctypes.c_size_t),('control',ctypes.c_void_p),('controllen',ctypes.c_size_t),('flags',ctypes.c_int)]
-class mmsghdr(ctypes.Structure): _fields_=[('hdr',msghdr),('len',ctypes.c_uint)]
-srv=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); srv.bind(('127.0.0.1',0))
-c=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); c.connect(srv.getsockname())
-bufs=[ctypes.create_string_buffer(b'one'),ctypes.create_string_buffer(b'second')]
+const SENDMMSG: &str = concat!(
+    mmsg_prelude!(),
+    "bufs=[ctypes.create_string_buffer(b'one'),ctypes.create_string_buffer(b'second')]
 iovs=[iovec(ctypes.cast(bufs[0],ctypes.c_void_p),3),iovec(ctypes.cast(bufs[1],ctypes.c_void_p),6)]
 m=(mmsghdr*2)()
 for i in range(2):
     m[i].hdr.iov=ctypes.pointer(iovs[i]); m[i].hdr.iovlen=1
 assert libc.sendmmsg(c.fileno(),m,2,0)==2
 assert srv.recv(100)==b'one' and srv.recv(100)==b'second'
-";
+",
+);
 
 /// Python's HTTP server in `ns` on `addr:port`, once it listens (at most
 /// 10 s).

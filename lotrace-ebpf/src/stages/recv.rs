@@ -1,7 +1,7 @@
 //! ping's receive: recvmsg (or recvfrom) copies the reply out of the
 //! socket's queue and returns it.
 
-use aya_ebpf::EbpfContext;
+use aya_ebpf::{EbpfContext, helpers::bpf_probe_read_user};
 use lotrace_common::{
     PktKey, ProbeId, Stage, TpField,
     event::{PKT_TCP, is_echo_reply, is_flow},
@@ -14,7 +14,7 @@ use crate::{
     filter::{echo_socket_is, get_ctx, is_ours, is_target, set_ctx, skb_sock, take_ctx, tgid_tid},
     flow::key_u64,
     kernel::{CONFIG, config, field, now, read_kernel},
-    maps::{QUEUED, RECV_CTX, RECV_DONE, state},
+    maps::{QUEUED, RECV_CTX, RECV_DONE, RECVMMSG, state},
     packet::ours,
     seen::at,
 };
@@ -214,4 +214,45 @@ pub(crate) fn recvmsg_return<C: EbpfContext>(ctx: &C, probe: ProbeId, ret: i64) 
 pub(crate) fn sys_exit_recv(ctx: &impl Fields, probe: ProbeId, ret: TpField) {
     let ret = field::<i64>(ctx, ret).unwrap_or(0);
     returned(ctx, Stage::Recvmsg, probe, ret);
+}
+
+/// `struct mmsghdr` (UAPI, fixed): a `user_msghdr`, then the length of
+/// the message received into it.
+const MMSG_SIZE: u64 = 64;
+const MMSG_LEN: u64 = 56;
+
+/// A traced thread's `recvmmsg()` starts: where its messages go.
+#[inline(always)]
+pub(crate) fn sys_enter_recvmmsg(ctx: &impl Fields, _probe: ProbeId, mmsg: TpField) {
+    let (tgid, tid) = tgid_tid();
+    if !is_target(tgid) {
+        return;
+    }
+    let m = field::<u64>(ctx, mmsg).unwrap_or(0);
+    match RECVMMSG.get_ptr_mut(&tid) {
+        Some(p) => unsafe { *p = m },
+        None => {
+            let _ = RECVMMSG.insert(&tid, &m, 0);
+        }
+    }
+}
+
+/// `recvmmsg()` returns how many messages it took. The packet it ends is
+/// the last one's (see `returned`): so is the length shown, read from
+/// that message's `msg_len`.
+#[inline(always)]
+pub(crate) fn sys_exit_recvmmsg(ctx: &impl Fields, probe: ProbeId, ret: TpField) {
+    let ret = field::<i64>(ctx, ret).unwrap_or(0);
+    let mmsg = match RECVMMSG.get_ptr_mut(&tgid_tid().1) {
+        Some(p) => unsafe { core::mem::replace(&mut *p, 0) },
+        None => 0,
+    };
+    let len = if ret > 0 && mmsg != 0 {
+        // At most UIO_MAXIOV (1024) messages.
+        let last = mmsg + ((ret as u64 - 1) & 1023) * MMSG_SIZE + MMSG_LEN;
+        unsafe { bpf_probe_read_user(last as *const u32) }.map_or(0, |l| l as i64)
+    } else {
+        ret
+    };
+    returned(ctx, Stage::Recvmsg, probe, len);
 }

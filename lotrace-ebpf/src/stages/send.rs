@@ -17,7 +17,7 @@ use crate::{
         get_ctx, is_target, learn_sock, set_ctx, sock_net, take_ctx, tgid_tid, track, track_key,
     },
     kernel::{field, now, sk_protocol, sk_type, sock_of_fd},
-    maps::{FLOW_SEND, FlowSend, SEND_CTX},
+    maps::{FLOW_SEND, FlowSend, SEND_CTX, end_flow_send, flow_send},
     packet::echo_key,
     seen::{at, at_time},
 };
@@ -50,10 +50,19 @@ fn send_starts<C: EbpfContext>(
             _pad: 0,
             key: PktKey::default(),
         };
-        let _ = FLOW_SEND.insert(&tid, &start, 0);
+        // In place when the thread has an entry: an insert costs the
+        // map's allocator and its locks on every send.
+        match FLOW_SEND.get_ptr_mut(&tid) {
+            Some(f) => unsafe { *f = start },
+            None => {
+                let _ = FLOW_SEND.insert(&tid, &start, 0);
+            }
+        }
         return;
     }
-    if !matches!(sk_protocol(sk), Some(p) if p == IPPROTO_ICMP as u16 || p == IPPROTO_ICMPV6 as u16)
+    // No buffer (sendfile, splice): no echo to read from it.
+    if buf == 0
+        || !matches!(sk_protocol(sk), Some(p) if p == IPPROTO_ICMP as u16 || p == IPPROTO_ICMPV6 as u16)
     {
         return;
     }
@@ -140,12 +149,25 @@ pub(crate) fn sys_enter_writev(ctx: &impl Fields, probe: ProbeId, fd: TpField, v
     send_starts(ctx, probe, tid, field::<u64>(ctx, fd), buf, len);
 }
 
+/// `sendfile()` or `splice()` into a socket (`fd`): `count` bytes from
+/// another file, so no user buffer. Splicing out of a socket is a read,
+/// which its copy and return show as any read.
+#[inline(always)]
+pub(crate) fn sys_enter_sendfile(ctx: &impl Fields, probe: ProbeId, fd: TpField, count: TpField) {
+    let (tgid, tid) = tgid_tid();
+    if !is_target(tgid) {
+        return;
+    }
+    let len = field::<u64>(ctx, count).unwrap_or(0);
+    send_starts(ctx, probe, tid, field::<u64>(ctx, fd), 0, len);
+}
+
 #[inline(always)]
 pub(crate) fn sys_exit_sendto(_ctx: &impl Fields, _probe: ProbeId, _ret: TpField) {
     let (tgid, tid) = tgid_tid();
     if is_target(tgid) {
         let _ = take_ctx(&SEND_CTX, tid);
-        let _ = FLOW_SEND.remove(&tid);
+        end_flow_send(tid);
     }
 }
 
@@ -161,9 +183,9 @@ fn sock_sendmsg<C: EbpfContext>(ctx: &C, probe: ProbeId, sk: u64, ret: Option<i6
         // the protocol's send before it. Its start (a function probe's
         // entry) comes before any packet: nothing to report it under.
         let Some(r) = ret else { return };
-        if let Some(f) = FLOW_SEND.get_ptr_mut(&tid) {
+        if let Some(f) = flow_send(tid) {
             let f = unsafe { *f };
-            let _ = FLOW_SEND.remove(&tid);
+            end_flow_send(tid);
             if f.key.valid != 0 {
                 // The stage by comparison, not by a table the verifier
                 // cannot bound.
@@ -212,7 +234,7 @@ fn proto_send_starts(probe: ProbeId, tcp: bool) {
     if !is_target(tgid) {
         return;
     }
-    if let Some(f) = FLOW_SEND.get_ptr_mut(&tid) {
+    if let Some(f) = flow_send(tid) {
         let f = unsafe { &mut *f };
         if f.proto_ts == 0 {
             f.proto_ts = now();
