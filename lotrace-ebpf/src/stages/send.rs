@@ -150,8 +150,9 @@ pub(crate) fn sys_enter_writev(ctx: &impl Fields, probe: ProbeId, fd: TpField, v
 }
 
 /// `sendfile()` or `splice()` into a socket (`fd`): `count` bytes from
-/// another file, so no user buffer. Splicing out of a socket is a read,
-/// which its copy and return show as any read.
+/// another file, so no user buffer. Splicing out of a socket (a read)
+/// takes its data neither through `skb_copy_datagram_iter` nor through
+/// the socket layer's recvmsg, and is not shown.
 #[inline(always)]
 pub(crate) fn sys_enter_sendfile(ctx: &impl Fields, probe: ProbeId, fd: TpField, count: TpField) {
     let (tgid, tid) = tgid_tid();
