@@ -161,8 +161,7 @@ pub(crate) static RECV_CTX: LruHashMap<u32, PktKey> = LruHashMap::with_max_entri
 #[map]
 pub(crate) static RECV_DONE: LruHashMap<u32, PktKey> = LruHashMap::with_max_entries(1024, 0);
 
-/// Per traced thread in `recvmmsg()`: its `struct mmsghdr` array (0:
-/// none).
+/// Per thread in `recvmmsg()`: its `struct mmsghdr` array (0: none).
 #[map]
 pub(crate) static RECVMMSG: LruHashMap<u32, u64> = LruHashMap::with_max_entries(1024, 0);
 

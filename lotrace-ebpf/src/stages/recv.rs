@@ -221,13 +221,13 @@ pub(crate) fn sys_exit_recv(ctx: &impl Fields, probe: ProbeId, ret: TpField) {
 const MMSG_SIZE: u64 = 64;
 const MMSG_LEN: u64 = 56;
 
-/// A traced thread's `recvmmsg()` starts: where its messages go.
+/// A `recvmmsg()` starts: where its messages go. Any thread's, not only
+/// a traced one's: where the socket layer's return is not seen, a peer's
+/// read of a traced packet ends at its system call's return too, and
+/// must show a length in bytes there, not a count of messages.
 #[inline(always)]
 pub(crate) fn sys_enter_recvmmsg(ctx: &impl Fields, _probe: ProbeId, mmsg: TpField) {
-    let (tgid, tid) = tgid_tid();
-    if !is_target(tgid) {
-        return;
-    }
+    let tid = tgid_tid().1;
     let m = field::<u64>(ctx, mmsg).unwrap_or(0);
     match RECVMMSG.get_ptr_mut(&tid) {
         Some(p) => unsafe { *p = m },
