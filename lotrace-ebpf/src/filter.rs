@@ -16,16 +16,17 @@ use crate::{
     maps::{CROSSED, OWNED, OWNED_SLOTS, SOCKS, TARGETS, TRACKED, TRACKED_NET, TRACKED_SK, state},
 };
 
-/// Sets a thread's context. A thread keeps its slot between system calls
-/// (marked invalid, not deleted): writing through the pointer costs the
-/// packet no allocation, as a delete and re-insert per echo would. The map
-/// is LRU so that the slots of threads gone are reused.
+/// Sets a thread's context (a packet's key, or any per-thread note). A
+/// thread keeps its slot between system calls (marked invalid, not
+/// deleted): writing through the pointer costs the packet no allocation,
+/// as a delete and re-insert per echo would. The map is LRU so that the
+/// slots of threads gone are reused.
 #[inline(always)]
-pub(crate) fn set_ctx(map: &LruHashMap<u32, PktKey>, tid: u32, key: &PktKey) {
+pub(crate) fn set_ctx<V: Copy>(map: &LruHashMap<u32, V>, tid: u32, v: &V) {
     match map.get_ptr_mut(&tid) {
-        Some(p) => unsafe { *p = *key },
+        Some(p) => unsafe { *p = *v },
         None => {
-            let _ = map.insert(&tid, key, 0);
+            let _ = map.insert(&tid, v, 0);
         }
     }
 }

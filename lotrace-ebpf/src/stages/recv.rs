@@ -227,14 +227,8 @@ const MMSG_LEN: u64 = 56;
 /// must show a length in bytes there, not a count of messages.
 #[inline(always)]
 pub(crate) fn sys_enter_recvmmsg(ctx: &impl Fields, _probe: ProbeId, mmsg: TpField) {
-    let tid = tgid_tid().1;
     let m = field::<u64>(ctx, mmsg).unwrap_or(0);
-    match RECVMMSG.get_ptr_mut(&tid) {
-        Some(p) => unsafe { *p = m },
-        None => {
-            let _ = RECVMMSG.insert(&tid, &m, 0);
-        }
-    }
+    set_ctx(&RECVMMSG, tgid_tid().1, &m);
 }
 
 /// `recvmmsg()` returns how many messages it took. The packet it ends is

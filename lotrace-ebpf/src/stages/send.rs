@@ -50,14 +50,9 @@ fn send_starts<C: EbpfContext>(
             _pad: 0,
             key: PktKey::default(),
         };
-        // In place when the thread has an entry: an insert costs the
-        // map's allocator and its locks on every send.
-        match FLOW_SEND.get_ptr_mut(&tid) {
-            Some(f) => unsafe { *f = start },
-            None => {
-                let _ = FLOW_SEND.insert(&tid, &start, 0);
-            }
-        }
+        // In place: an insert would cost the map's allocator and its
+        // locks on every send.
+        set_ctx(&FLOW_SEND, tid, &start);
         return;
     }
     // No buffer (sendfile, splice): no echo to read from it.
