@@ -263,13 +263,19 @@ type Key = (u8, u8, u16, u16);
 
 struct Open {
     events: Vec<Event>,
+    first_ts: u64,
     last_ts: u64,
 }
 
 /// Packets' events in, packets out, each once none of its events has come
-/// for `quiet_ns`.
+/// for `quiet_ns`, and in each flow in the order they began.
 pub struct PacketBuilder {
     open: HashMap<Key, Open>,
+    /// Closed, behind a packet of their flow that began earlier and is
+    /// still open: a packet's last event can come long after its read (an
+    /// skb whose free was deferred to the CPU that made it), and the
+    /// exchanges are the flow's packets in the order they were sent.
+    held: Vec<Packet>,
     quiet_ns: u64,
     pub flows: BTreeMap<u16, Flow>,
 }
@@ -278,6 +284,7 @@ impl PacketBuilder {
     pub fn new(quiet_ns: u64) -> PacketBuilder {
         PacketBuilder {
             open: HashMap::new(),
+            held: Vec::new(),
             quiet_ns,
             flows: BTreeMap::new(),
         }
@@ -297,24 +304,36 @@ impl PacketBuilder {
         // A packet has a dozen or two events.
         let o = self.open.entry(key).or_insert_with(|| Open {
             events: Vec::with_capacity(16),
+            first_ts: u64::MAX,
             last_ts: 0,
         });
+        o.first_ts = o.first_ts.min(e.ts_ns);
         o.last_ts = o.last_ts.max(e.ts_ns);
         o.events.push(*e);
         true
     }
 
-    /// Packets quiet since before `now_ns`, in the order they began.
+    /// Packets quiet since before `now_ns` and begun before every packet
+    /// of their flow still open, in the order they began.
     pub fn take_ready(&mut self, now_ns: u64) -> Vec<Packet> {
         let quiet_ns = self.quiet_ns;
-        let mut out: Vec<Packet> = Vec::new();
+        let held = &mut self.held;
         self.open.retain(|_, o| {
             if o.last_ts + quiet_ns > now_ns {
                 return true;
             }
-            out.push(build_packet(std::mem::take(&mut o.events)));
+            held.push(build_packet(std::mem::take(&mut o.events)));
             false
         });
+        let mut open_since: HashMap<u16, u64> = HashMap::new();
+        for (&(_, _, flow, _), o) in &self.open {
+            let t = open_since.entry(flow).or_insert(u64::MAX);
+            *t = (*t).min(o.first_ts);
+        }
+        let (mut out, held): (Vec<Packet>, Vec<Packet>) = std::mem::take(&mut self.held)
+            .into_iter()
+            .partition(|p| open_since.get(&p.flow).is_none_or(|&t| p.first_ns() < t));
+        self.held = held;
         // The same order however the map held them.
         out.sort_by_key(|p| (p.first_ns(), p.flow, p.reverse, p.number, p.proto));
         out
@@ -651,6 +670,35 @@ pub(crate) mod tests {
         assert_eq!(rest.len(), 2);
         assert!(rest[0].reverse && rest[0].first_ns() < rest[1].first_ns());
         assert_eq!(b.flows.len(), 1);
+    }
+
+    /// A request whose skb was freed long after it was read closes after
+    /// the response and the next request: those wait for it, so that its
+    /// flow's packets come out in the order they were sent. Another flow's
+    /// do not wait.
+    #[test]
+    fn a_packet_closing_late_holds_back_its_flows_later_ones() {
+        let mut b = PacketBuilder::new(250);
+        let mut request = packet(PKT_TCP, 1, 1, 0, 10, 0x18, 10);
+        let mut freed = *request.last().unwrap();
+        freed.ts_ns = 50_000;
+        request.push(freed);
+        for e in request
+            .into_iter()
+            .chain(packet(PKT_TCP, 1, FLOW_REVERSE | 1, 10_000, 10, 0x18, 10))
+            .chain(packet(PKT_TCP, 1, 2, 20_000, 10, 0x18, 10))
+            .chain(packet(PKT_TCP, 2, 1, 20_000, 10, 0x18, 10))
+        {
+            b.push(&e);
+        }
+        let ready = b.take_ready(40_000);
+        assert_eq!(ready.len(), 1, "only the other flow's");
+        assert_eq!(ready[0].flow, 2);
+        assert!(b.take_ready(50_000).is_empty());
+        let ready = b.take_ready(50_250);
+        let order: Vec<_> = ready.iter().map(|p| (p.reverse, p.number)).collect();
+        assert_eq!(order, [(false, 1), (true, 1), (false, 2)]);
+        assert!(b.finish().is_empty());
     }
 
     /// A data segment dropped, then sent again: the second is linked to
