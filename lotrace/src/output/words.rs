@@ -99,6 +99,6 @@ pub fn outcome_words(o: &Outcome, meta: &Meta) -> String {
             meta.drop_reason(*reason)
         ),
         Outcome::NoRoute { .. } => "no route: the packet was never built".into(),
-        Outcome::Unanswered => "no reply seen".into(),
+        Outcome::Unanswered => "no read of a reply seen".into(),
     }
 }
