@@ -379,18 +379,20 @@ fn tuple(t: &mut FlowTuple, family: u8, proto: u8, ip: u64, ports: [u8; 4]) -> O
     Some(())
 }
 
-/// The flow a TCP or UDP header names, if the trace follows it: nothing
-/// numbered, nothing registered. TCP frees most skbs without a
+/// The flow a TCP or UDP header names, if the trace follows it, with
+/// bit 16 set for its reverse orientation (as `FLOW_IDS` holds it):
+/// nothing numbered, nothing registered. TCP frees most skbs without a
 /// tracepoint (and UDP from 6.18), so a followed address may since hold
-/// anything (an AF_UNIX message at a copy, another packet at a free):
-/// a stage checks a followed flow packet's skb with this.
+/// anything (an AF_UNIX message at a copy, another packet at a free,
+/// the same connection's packet the other way): a stage checks a
+/// followed flow packet's skb with this.
 #[inline(always)]
-pub(crate) fn flow_of(family: u8, proto: u8, ip: u64, th: u64, end: u64) -> Option<u16> {
+pub(crate) fn flow_of(family: u8, proto: u8, ip: u64, th: u64, end: u64) -> Option<u32> {
     if th + 4 > end {
         return None;
     }
     let p: [u8; 4] = read_kernel(th)?;
     let t = &mut state()?.tuple;
     tuple(t, family, proto, ip, p)?;
-    unsafe { FLOW_IDS.get(&*t) }.map(|v| *v as u16)
+    unsafe { FLOW_IDS.get(&*t) }.copied()
 }

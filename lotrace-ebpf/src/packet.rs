@@ -7,8 +7,9 @@
 use lotrace_common::{
     PktKey,
     event::{
-        AF_INET, AF_INET6, ICMP_ECHO, ICMP_ECHOREPLY, ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST,
-        IPPROTO_FRAGMENT, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, is_flow,
+        AF_INET, AF_INET6, FLOW_REVERSE, ICMP_ECHO, ICMP_ECHOREPLY, ICMPV6_ECHO_REPLY,
+        ICMPV6_ECHO_REQUEST, IPPROTO_FRAGMENT, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
+        IPPROTO_UDP, is_flow,
     },
     follow::{self, Followed, Header, Sight},
 };
@@ -132,7 +133,8 @@ fn flow_key() -> Option<PktKey> {
 }
 
 /// Whether `skb`'s headers still name the flow of the followed packet
-/// `key`. Not inlined, for the stack's sake (see `flow::read`).
+/// `key`, in its direction. Not inlined, for the stack's sake (see
+/// `flow::read`).
 #[inline(never)]
 fn flow_still(skb: u64, key: &PktKey) -> bool {
     let (off_head, off_nh, off_tail) = (
@@ -163,7 +165,12 @@ fn flow_still(skb: u64, key: &PktKey) -> bool {
         }
         _ => None,
     };
-    flow == Some(key.icmp_id)
+    let reverse = if key.icmp_seq & FLOW_REVERSE != 0 {
+        1 << 16
+    } else {
+        0
+    };
+    flow == Some(key.icmp_id as u32 | reverse)
 }
 
 /// The skb's length, for streamed events only: aggregation skips the read.
