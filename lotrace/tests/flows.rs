@@ -7,6 +7,7 @@
 mod common;
 
 use std::{
+    collections::{BTreeMap, BTreeSet},
     net::{TcpListener, UdpSocket},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -145,6 +146,38 @@ fn check_packets(lines: &[Value], addr: &str, port: u16) {
             p["src"] == server.as_str() || p["dst"] == server.as_str(),
             "another flow's packet: {p}"
         );
+    }
+    // A receive stage in a task (the socket's backlog run at its owner's
+    // release, the copy, the read's return) runs in a process that holds
+    // the receiving socket: the client's and the server's processes are
+    // apart here, so no process receives both ways.
+    let mut readers: BTreeMap<(u64, bool), BTreeSet<u64>> = BTreeMap::new();
+    for p in &packets {
+        let back = p["direction"] == "back";
+        for e in p["events"].as_array().unwrap() {
+            let receive = [
+                "tcp_rcv_established",
+                "sock_deliver",
+                "copy_to_user",
+                "sock_recvmsg",
+                "recvmsg",
+            ]
+            .contains(&e["stage"].as_str().unwrap());
+            if receive && e["context"] == "task" {
+                readers
+                    .entry((p["flow"].as_u64().unwrap(), back))
+                    .or_default()
+                    .insert(e["tgid"].as_u64().unwrap());
+            }
+        }
+    }
+    for ((flow, back), tgids) in &readers {
+        if let Some(other) = readers.get(&(*flow, !back)) {
+            assert!(
+                tgids.is_disjoint(other),
+                "flow {flow}: both ways read by {tgids:?}"
+            );
+        }
     }
     let s = summary(lines);
     assert_eq!(s["lost_events"], 0, "{s}");
