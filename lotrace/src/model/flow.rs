@@ -318,18 +318,16 @@ impl PacketBuilder {
     pub fn take_ready(&mut self, now_ns: u64) -> Vec<Packet> {
         let quiet_ns = self.quiet_ns;
         let held = &mut self.held;
-        self.open.retain(|_, o| {
+        let mut open_since: HashMap<u16, u64> = HashMap::new();
+        self.open.retain(|&(_, _, flow, _), o| {
             if o.last_ts + quiet_ns > now_ns {
+                let t = open_since.entry(flow).or_insert(u64::MAX);
+                *t = (*t).min(o.first_ts);
                 return true;
             }
             held.push(build_packet(std::mem::take(&mut o.events)));
             false
         });
-        let mut open_since: HashMap<u16, u64> = HashMap::new();
-        for (&(_, _, flow, _), o) in &self.open {
-            let t = open_since.entry(flow).or_insert(u64::MAX);
-            *t = (*t).min(o.first_ts);
-        }
         let (mut out, held): (Vec<Packet>, Vec<Packet>) = std::mem::take(&mut self.held)
             .into_iter()
             .partition(|p| open_since.get(&p.flow).is_none_or(|&t| p.first_ns() < t));
