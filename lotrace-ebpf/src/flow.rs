@@ -165,7 +165,7 @@ fn read_inner(skb: u64, ip: u64, iph: &[u8; 10], th: u64, end: u64) -> Option<Pk
         u16::from_be_bytes([iph[4], iph[5]]) as u32
     };
     let (flow, reverse) = match unsafe { FLOW_IDS.get(&*t) } {
-        Some(v) => (*v as u16, (*v >> 16) & 1 != 0),
+        Some(v) => flow_id(*v),
         None => (register(skb, t)?, false),
     };
     let (payload, flags, seq) = if tcp {
@@ -213,7 +213,7 @@ fn packet_key(family: u8, tcp: bool, flow: u16, reverse: bool, n: u32) -> PktKey
 pub(crate) fn last_numbered() -> Option<PktKey> {
     let t = &state()?.tuple;
     let v = unsafe { FLOW_IDS.get(t) }?;
-    let (flow, reverse) = (*v as u16, (*v >> 16) & 1 != 0);
+    let (flow, reverse) = flow_id(*v);
     let n = unsafe { core::ptr::read_volatile(FLOW_PKTS.get_ptr(pkts_slot(flow, reverse))?) };
     (n != 0).then(|| packet_key(t.family, true, flow, reverse, n))
 }
@@ -379,20 +379,27 @@ fn tuple(t: &mut FlowTuple, family: u8, proto: u8, ip: u64, ports: [u8; 4]) -> O
     Some(())
 }
 
-/// The flow a TCP or UDP header names, if the trace follows it, with
-/// bit 16 set for its reverse orientation (as `FLOW_IDS` holds it):
-/// nothing numbered, nothing registered. TCP frees most skbs without a
+/// A `FLOW_IDS` value: the flow's number, and whether the tuple is the
+/// flow's reverse orientation.
+#[inline(always)]
+fn flow_id(v: u32) -> (u16, bool) {
+    (v as u16, (v >> 16) & 1 != 0)
+}
+
+/// The flow a TCP or UDP header names, if the trace follows it, and
+/// whether in its reverse orientation: nothing numbered, nothing
+/// registered. TCP frees most skbs without a
 /// tracepoint (and UDP from 6.18), so a followed address may since hold
 /// anything (an AF_UNIX message at a copy, another packet at a free,
 /// the same connection's packet the other way): a stage checks a
 /// followed flow packet's skb with this.
 #[inline(always)]
-pub(crate) fn flow_of(family: u8, proto: u8, ip: u64, th: u64, end: u64) -> Option<u32> {
+pub(crate) fn flow_of(family: u8, proto: u8, ip: u64, th: u64, end: u64) -> Option<(u16, bool)> {
     if th + 4 > end {
         return None;
     }
     let p: [u8; 4] = read_kernel(th)?;
     let t = &mut state()?.tuple;
     tuple(t, family, proto, ip, p)?;
-    unsafe { FLOW_IDS.get(&*t) }.copied()
+    unsafe { FLOW_IDS.get(&*t) }.map(|v| flow_id(*v))
 }

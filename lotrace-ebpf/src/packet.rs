@@ -165,12 +165,7 @@ fn flow_still(skb: u64, key: &PktKey) -> bool {
         }
         _ => None,
     };
-    let reverse = if key.icmp_seq & FLOW_REVERSE != 0 {
-        1 << 16
-    } else {
-        0
-    };
-    flow == Some(key.icmp_id as u32 | reverse)
+    flow == Some((key.icmp_id, key.icmp_seq & FLOW_REVERSE != 0))
 }
 
 /// The skb's length, for streamed events only: aggregation skips the read.
